@@ -1,0 +1,33 @@
+# One task runner for people and CI. Every target creates .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vigil demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/vigil bench risk --events 20000 --json
+
+lint: $(STAMP)
+	$(BIN)/ruff check apps streams models tests
+	$(BIN)/ruff format --check apps streams models tests
+
+format: $(STAMP)
+	$(BIN)/ruff format apps streams models tests
+	$(BIN)/ruff check --fix apps streams models tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

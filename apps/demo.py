@@ -1,0 +1,198 @@
+"""``vigil demo``: broker, risk worker and a publisher, with a live view."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from itertools import islice
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from apps.broker import clear_runtime, ensure_topics, write_runtime
+from apps.clients import publish, read_topic
+from apps.process import WorkerProcess
+from apps.session import broker_for
+from apps.settings import Settings
+from streams.pipeline import now_ms
+from streams.sources import GeneratorConfig, TransactionGenerator
+
+__all__ = ["run_demo"]
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.published = 0
+        self.scored = 0
+        self.alerts = 0
+        self.dlq = 0
+        self.publish_ms: dict[str, int] = {}
+        self.latencies_ms: deque[int] = deque(maxlen=2000)
+        self.scored_at: deque[float] = deque(maxlen=100_000)  # monotonic times, for events/s
+        self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=8)
+
+    def rate(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self.lock:
+            return sum(1 for t in self.scored_at if now - t <= window_s) / window_s
+
+
+def _view(stats: _Stats, bootstrap: str, elapsed_s: float) -> Group:
+    lat = sorted(stats.latencies_ms)
+    p50 = lat[len(lat) // 2] if lat else 0
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0
+    head = Table.grid(padding=(0, 3))
+    for _ in range(7):
+        head.add_column(justify="right")
+    head.add_row(
+        "[b]published",
+        "[b]scored",
+        "[b]events/s",
+        "[b]alerts",
+        "[b]DLQ",
+        "[b]latency p50",
+        "[b]p99",
+    )
+    head.add_row(
+        str(stats.published),
+        str(stats.scored),
+        f"{stats.rate():.0f}",
+        f"[yellow]{stats.alerts}",
+        f"[red]{stats.dlq}",
+        f"{p50} ms",
+        f"{p99} ms",
+    )
+    alerts = Table(
+        "decision",
+        "score",
+        "account",
+        "tx",
+        "reasons",
+        title="latest alerts",
+        title_justify="left",
+        expand=True,
+    )
+    for a in list(stats.recent_alerts)[::-1]:
+        colour = "red" if a.get("decision") == "block" else "yellow"
+        reasons = "; ".join(r.get("detail", "") for r in a.get("reasons", []))
+        alerts.add_row(
+            f"[{colour}]{a.get('decision')}",
+            f"{a.get('score', 0):.2f}",
+            str(a.get("account_id")),
+            str(a.get("tx_id")),
+            reasons,
+        )
+    footer = f"[dim]broker {bootstrap} · {elapsed_s:.0f} s · Ctrl-C to stop"
+    return Group(head, alerts, footer)
+
+
+def run_demo(settings: Settings, duration_s: float, rate: float, console: Console) -> int:
+    stop = threading.Event()
+    stats = _Stats()
+    topics = settings.topics
+    with broker_for(settings) as (bootstrap, embedded):
+        ensure_topics(bootstrap, topics.all(settings.partitions))
+        if embedded is not None:
+            write_runtime(settings, embedded)  # `vigil consume` in another terminal finds it
+        log_path = settings.state_dir / "demo-worker.log"
+        console.print(
+            f"broker {bootstrap}{' (embedded)' if embedded else ''}; worker log: {log_path}"
+        )
+        worker = WorkerProcess("risk", {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}, log_path).start()
+        threads = [
+            threading.Thread(
+                target=_publisher,
+                args=(bootstrap, topics.transactions, rate, stats, stop),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_reader, args=(bootstrap, topics.scores, "scores", stats, stop), daemon=True
+            ),
+            threading.Thread(
+                target=_reader, args=(bootstrap, topics.alerts, "alerts", stats, stop), daemon=True
+            ),
+            threading.Thread(
+                target=_reader, args=(bootstrap, topics.dlq, "dlq", stats, stop), daemon=True
+            ),
+        ]
+        for t in threads:
+            t.start()
+        start = time.monotonic()
+        try:
+            with Live(_view(stats, bootstrap, 0), console=console, refresh_per_second=4) as live:
+                while not stop.is_set():
+                    elapsed = time.monotonic() - start
+                    if duration_s and elapsed >= duration_s:
+                        break
+                    if not worker.running:
+                        console.print(f"[red]the risk worker exited; see {log_path}")
+                        break
+                    live.update(_view(stats, bootstrap, elapsed))
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            console.print("stopping: publisher, worker, broker ...")
+            for t in threads:
+                t.join(5)
+            worker.stop()
+            if embedded is not None:
+                clear_runtime(settings)
+    console.print(
+        f"published {stats.published}, scored {stats.scored}, "
+        f"alerts {stats.alerts}, dead letters {stats.dlq}"
+    )
+    return 0
+
+
+def _publisher(
+    bootstrap: str, topic: str, rate: float, stats: _Stats, stop: threading.Event
+) -> None:
+    cfg = GeneratorConfig(
+        seed=int(time.time()),
+        large_rate=0.01,
+        burst_rate=0.004,
+        malformed_rate=0.005,
+        start_ms=now_ms(),
+    )
+    gen = TransactionGenerator(cfg)
+    pending: deque[str | None] = deque()
+
+    def records():  # type: ignore[no-untyped-def]
+        for g in gen:
+            pending.append(g.tx["tx_id"] if g.tx else None)
+            yield g.key, g.value
+
+    def sent(n: int, _value: bytes) -> None:
+        tx_id = pending.popleft()
+        with stats.lock:
+            stats.published = n
+            if tx_id is not None:
+                stats.publish_ms[tx_id] = now_ms()
+
+    publish(bootstrap, topic, islice(records(), None), rate, on_sent=sent, should_stop=stop.is_set)
+
+
+def _reader(bootstrap: str, topic: str, kind: str, stats: _Stats, stop: threading.Event) -> None:
+    for _key, value, _ts in read_topic(
+        bootstrap, topic, follow=True, from_end=True, idle_timeout_s=0.2, should_stop=stop.is_set
+    ):
+        if not isinstance(value, dict):
+            continue
+        with stats.lock:
+            if kind == "scores":
+                stats.scored += 1
+                stats.scored_at.append(time.monotonic())
+                sent = stats.publish_ms.pop(value.get("tx_id"), None)
+                if sent is not None:
+                    stats.latencies_ms.append(int(value["processed_ms"]) - sent)
+            elif kind == "alerts":
+                stats.alerts += 1
+                stats.recent_alerts.append(value)
+            else:
+                stats.dlq += 1

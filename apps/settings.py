@@ -1,0 +1,59 @@
+"""One settings object for every Vigil process, read from ``VIGIL_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.topics import TopicNames
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with the defaults a developer wants on a laptop.
+
+    Environment: ``VIGIL_KAFKA_BOOTSTRAP``, ``VIGIL_NAMESPACE``, ``VIGIL_PARTITIONS``, ...
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port list of a Kafka cluster; unset = the embedded dev broker",
+    )
+    namespace: str = Field(
+        default="vigil",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+        description="topic-name and consumer-group prefix (contract default: vigil)",
+    )
+    partitions: int = Field(default=4, ge=1, le=1024)
+    batch_size: int = Field(default=2000, ge=1, description="micro-batch size (stream.take)")
+    batch_wait_ms: int = Field(default=50, ge=1, description="max wait to fill a micro-batch")
+    hmac_key: SecretStr = Field(
+        default=SecretStr("vigil-dev-key-change-me"), description="signs model releases"
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
+
+    # Decision thresholds on the combined score in 0..1.
+    review_threshold: float = Field(default=0.5, gt=0, le=1)
+    block_threshold: float = Field(default=0.9, gt=0, le=1)
+
+    # Group membership timings. Tansu only completes a join after the rebalance timeout,
+    # so keep these low for development; raise them for a production cluster.
+    rebalance_timeout_s: float = Field(default=3.0, gt=0)
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+
+    @cached_property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.namespace)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, then apply explicit overrides (used by the CLI and tests)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

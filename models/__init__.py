@@ -1,0 +1,1 @@
+"""Machine learning: models, the compute engine, compression, serving."""

@@ -1,0 +1,50 @@
+"""Model serving seam: a batched scorer behind an atomic hot-swap holder.
+
+The skeleton serves no model ("rules-only"); the hybrid GBDT+NN scorer plugs in here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+__all__ = ["BatchScorer", "RulesOnly", "ModelHolder"]
+
+
+class BatchScorer(Protocol):
+    version: str
+
+    def score_batch(self, features: Sequence[Mapping[str, float | None]]) -> list[float] | None:
+        """One probability per row, or None when this scorer has no model."""
+        ...
+
+
+class RulesOnly:
+    """Serves no model: decisions come from the rules alone."""
+
+    version = "rules-only"
+
+    def score_batch(self, features: Sequence[Mapping[str, float | None]]) -> list[float] | None:
+        return None
+
+
+class ModelHolder:
+    """Holds the serving scorer; ``swap`` replaces it atomically between micro-batches.
+
+    A worker reads ``current`` once per micro-batch, so every record of a batch is scored
+    (and stamped) by the same model version.
+    """
+
+    def __init__(self, scorer: BatchScorer | None = None) -> None:
+        self._scorer: BatchScorer = scorer or RulesOnly()
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> BatchScorer:
+        return self._scorer
+
+    def swap(self, scorer: BatchScorer) -> BatchScorer:
+        with self._lock:
+            old, self._scorer = self._scorer, scorer
+        return old

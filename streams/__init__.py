@@ -1,0 +1,1 @@
+"""Pure stream logic: importable and testable without a broker."""

@@ -1,0 +1,11 @@
+"""Event sources: the seeded synthetic generator and JSONL replay."""
+
+from streams.sources.replay import read_jsonl
+from streams.sources.synthetic import (
+    MALFORMED_KINDS,
+    Generated,
+    GeneratorConfig,
+    TransactionGenerator,
+)
+
+__all__ = ["MALFORMED_KINDS", "Generated", "GeneratorConfig", "TransactionGenerator", "read_jsonl"]

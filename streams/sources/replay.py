@@ -1,0 +1,27 @@
+"""Replay transactions from a JSON Lines file, one record per non-empty line, bytes as-is.
+
+Lines are not validated here: the worker validates and dead-letters, exactly as it would
+for any other producer. The key is the line's ``account_id`` when it has one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["read_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str | None, bytes]]:
+    with open(path, "rb") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                doc = json.loads(line)
+                key = doc.get("account_id") if isinstance(doc, dict) else None
+            except ValueError:
+                key = None
+            yield (key if isinstance(key, str) else None), line

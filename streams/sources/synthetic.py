@@ -1,0 +1,201 @@
+"""Seeded synthetic transactions: a population with normal behaviour plus injected cases.
+
+Event time is simulated (a Poisson process over the population), independent of how fast
+the records are published, so a seed always yields the same stream.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["GeneratorConfig", "Generated", "TransactionGenerator", "MALFORMED_KINDS"]
+
+DAY_MS = 86_400_000
+DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+_HOMES = {
+    "DE": "EUR",
+    "FR": "EUR",
+    "NL": "EUR",
+    "GB": "GBP",
+    "US": "USD",
+    "CH": "CHF",
+    "SE": "SEK",
+    "PL": "PLN",
+    "JP": "JPY",
+    "SG": "SGD",
+}
+_CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
+_CHANNEL_WEIGHTS = (60, 10, 12, 8, 2, 8)
+_MCC = ("5411", "5812", "5999", "4111", "5732", "7011", "5311", None)
+MALFORMED_KINDS = (
+    "bad_json",
+    "missing_field",
+    "negative_amount",
+    "bad_currency",
+    "bad_country",
+    "ts_out_of_range",
+    "wrong_type",
+    "not_an_object",
+)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    seed: int = 7
+    accounts: int = 1000
+    tx_per_account_day: float = 3.0
+    start_ms: int = DEFAULT_START_MS
+    large_rate: float = 0.002  # share of events that are an injected large transfer
+    burst_rate: float = 0.001  # share of events that start a structuring burst
+    burst_size: tuple[int, int] = (12, 16)  # small transactions per burst
+    burst_span_ms: int = 2 * 3_600_000  # a burst fits in this span
+    malformed_rate: float = 0.0  # share of records that are invalid on purpose
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One record to publish: a valid transaction (``tx``) or malformed bytes (``raw``)."""
+
+    key: str
+    tx: dict[str, Any] | None = None
+    raw: bytes | None = None
+    label: int = 0
+    typology: str | None = None
+
+    @property
+    def value(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return json.dumps(self.tx, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Account:
+    account_id: str
+    home: str
+    median_amount: float
+    payees: list[str]
+    device: str
+
+
+@dataclass(order=True)
+class _Pending:
+    ts_ms: int
+    seq: int
+    item: Generated = field(compare=False)
+
+
+class TransactionGenerator:
+    """Iterate to get :class:`Generated` records in event-time order (endless)."""
+
+    def __init__(self, config: GeneratorConfig | None = None) -> None:
+        self.config = cfg = config or GeneratorConfig()
+        self._rng = random.Random(cfg.seed)
+        self._accounts = [self._new_account(i) for i in range(cfg.accounts)]
+        self._gap_ms = DAY_MS / (cfg.accounts * cfg.tx_per_account_day)
+        self._clock_ms = float(cfg.start_ms)
+        self._seq = 0
+        self._pending: list[_Pending] = []
+
+    def _new_account(self, i: int) -> _Account:
+        rng = self._rng
+        home = rng.choice(list(_HOMES))
+        payees = [f"cp-{rng.randrange(10**6):06d}" for _ in range(rng.randint(3, 8))]
+        return _Account(
+            f"acc-{i:06d}",
+            home,
+            rng.lognormvariate(4.5, 1.0),
+            payees,
+            f"dev-{rng.randrange(10**8):08d}",
+        )
+
+    def _tx(self, acct: _Account, ts_ms: int, amount: float, **over: Any) -> dict[str, Any]:
+        rng = self._rng
+        self._seq += 1
+        abroad = rng.random() < 0.08
+        country = rng.choice(list(_HOMES)) if abroad else acct.home
+        payee = rng.choice(acct.payees) if rng.random() > 0.1 else f"cp-{rng.randrange(10**6):06d}"
+        tx = {
+            "tx_id": f"tx-{self.config.seed}-{self._seq:09d}",
+            "ts_ms": int(ts_ms),
+            "account_id": acct.account_id,
+            "counterparty_id": payee,
+            "amount": round(amount, 2),
+            "currency": _HOMES[acct.home],
+            "channel": rng.choices(_CHANNELS, _CHANNEL_WEIGHTS)[0],
+            "country": country,
+            "device_id": acct.device if rng.random() > 0.05 else None,
+            "merchant_category": rng.choice(_MCC),
+        }
+        tx.update(over)
+        return tx
+
+    def _schedule(self, item: Generated, ts_ms: int) -> None:
+        heapq.heappush(self._pending, _Pending(ts_ms, self._seq, item))
+
+    def _next_normal(self) -> None:
+        cfg, rng = self.config, self._rng
+        self._clock_ms += rng.expovariate(1.0 / self._gap_ms)
+        ts = int(self._clock_ms)
+        acct = rng.choice(self._accounts)
+        u = rng.random()
+        if u < cfg.large_rate:
+            amount = rng.uniform(500_001, 2_500_000)
+            tx = self._tx(acct, ts, amount, channel="wire")
+            self._schedule(Generated(acct.account_id, tx, label=1, typology="large_value"), ts)
+        elif u < cfg.large_rate + cfg.burst_rate:
+            self._burst(acct, ts)
+        else:
+            amount = min(rng.lognormvariate(0, 1.0) * acct.median_amount, 400_000.0)
+            self._schedule(Generated(acct.account_id, self._tx(acct, ts, amount)), ts)
+        if rng.random() < cfg.malformed_rate:
+            self._schedule(self._malformed(acct, ts), ts)
+
+    def _burst(self, acct: _Account, ts_ms: int) -> None:
+        """Structuring: a run of small payments within a couple of hours."""
+        cfg, rng = self.config, self._rng
+        for _ in range(rng.randint(*cfg.burst_size)):
+            at = ts_ms + rng.randrange(cfg.burst_span_ms)
+            tx = self._tx(acct, at, rng.uniform(700, 999.99), channel="p2p")
+            self._schedule(Generated(acct.account_id, tx, label=1, typology="structuring"), at)
+
+    def _malformed(self, acct: _Account, ts_ms: int) -> Generated:
+        kind = self._rng.choice(MALFORMED_KINDS)
+        tx = self._tx(acct, ts_ms, 10.0)
+        raw: bytes
+        if kind == "bad_json":
+            raw = json.dumps(tx).encode()[:-7]
+        elif kind == "not_an_object":
+            raw = b"[1, 2, 3]"
+        else:
+            if kind == "missing_field":
+                del tx["amount"]
+            elif kind == "negative_amount":
+                tx["amount"] = -12.5
+            elif kind == "bad_currency":
+                tx["currency"] = "euro"
+            elif kind == "bad_country":
+                tx["country"] = "Germany"
+            elif kind == "ts_out_of_range":
+                tx["ts_ms"] = ts_ms // 1000  # seconds, not milliseconds
+            elif kind == "wrong_type":
+                tx["amount"] = "12.50"
+            raw = json.dumps(tx).encode()
+        return Generated(acct.account_id, raw=raw, typology=f"malformed:{kind}")
+
+    def __iter__(self) -> Iterator[Generated]:
+        return self
+
+    def __next__(self) -> Generated:
+        # Emit pending records once the clock has passed them: event-time order overall.
+        while not self._pending or self._pending[0].ts_ms > self._clock_ms:
+            self._next_normal()
+        return heapq.heappop(self._pending).item
+
+    def take(self, n: int) -> list[Generated]:
+        return [next(self) for _ in range(n)]

@@ -1,0 +1,78 @@
+"""The topic table of wire contract v1: names, keys, partitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TopicSpec", "TopicNames", "CONTRACT_TOPICS"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str  # full name is f"{namespace}.{suffix}"
+    key: str
+    description: str
+    partitioned: bool = True  # False: a single partition keeps a global order
+
+
+CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("transactions", "account_id", "Transaction JSON from producers"),
+    TopicSpec("labels", "tx_id", "late ground truth for training"),
+    TopicSpec("risk.scores", "account_id", "one score record per processed transaction"),
+    TopicSpec("risk.alerts", "account_id", "alerts for transactions not allowed"),
+    TopicSpec("frames", "camera_id", "encoded camera frames"),
+    TopicSpec("inspection.alerts", "camera_id", "defect alerts"),
+    TopicSpec("models", "model name", "signed, chunked model releases", partitioned=False),
+    TopicSpec("rules", "ruleset name", "ruleset documents", partitioned=False),
+    TopicSpec("dlq", "original key", "records that could not be processed, with the reason"),
+)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Topic names under one namespace; ``TopicNames("vigil").transactions == "vigil.transactions"``."""
+
+    namespace: str = "vigil"
+
+    def name(self, suffix: str) -> str:
+        return f"{self.namespace}.{suffix}"
+
+    @property
+    def transactions(self) -> str:
+        return self.name("transactions")
+
+    @property
+    def labels(self) -> str:
+        return self.name("labels")
+
+    @property
+    def scores(self) -> str:
+        return self.name("risk.scores")
+
+    @property
+    def alerts(self) -> str:
+        return self.name("risk.alerts")
+
+    @property
+    def frames(self) -> str:
+        return self.name("frames")
+
+    @property
+    def inspection_alerts(self) -> str:
+        return self.name("inspection.alerts")
+
+    @property
+    def models(self) -> str:
+        return self.name("models")
+
+    @property
+    def rules(self) -> str:
+        return self.name("rules")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("dlq")
+
+    def all(self, partitions: int) -> dict[str, int]:
+        """Every contract topic with its partition count."""
+        return {self.name(t.suffix): (partitions if t.partitioned else 1) for t in CONTRACT_TOPICS}
