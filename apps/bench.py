@@ -49,7 +49,7 @@ def bench_risk(
             "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
         }
         log_path = settings.state_dir / f"{namespace}-worker.log"
-        with WorkerProcess("risk", env, log_path):
+        with WorkerProcess("risk", env, log_path) as worker:
             # Warm-up: one transaction whose score proves the worker has joined the group.
             warm = TransactionGenerator(GeneratorConfig(seed=999, accounts=1)).take(1)[0]
             publish(bootstrap, topics.transactions, [(warm.key, warm.value)])
@@ -83,7 +83,9 @@ def bench_risk(
                 bootstrap,
                 topics.scores,
                 follow=True,
-                should_stop=lambda: len(scored) >= events or time.monotonic() > deadline,
+                should_stop=lambda: (
+                    len(scored) >= events or time.monotonic() > deadline or not worker.running
+                ),
             ):
                 if isinstance(value, dict) and value.get("tx_id") in publish_ms:
                     scored.setdefault(value["tx_id"], value)

@@ -14,6 +14,8 @@ Design notes:
 - Outputs go through a confluent-kafka producer (librdkafka): ~20x cheaper per message
   than faust's own ``Topic.send`` on this hot path.
 - No Kafka transactions (Tansu has no EndTxn): at-least-once with deterministic ids.
+- Tansu under-reports end offsets, which made faust's table recovery skip changelog
+  records: see apps/compat.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import faust
 from confluent_kafka import KafkaError, Message, Producer
 
 from apps.broker import ensure_topics, resolve_bootstrap
+from apps.compat import install_faust_end_offset_fix
 from apps.kafka import make_producer
 from apps.settings import Settings
 from streams.pipeline import RiskPipeline, now_ms
@@ -79,12 +82,15 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
     ensure_topics(bootstrap, topics.all(settings.partitions))
+    install_faust_end_offset_fix(bootstrap)
+    datadir = settings.state_dir / "workers"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.namespace}-risk",
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
-        datadir=str(settings.state_dir / "workers"),
+        datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
@@ -134,7 +140,10 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             previous = stream.current_event
             for account_id, i in result.last_index.items():
                 stream._set_current_event(events[i])  # changelog partition = source partition
-                state[account_id.encode()] = result.states[account_id].snapshot()
+                account = result.states[account_id]
+                snapshot = account.snapshot()
+                state[account_id.encode()] = snapshot
+                pipeline.remember(account_id, snapshot, account)
             stream._set_current_event(previous)
 
     @app.timer(STATS_EVERY_S)

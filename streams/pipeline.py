@@ -11,13 +11,14 @@ before it saves state, so a skipped event's score record was already delivered.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from models.serving import ModelHolder
 from streams.features import SEED_FEATURES_VERSION, FeatureError, FeatureSet
@@ -78,11 +79,15 @@ class RiskPipeline:
         ruleset: Ruleset | None = None,
         model: ModelHolder | None = None,
         thresholds: Thresholds | None = None,
+        live_states: int = 100_000,
     ) -> None:
         self.ruleset = ruleset or seed_ruleset()
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
         self.counters: Counter[str] = Counter()
+        # Deserialised states of recently saved accounts (see ``remember``).
+        self._live: OrderedDict[str, tuple[dict[str, Any], AccountState]] = OrderedDict()
+        self.live_states = live_states
 
     def process(
         self,
@@ -137,7 +142,7 @@ class RiskPipeline:
                 "consumed_ms": consumed_ms,
                 "features": feats,
             }
-            out.scores.append((key, json.dumps(record, separators=(",", ":")).encode()))
+            out.scores.append((key, orjson.dumps(record)))
             if decision != "allow":
                 alert = {
                     "alert_id": alert_id(tx.tx_id, decision, firings, scorer.version),
@@ -153,10 +158,18 @@ class RiskPipeline:
                     "model_version": scorer.version,
                     "processed_ms": processed_ms,
                 }
-                out.alerts.append((key, json.dumps(alert, separators=(",", ":")).encode()))
+                out.alerts.append((key, orjson.dumps(alert)))
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
         return out
+
+    def remember(self, account_id: str, snapshot: dict[str, Any], state: AccountState) -> None:
+        """Record that ``snapshot`` of ``state`` was saved: while the store still returns
+        that very object, the next batch reuses ``state`` instead of restoring it."""
+        self._live[account_id] = (snapshot, state)
+        self._live.move_to_end(account_id)
+        if len(self._live) > self.live_states:
+            self._live.popitem(last=False)
 
     def _state(
         self, out: BatchResult, account_id: str, load: Callable[[str], dict[str, Any] | None]
@@ -164,7 +177,13 @@ class RiskPipeline:
         state = out.states.get(account_id)
         if state is None:
             snapshot = load(account_id)
-            state = AccountState() if snapshot is None else AccountState.from_snapshot(snapshot)
+            live = self._live.pop(account_id, None)  # popped: it is about to change
+            if snapshot is None:
+                state = AccountState()
+            elif live is not None and live[0] is snapshot:
+                state = live[1]
+            else:
+                state = AccountState.from_snapshot(snapshot)
             out.states[account_id] = state
         return state
 

@@ -1,30 +1,34 @@
 """Streaming feature operators: state objects with update / value / snapshot / restore."""
 
 from streams.features.account import (
-    SEED_FEATURES,
+    DAY_MS,
+    GRACE_MS,
+    HOUR_MS,
     SEED_FEATURES_VERSION,
     SMALL_AMOUNT,
     FeatureSet,
-    FeatureSpec,
 )
 from streams.features.base import FeatureError, FeatureOperator
 from streams.features.windows import (
+    EventLog,
     TimeSinceLast,
-    WindowedCount,
-    WindowedDistinct,
-    WindowedSum,
+    WindowCount,
+    WindowDistinct,
+    WindowSum,
 )
 
 __all__ = [
+    "DAY_MS",
+    "GRACE_MS",
+    "HOUR_MS",
+    "EventLog",
     "FeatureError",
     "FeatureOperator",
     "FeatureSet",
-    "FeatureSpec",
-    "SEED_FEATURES",
     "SEED_FEATURES_VERSION",
     "SMALL_AMOUNT",
     "TimeSinceLast",
-    "WindowedCount",
-    "WindowedDistinct",
-    "WindowedSum",
+    "WindowCount",
+    "WindowDistinct",
+    "WindowSum",
 ]

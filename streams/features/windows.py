@@ -1,99 +1,103 @@
-"""Event-time sliding-window primitives.
+"""Event-time sliding-window primitives over one shared per-entity event log.
 
-Semantics (shared by every primitive here, and by the brute-force reference in the tests):
+Semantics (shared by every aggregate here, and by the brute-force reference in the tests):
 the value as of an event at ``ts_ms`` aggregates the events already folded in whose time
 lies in ``(ts_ms - window_ms, ts_ms]`` — a sliding window that ends at the event itself.
-State is kept for ``window_ms + grace_ms`` behind the newest event time seen (the
+The log keeps ``horizon_ms + grace_ms`` behind the newest event time seen (the
 watermark), so events up to ``grace_ms`` late still see a complete window.
+
+One log per entity holds the columns every windowed feature needs; the aggregates are
+stateless views over it, so adding a feature adds no state.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import dataclass
 from typing import Any
 
 from streams.features.base import FeatureError
 
-__all__ = ["WindowedSum", "WindowedCount", "WindowedDistinct", "TimeSinceLast"]
+__all__ = ["EventLog", "WindowCount", "WindowSum", "WindowDistinct", "TimeSinceLast"]
 
 
-class _Window:
-    """Events as parallel lists sorted by time; equal times keep arrival order."""
+class EventLog:
+    """Events as columns sorted by event time; equal times keep arrival order."""
 
-    kind = "window"
-
-    def __init__(self, window_ms: int, grace_ms: int = 0) -> None:
-        if window_ms <= 0 or grace_ms < 0:
-            raise FeatureError(f"{self.kind}: window_ms must be > 0 and grace_ms >= 0")
-        self.window_ms = window_ms
+    def __init__(self, columns: tuple[str, ...], horizon_ms: int, grace_ms: int = 0) -> None:
+        if horizon_ms <= 0 or grace_ms < 0:
+            raise FeatureError("event log: horizon_ms must be > 0 and grace_ms >= 0")
+        self.columns = columns
+        self.horizon_ms = horizon_ms
         self.grace_ms = grace_ms
-        self._ts: list[int] = []
-        self._items: list[Any] = []
-        self._watermark_ms: int | None = None
+        self.ts: list[int] = []
+        self.data: dict[str, list[Any]] = {c: [] for c in columns}
+        self.watermark_ms: int | None = None
 
-    def update(self, ts_ms: int, item: Any = None) -> None:
-        i = bisect_right(self._ts, ts_ms)
-        self._ts.insert(i, ts_ms)
-        self._items.insert(i, item)
-        if self._watermark_ms is None or ts_ms > self._watermark_ms:
-            self._watermark_ms = ts_ms
-            self._evict()
+    def update(self, ts_ms: int, row: dict[str, Any]) -> None:
+        i = bisect_right(self.ts, ts_ms)
+        self.ts.insert(i, ts_ms)
+        for c in self.columns:
+            self.data[c].insert(i, row[c])
+        if self.watermark_ms is None or ts_ms > self.watermark_ms:
+            self.watermark_ms = ts_ms
+            cut = bisect_right(self.ts, ts_ms - self.horizon_ms - self.grace_ms)
+            if cut:
+                del self.ts[:cut]
+                for col in self.data.values():
+                    del col[:cut]
 
-    def _evict(self) -> None:
-        assert self._watermark_ms is not None
-        horizon = self._watermark_ms - self.window_ms - self.grace_ms
-        cut = bisect_right(self._ts, horizon)
-        if cut:
-            del self._ts[:cut]
-            del self._items[:cut]
-
-    def _range(self, ts_ms: int) -> tuple[int, int]:
-        return bisect_right(self._ts, ts_ms - self.window_ms), bisect_right(self._ts, ts_ms)
+    def span(self, ts_ms: int, window_ms: int) -> tuple[int, int]:
+        """Index range of the events in ``(ts_ms - window_ms, ts_ms]``."""
+        if window_ms > self.horizon_ms:
+            raise FeatureError(f"window {window_ms} ms exceeds the log horizon {self.horizon_ms}")
+        return bisect_right(self.ts, ts_ms - window_ms), bisect_right(self.ts, ts_ms)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"ts": list(self._ts), "items": list(self._items), "wm": self._watermark_ms}
+        return {
+            "ts": list(self.ts),
+            "wm": self.watermark_ms,
+            **{c: list(v) for c, v in self.data.items()},
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         try:
-            ts, items, wm = state["ts"], state["items"], state["wm"]
+            ts, wm = list(state["ts"]), state["wm"]
+            data = {c: list(state[c]) for c in self.columns}
         except (KeyError, TypeError) as exc:
-            raise FeatureError(f"{self.kind}: bad snapshot {state!r:.80}") from exc
-        if len(ts) != len(items):
-            raise FeatureError(f"{self.kind}: snapshot has {len(ts)} times, {len(items)} items")
-        self._ts, self._items, self._watermark_ms = list(ts), list(items), wm
+            raise FeatureError(f"event log: bad snapshot ({exc!r})") from exc
+        if any(len(v) != len(ts) for v in data.values()):
+            raise FeatureError("event log: snapshot columns differ in length")
+        self.ts, self.watermark_ms, self.data = ts, wm, data
 
 
-class WindowedSum(_Window):
-    """Sum of event values in the sliding window."""
+@dataclass(frozen=True)
+class WindowCount:
+    window_ms: int
 
-    kind = "windowed_sum"
-
-    def value(self, ts_ms: int) -> float:
-        lo, hi = self._range(ts_ms)
-        return float(sum(self._items[lo:hi]))
-
-
-class WindowedCount(_Window):
-    """Number of events in the sliding window (the item, if any, is ignored)."""
-
-    kind = "windowed_count"
-
-    def update(self, ts_ms: int, item: Any = None) -> None:
-        super().update(ts_ms, None)
-
-    def value(self, ts_ms: int) -> float:
-        lo, hi = self._range(ts_ms)
+    def value(self, log: EventLog, ts_ms: int) -> float:
+        lo, hi = log.span(ts_ms, self.window_ms)
         return float(hi - lo)
 
 
-class WindowedDistinct(_Window):
-    """Number of distinct items (for example counterparty ids) in the sliding window."""
+@dataclass(frozen=True)
+class WindowSum:
+    column: str
+    window_ms: int
 
-    kind = "windowed_distinct"
+    def value(self, log: EventLog, ts_ms: int) -> float:
+        lo, hi = log.span(ts_ms, self.window_ms)
+        return float(sum(log.data[self.column][lo:hi]))
 
-    def value(self, ts_ms: int) -> float:
-        lo, hi = self._range(ts_ms)
-        return float(len(set(self._items[lo:hi])))
+
+@dataclass(frozen=True)
+class WindowDistinct:
+    column: str
+    window_ms: int
+
+    def value(self, log: EventLog, ts_ms: int) -> float:
+        lo, hi = log.span(ts_ms, self.window_ms)
+        return float(len(set(log.data[self.column][lo:hi])))
 
 
 class TimeSinceLast:

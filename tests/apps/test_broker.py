@@ -1,0 +1,35 @@
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from apps.broker import BrokerError, EmbeddedBroker, ensure_topics, resolve_bootstrap
+from apps.settings import Settings
+from streams.topics import CONTRACT_TOPICS
+
+pytestmark = pytest.mark.integration
+
+
+def test_contract_topics_exist_with_their_partitions(settings, bootstrap):
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+    for spec in CONTRACT_TOPICS:
+        name = f"{settings.namespace}.{spec.suffix}"
+        assert name in meta, name
+        assert len(meta[name].partitions) == (4 if spec.partitioned else 1)
+    assert ensure_topics(bootstrap, settings.topics.all(4)) == []  # idempotent
+
+
+def test_embedded_broker_starts_and_stops_cleanly(tmp_path):
+    broker = EmbeddedBroker(log_path=tmp_path / "b.log").start()
+    pid = broker.pid
+    assert broker.running and ensure_topics(broker.bootstrap, {"x": 2}) == ["x"]
+    broker.stop()
+    assert not broker.running
+    import os
+
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_without_a_broker_the_error_says_what_to_do(tmp_path):
+    with pytest.raises(BrokerError, match="vigil broker.*VIGIL_KAFKA_BOOTSTRAP"):
+        resolve_bootstrap(Settings(kafka_bootstrap=None, state_dir=tmp_path))
+    assert resolve_bootstrap(Settings(kafka_bootstrap="h:1", state_dir=tmp_path)) == "h:1"

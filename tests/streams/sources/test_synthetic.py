@@ -1,0 +1,59 @@
+import json
+
+from streams.schemas import RawRecord, decode_transactions
+from streams.sources import MALFORMED_KINDS, GeneratorConfig, TransactionGenerator, read_jsonl
+from tests.reference import expected_decision, features_by_tx
+
+
+def test_same_seed_same_stream_and_event_time_order():
+    a = TransactionGenerator(GeneratorConfig(seed=11)).take(3000)
+    b = TransactionGenerator(GeneratorConfig(seed=11)).take(3000)
+    assert [g.value for g in a] == [g.value for g in b]
+    ts = [g.tx["ts_ms"] for g in a if g.tx]
+    assert ts == sorted(ts)
+    assert TransactionGenerator(GeneratorConfig(seed=12)).take(10)[0].value != a[0].value
+
+
+def test_injected_cases_trigger_their_rules_and_normal_traffic_rarely_does():
+    gen = TransactionGenerator(GeneratorConfig(seed=5, accounts=500)).take(30_000)
+    txs = [g.tx for g in gen]
+    feats = features_by_tx(txs)
+    fired = {t["tx_id"]: expected_decision(t, feats[t["tx_id"]])[1] for t in txs}
+    large = [g for g in gen if g.typology == "large_value"]
+    assert large and all("large_transfer" in fired[g.tx["tx_id"]] for g in large)
+    # every structuring burst (12-16 small payments) pushes its account over 10 in 24 h
+    burst_accounts = {g.key for g in gen if g.typology == "structuring"}
+    flagged = {
+        t["account_id"]
+        for t in txs
+        if "frequent_small" in fired[t["tx_id"]]
+        and t["tx_id"] in {g.tx["tx_id"] for g in gen if g.label}
+    }
+    assert burst_accounts == flagged
+    # Normal payments of accounts that never had an injected case: measured 0.085 % flagged
+    # (seed 5). An injected account's own later payments inside the 24 h window are flagged
+    # too, by design: the account is under suspicion.
+    injected = {g.key for g in gen if g.label}
+    clean = [g for g in gen if g.key not in injected]
+    false_positive_rate = sum(1 for g in clean if fired[g.tx["tx_id"]]) / len(clean)
+    assert false_positive_rate < 0.002, false_positive_rate
+
+
+def test_malformed_records_cover_every_kind_and_all_fail_validation():
+    gen = TransactionGenerator(GeneratorConfig(seed=2, malformed_rate=0.2)).take(2000)
+    bad = [g for g in gen if g.raw is not None]
+    assert {g.typology.split(":")[1] for g in bad} == set(MALFORMED_KINDS)
+    recs = [RawRecord("t", 0, i, None, g.raw) for i, g in enumerate(bad)]
+    valid, dead = decode_transactions(recs, 0)
+    assert valid == [] and len(dead) == len(bad)
+
+
+def test_jsonl_replay_passes_lines_through_unchanged(tmp_path):
+    path = tmp_path / "tx.jsonl"
+    lines = [json.dumps({"account_id": "a1", "x": 1}), "", "not json", '["a"]']
+    path.write_text("\n".join(lines) + "\n")
+    assert list(read_jsonl(path)) == [
+        ("a1", lines[0].encode()),
+        (None, b"not json"),
+        (None, b'["a"]'),
+    ]
