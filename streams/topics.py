@@ -30,7 +30,11 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
 
 @dataclass(frozen=True)
 class TopicNames:
-    """Topic names under one namespace; ``TopicNames("vigil").transactions == "vigil.transactions"``."""
+    """Topic names under one namespace.
+
+    >>> TopicNames("vigil").transactions
+    'vigil.transactions'
+    """
 
     namespace: str = "vigil"
 

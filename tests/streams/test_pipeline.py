@@ -92,7 +92,7 @@ def test_live_state_cache_is_not_used_when_the_store_changed_underneath():
 
 def test_unreadable_state_sends_the_record_to_the_dlq_not_a_crash():
     recs, gen = records(50)
-    first_valid = next(r for r, g in zip(recs, gen) if g.tx is not None)
+    first_valid = next(r for r, g in zip(recs, gen, strict=True) if g.tx is not None)
     store = {first_valid.key.decode(): {"v": "old-version"}}
     _, _, dead = run(RiskPipeline(), [first_valid], store)
     assert "account state unreadable" in dead[0]["error"] and "old-version" in dead[0]["error"]
