@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from itertools import islice
 from typing import Any
 
 from rich.console import Console, Group
@@ -175,7 +174,7 @@ def _publisher(
             if tx_id is not None:
                 stats.publish_ms[tx_id] = now_ms()
 
-    publish(bootstrap, topic, islice(records(), None), rate, on_sent=sent, should_stop=stop.is_set)
+    publish(bootstrap, topic, records(), rate, on_sent=sent, should_stop=stop.is_set)
 
 
 def _reader(bootstrap: str, topic: str, kind: str, stats: _Stats, stop: threading.Event) -> None:

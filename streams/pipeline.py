@@ -104,7 +104,7 @@ class RiskPipeline:
         for record, letter in dead:
             self._dead(out, record, letter)
 
-        # Features, in partition order. (tx, features, record) for events not seen before.
+        # Features in partition order, for the events this state has not applied yet.
         fresh: list[tuple[Transaction, dict[str, float | None]]] = []
         for record, tx in valid:
             try:

@@ -1,0 +1,69 @@
+"""The ``vigil`` command as a user runs it: clear errors, publish and consume round trip."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from apps.cli import app
+
+runner = CliRunner()
+
+
+def test_without_a_broker_commands_say_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIGIL_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("VIGIL_STATE_DIR", str(tmp_path))
+    result = runner.invoke(app, ["consume", "alerts"])
+    assert result.exit_code == 2
+    assert "vigil broker" in result.output and "VIGIL_KAFKA_BOOTSTRAP" in result.output
+
+
+def test_bad_configuration_is_named(monkeypatch):
+    monkeypatch.setenv("VIGIL_PARTITIONS", "zero")
+    result = runner.invoke(app, ["consume", "alerts"])
+    assert result.exit_code == 2
+    assert "invalid configuration" in result.output and "partitions" in result.output
+
+
+@pytest.mark.integration
+def test_replay_a_jsonl_file_and_read_it_back(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    lines = ['{"tx_id": "r1"}', "not json at all", '{"tx_id": "r2", "account_id": "acc-1"}']
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["publish", "transactions", "--file", str(path), "--count", "10"])
+    assert result.exit_code == 0, result.output
+    assert "published 3 records" in result.output
+    # read them back raw from the transactions topic through the client the CLI uses
+    from apps.clients import read_topic
+
+    got = sorted(
+        str(v) for _k, v, _ts in read_topic(settings.kafka_bootstrap, settings.topics.transactions)
+    )
+    assert got == sorted(
+        ["{'tx_id': 'r1'}", "b'not json at all'", "{'tx_id': 'r2', 'account_id': 'acc-1'}"]
+    )
+    result = runner.invoke(app, ["consume", "dlq", "--json"])
+    assert result.exit_code == 0 and result.output.strip() == ""  # no worker ran: empty DLQ
+
+
+@pytest.mark.integration
+def test_consume_prints_a_table_or_json_lines(settings, monkeypatch):
+    from apps.clients import publish
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    alert = {
+        "alert_id": "x",
+        "tx_id": "t9",
+        "account_id": "a9",
+        "decision": "block",
+        "score": 0.95,
+        "reasons": [{"code": "LARGE_TRANSFER", "detail": "big", "weight": 0.8}],
+    }
+    publish(settings.kafka_bootstrap, settings.topics.alerts, [("a9", json.dumps(alert).encode())])
+    table = runner.invoke(app, ["consume", "alerts"])
+    assert table.exit_code == 0 and "t9" in table.output and "LARGE_TRANSFER: big" in table.output
+    lines = runner.invoke(app, ["consume", "alerts", "--json", "--limit", "1"])
+    assert [json.loads(x) for x in lines.output.splitlines()] == [alert]
