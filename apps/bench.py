@@ -92,6 +92,7 @@ def bench_risk(
             alerts = sum(1 for _ in read_topic(bootstrap, topics.alerts))
             dlq = sum(1 for _ in read_topic(bootstrap, topics.dlq))
     latencies = [float(r["processed_ms"] - publish_ms[t]) for t, r in scored.items()]
+    waits = [float(r["consumed_ms"] - publish_ms[t]) for t, r in scored.items()]
     span_ms = max((r["processed_ms"] for r in scored.values()), default=0) - min(
         (r["consumed_ms"] for r in scored.values()), default=0
     )
@@ -103,5 +104,6 @@ def bench_risk(
         "tps": round(len(scored) / (span_ms / 1000), 1) if span_ms > 0 else None,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        "consume_wait_p50_ms": percentile(waits, 50),
         "timed_out": len(scored) < events,
     }

@@ -33,6 +33,7 @@ def make_reader(bootstrap: str, **extra: Any) -> Consumer:
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,  # Tansu holds a fetch this long even when data arrives
     }
     conf.update(extra)
     return Consumer(conf)

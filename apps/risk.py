@@ -14,8 +14,8 @@ Design notes:
 - Outputs go through a confluent-kafka producer (librdkafka): ~20x cheaper per message
   than faust's own ``Topic.send`` on this hot path.
 - No Kafka transactions (Tansu has no EndTxn): at-least-once with deterministic ids.
-- Tansu under-reports end offsets, which made faust's table recovery skip changelog
-  records: see apps/compat.py.
+- Tansu under-reports end offsets (faust's table recovery skipped changelog records) and
+  does not end a long-poll fetch early when data arrives: both adapted in apps/compat.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import faust
 from confluent_kafka import KafkaError, Message, Producer
 
 from apps.broker import ensure_topics, resolve_bootstrap
-from apps.compat import install_faust_end_offset_fix
+from apps.compat import install_faust_end_offset_fix, install_faust_fetch_wait
 from apps.kafka import make_producer
 from apps.settings import Settings
 from streams.pipeline import RiskPipeline, now_ms
@@ -83,6 +83,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     topics = settings.topics
     ensure_topics(bootstrap, topics.all(settings.partitions))
     install_faust_end_offset_fix(bootstrap)
+    install_faust_fetch_wait(settings.fetch_max_wait_ms)
     datadir = settings.state_dir / "workers"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

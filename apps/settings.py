@@ -31,8 +31,11 @@ class Settings(BaseSettings):
         description="topic-name and consumer-group prefix (contract default: vigil)",
     )
     partitions: int = Field(default=4, ge=1, le=1024)
-    batch_size: int = Field(default=2000, ge=1, description="micro-batch size (stream.take)")
+    batch_size: int = Field(default=4000, ge=1, description="micro-batch size (stream.take)")
     batch_wait_ms: int = Field(default=100, ge=1, description="max wait to fill a micro-batch")
+    fetch_max_wait_ms: int = Field(
+        default=50, ge=1, le=5000, description="longest a consumer fetch waits for data"
+    )
     hmac_key: SecretStr = Field(
         default=SecretStr("vigil-dev-key-change-me"), description="signs model releases"
     )
