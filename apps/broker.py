@@ -42,13 +42,19 @@ def wait_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
     """Block until the broker answers a metadata request."""
     deadline = time.monotonic() + timeout_s
     host, _, port = bootstrap.split(",")[0].rpartition(":")
-    while time.monotonic() < deadline:  # the port first: librdkafka logs every refusal
+    while True:  # the port first: librdkafka would log every refused connection
         try:
             socket.create_connection((host, int(port)), timeout=1).close()
             break
-        except OSError:
+        except (OSError, ValueError) as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"cannot reach a Kafka broker at {bootstrap!r} within {timeout_s:.0f} s "
+                    f"({exc}); is it running, and is the address host:port?"
+                ) from None
             time.sleep(0.05)
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
+    # log_level 0: the refusals are expected while waiting; the error below says it all
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:

@@ -20,6 +20,7 @@ from apps.broker import (
     clear_runtime,
     ensure_topics,
     resolve_bootstrap,
+    wait_ready,
     write_runtime,
 )
 from apps.clients import publish, read_topic
@@ -49,8 +50,11 @@ def _settings() -> Settings:
 
 
 def _bootstrap(settings: Settings) -> str:
+    """The broker to use, checked to answer; exit 2 with what to do when there is none."""
     try:
-        return resolve_bootstrap(settings)
+        bootstrap = resolve_bootstrap(settings)
+        wait_ready(bootstrap, timeout_s=10)
+        return bootstrap
     except BrokerError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -141,11 +145,12 @@ def publish_transactions(
             rate,
             on_sent=lambda n, _v: progress.update(task, completed=n),
         )
-    console.print(
-        f"published {result.count} records to {topic} on {bootstrap}"
-        + (f", [red]{result.failed} failed[/]" if result.failed else "")
-    )
+    console.print(f"published {result.delivered} records to {topic} on {bootstrap}")
     if result.failed:
+        console.print(
+            f"[red]error:[/] {result.failed} of {result.count} records were not "
+            "delivered (broker unreachable or refused them)"
+        )
         raise typer.Exit(1)
 
 

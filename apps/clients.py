@@ -33,8 +33,12 @@ class Pacer:
 
 @dataclass
 class Published:
-    count: int = 0
-    failed: int = 0
+    count: int = 0  # handed to the producer
+    failed: int = 0  # refused by the broker or still undelivered at the end
+
+    @property
+    def delivered(self) -> int:
+        return self.count - self.failed
 
 
 def publish(
@@ -44,6 +48,7 @@ def publish(
     rate: float = 0.0,
     on_sent: Callable[[int, bytes], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    flush_timeout_s: float = 30.0,
 ) -> Published:
     """Publish ``(key, value)`` records at ``rate``/s; ``on_sent(n, value)`` after each."""
     producer = make_producer(bootstrap)
@@ -69,7 +74,8 @@ def publish(
         if on_sent:
             on_sent(result.count, value)
         pacer.wait()
-    producer.flush(30)
+    # Whatever is still queued after the timeout was not delivered: count it, never hide it.
+    result.failed += producer.flush(flush_timeout_s)
     return result
 
 

@@ -67,3 +67,17 @@ def test_consume_prints_a_table_or_json_lines(settings, monkeypatch):
     assert table.exit_code == 0 and "t9" in table.output and "LARGE_TRANSFER: big" in table.output
     lines = runner.invoke(app, ["consume", "alerts", "--json", "--limit", "1"])
     assert [json.loads(x) for x in lines.output.splitlines()] == [alert]
+
+
+def test_an_unreachable_broker_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    result = runner.invoke(app, ["publish", "transactions", "--count", "3"])
+    assert result.exit_code == 2
+    assert "cannot reach a Kafka broker at '127.0.0.1:1'" in result.output
+
+
+def test_undelivered_records_are_counted_not_reported_as_published():
+    from apps.clients import publish
+
+    result = publish("127.0.0.1:1", "t", [(b"k", b"v")] * 3, flush_timeout_s=0.5)
+    assert (result.count, result.failed, result.delivered) == (3, 3, 0)
