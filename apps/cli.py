@@ -34,9 +34,11 @@ app = typer.Typer(
 worker_app = typer.Typer(help="Run a stream worker.", no_args_is_help=True)
 publish_app = typer.Typer(help="Publish events to Kafka.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
+rules_app = typer.Typer(help="AML rulesets: validate, publish, backtest.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(publish_app, name="publish")
 app.add_typer(bench_app, name="bench")
+app.add_typer(rules_app, name="rules")
 console = Console(stderr=True)
 out = Console()
 
@@ -236,6 +238,29 @@ def demo(
     _logging(settings)
     logging.getLogger().setLevel(logging.WARNING)
     raise typer.Exit(run_demo(settings, duration_s=duration, rate=rate, console=console))
+
+
+@rules_app.command("validate")
+def rules_validate(
+    file: Path = typer.Argument(..., help="ruleset document (YAML or JSON)"),
+) -> None:
+    """Check a ruleset: structure, every expression, every reason template."""
+    from streams.pipeline import RULE_NAMES
+    from streams.rules import RuleError, load_ruleset
+
+    try:
+        ruleset = load_ruleset(file, RULE_NAMES)
+    except RuleError as exc:
+        console.print(f"[red]invalid:[/] {exc}")
+        raise typer.Exit(1) from None
+    table = Table("rule", "typology", "code", "bands", title=f"{ruleset.name} {ruleset.version}")
+    for r in ruleset.rules:
+        table.add_row(r.name, r.typology, r.code, str(len(r.bands)))
+    out.print(table)
+    console.print(
+        f"[green]valid:[/] {len(ruleset.rules)} rules, reading {len(ruleset.names)} "
+        f"fields: {', '.join(sorted(ruleset.names))}"
+    )
 
 
 @bench_app.command("risk")

@@ -32,8 +32,8 @@ from apps.broker import ensure_topics, resolve_bootstrap
 from apps.compat import install_faust_end_offset_fix, install_faust_fetch_wait
 from apps.kafka import make_producer
 from apps.settings import Settings
-from streams.pipeline import RiskPipeline, now_ms
-from streams.rules import Thresholds
+from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
+from streams.rules import Thresholds, load_ruleset
 from streams.schemas import RawRecord
 
 __all__ = ["create_app", "run_worker"]
@@ -99,6 +99,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         table_standby_replicas=0,
+        broker_max_poll_records=settings.batch_size,
+        stream_buffer_maxsize=2 * settings.batch_size,
     )
     source = app.topic(
         topics.transactions,
@@ -113,8 +115,18 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         partitions=settings.partitions,
         key_type=bytes,  # raw account id; values: the JSON state snapshot
     )
+    ruleset = (
+        None if settings.ruleset_path is None else load_ruleset(settings.ruleset_path, RULE_NAMES)
+    )
     pipeline = RiskPipeline(
-        thresholds=Thresholds(settings.review_threshold, settings.block_threshold)
+        ruleset=ruleset,
+        thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
+    )
+    log.info(
+        "ruleset %s version %s (%d rules)",
+        pipeline.ruleset.name,
+        pipeline.ruleset.version,
+        len(pipeline.ruleset.rules),
     )
     outputs = _Outputs(make_producer(bootstrap))
 
@@ -124,7 +136,10 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
-        async for events in stream.take_events(settings.batch_size, within=within_s):
+        # noack_take: we ack a batch only once it is fully handled. take_events acks in a
+        # `finally`, so a worker stopped mid-batch (SIGTERM cancels the agent while it awaits
+        # the output flush) would commit events whose state was never saved.
+        async for events in stream.noack_take(settings.batch_size, within=within_s):
             consumed_ms = now_ms()
             records = [
                 RawRecord(
@@ -146,6 +161,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 state[account_id.encode()] = snapshot
                 pipeline.remember(account_id, snapshot, account)
             stream._set_current_event(previous)
+            for ev in events:
+                await stream.ack(ev)
 
     @app.timer(STATS_EVERY_S)
     async def report() -> None:

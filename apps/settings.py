@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
 
+    ruleset_path: Path | None = Field(
+        default=None, description="YAML/JSON ruleset the workers start with (unset: seed)"
+    )
+
     # Decision thresholds on the combined score in 0..1.
     review_threshold: float = Field(default=0.5, gt=0, le=1)
     block_threshold: float = Field(default=0.9, gt=0, le=1)

@@ -18,16 +18,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from models.serving import ModelHolder
 from streams.features import SEED_FEATURES_VERSION, FeatureError, FeatureSet
-from streams.rules import Ruleset, Thresholds, alert_id, combine, decide, seed_ruleset
+from streams.rules import (
+    NUM,
+    TX_FIELDS,
+    Ruleset,
+    Thresholds,
+    alert_id,
+    combine,
+    decide,
+    default_ruleset,
+)
 from streams.schemas import DeadLetter, RawRecord, Transaction, decode_transactions
 
-__all__ = ["AccountState", "BatchResult", "RiskPipeline", "now_ms"]
+__all__ = ["AccountState", "BatchResult", "RiskPipeline", "RULE_NAMES", "now_ms"]
 
 log = logging.getLogger(__name__)
+
+# What a rule may refer to: transaction fields and every feature, with their types.
+RULE_NAMES: dict[str, str] = {**TX_FIELDS, **dict.fromkeys(FeatureSet.names, NUM)}
 
 
 def now_ms() -> int:
@@ -81,7 +94,7 @@ class RiskPipeline:
         thresholds: Thresholds | None = None,
         live_states: int = 100_000,
     ) -> None:
-        self.ruleset = ruleset or seed_ruleset()
+        self.ruleset = ruleset or default_ruleset(RULE_NAMES)
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
         self.counters: Counter[str] = Counter()
@@ -120,11 +133,14 @@ class RiskPipeline:
             state.offsets[record.partition] = record.offset
             out.last_index[tx.account_id] = index[id(record)]
 
-        scorer = self.model.current  # one model version for the whole batch
+        scorer = self.model.current  # one model and one ruleset for the whole batch
+        ruleset = self.ruleset
+        ruleset_version = f"{ruleset.name}:{ruleset.version}"
         model_scores = scorer.score_batch([f for _, f in fresh])
+        all_firings = ruleset.evaluate_batch(self._columns(fresh, ruleset.names), len(fresh))
         processed_ms = clock()
         for i, (tx, feats) in enumerate(fresh):
-            firings = self.ruleset.evaluate(tx, feats)
+            firings = all_firings[i]
             model_score = None if model_scores is None else float(model_scores[i])
             score = combine(firings, model_score)
             decision = decide(score, self.thresholds)
@@ -138,6 +154,7 @@ class RiskPipeline:
                 "decision": decision,
                 "rule_hits": hits,
                 "model_version": scorer.version,
+                "ruleset_version": ruleset_version,
                 "processed_ms": processed_ms,
                 "consumed_ms": consumed_ms,
                 "features": feats,
@@ -156,12 +173,29 @@ class RiskPipeline:
                     ],
                     "rule_hits": hits,
                     "model_version": scorer.version,
+                    "ruleset_version": ruleset_version,
                     "processed_ms": processed_ms,
                 }
                 out.alerts.append((key, orjson.dumps(alert)))
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
         return out
+
+    @staticmethod
+    def _columns(
+        rows: list[tuple[Transaction, dict[str, float | None]]], names: frozenset[str]
+    ) -> dict[str, np.ndarray]:
+        """The batch as columns, only those the ruleset reads (missing numbers: NaN)."""
+        cols: dict[str, np.ndarray] = {}
+        for name in names:
+            kind = TX_FIELDS.get(name)
+            if kind is None:
+                cols[name] = np.array([f[name] for _, f in rows], dtype=float)
+            elif kind == NUM:
+                cols[name] = np.array([getattr(tx, name) for tx, _ in rows], dtype=float)
+            else:
+                cols[name] = np.array([getattr(tx, name) for tx, _ in rows], dtype=object)
+        return cols
 
     def remember(self, account_id: str, snapshot: dict[str, Any], state: AccountState) -> None:
         """Record that ``snapshot`` of ``state`` was saved: while the store still returns

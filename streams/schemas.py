@@ -81,7 +81,8 @@ class Reason(BaseModel):
 class ScoreRecord(BaseModel):
     """``vigil.risk.scores`` value: one per processed transaction.
 
-    ``features`` and ``consumed_ms`` extend contract v1 (clients must ignore unknown fields).
+    ``ruleset_version``, ``consumed_ms`` and ``features`` extend contract v1 (clients must
+    ignore unknown fields).
     """
 
     tx_id: str
@@ -91,6 +92,7 @@ class ScoreRecord(BaseModel):
     decision: Literal["allow", "review", "block"]
     rule_hits: list[RuleHit]
     model_version: str
+    ruleset_version: str
     processed_ms: int
     consumed_ms: int
     features: dict[str, float | None]

@@ -1,20 +1,35 @@
-"""AML rule engine: rules, rulesets, and how their outcomes become a decision."""
+"""AML rule engine: rule documents, their expression language, and how firings become a
+decision."""
 
-from streams.rules.base import Firing, Rule, RuleError, Ruleset
+from streams.rules.base import Firing, RuleError
+from streams.rules.language import BOOL, NUM, STR, ExpressionError, compile_expression
+from streams.rules.ruleset import (
+    TX_FIELDS,
+    CompiledRule,
+    Ruleset,
+    default_ruleset,
+    load_ruleset,
+    parse_ruleset,
+)
 from streams.rules.scoring import Decision, Thresholds, alert_id, combine, decide
-from streams.rules.seed import FrequentSmall, LargeTransfer, seed_ruleset
 
 __all__ = [
+    "BOOL",
+    "NUM",
+    "STR",
+    "TX_FIELDS",
+    "CompiledRule",
     "Decision",
+    "ExpressionError",
     "Firing",
-    "FrequentSmall",
-    "LargeTransfer",
-    "Rule",
     "RuleError",
     "Ruleset",
     "Thresholds",
     "alert_id",
     "combine",
+    "compile_expression",
     "decide",
-    "seed_ruleset",
+    "default_ruleset",
+    "load_ruleset",
+    "parse_ruleset",
 ]

@@ -1,14 +1,10 @@
-"""Rule interface: a rule reads a transaction and its features and may fire."""
+"""What a rule produces when it fires, and the rule engine's error type."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from streams.schemas import Transaction
-
-__all__ = ["Firing", "Rule", "Ruleset", "RuleError"]
+__all__ = ["Firing", "RuleError"]
 
 
 class RuleError(ValueError):
@@ -24,28 +20,3 @@ class Firing:
     score: float  # 0..1
     code: str  # reason code, e.g. LARGE_TRANSFER
     detail: str  # human-readable reason
-
-
-class Rule(Protocol):
-    name: str
-    typology: str
-
-    def evaluate(self, tx: Transaction, features: Mapping[str, float | None]) -> Firing | None: ...
-
-
-@dataclass(frozen=True)
-class Ruleset:
-    """A versioned, ordered collection of rules."""
-
-    name: str
-    version: str
-    rules: Sequence[Rule]
-
-    def __post_init__(self) -> None:
-        names = [r.name for r in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise RuleError(f"ruleset {self.name!r}: duplicate rule names {dupes}")
-
-    def evaluate(self, tx: Transaction, features: Mapping[str, float | None]) -> list[Firing]:
-        return [f for r in self.rules if (f := r.evaluate(tx, features)) is not None]

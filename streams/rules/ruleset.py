@@ -1,0 +1,269 @@
+"""Ruleset documents (YAML or JSON) compiled into a vectorised, versioned ruleset.
+
+A document::
+
+    ruleset: seed
+    version: "1"
+    lists:
+      high_risk_countries: [IR, KP]
+    rules:
+      - name: large_transfer
+        typology: large_value
+        when: amount > 500_000
+        score: 0.8                      # or bands: [{when: ..., score: ...}, {score: ...}]
+        reason: "amount {amount:,.2f} {currency} exceeds 500,000"
+
+A ruleset evaluates a whole micro-batch at once: each rule's condition is one numpy
+expression over the batch's columns; reasons are rendered only for the rows that fired.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streams.rules.base import Firing, RuleError
+from streams.rules.language import (
+    NUM,
+    STR,
+    Context,
+    Expr,
+    ExpressionError,
+    as_mask,
+    compile_expression,
+)
+
+__all__ = [
+    "TX_FIELDS",
+    "Ruleset",
+    "CompiledRule",
+    "load_ruleset",
+    "parse_ruleset",
+    "default_ruleset",
+]
+
+# Transaction fields a rule may use besides the features.
+TX_FIELDS: dict[str, str] = {
+    "amount": NUM,
+    "ts_ms": NUM,
+    "currency": STR,
+    "channel": STR,
+    "country": STR,
+    "account_id": STR,
+    "counterparty_id": STR,
+    "device_id": STR,
+    "merchant_category": STR,
+}
+
+
+class _Band(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    when: str | None = None
+    score: float = Field(ge=0, le=1)
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    typology: str = Field(min_length=1)
+    when: str
+    score: float | None = Field(default=None, ge=0, le=1)
+    bands: list[_Band] | None = Field(default=None, min_length=1)
+    reason: str
+    code: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]*$")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_score(self) -> _Rule:
+        if (self.score is None) == (self.bands is None):
+            raise ValueError("give exactly one of 'score' or 'bands'")
+        return self
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ruleset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    version: str = Field(min_length=1, max_length=64)
+    lists: dict[str, list[str | float]] = Field(default_factory=dict)
+    rules: list[_Rule] = Field(min_length=1)
+
+
+class _Reason:
+    """A reason template: ``{name}`` or ``{name:spec}`` of known names, nothing else
+    (no attribute access, indexing or conversions: templates are user text)."""
+
+    def __init__(self, text: str, names: Mapping[str, str], where: str) -> None:
+        self.text = text
+        self.parts: list[tuple[str, str | None, str]] = []  # (literal, name, spec)
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise RuleError(f"{where}, field 'reason': {exc}") from None
+        for literal, name, spec, conversion in parsed:
+            if name is not None:
+                if conversion or not name.isidentifier() or name not in names:
+                    hint = "" if name in names else " (unknown name)"
+                    raise RuleError(f"{where}, field 'reason': bad placeholder {{{name}}}{hint}")
+                sample = 1234.5 if names[name] == NUM else "X"
+                try:
+                    format(sample, spec or "")
+                except ValueError as exc:
+                    raise RuleError(
+                        f"{where}, field 'reason': format {{{name}:{spec}}}: {exc}"
+                    ) from None
+            self.parts.append((literal, name, spec or ""))
+        self.names = frozenset(n for _, n, _ in self.parts if n)
+
+    def render(self, cols: Mapping[str, np.ndarray], i: int) -> str:
+        out = []
+        for literal, name, spec in self.parts:
+            out.append(literal)
+            if name is not None:
+                value = cols[name][i]
+                if value is None or (isinstance(value, float) and np.isnan(value)):
+                    out.append("n/a")
+                else:
+                    out.append(format(value.item() if hasattr(value, "item") else value, spec))
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    name: str
+    typology: str
+    code: str
+    when: Expr
+    bands: tuple[tuple[Expr | None, float], ...]
+    reason: _Reason
+
+    @property
+    def names(self) -> frozenset[str]:
+        used = set(self.when.names) | set(self.reason.names)
+        for cond, _ in self.bands:
+            if cond is not None:
+                used |= cond.names
+        return frozenset(used)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """A compiled, versioned ruleset. ``names`` are the columns it reads."""
+
+    name: str
+    version: str
+    rules: tuple[CompiledRule, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset().union(*(r.names for r in self.rules))
+
+    def evaluate_batch(self, cols: Mapping[str, np.ndarray], n: int) -> list[list[Firing]]:
+        """Firings per row, in rule order, for a batch of ``n`` rows."""
+        firings: list[list[Firing]] = [[] for _ in range(n)]
+        for rule in self.rules:
+            mask = as_mask(rule.when, cols, n)
+            if not mask.any():
+                continue
+            score = np.full(n, np.nan)
+            open_ = mask.copy()
+            for cond, band_score in rule.bands:  # first matching band wins
+                hit = open_ if cond is None else open_ & as_mask(cond, cols, n)
+                score[hit] = band_score
+                open_ &= ~hit
+            for i in np.flatnonzero(mask & ~open_):
+                firings[i].append(
+                    Firing(
+                        rule.name,
+                        rule.typology,
+                        float(score[i]),
+                        rule.code,
+                        rule.reason.render(cols, i),
+                    )
+                )
+        return firings
+
+
+def _where(doc: Any, loc: Sequence[Any]) -> str:
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rules = doc.get("rules") if isinstance(doc, dict) else None
+        name = None
+        if isinstance(rules, list) and loc[1] < len(rules) and isinstance(rules[loc[1]], dict):
+            name = rules[loc[1]].get("name")
+        field = ".".join(str(p) for p in loc[2:]) or "(rule)"
+        return f"rule {name or '#' + str(loc[1] + 1)!r}, field {field!r}"
+    return f"field {'.'.join(str(p) for p in loc) or '(document)'!r}"
+
+
+def parse_ruleset(doc: Any, names: Mapping[str, str]) -> Ruleset:
+    """Validate and compile a parsed document against the available typed ``names``."""
+    try:
+        parsed = _Document.model_validate(doc)
+    except ValidationError as exc:
+        problems = [f"{_where(doc, e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise RuleError("invalid ruleset: " + "; ".join(problems)) from None
+    lists = {k: frozenset(v) for k, v in parsed.lists.items()}
+    ctx = Context(names, lists)
+    seen: set[str] = set()
+    rules = []
+    for rule in parsed.rules:
+        where = f"rule {rule.name!r}"
+        if rule.name in seen:
+            raise RuleError(f"{where}: duplicate rule name")
+        seen.add(rule.name)
+
+        def compile_(text: str, field: str, where: str = where) -> Expr:
+            try:
+                expr = compile_expression(text, ctx)
+            except ExpressionError as exc:
+                raise RuleError(f"{where}, field {field!r}: {exc}") from None
+            if expr.type != "bool":
+                raise RuleError(f"{where}, field {field!r}: must be a condition, got {expr.type}")
+            return expr
+
+        when = compile_(rule.when, "when")
+        if rule.bands is not None:
+            bands = tuple(
+                (None if b.when is None else compile_(b.when, f"bands.{i}.when"), b.score)
+                for i, b in enumerate(rule.bands)
+            )
+        else:
+            bands = ((None, float(rule.score or 0.0)),)
+        if not rule.enabled:
+            continue
+        rules.append(
+            CompiledRule(
+                rule.name,
+                rule.typology,
+                rule.code or rule.name.upper(),
+                when,
+                bands,
+                _Reason(rule.reason, names, where),
+            )
+        )
+    return Ruleset(parsed.ruleset, parsed.version, tuple(rules))
+
+
+def load_ruleset(source: str | Path, names: Mapping[str, str]) -> Ruleset:
+    """Read a YAML or JSON ruleset file (JSON is YAML) and compile it."""
+    path = Path(source)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RuleError(f"cannot read ruleset {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RuleError(f"ruleset {str(path)!r} is not valid YAML/JSON: {exc}") from None
+    return parse_ruleset(doc, names)
+
+
+def default_ruleset(names: Mapping[str, str], name: str = "seed") -> Ruleset:
+    """A ruleset shipped with Vigil (``streams/rules/rulesets/NAME.yaml``)."""
+    text = resources.files("streams.rules").joinpath("rulesets", f"{name}.yaml").read_text()
+    return parse_ruleset(yaml.safe_load(text), names)
