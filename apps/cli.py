@@ -263,6 +263,37 @@ def rules_validate(
     )
 
 
+@rules_app.command("publish")
+def rules_publish(
+    file: Path = typer.Argument(..., help="ruleset document (YAML or JSON)"),
+) -> None:
+    """Validate a ruleset, then publish it: running workers switch to it between
+    micro-batches (``mode: shadow`` documents run beside the live rules, without alerting)."""
+    import yaml
+
+    from streams.pipeline import RULE_NAMES
+    from streams.rules import RuleError, load_ruleset
+
+    try:
+        ruleset = load_ruleset(file, RULE_NAMES)
+    except RuleError as exc:
+        console.print(f"[red]invalid, not published:[/] {exc}")
+        raise typer.Exit(1) from None
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    document = yaml.safe_load(file.read_text(encoding="utf-8"))
+    result = publish(
+        bootstrap, settings.topics.rules, [(ruleset.name, json.dumps(document).encode())]
+    )
+    if result.failed:
+        console.print("[red]error:[/] the broker did not accept the ruleset")
+        raise typer.Exit(1)
+    console.print(
+        f"published {ruleset.mode} ruleset {ruleset.label} ({len(ruleset.rules)} rules) "
+        f"to {settings.topics.rules}"
+    )
+
+
 @bench_app.command("risk")
 def bench_risk(
     events: int = typer.Option(20000, min=1, help="transactions to publish"),

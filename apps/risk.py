@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from apps.broker import ensure_topics, resolve_bootstrap
 from apps.compat import install_faust_end_offset_fix, install_faust_fetch_wait
 from apps.kafka import make_producer
+from apps.rules_follower import RulesFollower
 from apps.settings import Settings
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
@@ -129,6 +130,19 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         len(pipeline.ruleset.rules),
     )
     outputs = _Outputs(make_producer(bootstrap))
+
+    def rejected(_reason: str) -> None:
+        pipeline.counters["ruleset_rejected"] += 1
+
+    follower = RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected)
+
+    @app.task
+    async def follow_rules() -> None:
+        follower.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_following(*_args: Any, **_kwargs: Any) -> None:
+        follower.stop()
 
     def load_state(account_id: str) -> dict[str, Any] | None:
         return state.get(account_id.encode())

@@ -26,6 +26,7 @@ from streams.features import SEED_FEATURES_VERSION, FeatureError, FeatureSet
 from streams.rules import (
     NUM,
     TX_FIELDS,
+    Firing,
     Ruleset,
     Thresholds,
     alert_id,
@@ -95,6 +96,7 @@ class RiskPipeline:
         live_states: int = 100_000,
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
+        self.shadow: Ruleset | None = None
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
         self.counters: Counter[str] = Counter()
@@ -134,10 +136,13 @@ class RiskPipeline:
             out.last_index[tx.account_id] = index[id(record)]
 
         scorer = self.model.current  # one model and one ruleset for the whole batch
-        ruleset = self.ruleset
-        ruleset_version = f"{ruleset.name}:{ruleset.version}"
+        ruleset, shadow = self.ruleset, self.shadow  # swapped only between batches
+        ruleset_version = ruleset.label
         model_scores = scorer.score_batch([f for _, f in fresh])
-        all_firings = ruleset.evaluate_batch(self._columns(fresh, ruleset.names), len(fresh))
+        needed = ruleset.names | (shadow.names if shadow else frozenset())
+        cols = self._columns(fresh, needed)
+        all_firings = ruleset.evaluate_batch(cols, len(fresh))
+        shadow_firings = shadow.evaluate_batch(cols, len(fresh)) if shadow else None
         processed_ms = clock()
         for i, (tx, feats) in enumerate(fresh):
             firings = all_firings[i]
@@ -159,6 +164,8 @@ class RiskPipeline:
                 "consumed_ms": consumed_ms,
                 "features": feats,
             }
+            if shadow_firings is not None:
+                record["shadow"] = self._shadow(shadow, shadow_firings[i], model_score)
             out.scores.append((key, orjson.dumps(record)))
             if decision != "allow":
                 alert = {
@@ -180,6 +187,28 @@ class RiskPipeline:
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
         return out
+
+    def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:
+        """What the shadow ruleset would have decided: recorded, never alerted."""
+        score = combine(firings, model_score)
+        if firings:
+            self.counters["shadow_hits"] += 1
+        return {
+            "ruleset_version": shadow.label,
+            "score": score,
+            "decision": decide(score, self.thresholds),
+            "rule_hits": [
+                {"rule": f.rule, "typology": f.typology, "score": f.score} for f in firings
+            ],
+        }
+
+    def set_ruleset(self, ruleset: Ruleset) -> None:
+        """Install a live or shadow ruleset; takes effect at the next micro-batch."""
+        if ruleset.mode == "shadow":
+            self.shadow = ruleset
+        else:
+            self.ruleset = ruleset
+        self.counters["ruleset_swaps"] += 1
 
     @staticmethod
     def _columns(

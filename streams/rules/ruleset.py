@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -92,6 +92,7 @@ class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ruleset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: str = Field(min_length=1, max_length=64)
+    mode: Literal["live", "shadow"] = "live"  # shadow: evaluated and recorded, never alerts
     lists: dict[str, list[str | float]] = Field(default_factory=dict)
     rules: list[_Rule] = Field(min_length=1)
 
@@ -160,6 +161,12 @@ class Ruleset:
     name: str
     version: str
     rules: tuple[CompiledRule, ...]
+    mode: str = "live"
+
+    @property
+    def label(self) -> str:
+        """``name:version``, as stamped on score records."""
+        return f"{self.name}:{self.version}"
 
     @property
     def names(self) -> frozenset[str]:
@@ -248,7 +255,7 @@ def parse_ruleset(doc: Any, names: Mapping[str, str]) -> Ruleset:
                 _Reason(rule.reason, names, where),
             )
         )
-    return Ruleset(parsed.ruleset, parsed.version, tuple(rules))
+    return Ruleset(parsed.ruleset, parsed.version, tuple(rules), parsed.mode)
 
 
 def load_ruleset(source: str | Path, names: Mapping[str, str]) -> Ruleset:

@@ -110,3 +110,40 @@ def test_model_score_blends_and_version_is_stamped():
     assert {s["model_version"] for s in scores} == {"m-7"}
     plain = [s for s in scores if not s["rule_hits"]]
     assert plain and all(s["score"] == 0.6 and s["decision"] == "review" for s in plain)
+
+
+def test_a_shadow_ruleset_is_recorded_but_never_alerts():
+    from streams.pipeline import RULE_NAMES
+    from streams.rules import parse_ruleset
+
+    recs, _ = records(300)
+    live_only = run(RiskPipeline(), recs, {})
+    pipeline = RiskPipeline()
+    pipeline.set_ruleset(
+        parse_ruleset(
+            {
+                "ruleset": "cand",
+                "version": "2",
+                "mode": "shadow",
+                "rules": [
+                    {
+                        "name": "any",
+                        "typology": "t",
+                        "when": "amount > 0",
+                        "score": 1.0,
+                        "reason": "x",
+                    }
+                ],
+            },
+            RULE_NAMES,
+        )
+    )
+    scores, alerts, _ = run(pipeline, recs, {})
+    def timeless(rows):
+        return [{k: v for k, v in r.items() if k != "processed_ms"} for r in rows]
+
+    assert timeless(alerts) == timeless(live_only[1])
+    assert [s["decision"] for s in scores] == [s["decision"] for s in live_only[0]]
+    assert {s["shadow"]["decision"] for s in scores} == {"block"}
+    assert {s["shadow"]["ruleset_version"] for s in scores} == {"cand:2"}
+    assert pipeline.counters["shadow_hits"] == len(scores)
