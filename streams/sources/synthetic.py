@@ -67,6 +67,17 @@ class Generated:
     label: int = 0
     typology: str | None = None
 
+    def label_record(self) -> dict[str, Any] | None:
+        """The ``vigil.labels`` record of a valid transaction (None for malformed ones)."""
+        if self.tx is None:
+            return None
+        return {
+            "tx_id": self.tx["tx_id"],
+            "label": self.label,
+            "typology": self.typology,
+            "ts_ms": self.tx["ts_ms"],
+        }
+
     @property
     def value(self) -> bytes:
         if self.raw is not None:

@@ -81,3 +81,57 @@ def test_undelivered_records_are_counted_not_reported_as_published():
 
     result = publish("127.0.0.1:1", "t", [(b"k", b"v")] * 3, flush_timeout_s=0.5)
     assert (result.count, result.failed, result.delivered) == (3, 3, 0)
+
+
+def test_generate_then_backtest_as_json(tmp_path):
+    tx, labels = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl"
+    made = runner.invoke(
+        app,
+        [
+            "generate",
+            "--count",
+            "3000",
+            "--out",
+            str(tx),
+            "--labels",
+            str(labels),
+            "--seed",
+            "3",
+            "--accounts",
+            "100",
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    assert len(tx.read_text().splitlines()) == 3000 == len(labels.read_text().splitlines())
+    from importlib import resources
+
+    seed = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+    result = runner.invoke(
+        app, ["rules", "backtest", str(seed), "--input", str(tx), "--labels", str(labels), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["ruleset"] == "seed:1" and report["transactions"] == 3000
+    assert [r["name"] for r in report["rules"]] == ["large_transfer", "frequent_small"]
+
+
+def test_a_bad_labels_file_names_the_line(tmp_path):
+    (tmp_path / "tx.jsonl").write_text("{}\n")
+    (tmp_path / "labels.jsonl").write_text('{"tx_id": "a", "label": 1}\nnot json\n')
+    from importlib import resources
+
+    seed = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+    result = runner.invoke(
+        app,
+        [
+            "rules",
+            "backtest",
+            str(seed),
+            "--input",
+            str(tmp_path / "tx.jsonl"),
+            "--labels",
+            str(tmp_path / "labels.jsonl"),
+        ],
+    )
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 2 and "labels.jsonl:2: not a label record" in text

@@ -139,6 +139,7 @@ def test_a_shadow_ruleset_is_recorded_but_never_alerts():
         )
     )
     scores, alerts, _ = run(pipeline, recs, {})
+
     def timeless(rows):
         return [{k: v for k, v in r.items() if k != "processed_ms"} for r in rows]
 
