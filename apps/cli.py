@@ -118,6 +118,9 @@ def publish_transactions(
     seed: int = typer.Option(7, help="generator seed"),
     accounts: int = typer.Option(1000, min=1, help="generated account population"),
     malformed_rate: float = typer.Option(0.0, min=0, max=1, help="share of invalid records"),
+    with_labels: bool = typer.Option(
+        False, "--with-labels", help="also publish the ground truth to the labels topic"
+    ),
 ) -> None:
     """Publish synthetic (or replayed) transactions to the transactions topic."""
     from itertools import islice
@@ -127,11 +130,23 @@ def publish_transactions(
     settings = _settings()
     bootstrap = _bootstrap(settings)
     topic = settings.topics.transactions
+    truth: list[tuple[str, bytes]] = []
     if file is not None:
+        if with_labels:
+            console.print("[red]error:[/] --with-labels needs generated data, not --file")
+            raise typer.Exit(2)
         records = islice(read_jsonl(file), count)
     else:
         cfg = GeneratorConfig(seed=seed, accounts=accounts, malformed_rate=malformed_rate)
-        records = ((g.key, g.value) for g in islice(TransactionGenerator(cfg), count))
+
+        def generated():  # type: ignore[no-untyped-def]
+            for g in islice(TransactionGenerator(cfg), count):
+                label = g.label_record() if with_labels else None
+                if label is not None:
+                    truth.append((label["tx_id"], json.dumps(label).encode()))
+                yield g.key, g.value
+
+        records = generated()
     with Progress(
         TextColumn("publishing"),
         BarColumn(),
@@ -148,6 +163,11 @@ def publish_transactions(
             on_sent=lambda n, _v: progress.update(task, completed=n),
         )
     console.print(f"published {result.delivered} records to {topic} on {bootstrap}")
+    if truth:
+        labelled = publish(bootstrap, settings.topics.labels, truth)
+        result.count += labelled.count
+        result.failed += labelled.failed
+        console.print(f"published {labelled.delivered} labels to {settings.topics.labels}")
     if result.failed:
         console.print(
             f"[red]error:[/] {result.failed} of {result.count} records were not "

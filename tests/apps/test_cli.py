@@ -135,3 +135,36 @@ def test_a_bad_labels_file_names_the_line(tmp_path):
     )
     text = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 2 and "labels.jsonl:2: not a label record" in text
+
+
+@pytest.mark.integration
+def test_publish_with_labels_writes_the_ground_truth(settings, monkeypatch):
+    from apps.clients import read_topic
+    from streams.schemas import Label
+    from streams.sources import GeneratorConfig, TransactionGenerator
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    result = runner.invoke(
+        app,
+        [
+            "publish",
+            "transactions",
+            "--count",
+            "500",
+            "--with-labels",
+            "--malformed-rate",
+            "0.05",
+            "--seed",
+            "4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    gen = TransactionGenerator(GeneratorConfig(seed=4, malformed_rate=0.05)).take(500)
+    want = sorted((g.tx["tx_id"], g.label, g.typology) for g in gen if g.tx is not None)
+    labels = [
+        Label.model_validate(v)
+        for _k, v, _ in read_topic(settings.kafka_bootstrap, settings.topics.labels)
+    ]
+    assert sorted((lab.tx_id, lab.label, lab.typology) for lab in labels) == want
+    assert len(want) < 500  # malformed records have no label
