@@ -28,3 +28,41 @@ def collect(
     ):
         got.append(value if isinstance(value, dict) else {"raw": value})
     return got
+
+
+def where_missing(bootstrap: str, topic: str, group: str, seen: set[str]) -> str:
+    """Diagnosis for a failed run: committed offsets, ends, and where unscored events are."""
+    import json
+    from collections import defaultdict
+
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    meta = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    parts = sorted(meta.list_topics(topic, timeout=10).topics[topic].partitions)
+    tps = [TopicPartition(topic, p) for p in parts]
+    committed = {t.partition: t.offset for t in meta.committed(tps, timeout=10)}
+    ends = {p: meta.get_watermark_offsets(TopicPartition(topic, p), timeout=5) for p in parts}
+    meta.close()
+    reader = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group + "-diag", "enable.partition.eof": True}
+    )
+    reader.assign([TopicPartition(topic, p, 0) for p in parts])
+    missing: dict[int, list[int]] = defaultdict(list)
+    eof: set[int] = set()
+    while len(eof) < len(parts):
+        for m in reader.consume(1000, 1.0):
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(m.partition())
+                continue
+            try:
+                tx_id = json.loads(m.value())["tx_id"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if tx_id not in seen:
+                missing[m.partition()].append(m.offset())
+    reader.close()
+    return (
+        f"committed={committed} watermarks={ends} "
+        f"unscored={ {p: (len(o), o[:3], o[-3:]) for p, o in missing.items()} }"
+    )

@@ -10,7 +10,7 @@ from confluent_kafka import Producer
 from apps.clients import publish
 from apps.process import WorkerProcess
 from streams.sources import GeneratorConfig, TransactionGenerator
-from tests.apps.helpers import collect
+from tests.apps.helpers import collect, where_missing
 from tests.conftest import worker_env
 from tests.reference import expected_decision, features_by_tx
 
@@ -115,7 +115,12 @@ def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_ru
             alive=lambda: worker.running,
         )
     txs = [g.tx for g in gen]
-    assert {s["tx_id"] for s in scores} == {t["tx_id"] for t in txs}, _log(tmp_path, "second")
+    seen = {s["tx_id"] for s in scores}
+    if seen != {t["tx_id"] for t in txs}:
+        group = f"{settings.namespace}-risk"
+        pytest.fail(
+            f"{len(seen)} of {len(txs)} scored; " + where_missing(bootstrap, topic, group, seen)
+        )
     ref = features_by_tx(txs)
     by_id = {t["tx_id"]: t for t in txs}
     for s in scores:  # duplicates from redelivery, if any, must be identical
