@@ -180,13 +180,18 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     async def report() -> None:
         c = pipeline.counters
         log.info(
-            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d model=%s",
+            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d model=%s rules=%s shadow=%s "
+            "ruleset_swaps=%d ruleset_rejected=%d",
             c["events"],
             c["scored"],
             c["alerts"],
             c["dlq"],
             c["redelivered"],
             pipeline.model.current.version,
+            pipeline.ruleset.label,
+            pipeline.shadow.label if pipeline.shadow else "-",
+            c["ruleset_swaps"],
+            c["ruleset_rejected"],
         )
 
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for in-process inspection
