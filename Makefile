@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)
+	$(BIN)/vigil bench features --json
 	$(BIN)/vigil bench risk --events 20000 --json
 
 lint: $(STAMP)

@@ -16,7 +16,7 @@ from apps.settings import Settings
 from streams.pipeline import now_ms
 from streams.sources import GeneratorConfig, TransactionGenerator
 
-__all__ = ["bench_risk", "percentile"]
+__all__ = ["bench_risk", "bench_features", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -106,4 +106,34 @@ def bench_risk(
         "p99_ms": percentile(latencies, 99),
         "consume_wait_p50_ms": percentile(waits, 50),
         "timed_out": len(scored) < events,
+    }
+
+
+def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> dict[str, Any]:
+    """Cost per transaction of decode + features + ruleset (+ output encoding) in
+    micro-batches, in-process on one core: no broker, no faust."""
+    from streams.features import FeatureSet
+    from streams.pipeline import RiskPipeline
+    from streams.schemas import RawRecord
+
+    gen = TransactionGenerator(GeneratorConfig(seed=seed)).take(events)
+    records = [RawRecord("bench", 0, i, g.key.encode(), g.value) for i, g in enumerate(gen)]
+    pipeline = RiskPipeline()
+    store: dict[str, Any] = {}
+    start = time.perf_counter()
+    for i in range(0, len(records), batch):
+        result = pipeline.process(records[i : i + batch], store.get, consumed_ms=0)
+        for account, state in result.states.items():
+            snapshot = state.snapshot()
+            store[account] = snapshot
+            pipeline.remember(account, snapshot, state)
+    elapsed_s = time.perf_counter() - start
+    return {
+        "events": events,
+        "batch": batch,
+        "features": len(FeatureSet.names),
+        "rules": len(pipeline.ruleset.rules),
+        "ruleset": pipeline.ruleset.label,
+        "us_per_tx": round(elapsed_s / events * 1e6, 2),
+        "tx_per_s": round(events / elapsed_s, 1),
     }

@@ -448,6 +448,23 @@ def _null():  # type: ignore[no-untyped-def]
     return contextlib.nullcontext(None)
 
 
+@bench_app.command("features")
+def bench_features_cmd(
+    events: int = typer.Option(50_000, min=1000, help="synthetic transactions"),
+    batch: int = typer.Option(1000, min=1, help="micro-batch size"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Per-transaction cost of decode + features + ruleset, in-process on one core."""
+    from apps.bench import bench_features
+
+    result = bench_features(events=events, batch=batch)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            out.print(f"{k:>10}: {v}")
+
+
 @bench_app.command("risk")
 def bench_risk(
     events: int = typer.Option(20000, min=1, help="transactions to publish"),

@@ -168,3 +168,18 @@ def test_publish_with_labels_writes_the_ground_truth(settings, monkeypatch):
     ]
     assert sorted((lab.tx_id, lab.label, lab.typology) for lab in labels) == want
     assert len(want) < 500  # malformed records have no label
+
+
+def test_bench_features_reports_its_workload_as_json():
+    result = runner.invoke(
+        app, ["bench", "features", "--events", "2000", "--batch", "500", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["events"], report["batch"], report["features"], report["rules"]) == (
+        2000,
+        500,
+        7,
+        2,
+    )
+    assert report["ruleset"] == "seed:1" and report["us_per_tx"] > 0
