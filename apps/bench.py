@@ -123,10 +123,7 @@ def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> di
     start = time.perf_counter()
     for i in range(0, len(records), batch):
         result = pipeline.process(records[i : i + batch], store.get, consumed_ms=0)
-        for account, state in result.states.items():
-            snapshot = state.snapshot()
-            store[account] = snapshot
-            pipeline.remember(account, snapshot, state)
+        pipeline.save_states(result, store)
     elapsed_s = time.perf_counter() - start
     return {
         "events": events,

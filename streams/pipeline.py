@@ -226,6 +226,13 @@ class RiskPipeline:
                 cols[name] = np.array([getattr(tx, name) for tx, _ in rows], dtype=object)
         return cols
 
+    def save_states(self, result: BatchResult, store: dict[str, dict[str, Any]]) -> None:
+        """Keep a batch's account states in a plain dict (in-process runs: bench, backtest)."""
+        for account_id, state in result.states.items():
+            snapshot = state.snapshot()
+            store[account_id] = snapshot
+            self.remember(account_id, snapshot, state)
+
     def remember(self, account_id: str, snapshot: dict[str, Any], state: AccountState) -> None:
         """Record that ``snapshot`` of ``state`` was saved: while the store still returns
         that very object, the next batch reuses ``state`` instead of restoring it."""

@@ -73,10 +73,7 @@ def backtest(
     def run() -> None:
         nonlocal total, invalid, positives, unlabelled
         result = pipeline.process(batch, state.get, consumed_ms=0)
-        for account, st in result.states.items():
-            snapshot = st.snapshot()
-            state[account] = snapshot
-            pipeline.remember(account, snapshot, st)
+        pipeline.save_states(result, state)
         invalid += len(result.dead)
         for _key, value in result.scores:
             record = orjson.loads(value)
