@@ -29,7 +29,11 @@ import faust
 from confluent_kafka import KafkaError, Message, Producer
 
 from apps.broker import ensure_topics, resolve_bootstrap
-from apps.compat import install_faust_end_offset_fix, install_faust_fetch_wait
+from apps.compat import (
+    install_faust_end_offset_fix,
+    install_faust_fetch_wait,
+    install_faust_safe_resume,
+)
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
@@ -85,6 +89,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     ensure_topics(bootstrap, topics.all(settings.partitions))
     install_faust_end_offset_fix(bootstrap)
     install_faust_fetch_wait(settings.fetch_max_wait_ms)
+    install_faust_safe_resume()
     datadir = settings.state_dir / "workers"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -2,7 +2,7 @@
 start another, and check that every transaction gets a score. With 1500 accounts it fails
 about 1 run in 5; on failure it prints committed offsets and where unscored events lie.
 
-    .venv/bin/python -m tests.apps.repro_restart_stall ITERATIONS ACCOUNTS
+    .venv/bin/python -m tests.apps.repro_restart_stall ITERATIONS ACCOUNTS [SLOW_SEEK_S]
 
 Not collected by pytest (no ``test_`` prefix).
 """
@@ -22,8 +22,10 @@ from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, where_missing
 from tests.conftest import worker_env
 
+FAULTS = Path(__file__).parent / "faults"
 
-def run_once(bootstrap: str, accounts: int, workdir: Path) -> bool:
+
+def run_once(bootstrap: str, accounts: int, workdir: Path, slow_seek_s: float = 0) -> bool:
     ns = f"stall{time.time_ns() % 10**9}"
     settings = Settings(kafka_bootstrap=bootstrap, namespace=ns, state_dir=workdir / ns)
     ensure_topics(bootstrap, settings.topics.all(settings.partitions))
@@ -36,7 +38,10 @@ def run_once(bootstrap: str, accounts: int, workdir: Path) -> bool:
     )
     first.stop()
     publish(bootstrap, topic, [(g.key, g.value) for g in gen[3000:]])
-    with WorkerProcess("risk", worker_env(settings), workdir / f"{ns}-2.log") as second:
+    env = worker_env(settings)
+    if slow_seek_s:  # widen the recovery seek race (tests/apps/faults)
+        env |= {"PYTHONPATH": str(FAULTS), "VIGIL_FAULT_SLOW_SEEK_S": str(slow_seek_s)}
+    with WorkerProcess("risk", env, workdir / f"{ns}-2.log") as second:
         scores = collect(
             bootstrap,
             settings.topics.scores,
@@ -54,10 +59,11 @@ def run_once(bootstrap: str, accounts: int, workdir: Path) -> bool:
 
 def main() -> None:
     iterations, accounts = int(sys.argv[1]), int(sys.argv[2])
+    slow_seek_s = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     workdir = Path(tempfile.mkdtemp(prefix="vigil-stall-"))
     with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
         for _ in range(iterations):
-            if not run_once(broker.bootstrap, accounts, workdir):
+            if not run_once(broker.bootstrap, accounts, workdir, slow_seek_s):
                 print("worker logs in", workdir)
                 break
 

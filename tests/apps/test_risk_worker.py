@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -24,8 +25,14 @@ FOREIGN_TX = (
 )
 
 
-def _worker(settings, tmp_path, name="worker"):
-    return WorkerProcess("risk", worker_env(settings), tmp_path / f"{name}.log")
+FAULTS = Path(__file__).parent / "faults"
+
+
+def _worker(settings, tmp_path, name="worker", faults=None):
+    env = worker_env(settings)
+    if faults:  # fault injection: see tests/apps/faults/sitecustomize.py
+        env |= {"PYTHONPATH": str(FAULTS), **faults}
+    return WorkerProcess("risk", env, tmp_path / f"{name}.log")
 
 
 def _log(tmp_path, name="worker"):
@@ -91,7 +98,10 @@ def test_known_set_gives_exact_alerts_a_score_per_valid_and_a_dead_letter_per_in
     assert any(d["key_b64"] is None for d in dead)
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+# slow-seek: the restarted worker's seek to committed offsets returns 1 s late and its small
+# micro-batches flush slowly; without apps.compat.install_faust_safe_resume that lost the
+# records fetched during the seek (a faust race, otherwise a few milliseconds wide).
+@pytest.mark.parametrize("how", ["stop", "kill", "slow-seek"])
 def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_run(
     settings, bootstrap, tmp_path, how
 ):
@@ -104,10 +114,15 @@ def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_ru
         bootstrap, settings.topics.scores, lambda s: len(s) >= 1000, alive=lambda: worker.running
     )
     assert len(got) >= 1000, _log(tmp_path, "first")
-    worker.stop() if how == "stop" else worker.kill()  # kill: no commit, no LeaveGroup
+    worker.kill() if how == "kill" else worker.stop()  # kill: no commit, no LeaveGroup
     publish(bootstrap, topic, [(g.key, g.value) for g in gen[3000:]])
 
-    with _worker(settings, tmp_path, "second") as worker:
+    faults = {
+        "VIGIL_FAULT_SLOW_SEEK_S": "1",
+        "VIGIL_FAULT_SLOW_FLUSH_S": "0.1",
+        "VIGIL_BATCH_SIZE": "100",  # so the worker is still busy when the seek returns
+    }
+    with _worker(settings, tmp_path, "second", faults if how == "slow-seek" else None) as worker:
         scores = collect(
             bootstrap,
             settings.topics.scores,
