@@ -112,7 +112,7 @@ def bench_risk(
 def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> dict[str, Any]:
     """Cost per transaction of decode + features + ruleset (+ output encoding) in
     micro-batches, in-process on one core: no broker, no faust."""
-    from streams.features import FeatureSet
+    from streams.features.library import FEATURE_SPEC
     from streams.pipeline import RiskPipeline
     from streams.schemas import RawRecord
 
@@ -128,7 +128,8 @@ def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> di
     return {
         "events": events,
         "batch": batch,
-        "features": len(FeatureSet.names),
+        "features": len(FEATURE_SPEC.names),
+        "feature_spec": FEATURE_SPEC.label,
         "rules": len(pipeline.ruleset.rules),
         "ruleset": pipeline.ruleset.label,
         "us_per_tx": round(elapsed_s / events * 1e6, 2),

@@ -6,8 +6,10 @@ The skeleton serves no model ("rules-only"); the hybrid GBDT+NN scorer plugs in 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
 
 __all__ = ["BatchScorer", "RulesOnly", "ModelHolder"]
 
@@ -15,8 +17,9 @@ __all__ = ["BatchScorer", "RulesOnly", "ModelHolder"]
 class BatchScorer(Protocol):
     version: str
 
-    def score_batch(self, features: Sequence[Mapping[str, float | None]]) -> list[float] | None:
-        """One probability per row, or None when this scorer has no model."""
+    def score_batch(self, features: np.ndarray) -> Sequence[float] | None:
+        """One probability per row of a (rows x spec features) matrix in the order of
+        ``FEATURE_SPEC`` (NaN: no value), or None when this scorer has no model."""
         ...
 
 
@@ -25,7 +28,7 @@ class RulesOnly:
 
     version = "rules-only"
 
-    def score_batch(self, features: Sequence[Mapping[str, float | None]]) -> list[float] | None:
+    def score_batch(self, features: np.ndarray) -> Sequence[float] | None:
         return None
 
 

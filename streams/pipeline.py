@@ -22,7 +22,9 @@ import numpy as np
 import orjson
 
 from models.serving import ModelHolder
-from streams.features import SEED_FEATURES_VERSION, FeatureError, FeatureSet
+from streams.features import FeatureError
+from streams.features.engine import AccountLog, FeatureEngine, event_rows
+from streams.features.library import FEATURE_SPEC
 from streams.rules import (
     NUM,
     TX_FIELDS,
@@ -41,7 +43,8 @@ __all__ = ["AccountState", "BatchResult", "RiskPipeline", "RULE_NAMES", "now_ms"
 log = logging.getLogger(__name__)
 
 # What a rule may refer to: transaction fields and every feature, with their types.
-RULE_NAMES: dict[str, str] = {**TX_FIELDS, **dict.fromkeys(FeatureSet.names, NUM)}
+RULE_NAMES: dict[str, str] = {**TX_FIELDS, **dict.fromkeys(FEATURE_SPEC.names, NUM)}
+STATE_VERSION = FEATURE_SPEC.label
 
 
 def now_ms() -> int:
@@ -52,7 +55,7 @@ def now_ms() -> int:
 class AccountState:
     """Feature state of one account plus the source offsets already folded into it."""
 
-    features: FeatureSet = field(default_factory=FeatureSet)
+    features: AccountLog = field(default_factory=AccountLog)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
 
     def applied(self, record: RawRecord) -> bool:
@@ -60,20 +63,20 @@ class AccountState:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "v": SEED_FEATURES_VERSION,
+            "v": STATE_VERSION,
             "features": self.features.snapshot(),
             "offsets": {str(p): o for p, o in self.offsets.items()},
         }
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> AccountState:
-        if state.get("v") != SEED_FEATURES_VERSION:
+        if state.get("v") != STATE_VERSION:
             raise FeatureError(
                 f"state has feature version {state.get('v')!r}, "
-                f"this worker computes {SEED_FEATURES_VERSION!r}"
+                f"this worker computes {STATE_VERSION!r}"
             )
         offsets = {int(p): int(o) for p, o in state["offsets"].items()}
-        return cls(FeatureSet.from_snapshot(state["features"]), offsets)
+        return cls(AccountLog.from_snapshot(state["features"]), offsets)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class RiskPipeline:
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
         self.counters: Counter[str] = Counter()
+        self.engine = FeatureEngine()
         # Deserialised states of recently saved accounts (see ``remember``).
         self._live: OrderedDict[str, tuple[dict[str, Any], AccountState]] = OrderedDict()
         self.live_states = live_states
@@ -119,8 +123,9 @@ class RiskPipeline:
         for record, letter in dead:
             self._dead(out, record, letter)
 
-        # Features in partition order, for the events this state has not applied yet.
-        fresh: list[tuple[Transaction, dict[str, float | None]]] = []
+        # The events these states have not applied yet, in partition order.
+        fresh: list[Transaction] = []
+        logs: dict[str, AccountLog] = {}
         for record, tx in valid:
             try:
                 state = self._state(out, tx.account_id, load_state)
@@ -131,20 +136,23 @@ class RiskPipeline:
             if state.applied(record):
                 self.counters["redelivered"] += 1
                 continue
-            fresh.append((tx, state.features.update(tx)))
+            fresh.append(tx)
+            logs[tx.account_id] = state.features
             state.offsets[record.partition] = record.offset
             out.last_index[tx.account_id] = index[id(record)]
 
+        matrix = self.engine.compute([tx.account_id for tx in fresh], event_rows(fresh), logs)
+        spec_label = FEATURE_SPEC.label
         scorer = self.model.current  # one model and one ruleset for the whole batch
         ruleset, shadow = self.ruleset, self.shadow  # swapped only between batches
         ruleset_version = ruleset.label
-        model_scores = scorer.score_batch([f for _, f in fresh])
+        model_scores = scorer.score_batch(matrix)
         needed = ruleset.names | (shadow.names if shadow else frozenset())
-        cols = self._columns(fresh, needed)
+        cols = self._columns(fresh, matrix, needed)
         all_firings = ruleset.evaluate_batch(cols, len(fresh))
         shadow_firings = shadow.evaluate_batch(cols, len(fresh)) if shadow else None
         processed_ms = clock()
-        for i, (tx, feats) in enumerate(fresh):
+        for i, tx in enumerate(fresh):
             firings = all_firings[i]
             model_score = None if model_scores is None else float(model_scores[i])
             score = combine(firings, model_score)
@@ -162,11 +170,12 @@ class RiskPipeline:
                 "ruleset_version": ruleset_version,
                 "processed_ms": processed_ms,
                 "consumed_ms": consumed_ms,
-                "features": feats,
+                "feature_spec": spec_label,
+                "features": matrix[i],  # spec order; NaN (no value) is written as null
             }
             if shadow_firings is not None:
                 record["shadow"] = self._shadow(shadow, shadow_firings[i], model_score)
-            out.scores.append((key, orjson.dumps(record)))
+            out.scores.append((key, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)))
             if decision != "allow":
                 alert = {
                     "alert_id": alert_id(tx.tx_id, decision, firings, scorer.version),
@@ -212,18 +221,18 @@ class RiskPipeline:
 
     @staticmethod
     def _columns(
-        rows: list[tuple[Transaction, dict[str, float | None]]], names: frozenset[str]
+        txs: list[Transaction], features: np.ndarray, names: frozenset[str]
     ) -> dict[str, np.ndarray]:
         """The batch as columns, only those the ruleset reads (missing numbers: NaN)."""
         cols: dict[str, np.ndarray] = {}
         for name in names:
             kind = TX_FIELDS.get(name)
             if kind is None:
-                cols[name] = np.array([f[name] for _, f in rows], dtype=float)
+                cols[name] = features[:, FEATURE_SPEC.index(name)]
             elif kind == NUM:
-                cols[name] = np.array([getattr(tx, name) for tx, _ in rows], dtype=float)
+                cols[name] = np.array([getattr(tx, name) for tx in txs], dtype=float)
             else:
-                cols[name] = np.array([getattr(tx, name) for tx, _ in rows], dtype=object)
+                cols[name] = np.array([getattr(tx, name) for tx in txs], dtype=object)
         return cols
 
     def save_states(self, result: BatchResult, store: dict[str, dict[str, Any]]) -> None:

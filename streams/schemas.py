@@ -81,8 +81,10 @@ class Reason(BaseModel):
 class ScoreRecord(BaseModel):
     """``vigil.risk.scores`` value: one per processed transaction.
 
-    ``ruleset_version``, ``consumed_ms`` and ``features`` extend contract v1 (clients must
-    ignore unknown fields).
+    ``ruleset_version``, ``consumed_ms``, ``feature_spec`` and ``features`` extend contract
+    v1 (clients must ignore unknown fields). ``features`` is the feature vector in the order
+    of the spec named by ``feature_spec`` (``FEATURE_SPEC.as_dict`` maps it to names); null
+    where a feature has no value.
     """
 
     tx_id: str
@@ -95,7 +97,8 @@ class ScoreRecord(BaseModel):
     ruleset_version: str
     processed_ms: int
     consumed_ms: int
-    features: dict[str, float | None]
+    feature_spec: str
+    features: list[float | None]
 
 
 class Alert(BaseModel):

@@ -14,41 +14,14 @@ HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
 
-def account_features(history: list[dict[str, Any]]) -> list[dict[str, float | None]]:
-    """Seed features of each transaction of ONE account, in arrival order: aggregates over
-    the earlier-or-same arrivals whose time lies in (ts - window, ts]."""
-    out = []
-    for i, tx in enumerate(history):
-        ts = tx["ts_ms"]
-        seen = history[: i + 1]
-
-        def within(w: int, ts: int = ts, seen: list = seen) -> list[dict[str, Any]]:
-            return [t for t in seen if ts - w < t["ts_ms"] <= ts]
-
-        h1, d1 = within(HOUR_MS), within(DAY_MS)
-        earlier = [t["ts_ms"] for t in history[:i]]
-        out.append(
-            {
-                "count_1h": float(len(h1)),
-                "sum_1h": float(sum(t["amount"] for t in h1)),
-                "count_24h": float(len(d1)),
-                "sum_24h": float(sum(t["amount"] for t in d1)),
-                "small_count_24h": float(sum(1 for t in d1 if t["amount"] < 1000)),
-                "distinct_counterparties_24h": float(len({t["counterparty_id"] for t in d1})),
-                "time_since_prev_ms": float(max(0, ts - max(earlier))) if earlier else None,
-            }
-        )
-    return out
-
-
 def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Seed features of every transaction, per account in the given (arrival) order."""
+    """Library features of every transaction, per account in the given (arrival) order."""
     per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for tx in transactions:
         per_account[tx["account_id"]].append(tx)
     result = {}
     for history in per_account.values():
-        for tx, feats in zip(history, account_features(history), strict=True):
+        for tx, feats in zip(history, library_features(history), strict=True):
             result[tx["tx_id"]] = feats
     return result
 
@@ -67,3 +40,114 @@ def expected_decision(tx: dict[str, Any], feats: dict[str, float | None]) -> tup
     score = 1 - keep
     decision = "block" if score >= 0.9 - 1e-9 else "review" if score >= 0.5 else "allow"
     return decision, rules
+
+
+def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Every library feature of each transaction of ONE account, in arrival order, by plain
+    loops over the whole history, straight from the definitions in streams/features/library.py
+    (only its constants are imported here)."""
+    import math
+    import statistics
+
+    from streams.features import library as L
+
+    def hour(t: dict) -> int:
+        return (t["ts_ms"] // L.HOUR_MS) % 24
+
+    def mcc(t: dict) -> float:
+        m = t.get("merchant_category")
+        return L.MCC_NONE_RISK if m is None else L.MCC_RISK.get(m, L.MCC_UNKNOWN_RISK)
+
+    home = history[0]["country"] if history else None
+    flags = {
+        "small": lambda t: t["amount"] < L.SMALL_AMOUNT,
+        "near": lambda t: 0.9 * L.REPORTING_THRESHOLD <= t["amount"] < L.REPORTING_THRESHOLD,
+        "night": lambda t: L.NIGHT_HOURS[0] <= hour(t) < L.NIGHT_HOURS[1],
+        "weekend": lambda t: ((t["ts_ms"] // L.DAY_MS) + 3) % 7 >= 5,
+        "round": lambda t: t["amount"] >= L.ROUND_UNIT and t["amount"] % L.ROUND_UNIT == 0,
+        "cross_border": lambda t: t["country"] != home,
+        "high_risk_country": lambda t: t["country"] in L.HIGH_RISK_COUNTRIES,
+        "high_risk_mcc": lambda t: mcc(t) >= L.HIGH_RISK_MCC,
+    }
+    keys = {
+        "counterparty": lambda t: t["counterparty_id"],
+        "device": lambda t: t.get("device_id"),
+        "country": lambda t: t["country"],
+    }
+    out = []
+    ewm_prev = None
+    for i, tx in enumerate(history):
+        ts, a = tx["ts_ms"], tx["amount"]
+        f: dict[str, float | None] = {}
+
+        def within(w: int, ts: int = ts, i: int = i) -> list[dict[str, Any]]:
+            return [t for t in history[: i + 1] if ts - w < t["ts_ms"] <= ts]
+
+        win = {label: within(w) for label, w in L.WINDOWS.items()}
+        for label, ev in win.items():
+            f[f"count_{label}"] = float(len(ev))
+            f[f"sum_{label}"] = float(sum(t["amount"] for t in ev))
+        for label in ("24h", "7d"):
+            amounts = [t["amount"] for t in win[label]]
+            f[f"amount_mean_{label}"] = statistics.fmean(amounts)
+            f[f"amount_std_{label}"] = statistics.pstdev(amounts)
+            f[f"amount_min_{label}"] = min(amounts)
+            f[f"amount_max_{label}"] = max(amounts)
+        d1, w7 = win["24h"], win["7d"]
+
+        def n(ev: list, flag: str) -> float:
+            return float(sum(1 for t in ev if flags[flag](t)))
+
+        f["small_count_24h"], f["small_count_7d"] = n(d1, "small"), n(w7, "small")
+        f["near_threshold_count_24h"] = n(d1, "near")
+        f["near_threshold_sum_24h"] = float(sum(t["amount"] for t in d1 if flags["near"](t)))
+        f["near_threshold_count_7d"] = n(w7, "near")
+        for flag in ("night", "weekend", "round", "cross_border", "high_risk_country"):
+            f[f"{flag}_share_7d"] = n(w7, flag) / len(w7)
+        f["cross_border_count_24h"] = n(d1, "cross_border")
+        f["high_risk_country_count_24h"] = n(d1, "high_risk_country")
+        entropy = 0.0
+        for ch in L.CHANNELS:
+            share = sum(1 for t in w7 if t["channel"] == ch) / len(w7)
+            f[f"channel_{ch}_share_7d"] = share
+            entropy -= share * math.log(share) if share > 0 else 0.0
+        f["channel_entropy_7d"] = entropy
+        f["mcc_risk"] = mcc(tx)
+        f["mcc_risk_mean_7d"] = statistics.fmean(mcc(t) for t in w7)
+        f["high_risk_mcc_count_7d"] = n(w7, "high_risk_mcc")
+        for key, plural in (
+            ("counterparty", "counterparties"),
+            ("device", "devices"),
+            ("country", "countries"),
+        ):
+            for label in ("24h", "7d"):
+                values = {keys[key](t) for t in win[label]} - {None}
+                f[f"distinct_{plural}_{label}"] = float(len(values))
+            mine = keys[key](tx)
+            seen_before = any(
+                keys[key](t) == mine and ts - L.WEEK_MS < t["ts_ms"] <= ts for t in history[:i]
+            )
+            f[f"first_seen_{key}_7d"] = float(mine is not None and not seen_before)
+        f["amount_log10"] = math.log10(a)
+        for flag in ("round", "night", "weekend", "cross_border", "high_risk_country"):
+            f[f"is_{flag}"] = float(flags[flag](tx))
+        f["hour_of_day"] = float(hour(tx))
+        earlier = history[:i]
+        gap = float(max(0, ts - max(t["ts_ms"] for t in earlier))) if earlier else None
+        f["time_since_prev_ms"] = gap
+        f["dormancy_days"] = None if gap is None else gap / L.DAY_MS
+        f["account_age_days"] = max(0, ts - history[0]["ts_ms"]) / L.DAY_MS
+        past = [t["amount"] for t in earlier]
+        f["hist_count"] = float(len(past))
+        f["hist_mean_amount"] = statistics.fmean(past) if past else None
+        sd = statistics.pstdev(past) if len(past) >= 2 else 0.0
+        f["amount_zscore"] = (a - statistics.fmean(past)) / sd if sd > 0 else None
+        f["amount_to_ewm"] = None if ewm_prev is None else a / ewm_prev
+        ewm_prev = a if ewm_prev is None else ewm_prev + L.EWM_ALPHA * (a - ewm_prev)
+        f["ewm_amount"] = ewm_prev
+        f["sum_1h_to_24h"] = f["sum_1h"] / f["sum_24h"]
+        f["velocity_spike_24h_7d"] = f["count_24h"] * 7.0 / f["count_7d"]
+        f["amount_to_mean_7d"] = a / f["amount_mean_7d"]
+        f["amount_to_max_7d"] = a / f["amount_max_7d"]
+        out.append(f)
+    return out

@@ -1,34 +1,16 @@
-"""Streaming feature operators: state objects with update / value / snapshot / restore."""
+"""The feature library: named operators over per-account state (``library``) and the
+vectorised engine that evaluates them for whole micro-batches (``engine``)."""
 
-from streams.features.account import (
-    DAY_MS,
-    GRACE_MS,
-    HOUR_MS,
-    SEED_FEATURES_VERSION,
-    SMALL_AMOUNT,
-    FeatureSet,
-)
-from streams.features.base import FeatureError, FeatureOperator
-from streams.features.windows import (
-    EventLog,
-    TimeSinceLast,
-    WindowCount,
-    WindowDistinct,
-    WindowSum,
-)
+from streams.features.base import FeatureError
+from streams.features.engine import AccountLog, FeatureEngine, event_rows
+from streams.features.library import FEATURE_SPEC, FEATURES, FeatureSpec
 
 __all__ = [
-    "DAY_MS",
-    "GRACE_MS",
-    "HOUR_MS",
-    "EventLog",
+    "FEATURES",
+    "FEATURE_SPEC",
+    "AccountLog",
+    "FeatureEngine",
     "FeatureError",
-    "FeatureOperator",
-    "FeatureSet",
-    "SEED_FEATURES_VERSION",
-    "SMALL_AMOUNT",
-    "TimeSinceLast",
-    "WindowCount",
-    "WindowDistinct",
-    "WindowSum",
+    "FeatureSpec",
+    "event_rows",
 ]

@@ -176,10 +176,11 @@ def test_bench_features_reports_its_workload_as_json():
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert (report["events"], report["batch"], report["features"], report["rules"]) == (
-        2000,
-        500,
-        7,
-        2,
+    from streams.features.library import FEATURE_SPEC
+
+    assert (report["events"], report["batch"], report["rules"]) == (2000, 500, 2)
+    assert (report["features"], report["feature_spec"]) == (
+        len(FEATURE_SPEC.names),
+        FEATURE_SPEC.label,
     )
     assert report["ruleset"] == "seed:1" and report["us_per_tx"] > 0

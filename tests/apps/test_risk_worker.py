@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from apps.clients import publish
 from apps.process import WorkerProcess
+from streams.features.library import FEATURE_SPEC
 from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, where_missing
 from tests.conftest import worker_env
@@ -75,7 +76,7 @@ def test_known_set_gives_exact_alerts_a_score_per_valid_and_a_dead_letter_per_in
         dead = collect(bootstrap, settings.topics.dlq, lambda got: len(got) >= n_invalid)
 
     for s in scores:
-        assert s["features"] == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
         assert (s["decision"], [h["rule"] for h in s["rule_hits"]]) == want[s["tx_id"]]
         assert s["model_version"] == "rules-only"
     assert {a["tx_id"]: (a["decision"], [h["rule"] for h in a["rule_hits"]]) for a in alerts} == (
@@ -139,5 +140,5 @@ def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_ru
     ref = features_by_tx(txs)
     by_id = {t["tx_id"]: t for t in txs}
     for s in scores:  # duplicates from redelivery, if any, must be identical
-        assert s["features"] == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
         assert s["decision"] == expected_decision(by_id[s["tx_id"]], ref[s["tx_id"]])[0]

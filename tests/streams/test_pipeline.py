@@ -5,6 +5,7 @@ import json
 import pytest
 
 from models.serving import ModelHolder
+from streams.features.library import FEATURE_SPEC
 from streams.pipeline import RiskPipeline
 from streams.schemas import Alert, RawRecord, ScoreRecord
 from streams.sources import GeneratorConfig, TransactionGenerator
@@ -51,7 +52,7 @@ def test_every_record_gets_a_score_or_a_dead_letter_and_alerts_match_the_referen
     want_alerts = {}
     for s in scores:
         ScoreRecord.model_validate(s)
-        assert s["features"] == pytest.approx(ref[s["tx_id"]])
+        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]])
         decision, rules = expected_decision(by_id[s["tx_id"]], ref[s["tx_id"]])
         assert (s["decision"], [h["rule"] for h in s["rule_hits"]]) == (decision, rules)
         if decision != "allow":

@@ -1,0 +1,378 @@
+"""Evaluates the feature library for a whole micro-batch with numpy.
+
+State per account (``AccountLog``): the events of the last ``HORIZON_MS + GRACE_MS`` as one
+float64 array (rows sorted by event time, equal times in arrival order) plus a few running
+scalars. It snapshots to a compact JSON-safe dict, which is what faust tables carry.
+
+For a batch, the logs of the accounts it touches and its new events are laid out as one
+array sorted by (account, event time); every window becomes an index range ending at the
+event, found with one ``searchsorted``; aggregates over all ranges at once come from
+``ufunc.reduceat`` over the concatenated ranges. Distinct keys use the previous occurrence
+of the same key (one stable sort per key column): an event in the range counts when its
+previous occurrence lies before the range. Running statistics (Welford mean/variance, EWMA,
+time since previous) advance in arrival order, vectorised across accounts.
+
+An account's events inside one batch that go back in time (allowed within the grace) would
+let an earlier arrival see a later one; the batch is then split into rounds at each such
+step, so every event sees exactly the events that arrived before it.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from streams.features.base import FeatureError
+from streams.features.library import (
+    CHANNELS,
+    DAY_MS,
+    EWM_ALPHA,
+    FEATURE_SPEC,
+    FEATURES,
+    GRACE_MS,
+    HIGH_RISK_COUNTRIES,
+    HIGH_RISK_MCC,
+    HORIZON_MS,
+    HOUR_MS,
+    MCC_NONE_RISK,
+    MCC_RISK,
+    MCC_UNKNOWN_RISK,
+    NEAR_THRESHOLD_FROM,
+    NIGHT_HOURS,
+    REPORTING_THRESHOLD,
+    ROUND_UNIT,
+    SMALL_AMOUNT,
+    Current,
+    Distinct,
+    Entropy,
+    FeatureSpec,
+    Ratio,
+    Sequential,
+    Windowed,
+)
+from streams.schemas import Transaction
+
+__all__ = ["AccountLog", "FeatureEngine", "key_hash", "event_rows"]
+
+# Log columns (float64; keys are hashes < 2**33, exact in a double).
+TS, AMOUNT, CP, DEV, CTRY, CHAN, MCC = range(7)
+NCOL = 7
+# Running scalars: latest event time, first event time, count, Welford mean and M2, EWMA,
+# home country (country of the first event), NaN when unset.
+WM, FIRST, N, MEAN, M2, EWM, HOME = range(7)
+NSCAL = 7
+_SHIFT = 44  # (account index << _SHIFT) + event time: one sortable int64 key
+_CHANNEL_CODE = {c: float(i) for i, c in enumerate(CHANNELS)}
+
+
+def key_hash(value: str | None) -> float:
+    """Stable across processes (unlike ``hash``); 0 means no value."""
+    return 0.0 if value is None else float(zlib.crc32(value.encode()) + 1)
+
+
+_HIGH_RISK_HASHES = np.array(sorted(key_hash(c) for c in HIGH_RISK_COUNTRIES))
+
+
+def _mcc_risk(category: str | None) -> float:
+    if category is None:
+        return MCC_NONE_RISK
+    return MCC_RISK.get(category, MCC_UNKNOWN_RISK)
+
+
+def event_rows(txs: Sequence[Transaction]) -> np.ndarray:
+    """Log rows of transactions (one row each, ``NCOL`` columns)."""
+    out = np.empty((len(txs), NCOL))
+    out[:, TS] = [t.ts_ms for t in txs]
+    out[:, AMOUNT] = [t.amount for t in txs]
+    out[:, CP] = [key_hash(t.counterparty_id) for t in txs]
+    out[:, DEV] = [key_hash(t.device_id) for t in txs]
+    out[:, CTRY] = [key_hash(t.country) for t in txs]
+    out[:, CHAN] = [_CHANNEL_CODE[t.channel] for t in txs]
+    out[:, MCC] = [_mcc_risk(t.merchant_category) for t in txs]
+    return out
+
+
+class AccountLog:
+    """One account's recent events and running statistics."""
+
+    __slots__ = ("rows", "scalars")
+
+    def __init__(self, rows: np.ndarray | None = None, scalars: np.ndarray | None = None):
+        self.rows = np.empty((0, NCOL)) if rows is None else rows
+        self.scalars = np.full(NSCAL, np.nan) if scalars is None else scalars
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
+            "s": [None if math.isnan(x) else x for x in self.scalars.tolist()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> AccountLog:
+        try:
+            raw = base64.b64decode(state["rows"], validate=True)
+            scalars = np.array([np.nan if x is None else x for x in state["s"]], dtype=float)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FeatureError(f"account log snapshot malformed: {exc!r}") from exc
+        if len(raw) % (8 * NCOL) or scalars.shape != (NSCAL,):
+            raise FeatureError("account log snapshot has the wrong shape")
+        return cls(np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(), scalars)
+
+
+def _rounds(accounts: Sequence[str], ts: np.ndarray) -> np.ndarray:
+    """Round of each event: a new round for an account whenever its time goes back."""
+    out = np.zeros(len(accounts), dtype=np.int64)
+    latest: dict[str, tuple[int, float]] = {}
+    for i, (a, t) in enumerate(zip(accounts, ts.tolist(), strict=True)):
+        r, m = latest.get(a, (0, -math.inf))
+        if t < m:
+            r, m = r + 1, t
+        latest[a] = (r, max(m, t))
+        out[i] = r
+    return out
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated index ranges ``[lo[i], hi[i]]`` (each non-empty): indices, the range each
+    index belongs to, and where each range starts in the concatenation."""
+    lengths = hi - lo + 1
+    starts = np.zeros(len(lo), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    owner = np.repeat(np.arange(len(lo)), lengths)
+    idx = np.arange(int(lengths.sum())) - starts[owner] + lo[owner]
+    return idx, owner, starts
+
+
+class FeatureEngine:
+    """Computes ``spec.names`` for micro-batches of transactions, updating account logs."""
+
+    def __init__(self, spec: FeatureSpec = FEATURE_SPEC) -> None:
+        unknown = [n for n in spec.names if n not in FEATURES]
+        if unknown:
+            raise FeatureError(f"feature spec names unknown features: {unknown}")
+        self.spec = spec
+        self.ops = {n: FEATURES[n] for n in spec.names}
+        self.windows = sorted(
+            {op.window_ms for op in self.ops.values() if hasattr(op, "window_ms")}
+        )
+
+    def compute(
+        self, accounts: Sequence[str], rows: np.ndarray, logs: dict[str, AccountLog]
+    ) -> np.ndarray:
+        """Features (len(accounts) x len(spec.names), NaN = no value) of events in arrival
+        order; ``logs`` holds every account's log (created if missing) and is updated."""
+        out = np.full((len(accounts), len(self.spec.names)), np.nan)
+        if not len(accounts):
+            return out
+        rounds = _rounds(accounts, rows[:, TS])
+        if not rounds.any():
+            return self._round(list(accounts), rows, logs)
+        for r in range(int(rounds.max()) + 1):
+            sel = np.flatnonzero(rounds == r)
+            out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs)
+        return out
+
+    def _round(
+        self, accounts: list[str], new: np.ndarray, logs: dict[str, AccountLog]
+    ) -> np.ndarray:
+        slot: dict[str, int] = {}
+        for a in accounts:
+            if a not in slot:
+                slot[a] = len(slot)
+                if a not in logs:
+                    logs[a] = AccountLog()
+        names = list(slot)
+        who = np.array([slot[a] for a in accounts], dtype=np.int64)
+        scal = np.stack([logs[a].scalars for a in names])
+        seq = self._sequential(who, new, scal)  # also advances scal
+
+        hist = [logs[a].rows for a in names]
+        lengths = np.array([len(h) for h in hist], dtype=np.int64)
+        all_rows = np.concatenate([*hist, new])
+        owner = np.concatenate([np.repeat(np.arange(len(names)), lengths), who])
+        key = (owner << _SHIFT) + all_rows[:, TS].astype(np.int64)
+        order = np.argsort(key, kind="stable")  # history first at equal times, then arrivals
+        key, all_rows, owner = key[order], all_rows[order], owner[order]
+        pos = np.empty(len(order), dtype=np.int64)
+        pos[order] = np.arange(len(order))
+        at = pos[len(all_rows) - len(new) :]  # where each new event sits
+
+        cols = self._columns(all_rows, scal[owner, HOME])
+        feats: dict[str, np.ndarray] = {**seq, "amount": new[:, AMOUNT]}
+        prev = {}
+        for w in self.windows:
+            lo = np.searchsorted(key, (who << _SHIFT) + (new[:, TS].astype(np.int64) - w), "right")
+            idx, grp, starts = _ranges(lo, at)
+            for name, op in self.ops.items():
+                if getattr(op, "window_ms", None) != w:
+                    continue
+                if isinstance(op, Windowed):
+                    feats[name] = self._windowed(op, cols, idx, grp, starts)
+                else:
+                    k = cols[op.key]
+                    if op.key not in prev:
+                        prev[op.key] = _previous_same(owner, k)
+                    p = prev[op.key]
+                    if isinstance(op, Distinct):
+                        counted = (p[idx] < lo[grp]) & (k[idx] != 0)
+                        feats[name] = np.add.reduceat(counted.astype(float), starts)
+                    else:  # FirstSeen
+                        feats[name] = ((p[at] < lo) & (k[at] != 0)).astype(float)
+        for name, op in self.ops.items():
+            if isinstance(op, Current):
+                feats[name] = cols[op.column][at]
+        for name, op in self.ops.items():
+            if isinstance(op, Entropy):
+                shares = np.stack([feats[s] for s in op.shares])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    terms = np.where(shares > 0, -shares * np.log(shares), 0.0)
+                feats[name] = terms.sum(axis=0)
+            elif isinstance(op, Ratio):
+                num, den = feats[op.num], feats[op.den]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    feats[name] = np.where(den > 0, num * op.scale / den, np.nan)
+
+        self._keep(names, key, all_rows, owner, scal, logs)
+        return np.stack([feats[n] for n in self.spec.names], axis=1)
+
+    @staticmethod
+    def _columns(rows: np.ndarray, home: np.ndarray) -> dict[str, np.ndarray]:
+        ts, amount = rows[:, TS], rows[:, AMOUNT]
+        hour = np.floor_divide(ts, HOUR_MS) % 24
+        weekday = (np.floor_divide(ts, DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Mon = 0
+        country = rows[:, CTRY]
+        cols = {
+            "amount": amount,
+            "amount_log10": np.log10(amount),
+            "small": (amount < SMALL_AMOUNT).astype(float),
+            "near_threshold": (
+                (amount >= NEAR_THRESHOLD_FROM) & (amount < REPORTING_THRESHOLD)
+            ).astype(float),
+            "round": ((amount >= ROUND_UNIT) & (np.fmod(amount, ROUND_UNIT) == 0)).astype(float),
+            "hour": hour,
+            "night": ((hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])).astype(float),
+            "weekend": (weekday >= 5).astype(float),
+            "cross_border": (country != home).astype(float),
+            "high_risk_country": np.isin(country, _HIGH_RISK_HASHES).astype(float),
+            "mcc_risk": rows[:, MCC],
+            "high_risk_mcc": (rows[:, MCC] >= HIGH_RISK_MCC).astype(float),
+            "counterparty": rows[:, CP],
+            "device": rows[:, DEV],
+            "country": country,
+        }
+        for code, ch in enumerate(CHANNELS):
+            cols[f"channel_{ch}"] = (rows[:, CHAN] == code).astype(float)
+        return cols
+
+    @staticmethod
+    def _windowed(
+        op: Windowed,
+        cols: dict[str, np.ndarray],
+        idx: np.ndarray,
+        grp: np.ndarray,
+        starts: np.ndarray,
+    ) -> np.ndarray:
+        v = cols[op.column][idx]
+        m = np.ones_like(v) if op.where is None else cols[op.where][idx]
+        count = np.add.reduceat(m, starts)
+        if op.agg == "count":
+            return count
+        total = np.add.reduceat(v * m, starts)
+        if op.agg == "sum":
+            return total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(count > 0, total / count, np.nan)
+            if op.agg == "mean":
+                return mean
+            if op.agg == "std":
+                d = (v - mean[grp]) * m
+                return np.sqrt(np.add.reduceat(d * d, starts) / count)
+        if op.agg == "min":
+            r = np.minimum.reduceat(np.where(m > 0, v, np.inf), starts)
+        elif op.agg == "max":
+            r = np.maximum.reduceat(np.where(m > 0, v, -np.inf), starts)
+        else:
+            raise FeatureError(f"unknown aggregate {op.agg!r}")
+        return np.where(np.isfinite(r), r, np.nan)
+
+    def _sequential(self, who: np.ndarray, new: np.ndarray, scal: np.ndarray) -> dict:
+        """Running statistics in arrival order: each account's k-th event of the round is
+        handled in step k, all accounts at once."""
+        n = len(who)
+        out = {k: np.full(n, np.nan) for k in _SEQUENTIAL}
+        rank = np.zeros(n, dtype=np.int64)
+        seen: dict[int, int] = {}
+        for i, a in enumerate(who.tolist()):
+            rank[i] = seen.get(a, 0)
+            seen[a] = rank[i] + 1
+        for k in range(int(rank.max()) + 1):
+            i = np.flatnonzero(rank == k)
+            a = who[i]
+            ts, x = new[i, TS], new[i, AMOUNT]
+            s = scal[a]
+            wm, first, cnt, mean, m2, ewm = (
+                s[:, WM],
+                s[:, FIRST],
+                s[:, N],
+                s[:, MEAN],
+                s[:, M2],
+                s[:, EWM],
+            )
+            has = ~np.isnan(wm)
+            gap = np.where(has, np.maximum(0.0, ts - wm), np.nan)
+            out["time_since_prev_ms"][i] = gap
+            out["dormancy_days"][i] = gap / DAY_MS
+            out["account_age_days"][i] = np.where(has, np.maximum(0.0, ts - first) / DAY_MS, 0.0)
+            cnt0 = np.where(has, cnt, 0.0)
+            out["hist_count"][i] = cnt0
+            out["hist_mean_amount"][i] = np.where(cnt0 > 0, mean, np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                std = np.sqrt(m2 / cnt0)
+                out["amount_zscore"][i] = np.where(
+                    (cnt0 >= 2) & (std > 0), (x - mean) / std, np.nan
+                )
+                out["amount_to_ewm"][i] = np.where(has, x / ewm, np.nan)
+            new_ewm = np.where(has, ewm + EWM_ALPHA * (x - ewm), x)
+            out["ewm_amount"][i] = new_ewm
+            # advance: Welford
+            cnt1 = cnt0 + 1
+            mean0 = np.where(has, mean, 0.0)
+            delta = x - mean0
+            mean1 = mean0 + delta / cnt1
+            m21 = np.where(has, m2, 0.0) + delta * (x - mean1)
+            scal[a, WM] = np.where(has, np.maximum(wm, ts), ts)
+            scal[a, FIRST] = np.where(has, first, ts)
+            scal[a, N], scal[a, MEAN], scal[a, M2], scal[a, EWM] = cnt1, mean1, m21, new_ewm
+            scal[a, HOME] = np.where(has, s[:, HOME], new[i, CTRY])
+        return out
+
+    @staticmethod
+    def _keep(names, key, rows, owner, scal, logs) -> None:
+        """Write back each account's log, minus what fell behind horizon + grace."""
+        bounds = np.searchsorted(owner, np.arange(len(names) + 1))
+        oldest = scal[:, WM].astype(np.int64) - HORIZON_MS - GRACE_MS
+        cut = np.searchsorted(
+            key, (np.arange(len(names), dtype=np.int64) << _SHIFT) + oldest, "right"
+        )
+        for j, a in enumerate(names):
+            log = logs[a]
+            log.rows = rows[max(cut[j], bounds[j]) : bounds[j + 1]].copy()
+            log.scalars = scal[j].copy()
+
+
+_SEQUENTIAL = tuple(n for n, op in FEATURES.items() if isinstance(op, Sequential))
+
+
+def _previous_same(owner: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Index of the previous event of the same account with the same key (-1 if none)."""
+    combined = (owner << 33) + key.astype(np.int64)  # keys are below 2**33
+    order = np.argsort(combined, kind="stable")
+    prev = np.full(len(key), -1, dtype=np.int64)
+    same = combined[order[1:]] == combined[order[:-1]]
+    prev[order[1:][same]] = order[:-1][same]
+    return prev

@@ -1,0 +1,236 @@
+"""The feature library: every named feature as a declarative operator over a few primitives,
+and the ordered, versioned feature-vector spec that models take as their input contract.
+
+Primitives (evaluated for a whole micro-batch at once by ``streams.features.engine``):
+
+- ``Windowed(agg, column, window, where)``: count / sum / mean / std / min / max of a per-event
+  column over the account's events in ``(ts - window, ts]``, optionally only where a flag
+  column is 1 (``Share`` is the mean of a flag);
+- ``Distinct(key, window)`` and ``FirstSeen(key, window)``: distinct keys (counterparty,
+  device, country) in the window, and whether the event's key is new within it;
+- ``Current(column)``: a per-event column of the event itself;
+- ``Sequential(kind)``: running per-account statistics in arrival order (time since the
+  previous event, account age, history count/mean/z-score, exponentially weighted mean);
+- ``Ratio(num, den)`` of two other features and ``Entropy`` of a set of shares.
+
+Window semantics, shared by the engine and the tests' brute-force reference: as of an event,
+aggregate the account's events that arrived no later than it and whose event time lies in
+``(ts - window, ts]``. Events may arrive up to ``GRACE_MS`` out of order and still see
+complete windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = [
+    "CHANNELS",
+    "DAY_MS",
+    "FEATURES",
+    "FEATURE_SPEC",
+    "FeatureSpec",
+    "GRACE_MS",
+    "HIGH_RISK_COUNTRIES",
+    "HIGH_RISK_MCC",
+    "HORIZON_MS",
+    "HOUR_MS",
+    "MCC_RISK",
+    "MINUTE_MS",
+    "REPORTING_THRESHOLD",
+    "SMALL_AMOUNT",
+    "Current",
+    "Distinct",
+    "Entropy",
+    "FirstSeen",
+    "Ratio",
+    "Sequential",
+    "Windowed",
+]
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+WEEK_MS = 7 * DAY_MS
+HORIZON_MS = WEEK_MS  # the longest window: how much history an account's log keeps
+GRACE_MS = HOUR_MS  # out-of-order tolerance of event times within one account
+
+SMALL_AMOUNT = 1000.0  # "small" for the frequent_small rule
+REPORTING_THRESHOLD = 10_000.0  # cash-reporting threshold; structuring stays just under it
+NEAR_THRESHOLD_FROM = 0.9 * REPORTING_THRESHOLD
+ROUND_UNIT = 100.0  # a "round" amount is a positive multiple of this
+NIGHT_HOURS = (0, 6)  # [from, to) UTC hour of day
+EWM_ALPHA = 0.2
+
+CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
+# FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
+# havens; a ruleset's own list can differ, this one feeds the behaviour features.
+HIGH_RISK_COUNTRIES = frozenset(
+    {"IR", "KP", "MM", "SY", "YE", "AF", "KY", "PA", "VG", "BS", "RU", "VE", "HT", "SS"}
+)
+# Merchant-category risk in 0..1 (cash-like, gambling, money services and crypto rank high).
+MCC_RISK = {
+    "4829": 0.9,  # money orders / wire transfer
+    "6051": 0.9,  # quasi-cash, crypto
+    "6211": 0.6,  # securities brokers
+    "7995": 0.9,  # gambling
+    "6012": 0.7,  # financial institutions
+    "5933": 0.7,  # pawn shops
+    "5944": 0.5,  # jewellery
+    "7011": 0.3,  # hotels
+    "5732": 0.3,  # electronics
+    "5999": 0.3,  # misc retail
+    "5311": 0.1,
+    "5411": 0.1,
+    "5812": 0.1,
+    "4111": 0.1,
+}
+MCC_UNKNOWN_RISK = 0.2  # a category not in the table
+MCC_NONE_RISK = 0.0  # no merchant (transfers)
+HIGH_RISK_MCC = 0.7  # an event is "high-risk MCC" at or above this
+
+
+@dataclass(frozen=True)
+class Windowed:
+    agg: str  # count | sum | mean | std | min | max
+    column: str
+    window_ms: int
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class Distinct:
+    key: str  # counterparty | device | country
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class FirstSeen:
+    key: str
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class Current:
+    column: str
+
+
+@dataclass(frozen=True)
+class Sequential:
+    kind: str
+
+
+@dataclass(frozen=True)
+class Ratio:
+    num: str
+    den: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Entropy:
+    shares: tuple[str, ...]
+
+
+Operator = Windowed | Distinct | FirstSeen | Current | Sequential | Ratio | Entropy
+WINDOWS = {"1m": MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": WEEK_MS}
+
+
+def _build() -> dict[str, Operator]:
+    f: dict[str, Operator] = {}
+    # velocity: counts and sums per window
+    for label, w in WINDOWS.items():
+        f[f"count_{label}"] = Windowed("count", "amount", w)
+        f[f"sum_{label}"] = Windowed("sum", "amount", w)
+    # amount statistics
+    for label in ("24h", "7d"):
+        for agg in ("mean", "std", "min", "max"):
+            f[f"amount_{agg}_{label}"] = Windowed(agg, "amount", WINDOWS[label])
+    # the seed rule's feature, structuring and small-amount counts
+    f["small_count_24h"] = Windowed("count", "amount", DAY_MS, where="small")
+    f["small_count_7d"] = Windowed("count", "amount", WEEK_MS, where="small")
+    f["near_threshold_count_24h"] = Windowed("count", "amount", DAY_MS, where="near_threshold")
+    f["near_threshold_sum_24h"] = Windowed("sum", "amount", DAY_MS, where="near_threshold")
+    f["near_threshold_count_7d"] = Windowed("count", "amount", WEEK_MS, where="near_threshold")
+    # behaviour shares over a week
+    for flag in ("night", "weekend", "round", "cross_border", "high_risk_country"):
+        f[f"{flag}_share_7d"] = Windowed("mean", flag, WEEK_MS)
+    f["cross_border_count_24h"] = Windowed("sum", "cross_border", DAY_MS)
+    f["high_risk_country_count_24h"] = Windowed("sum", "high_risk_country", DAY_MS)
+    # channel mix
+    for ch in CHANNELS:
+        f[f"channel_{ch}_share_7d"] = Windowed("mean", f"channel_{ch}", WEEK_MS)
+    f["channel_entropy_7d"] = Entropy(tuple(f"channel_{ch}_share_7d" for ch in CHANNELS))
+    # merchant-category risk
+    f["mcc_risk"] = Current("mcc_risk")
+    f["mcc_risk_mean_7d"] = Windowed("mean", "mcc_risk", WEEK_MS)
+    f["high_risk_mcc_count_7d"] = Windowed("sum", "high_risk_mcc", WEEK_MS)
+    # distinct keys (fan-out is distinct counterparties) and first-seen flags
+    for key, plural in (("counterparty", "counterparties"), ("device", "devices")):
+        f[f"distinct_{plural}_24h"] = Distinct(key, DAY_MS)
+        f[f"distinct_{plural}_7d"] = Distinct(key, WEEK_MS)
+    f["distinct_countries_24h"] = Distinct("country", DAY_MS)
+    f["distinct_countries_7d"] = Distinct("country", WEEK_MS)
+    for key in ("counterparty", "device", "country"):
+        f[f"first_seen_{key}_7d"] = FirstSeen(key, WEEK_MS)
+    # the event itself
+    f["amount_log10"] = Current("amount_log10")
+    for flag in ("round", "night", "weekend", "cross_border", "high_risk_country"):
+        f[f"is_{flag}"] = Current(flag)
+    f["hour_of_day"] = Current("hour")
+    # running per-account history (arrival order)
+    for kind in (
+        "time_since_prev_ms",
+        "dormancy_days",
+        "account_age_days",
+        "hist_count",
+        "hist_mean_amount",
+        "amount_zscore",
+        "ewm_amount",
+        "amount_to_ewm",
+    ):
+        f[kind] = Sequential(kind)
+    # ratios
+    f["sum_1h_to_24h"] = Ratio("sum_1h", "sum_24h")
+    f["velocity_spike_24h_7d"] = Ratio("count_24h", "count_7d", scale=7.0)
+    f["amount_to_mean_7d"] = Ratio("amount", "amount_mean_7d")
+    f["amount_to_max_7d"] = Ratio("amount", "amount_max_7d")
+    return f
+
+
+FEATURES: dict[str, Operator] = _build()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The model's input contract: feature names in order, a version, and a digest of every
+    definition and constant, so a model trained on another spec is refused."""
+
+    version: str
+    names: tuple[str, ...]
+    digest: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}:{self.digest}"
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def as_dict(self, values: list[float | None]) -> dict[str, float | None]:
+        """A score record's ``features`` list by name."""
+        if len(values) != len(self.names):
+            raise ValueError(f"{len(values)} feature values for {len(self.names)} names")
+        return dict(zip(self.names, values, strict=True))
+
+
+def _digest() -> str:
+    parts = [repr(sorted(FEATURES.items()))]
+    parts += [repr(c) for c in (HORIZON_MS, GRACE_MS, SMALL_AMOUNT, REPORTING_THRESHOLD)]
+    parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, CHANNELS)]
+    parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
+    parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+FEATURE_SPEC = FeatureSpec("lib-1", tuple(FEATURES), _digest())
