@@ -141,7 +141,8 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         f["hist_count"] = float(len(past))
         f["hist_mean_amount"] = statistics.fmean(past) if past else None
         sd = statistics.pstdev(past) if len(past) >= 2 else 0.0
-        f["amount_zscore"] = (a - statistics.fmean(past)) / sd if sd > 0 else None
+        spread = sd > L.ZSCORE_MIN_REL_STD * abs(statistics.fmean(past)) if past else False
+        f["amount_zscore"] = (a - statistics.fmean(past)) / sd if spread else None
         f["amount_to_ewm"] = None if ewm_prev is None else a / ewm_prev
         ewm_prev = a if ewm_prev is None else ewm_prev + L.EWM_ALPHA * (a - ewm_prev)
         f["ewm_amount"] = ewm_prev

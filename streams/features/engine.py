@@ -47,6 +47,7 @@ from streams.features.library import (
     REPORTING_THRESHOLD,
     ROUND_UNIT,
     SMALL_AMOUNT,
+    ZSCORE_MIN_REL_STD,
     Current,
     Distinct,
     Entropy,
@@ -70,9 +71,19 @@ _SHIFT = 44  # (account index << _SHIFT) + event time: one sortable int64 key
 _CHANNEL_CODE = {c: float(i) for i, c in enumerate(CHANNELS)}
 
 
+_HASHED: dict[str, float] = {}
+
+
 def key_hash(value: str | None) -> float:
     """Stable across processes (unlike ``hash``); 0 means no value."""
-    return 0.0 if value is None else float(zlib.crc32(value.encode()) + 1)
+    if value is None:
+        return 0.0
+    h = _HASHED.get(value)
+    if h is None:
+        if len(_HASHED) >= 1_000_000:
+            _HASHED.clear()
+        h = _HASHED[value] = float(zlib.crc32(value.encode()) + 1)
+    return h
 
 
 _HIGH_RISK_HASHES = np.array(sorted(key_hash(c) for c in HIGH_RISK_COUNTRIES))
@@ -109,14 +120,14 @@ class AccountLog:
     def snapshot(self) -> dict[str, Any]:
         return {
             "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
-            "s": [None if math.isnan(x) else x for x in self.scalars.tolist()],
+            "s": self.scalars.tolist(),  # NaN: serialised as null (orjson) or NaN (json)
         }
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> AccountLog:
         try:
             raw = base64.b64decode(state["rows"], validate=True)
-            scalars = np.array([np.nan if x is None else x for x in state["s"]], dtype=float)
+            scalars = np.array(state["s"], dtype=float)  # None -> NaN
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"account log snapshot malformed: {exc!r}") from exc
         if len(raw) % (8 * NCOL) or scalars.shape != (NSCAL,):
@@ -127,6 +138,8 @@ class AccountLog:
 def _rounds(accounts: Sequence[str], ts: np.ndarray) -> np.ndarray:
     """Round of each event: a new round for an account whenever its time goes back."""
     out = np.zeros(len(accounts), dtype=np.int64)
+    if len(set(accounts)) == len(accounts) or (np.diff(ts) >= 0).all():
+        return out  # no account goes back in time (the usual case)
     latest: dict[str, tuple[int, float]] = {}
     for i, (a, t) in enumerate(zip(accounts, ts.tolist(), strict=True)):
         r, m = latest.get(a, (0, -math.inf))
@@ -160,6 +173,10 @@ class FeatureEngine:
         self.windows = sorted(
             {op.window_ms for op in self.ops.values() if hasattr(op, "window_ms")}
         )
+        self.by_window = {
+            w: [(n, op) for n, op in self.ops.items() if getattr(op, "window_ms", None) == w]
+            for w in self.windows
+        }
 
     def compute(
         self, accounts: Sequence[str], rows: np.ndarray, logs: dict[str, AccountLog]
@@ -197,10 +214,11 @@ class FeatureEngine:
         owner = np.concatenate([np.repeat(np.arange(len(names)), lengths), who])
         key = (owner << _SHIFT) + all_rows[:, TS].astype(np.int64)
         order = np.argsort(key, kind="stable")  # history first at equal times, then arrivals
-        key, all_rows, owner = key[order], all_rows[order], owner[order]
+        key, owner = key[order], owner[order]
+        all_rows = np.ascontiguousarray(all_rows.T)[:, order]  # one contiguous row per column
         pos = np.empty(len(order), dtype=np.int64)
         pos[order] = np.arange(len(order))
-        at = pos[len(all_rows) - len(new) :]  # where each new event sits
+        at = pos[len(order) - len(new) :]  # where each new event sits
 
         cols = self._columns(all_rows, scal[owner, HOME])
         feats: dict[str, np.ndarray] = {**seq, "amount": new[:, AMOUNT]}
@@ -208,11 +226,10 @@ class FeatureEngine:
         for w in self.windows:
             lo = np.searchsorted(key, (who << _SHIFT) + (new[:, TS].astype(np.int64) - w), "right")
             idx, grp, starts = _ranges(lo, at)
-            for name, op in self.ops.items():
-                if getattr(op, "window_ms", None) != w:
-                    continue
+            shared: dict[tuple, np.ndarray] = {}  # per window: gathered columns, counts, sums
+            for name, op in self.by_window[w]:
                 if isinstance(op, Windowed):
-                    feats[name] = self._windowed(op, cols, idx, grp, starts)
+                    feats[name] = self._windowed(op, cols, idx, grp, starts, shared)
                 else:
                     k = cols[op.key]
                     if op.key not in prev:
@@ -242,10 +259,11 @@ class FeatureEngine:
 
     @staticmethod
     def _columns(rows: np.ndarray, home: np.ndarray) -> dict[str, np.ndarray]:
-        ts, amount = rows[:, TS], rows[:, AMOUNT]
+        """Per-event columns of column-major ``rows``."""
+        ts, amount = rows[TS], rows[AMOUNT]
         hour = np.floor_divide(ts, HOUR_MS) % 24
         weekday = (np.floor_divide(ts, DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Mon = 0
-        country = rows[:, CTRY]
+        country = rows[CTRY]
         cols = {
             "amount": amount,
             "amount_log10": np.log10(amount),
@@ -259,14 +277,14 @@ class FeatureEngine:
             "weekend": (weekday >= 5).astype(float),
             "cross_border": (country != home).astype(float),
             "high_risk_country": np.isin(country, _HIGH_RISK_HASHES).astype(float),
-            "mcc_risk": rows[:, MCC],
-            "high_risk_mcc": (rows[:, MCC] >= HIGH_RISK_MCC).astype(float),
-            "counterparty": rows[:, CP],
-            "device": rows[:, DEV],
+            "mcc_risk": rows[MCC],
+            "high_risk_mcc": (rows[MCC] >= HIGH_RISK_MCC).astype(float),
+            "counterparty": rows[CP],
+            "device": rows[DEV],
             "country": country,
         }
         for code, ch in enumerate(CHANNELS):
-            cols[f"channel_{ch}"] = (rows[:, CHAN] == code).astype(float)
+            cols[f"channel_{ch}"] = (rows[CHAN] == code).astype(float)
         return cols
 
     @staticmethod
@@ -276,13 +294,23 @@ class FeatureEngine:
         idx: np.ndarray,
         grp: np.ndarray,
         starts: np.ndarray,
+        shared: dict[tuple, np.ndarray],
     ) -> np.ndarray:
-        v = cols[op.column][idx]
-        m = np.ones_like(v) if op.where is None else cols[op.where][idx]
-        count = np.add.reduceat(m, starts)
+        def once(key: tuple, make) -> np.ndarray:
+            if key not in shared:
+                shared[key] = make()
+            return shared[key]
+
+        v = once(("v", op.column), lambda: cols[op.column][idx])
+        if op.where is None:
+            m = once(("ones",), lambda: np.ones(len(idx)))
+        else:
+            m = once(("m", op.where), lambda: cols[op.where][idx])
+        count = once(("count", op.where), lambda: np.add.reduceat(m, starts))
         if op.agg == "count":
             return count
-        total = np.add.reduceat(v * m, starts)
+        vm = v if op.where is None else once(("vm", op.column, op.where), lambda: v * m)
+        total = once(("sum", op.column, op.where), lambda: np.add.reduceat(vm, starts))
         if op.agg == "sum":
             return total
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -293,9 +321,9 @@ class FeatureEngine:
                 d = (v - mean[grp]) * m
                 return np.sqrt(np.add.reduceat(d * d, starts) / count)
         if op.agg == "min":
-            r = np.minimum.reduceat(np.where(m > 0, v, np.inf), starts)
+            r = np.minimum.reduceat(v if op.where is None else np.where(m > 0, v, np.inf), starts)
         elif op.agg == "max":
-            r = np.maximum.reduceat(np.where(m > 0, v, -np.inf), starts)
+            r = np.maximum.reduceat(v if op.where is None else np.where(m > 0, v, -np.inf), starts)
         else:
             raise FeatureError(f"unknown aggregate {op.agg!r}")
         return np.where(np.isfinite(r), r, np.nan)
@@ -333,9 +361,8 @@ class FeatureEngine:
             out["hist_mean_amount"][i] = np.where(cnt0 > 0, mean, np.nan)
             with np.errstate(divide="ignore", invalid="ignore"):
                 std = np.sqrt(m2 / cnt0)
-                out["amount_zscore"][i] = np.where(
-                    (cnt0 >= 2) & (std > 0), (x - mean) / std, np.nan
-                )
+                spread = (cnt0 >= 2) & (std > ZSCORE_MIN_REL_STD * np.abs(mean))
+                out["amount_zscore"][i] = np.where(spread, (x - mean) / std, np.nan)
                 out["amount_to_ewm"][i] = np.where(has, x / ewm, np.nan)
             new_ewm = np.where(has, ewm + EWM_ALPHA * (x - ewm), x)
             out["ewm_amount"][i] = new_ewm
@@ -361,8 +388,8 @@ class FeatureEngine:
         )
         for j, a in enumerate(names):
             log = logs[a]
-            log.rows = rows[max(cut[j], bounds[j]) : bounds[j + 1]].copy()
-            log.scalars = scal[j].copy()
+            log.rows = rows[:, max(cut[j], bounds[j]) : bounds[j + 1]].T.copy()
+            log.scalars = scal[j]
 
 
 _SEQUENTIAL = tuple(n for n, op in FEATURES.items() if isinstance(op, Sequential))

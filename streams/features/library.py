@@ -61,6 +61,8 @@ NEAR_THRESHOLD_FROM = 0.9 * REPORTING_THRESHOLD
 ROUND_UNIT = 100.0  # a "round" amount is a positive multiple of this
 NIGHT_HOURS = (0, 6)  # [from, to) UTC hour of day
 EWM_ALPHA = 0.2
+# amount_zscore needs a history whose spread is real, not rounding: std > this * |mean|
+ZSCORE_MIN_REL_STD = 1e-6
 
 CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
 # FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
@@ -227,7 +229,7 @@ class FeatureSpec:
 def _digest() -> str:
     parts = [repr(sorted(FEATURES.items()))]
     parts += [repr(c) for c in (HORIZON_MS, GRACE_MS, SMALL_AMOUNT, REPORTING_THRESHOLD)]
-    parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, CHANNELS)]
+    parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, ZSCORE_MIN_REL_STD, CHANNELS)]
     parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
     parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
