@@ -118,6 +118,9 @@ def publish_transactions(
     seed: int = typer.Option(7, help="generator seed"),
     accounts: int = typer.Option(1000, min=1, help="generated account population"),
     malformed_rate: float = typer.Option(0.0, min=0, max=1, help="share of invalid records"),
+    typology_rate: float = typer.Option(
+        0.002, min=0, max=1, help="share of events that start an injected AML case"
+    ),
     with_labels: bool = typer.Option(
         False, "--with-labels", help="also publish the ground truth to the labels topic"
     ),
@@ -137,7 +140,12 @@ def publish_transactions(
             raise typer.Exit(2)
         records = islice(read_jsonl(file), count)
     else:
-        cfg = GeneratorConfig(seed=seed, accounts=accounts, malformed_rate=malformed_rate)
+        cfg = GeneratorConfig(
+            seed=seed,
+            accounts=accounts,
+            malformed_rate=malformed_rate,
+            typology_rate=typology_rate,
+        )
 
         def generated():  # type: ignore[no-untyped-def]
             for g in islice(TransactionGenerator(cfg), count):
@@ -420,13 +428,18 @@ def generate(
     seed: int = typer.Option(7),
     accounts: int = typer.Option(1000, min=1),
     malformed_rate: float = typer.Option(0.0, min=0, max=1),
+    typology_rate: float = typer.Option(
+        0.002, min=0, max=1, help="share of events that start an injected AML case"
+    ),
 ) -> None:
     """Write a seeded synthetic history (and its ground truth) for replay and backtests."""
     from itertools import islice
 
     from streams.sources import GeneratorConfig, TransactionGenerator
 
-    cfg = GeneratorConfig(seed=seed, accounts=accounts, malformed_rate=malformed_rate)
+    cfg = GeneratorConfig(
+        seed=seed, accounts=accounts, malformed_rate=malformed_rate, typology_rate=typology_rate
+    )
     n_tx = n_labels = 0
     with open(out_file, "wb") as tx_fh, open(labels, "w") if labels else _null() as lab_fh:
         for g in islice(TransactionGenerator(cfg), count):

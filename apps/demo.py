@@ -157,6 +157,7 @@ def _publisher(
         large_rate=0.01,
         burst_rate=0.004,
         malformed_rate=0.005,
+        typology_rate=0.004,
         start_ms=now_ms(),
     )
     gen = TransactionGenerator(cfg)

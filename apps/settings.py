@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
 
     ruleset_path: Path | None = Field(
-        default=None, description="YAML/JSON ruleset the workers start with (unset: seed)"
+        default=None,
+        description="YAML/JSON ruleset the workers start with (unset: the shipped aml set)",
     )
 
     # Decision thresholds on the combined score in 0..1.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,9 @@ def settings(bootstrap: str, namespace: str, tmp_path: Path) -> Settings:
     return s
 
 
+SEED_RULESET = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     return {
         "VIGIL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
@@ -47,4 +51,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "VIGIL_STATE_DIR": str(settings.state_dir),
         "VIGIL_PARTITIONS": str(settings.partitions),
         "VIGIL_LOG_LEVEL": "INFO",
+        # the seed rules: the decisions tests.reference recomputes independently
+        "VIGIL_RULESET_PATH": str(
+            resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+        ),
     }

@@ -270,7 +270,10 @@ def load_ruleset(source: str | Path, names: Mapping[str, str]) -> Ruleset:
     return parse_ruleset(doc, names)
 
 
-def default_ruleset(names: Mapping[str, str], name: str = "seed") -> Ruleset:
+DEFAULT_RULESET = "aml"
+
+
+def default_ruleset(names: Mapping[str, str], name: str = DEFAULT_RULESET) -> Ruleset:
     """A ruleset shipped with Vigil (``streams/rules/rulesets/NAME.yaml``)."""
     text = resources.files("streams.rules").joinpath("rulesets", f"{name}.yaml").read_text()
     return parse_ruleset(yaml.safe_load(text), names)

@@ -13,8 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GeneratorConfig", "Generated", "TransactionGenerator", "MALFORMED_KINDS"]
+__all__ = [
+    "GeneratorConfig",
+    "Generated",
+    "TransactionGenerator",
+    "MALFORMED_KINDS",
+    "TYPOLOGIES",
+    "HIGH_RISK_DESTINATIONS",
+]
 
+HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _HOMES = {
@@ -44,6 +52,21 @@ MALFORMED_KINDS = (
 )
 
 
+# AML cases the generator injects (besides large_value and the small structuring bursts),
+# each labelled 1 with its typology. All are visible from the paying account's side.
+TYPOLOGIES = (
+    "structuring",  # several cash amounts just under the 10,000 reporting threshold in a day
+    "fan_out",  # many payments to new counterparties within hours
+    "round_amounts",  # a run of round thousands
+    "high_risk_geography",  # wires to high-risk jurisdictions
+    "dormant_activation",  # months idle, then large transfers
+    "profile_mismatch",  # one amount far above the account's own history
+    "velocity_spike",  # a burst of ordinary payments far above the account's rate
+    "open_and_close",  # a new account moves a lot within two days, then goes quiet
+)
+HIGH_RISK_DESTINATIONS = ("IR", "KP", "SY", "KY", "PA", "VG", "AF", "MM")
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     seed: int = 7
@@ -55,6 +78,7 @@ class GeneratorConfig:
     burst_size: tuple[int, int] = (12, 16)  # small transactions per burst
     burst_span_ms: int = 2 * 3_600_000  # a burst fits in this span
     malformed_rate: float = 0.0  # share of records that are invalid on purpose
+    typology_rate: float = 0.0  # share of events that start an injected AML case (TYPOLOGIES)
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,8 @@ class TransactionGenerator:
             self._schedule(Generated(acct.account_id, tx, label=1, typology="large_value"), ts)
         elif u < cfg.large_rate + cfg.burst_rate:
             self._burst(acct, ts)
+        elif u < cfg.large_rate + cfg.burst_rate + cfg.typology_rate:
+            self._case(rng.choice(TYPOLOGIES), acct, ts)
         else:
             amount = min(rng.lognormvariate(0, 1.0) * acct.median_amount, 400_000.0)
             self._schedule(Generated(acct.account_id, self._tx(acct, ts, amount)), ts)
@@ -174,6 +200,67 @@ class TransactionGenerator:
             at = ts_ms + rng.randrange(cfg.burst_span_ms)
             tx = self._tx(acct, at, rng.uniform(700, 999.99), channel="p2p")
             self._schedule(Generated(acct.account_id, tx, label=1, typology="structuring"), at)
+
+    def _case(self, typology: str, acct: _Account, ts_ms: int) -> None:
+        """One injected AML case: its transactions, labelled with the typology."""
+        rng = self._rng
+        runs: list[tuple[int, float, dict[str, Any]]] = []  # (ms after ts_ms, amount, fields)
+        if typology == "structuring":
+            for _ in range(rng.randint(3, 6)):
+                runs.append(
+                    (rng.randrange(20 * HOUR_MS), rng.uniform(9000, 9999.99), {"channel": "cash"})
+                )
+        elif typology == "fan_out":
+            for _ in range(rng.randint(12, 20)):
+                payee = f"cp-fo-{rng.randrange(10**8):08d}"
+                runs.append(
+                    (
+                        rng.randrange(3 * HOUR_MS),
+                        rng.uniform(200, 3000),
+                        {"counterparty_id": payee, "channel": "p2p"},
+                    )
+                )
+        elif typology == "round_amounts":
+            for _ in range(rng.randint(5, 8)):
+                runs.append(
+                    (rng.randrange(2 * DAY_MS), rng.randint(2, 20) * 1000.0, {"channel": "wire"})
+                )
+        elif typology == "high_risk_geography":
+            for _ in range(rng.randint(1, 3)):
+                where = {"country": rng.choice(HIGH_RISK_DESTINATIONS), "channel": "wire"}
+                runs.append((rng.randrange(6 * HOUR_MS), rng.uniform(3000, 60000), where))
+        elif typology == "dormant_activation":
+            acct = self._side_account("dor")
+            old = self._tx(acct, ts_ms - rng.randint(60, 180) * DAY_MS, acct.median_amount)
+            self._schedule(Generated(acct.account_id, old), old["ts_ms"])
+            for _ in range(rng.randint(2, 4)):
+                runs.append(
+                    (rng.randrange(12 * HOUR_MS), rng.uniform(2000, 30000), {"channel": "wire"})
+                )
+        elif typology == "profile_mismatch":
+            amount = min(max(5000.0, acct.median_amount * rng.uniform(60, 150)), 450_000.0)
+            runs.append((0, amount, {"channel": "wire"}))
+        elif typology == "velocity_spike":
+            for _ in range(rng.randint(10, 16)):
+                amount = min(rng.lognormvariate(0, 1.0) * acct.median_amount, 400_000.0)
+                runs.append((rng.randrange(HOUR_MS), amount, {}))
+        elif typology == "open_and_close":
+            acct = self._side_account("new")
+            for _ in range(rng.randint(3, 6)):
+                runs.append(
+                    (rng.randrange(2 * DAY_MS), rng.uniform(5000, 15000), {"channel": "wire"})
+                )
+        else:
+            raise ValueError(f"unknown typology {typology!r}")
+        for after, amount, fields in runs:
+            tx = self._tx(acct, ts_ms + after, amount, **fields)
+            self._schedule(Generated(acct.account_id, tx, label=1, typology=typology), tx["ts_ms"])
+
+    def _side_account(self, prefix: str) -> _Account:
+        """An account outside the everyday population (no ordinary traffic)."""
+        acct = self._new_account(self._rng.randrange(10**6))
+        acct.account_id = f"{prefix}-{acct.account_id[4:]}-{self._seq}"
+        return acct
 
     def _malformed(self, acct: _Account, ts_ms: int) -> Generated:
         kind = self._rng.choice(MALFORMED_KINDS)

@@ -160,7 +160,8 @@ def test_publish_with_labels_writes_the_ground_truth(settings, monkeypatch):
         ],
     )
     assert result.exit_code == 0, result.output
-    gen = TransactionGenerator(GeneratorConfig(seed=4, malformed_rate=0.05)).take(500)
+    cfg = GeneratorConfig(seed=4, malformed_rate=0.05, typology_rate=0.002)  # the CLI defaults
+    gen = TransactionGenerator(cfg).take(500)
     want = sorted((g.tx["tx_id"], g.label, g.typology) for g in gen if g.tx is not None)
     labels = [
         Label.model_validate(v)
@@ -178,9 +179,13 @@ def test_bench_features_reports_its_workload_as_json():
     report = json.loads(result.output)
     from streams.features.library import FEATURE_SPEC
 
-    assert (report["events"], report["batch"], report["rules"]) == (2000, 500, 2)
+    from streams.pipeline import RULE_NAMES
+    from streams.rules import default_ruleset
+
+    aml = default_ruleset(RULE_NAMES)
+    assert (report["events"], report["batch"], report["rules"]) == (2000, 500, len(aml.rules))
     assert (report["features"], report["feature_spec"]) == (
         len(FEATURE_SPEC.names),
         FEATURE_SPEC.label,
     )
-    assert report["ruleset"] == "seed:1" and report["us_per_tx"] > 0
+    assert report["ruleset"] == aml.label == "aml:1" and report["us_per_tx"] > 0

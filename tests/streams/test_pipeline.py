@@ -6,10 +6,13 @@ import pytest
 
 from models.serving import ModelHolder
 from streams.features.library import FEATURE_SPEC
-from streams.pipeline import RiskPipeline
+from streams.pipeline import RULE_NAMES, RiskPipeline
+from streams.rules import default_ruleset
 from streams.schemas import Alert, RawRecord, ScoreRecord
 from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.reference import expected_decision, features_by_tx
+
+SEED = default_ruleset(RULE_NAMES, "seed")  # the decisions tests.reference recomputes
 
 CFG = GeneratorConfig(seed=3, accounts=60, large_rate=0.01, burst_rate=0.01, malformed_rate=0.02)
 
@@ -42,7 +45,7 @@ def run(pipeline: RiskPipeline, recs: list[RawRecord], store: dict, batch: int =
 
 def test_every_record_gets_a_score_or_a_dead_letter_and_alerts_match_the_reference():
     recs, gen = records()
-    pipeline = RiskPipeline()
+    pipeline = RiskPipeline(SEED)
     scores, alerts, dead = run(pipeline, recs, {})
     valid = [g.tx for g in gen if g.tx is not None]
     assert sorted(s["tx_id"] for s in scores) == sorted(t["tx_id"] for t in valid)
@@ -69,12 +72,12 @@ def test_every_record_gets_a_score_or_a_dead_letter_and_alerts_match_the_referen
 
 def test_redelivered_events_are_not_applied_twice():
     recs, _ = records(1500)
-    once = run(RiskPipeline(), recs, {})[0]
+    once = run(RiskPipeline(SEED), recs, {})[0]
     store: dict = {}
-    pipeline = RiskPipeline()
+    pipeline = RiskPipeline(SEED)
     first = run(pipeline, recs[:1000], store)[0]
     # restart: the last 400 records come again, then the rest
-    again = run(RiskPipeline(), recs[600:], store)[0]
+    again = run(RiskPipeline(SEED), recs[600:], store)[0]
     assert pipeline.counters["redelivered"] == 0
     by_id = {s["tx_id"]: s for s in first + again}
     assert len(first) + len(again) == len(by_id)  # nothing scored twice
@@ -83,8 +86,8 @@ def test_redelivered_events_are_not_applied_twice():
 
 def test_live_state_cache_is_not_used_when_the_store_changed_underneath():
     recs, _ = records(800)
-    want = run(RiskPipeline(), recs, {})[0]
-    pipeline, store = RiskPipeline(), {}
+    want = run(RiskPipeline(SEED), recs, {})[0]
+    pipeline, store = RiskPipeline(SEED), {}
     got = run(pipeline, recs[:400], store)[0]
     store = json.loads(json.dumps(store))  # e.g. recovered from the changelog: new objects
     got += run(pipeline, recs[400:], store)[0]
@@ -95,7 +98,7 @@ def test_unreadable_state_sends_the_record_to_the_dlq_not_a_crash():
     recs, gen = records(50)
     first_valid = next(r for r, g in zip(recs, gen, strict=True) if g.tx is not None)
     store = {first_valid.key.decode(): {"v": "old-version"}}
-    _, _, dead = run(RiskPipeline(), [first_valid], store)
+    _, _, dead = run(RiskPipeline(SEED), [first_valid], store)
     assert "account state unreadable" in dead[0]["error"] and "old-version" in dead[0]["error"]
 
 
@@ -107,7 +110,7 @@ def test_model_score_blends_and_version_is_stamped():
             return [0.6] * len(rows)
 
     recs, _ = records(200)
-    scores, alerts, _ = run(RiskPipeline(model=ModelHolder(Fixed())), recs, {})
+    scores, alerts, _ = run(RiskPipeline(SEED, model=ModelHolder(Fixed())), recs, {})
     assert {s["model_version"] for s in scores} == {"m-7"}
     plain = [s for s in scores if not s["rule_hits"]]
     assert plain and all(s["score"] == 0.6 and s["decision"] == "review" for s in plain)
@@ -118,8 +121,8 @@ def test_a_shadow_ruleset_is_recorded_but_never_alerts():
     from streams.rules import parse_ruleset
 
     recs, _ = records(300)
-    live_only = run(RiskPipeline(), recs, {})
-    pipeline = RiskPipeline()
+    live_only = run(RiskPipeline(SEED), recs, {})
+    pipeline = RiskPipeline(SEED)
     pipeline.set_ruleset(
         parse_ruleset(
             {

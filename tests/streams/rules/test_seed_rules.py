@@ -8,7 +8,7 @@ from streams.rules import Firing, RuleError, Thresholds, alert_id, combine, deci
 
 
 def evaluate(amount: float, small_count: float | None, currency: str = "EUR") -> list[Firing]:
-    ruleset = default_ruleset(RULE_NAMES)
+    ruleset = default_ruleset(RULE_NAMES, "seed")
     cols = {
         "amount": np.array([amount]),
         "currency": np.array([currency], dtype=object),
@@ -44,7 +44,7 @@ def test_frequent_small_fires_on_more_than_ten(count, fires):
 
 def test_both_rules_fire_in_document_order():
     assert [f.rule for f in evaluate(600_000, 12)] == ["large_transfer", "frequent_small"]
-    assert default_ruleset(RULE_NAMES).version == "1"
+    assert default_ruleset(RULE_NAMES, "seed").version == "1"
 
 
 def test_combination_and_decisions():

@@ -57,3 +57,21 @@ def test_jsonl_replay_passes_lines_through_unchanged(tmp_path):
         (None, b"not json"),
         (None, b'["a"]'),
     ]
+
+
+def test_typology_cases_are_labelled_and_dormant_accounts_have_old_history():
+    from streams.sources.synthetic import TYPOLOGIES
+
+    gen = TransactionGenerator(GeneratorConfig(seed=4, typology_rate=0.01)).take(20_000)
+    labelled = [g for g in gen if g.label]
+    assert {g.typology for g in labelled} >= set(TYPOLOGIES)
+    assert all(g.label_record()["typology"] == g.typology for g in labelled)
+    by_account: dict[str, list] = {}
+    for g in gen:
+        by_account.setdefault(g.key, []).append(g)
+    dormant = [a for a in by_account if a.startswith("dor-")]
+    assert dormant
+    for account in dormant:
+        first, *rest = by_account[account]
+        assert first.label == 0 and rest and all(g.typology == "dormant_activation" for g in rest)
+        assert min(g.tx["ts_ms"] for g in rest) - first.tx["ts_ms"] >= 60 * 86_400_000 - 1

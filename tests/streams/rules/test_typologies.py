@@ -1,0 +1,75 @@
+"""The default AML ruleset against the generator's labelled typology cases.
+
+Truth comes from the generator (each injected case is labelled with its typology), not
+from the rules: a case is caught when the rule of its typology fires on at least one of its
+transactions; a false positive is a firing on a transaction labelled ordinary. Measured on
+this population (seed 11, 60,000 events): recall 1.00 for every typology except
+open_and_close 0.97 and profile_mismatch 0.74 (cases whose account had under five earlier
+payments or a larger one that week); false-positive rates per rule 0 to 0.085 %, except the
+seed rule frequent_small, 0.55 % (it flags ordinary small payments next to bursts).
+"""
+
+from collections import Counter, defaultdict
+
+import orjson
+import pytest
+
+from streams.pipeline import RULE_NAMES, RiskPipeline
+from streams.rules import default_ruleset
+from streams.schemas import RawRecord
+from streams.sources import GeneratorConfig, TransactionGenerator
+from streams.sources.synthetic import TYPOLOGIES
+
+# minimum recall per typology, maximum false-positive rate per rule (tx-level)
+MIN_RECALL = defaultdict(lambda: 0.9, profile_mismatch=0.6)
+MAX_FP = defaultdict(lambda: 0.002, frequent_small=0.01)
+
+
+@pytest.fixture(scope="module")
+def outcome():
+    gen = TransactionGenerator(GeneratorConfig(seed=11, typology_rate=0.004)).take(60_000)
+    pipeline = RiskPipeline(default_ruleset(RULE_NAMES))
+    store: dict = {}
+    records = [RawRecord("t", 0, i, g.key.encode(), g.value) for i, g in enumerate(gen)]
+    fired: dict[str, dict[str, str]] = {}
+    for i in range(0, len(records), 1000):
+        result = pipeline.process(records[i : i + 1000], store.get, consumed_ms=0)
+        pipeline.save_states(result, store)
+        for _, value in result.scores:
+            s = orjson.loads(value)
+            fired[s["tx_id"]] = {h["rule"]: h["typology"] for h in s["rule_hits"]}
+    cases: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    ordinary, false_pos = 0, Counter()
+    for g in gen:
+        hits = fired[g.tx["tx_id"]]
+        if g.label:
+            cases[(g.typology, g.key)].append(hits)
+        else:
+            ordinary += 1
+            false_pos.update(hits.keys())
+    return pipeline.ruleset, cases, ordinary, false_pos
+
+
+def test_the_default_ruleset_covers_every_generated_typology_and_the_seed_rules(outcome):
+    ruleset, _, _, _ = outcome
+    assert ruleset.label == "aml:1"
+    covered = {r.typology for r in ruleset.rules}
+    assert set(TYPOLOGIES) | {"large_value"} <= covered
+    assert {"large_transfer", "frequent_small"} <= {r.name for r in ruleset.rules}
+
+
+@pytest.mark.parametrize("typology", [*TYPOLOGIES, "large_value"])
+def test_each_typology_is_caught_by_its_own_rule(outcome, typology):
+    _, cases, _, _ = outcome
+    mine = [hits for (typ, _), hits in cases.items() if typ == typology]
+    assert len(mine) >= 20, f"too few {typology} cases generated to measure"
+    caught = sum(any(t == typology for h in hits for t in h.values()) for hits in mine)
+    assert caught / len(mine) >= MIN_RECALL[typology], f"{typology}: {caught}/{len(mine)}"
+
+
+def test_an_ordinary_population_rarely_triggers_any_rule(outcome):
+    ruleset, _, ordinary, false_pos = outcome
+    assert ordinary > 50_000
+    for rule in ruleset.rules:
+        rate = false_pos[rule.name] / ordinary
+        assert rate <= MAX_FP[rule.name], f"{rule.name}: {false_pos[rule.name]} of {ordinary}"
