@@ -103,6 +103,7 @@ class RiskPipeline:
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
         self.counters: Counter[str] = Counter()
+        self.stage_seconds: Counter[str] = Counter()  # wall time per pipeline stage
         self.engine = FeatureEngine()
         # Deserialised states of recently saved accounts (see ``remember``).
         self._live: OrderedDict[str, tuple[dict[str, Any], AccountState]] = OrderedDict()
@@ -117,8 +118,10 @@ class RiskPipeline:
     ) -> BatchResult:
         consumed_ms = clock() if consumed_ms is None else consumed_ms
         out = BatchResult()
+        t0 = time.perf_counter()
         index = {id(r): i for i, r in enumerate(records)}
         valid, dead = decode_transactions(records, clock())
+        t1 = time.perf_counter()
         self.counters["events"] += len(records)
         for record, letter in dead:
             self._dead(out, record, letter)
@@ -141,7 +144,9 @@ class RiskPipeline:
             state.offsets[record.partition] = record.offset
             out.last_index[tx.account_id] = index[id(record)]
 
+        t2 = time.perf_counter()
         matrix = self.engine.compute([tx.account_id for tx in fresh], event_rows(fresh), logs)
+        t3 = time.perf_counter()
         spec_label = FEATURE_SPEC.label
         scorer = self.model.current  # one model and one ruleset for the whole batch
         ruleset, shadow = self.ruleset, self.shadow  # swapped only between batches
@@ -151,6 +156,7 @@ class RiskPipeline:
         cols = self._columns(fresh, matrix, needed)
         all_firings = ruleset.evaluate_batch(cols, len(fresh))
         shadow_firings = shadow.evaluate_batch(cols, len(fresh)) if shadow else None
+        t4 = time.perf_counter()
         processed_ms = clock()
         for i, tx in enumerate(fresh):
             firings = all_firings[i]
@@ -195,6 +201,12 @@ class RiskPipeline:
                 out.alerts.append((key, orjson.dumps(alert)))
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
+        spent = self.stage_seconds
+        spent["decode"] += t1 - t0
+        spent["state"] += t2 - t1
+        spent["features"] += t3 - t2
+        spent["rules"] += t4 - t3  # includes the model call (none yet: rules-only)
+        spent["outputs"] += time.perf_counter() - t4
         return out
 
     def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:

@@ -189,3 +189,9 @@ def test_bench_features_reports_its_workload_as_json():
         FEATURE_SPEC.label,
     )
     assert report["ruleset"] == aml.label == "aml:1" and report["us_per_tx"] > 0
+    stages = report["stage_us_per_tx"]
+    assert set(stages) == {"decode", "state", "features", "rules", "outputs"}
+    assert report["features_rules_us_per_tx"] == pytest.approx(
+        stages["features"] + stages["rules"], abs=0.011
+    )
+    assert sum(stages.values()) <= report["us_per_tx"] + 0.1
