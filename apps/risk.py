@@ -105,6 +105,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         table_standby_replicas=0,
+        # one fetch can fill a micro-batch (faust's default is 1000 records, 4096 buffered)
+        broker_max_poll_records=settings.batch_size,
+        stream_buffer_maxsize=2 * settings.batch_size,
     )
     source = app.topic(
         topics.transactions,
