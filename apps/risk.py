@@ -37,6 +37,7 @@ from apps.compat import (
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
+from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
 from streams.schemas import RawRecord
@@ -130,10 +131,12 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
     )
     log.info(
-        "ruleset %s version %s (%d rules)",
+        "ruleset %s version %s (%d rules); feature spec %s (%d features)",
         pipeline.ruleset.name,
         pipeline.ruleset.version,
         len(pipeline.ruleset.rules),
+        FEATURE_SPEC.label,
+        len(FEATURE_SPEC.names),
     )
     outputs = _Outputs(make_producer(bootstrap))
 

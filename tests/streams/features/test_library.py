@@ -118,7 +118,7 @@ def assert_same(got: dict, want: dict, where: str) -> None:
     st.lists(st.integers(0, 60), max_size=6),
     st.booleans(),
 )
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=250, deadline=None)
 def test_every_feature_equals_the_brute_force_reference(events, cuts, via_json):
     stream = make_stream(events)
     got = run_engine(stream, cuts, via_json)
