@@ -178,7 +178,6 @@ def test_bench_features_reports_its_workload_as_json():
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     from streams.features.library import FEATURE_SPEC
-
     from streams.pipeline import RULE_NAMES
     from streams.rules import default_ruleset
 
