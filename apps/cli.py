@@ -431,6 +431,9 @@ def generate(
     typology_rate: float = typer.Option(
         0.002, min=0, max=1, help="share of events that start an injected AML case"
     ),
+    flow_typology_rate: float = typer.Option(
+        0.0, min=0, max=1, help="share that start a fan-in/pass-through/... case"
+    ),
 ) -> None:
     """Write a seeded synthetic history (and its ground truth) for replay and backtests."""
     from itertools import islice
@@ -438,7 +441,11 @@ def generate(
     from streams.sources import GeneratorConfig, TransactionGenerator
 
     cfg = GeneratorConfig(
-        seed=seed, accounts=accounts, malformed_rate=malformed_rate, typology_rate=typology_rate
+        seed=seed,
+        accounts=accounts,
+        malformed_rate=malformed_rate,
+        typology_rate=typology_rate,
+        flow_typology_rate=flow_typology_rate,
     )
     n_tx = n_labels = 0
     with open(out_file, "wb") as tx_fh, open(labels, "w") if labels else _null() as lab_fh:

@@ -19,6 +19,7 @@ __all__ = [
     "TransactionGenerator",
     "MALFORMED_KINDS",
     "TYPOLOGIES",
+    "FLOW_TYPOLOGIES",
     "HIGH_RISK_DESTINATIONS",
 ]
 
@@ -64,6 +65,14 @@ TYPOLOGIES = (
     "velocity_spike",  # a burst of ordinary payments far above the account's rate
     "open_and_close",  # a new account moves a lot within two days, then goes quiet
 )
+# Cases that show only when the payee's side is seen too (money into an account): labelled
+# ground truth now; the features and rules for them need the inflow stage (issue 3).
+FLOW_TYPOLOGIES = (
+    "fan_in",  # many accounts pay one collector within hours; it moves the money on
+    "pass_through",  # money in, nearly all of it out again within hours
+    "scatter_gather",  # one account pays several mules, each forwards to one collector
+    "round_tripping",  # money sent out comes back to the sender within days
+)
 HIGH_RISK_DESTINATIONS = ("IR", "KP", "SY", "KY", "PA", "VG", "AF", "MM")
 
 
@@ -78,7 +87,8 @@ class GeneratorConfig:
     burst_size: tuple[int, int] = (12, 16)  # small transactions per burst
     burst_span_ms: int = 2 * 3_600_000  # a burst fits in this span
     malformed_rate: float = 0.0  # share of records that are invalid on purpose
-    typology_rate: float = 0.0  # share of events that start an injected AML case (TYPOLOGIES)
+    typology_rate: float = 0.0  # share of events that start an injected AML case
+    flow_typology_rate: float = 0.0  # share that start a FLOW_TYPOLOGIES case
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,8 @@ class TransactionGenerator:
             self._burst(acct, ts)
         elif u < cfg.large_rate + cfg.burst_rate + cfg.typology_rate:
             self._case(rng.choice(TYPOLOGIES), acct, ts)
+        elif u < cfg.large_rate + cfg.burst_rate + cfg.typology_rate + cfg.flow_typology_rate:
+            self._flow_case(rng.choice(FLOW_TYPOLOGIES), acct, ts)
         else:
             amount = min(rng.lognormvariate(0, 1.0) * acct.median_amount, 400_000.0)
             self._schedule(Generated(acct.account_id, self._tx(acct, ts, amount)), ts)
@@ -255,6 +267,52 @@ class TransactionGenerator:
         for after, amount, fields in runs:
             tx = self._tx(acct, ts_ms + after, amount, **fields)
             self._schedule(Generated(acct.account_id, tx, label=1, typology=typology), tx["ts_ms"])
+
+    def _flow_case(self, typology: str, acct: _Account, ts_ms: int) -> None:
+        """A case whose money moves between accounts: payee ids are account ids."""
+        rng = self._rng
+        moves: list[tuple[_Account, str, int, float]] = []  # (payer, payee id, at, amount)
+        if typology == "fan_in":
+            collector = self._side_account("col")
+            payers = rng.sample(self._accounts, rng.randint(10, 20))
+            total = 0.0
+            for payer in payers:
+                amount = rng.uniform(500, 3000)
+                total += amount
+                moves.append(
+                    (payer, collector.account_id, ts_ms + rng.randrange(6 * HOUR_MS), amount)
+                )
+            out_at = ts_ms + 6 * HOUR_MS + rng.randrange(18 * HOUR_MS)
+            moves.append((collector, f"cp-x-{rng.randrange(10**8):08d}", out_at, total * 0.95))
+        elif typology == "pass_through":
+            mule = self._side_account("mul")
+            amount = rng.uniform(5000, 80000)
+            moves.append((acct, mule.account_id, ts_ms, amount))
+            out_at = ts_ms + HOUR_MS + rng.randrange(5 * HOUR_MS)
+            moves.append(
+                (mule, f"cp-x-{rng.randrange(10**8):08d}", out_at, amount * rng.uniform(0.85, 0.98))
+            )
+        elif typology == "scatter_gather":
+            collector_id = self._side_account("col").account_id
+            for _ in range(rng.randint(5, 10)):
+                mule = self._side_account("mul")
+                amount = rng.uniform(1000, 9000)
+                at = ts_ms + rng.randrange(3 * HOUR_MS)
+                moves.append((acct, mule.account_id, at, amount))
+                moves.append(
+                    (mule, collector_id, at + HOUR_MS + rng.randrange(6 * HOUR_MS), amount * 0.95)
+                )
+        elif typology == "round_tripping":
+            other = self._side_account("rtp")
+            amount = rng.uniform(5000, 50000)
+            moves.append((acct, other.account_id, ts_ms, amount))
+            back_at = ts_ms + DAY_MS + rng.randrange(2 * DAY_MS)
+            moves.append((other, acct.account_id, back_at, amount * rng.uniform(0.9, 0.99)))
+        else:
+            raise ValueError(f"unknown flow typology {typology!r}")
+        for payer, payee, at, amount in moves:
+            tx = self._tx(payer, at, amount, counterparty_id=payee, channel="wire")
+            self._schedule(Generated(payer.account_id, tx, label=1, typology=typology), at)
 
     def _side_account(self, prefix: str) -> _Account:
         """An account outside the everyday population (no ordinary traffic)."""

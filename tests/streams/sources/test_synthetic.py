@@ -75,3 +75,48 @@ def test_typology_cases_are_labelled_and_dormant_accounts_have_old_history():
         first, *rest = by_account[account]
         assert first.label == 0 and rest and all(g.typology == "dormant_activation" for g in rest)
         assert min(g.tx["ts_ms"] for g in rest) - first.tx["ts_ms"] >= 60 * 86_400_000 - 1
+
+
+def test_flow_cases_move_money_between_accounts_as_labelled():
+    from collections import defaultdict
+
+    from streams.sources.synthetic import FLOW_TYPOLOGIES
+
+    gen = TransactionGenerator(GeneratorConfig(seed=6, flow_typology_rate=0.01)).take(20_000)
+    cases = [g.tx for g in gen if g.label and g.typology in FLOW_TYPOLOGIES]
+    assert {g.typology for g in gen if g.label} >= set(FLOW_TYPOLOGIES)
+    payers = {g.key for g in gen if g.tx is not None}
+    by_typology = defaultdict(list)
+    for g in gen:
+        if g.label:
+            by_typology[g.typology].append(g.tx)
+    # every flow case pays at least one account that itself pays on (an inflow is visible)
+    assert any(tx["counterparty_id"] in payers for tx in cases)
+    # fan-in: a collector receives from 10+ distinct accounts within 6 h, then pays out
+    # (collectors whose payout lies beyond the end of the taken stream are skipped)
+    into: dict[str, set[str]] = defaultdict(set)
+    for tx in by_typology["fan_in"]:
+        if tx["counterparty_id"].startswith("col-"):
+            into[tx["counterparty_id"]].add(tx["account_id"])
+    paid_out = {t["account_id"] for t in by_typology["fan_in"] if t["account_id"] in into}
+    assert paid_out and all(len(into[c]) >= 10 for c in paid_out)
+    # round trip: what went out comes back (a little less) to the sender, later
+    sent = {(t["account_id"], t["counterparty_id"]): t for t in by_typology["round_tripping"]}
+    trips = [
+        (out, sent[(b, a)]) for (a, b), out in sent.items() if (b, a) in sent and b[:4] == "rtp-"
+    ]
+    assert trips  # (a return may also lie beyond the end of the taken stream)
+    for out, back in trips:
+        assert back["ts_ms"] > out["ts_ms"] and back["amount"] < out["amount"]
+    # pass-through: the mule sends on 85-98 % of what it received, within 6 h
+    got = {
+        t["counterparty_id"]: t
+        for t in by_typology["pass_through"]
+        if t["counterparty_id"].startswith("mul-")
+    }
+    assert any(t["account_id"] in got for t in by_typology["pass_through"])
+    for t in by_typology["pass_through"]:
+        if t["account_id"] in got:
+            inflow = got[t["account_id"]]
+            assert 0.85 <= t["amount"] / inflow["amount"] <= 0.98 + 1e-6
+            assert 0 < t["ts_ms"] - inflow["ts_ms"] <= 6 * 3_600_000
