@@ -40,6 +40,20 @@ app.add_typer(publish_app, name="publish")
 app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
 console = Console(stderr=True)
+
+
+def _progress(label: str, disable: bool = False) -> Progress:
+    """A progress bar for long CLI work: label, bar, done/total, elapsed."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
 out = Console()
 
 
@@ -155,13 +169,7 @@ def publish_transactions(
                 yield g.key, g.value
 
         records = generated()
-    with Progress(
-        TextColumn("publishing"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress("publishing") as progress:
         task = progress.add_task("publish", total=count)
         result = publish(
             bootstrap,
@@ -354,14 +362,7 @@ def rules_backtest(
         ruleset=ruleset, thresholds=Thresholds(settings.review_threshold, settings.block_threshold)
     )
     total = sum(1 for _ in read_jsonl(input))
-    with Progress(
-        TextColumn("backtest"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=as_json,
-    ) as progress:
+    with _progress("backtest", disable=as_json) as progress:
         task = progress.add_task("backtest", total=total)
         report = backtest(
             pipeline,

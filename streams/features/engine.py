@@ -183,12 +183,12 @@ class FeatureEngine:
     ) -> np.ndarray:
         """Features (len(accounts) x len(spec.names), NaN = no value) of events in arrival
         order; ``logs`` holds every account's log (created if missing) and is updated."""
-        out = np.full((len(accounts), len(self.spec.names)), np.nan)
         if not len(accounts):
-            return out
+            return np.full((0, len(self.spec.names)), np.nan)
         rounds = _rounds(accounts, rows[:, TS])
         if not rounds.any():
             return self._round(list(accounts), rows, logs)
+        out = np.full((len(accounts), len(self.spec.names)), np.nan)
         for r in range(int(rounds.max()) + 1):
             sel = np.flatnonzero(rounds == r)
             out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs)
@@ -333,11 +333,7 @@ class FeatureEngine:
         handled in step k, all accounts at once."""
         n = len(who)
         out = {k: np.full(n, np.nan) for k in _SEQUENTIAL}
-        rank = np.zeros(n, dtype=np.int64)
-        seen: dict[int, int] = {}
-        for i, a in enumerate(who.tolist()):
-            rank[i] = seen.get(a, 0)
-            seen[a] = rank[i] + 1
+        rank = _rank_within(who)
         for k in range(int(rank.max()) + 1):
             i = np.flatnonzero(rank == k)
             a = who[i]
@@ -393,6 +389,16 @@ class FeatureEngine:
 
 
 _SEQUENTIAL = tuple(n for n, op in FEATURES.items() if isinstance(op, Sequential))
+
+
+def _rank_within(group: np.ndarray) -> np.ndarray:
+    """Position of each element among the earlier elements of its group (0, 1, ...)."""
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    first = np.searchsorted(sorted_group, sorted_group, side="left")
+    rank = np.empty(len(group), dtype=np.int64)
+    rank[order] = np.arange(len(group)) - first
+    return rank
 
 
 def _previous_same(owner: np.ndarray, key: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from apps.clients import read_topic
@@ -66,3 +67,11 @@ def where_missing(bootstrap: str, topic: str, group: str, seen: set[str]) -> str
         f"committed={committed} watermarks={ends} "
         f"unscored={ {p: (len(o), o[:3], o[-3:]) for p, o in missing.items()} }"
     )
+
+
+FAULTS = Path(__file__).parent / "faults"
+
+
+def with_faults(env: dict[str, str], faults: dict[str, str] | None) -> dict[str, str]:
+    """A worker environment with fault injection (tests/apps/faults/sitecustomize.py)."""
+    return env if not faults else env | {"PYTHONPATH": str(FAULTS), **faults}

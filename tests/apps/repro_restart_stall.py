@@ -19,10 +19,8 @@ from apps.clients import publish
 from apps.process import WorkerProcess
 from apps.settings import Settings
 from streams.sources import GeneratorConfig, TransactionGenerator
-from tests.apps.helpers import collect, where_missing
+from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
-
-FAULTS = Path(__file__).parent / "faults"
 
 
 def run_once(bootstrap: str, accounts: int, workdir: Path, slow_seek_s: float = 0) -> bool:
@@ -38,9 +36,8 @@ def run_once(bootstrap: str, accounts: int, workdir: Path, slow_seek_s: float = 
     )
     first.stop()
     publish(bootstrap, topic, [(g.key, g.value) for g in gen[3000:]])
-    env = worker_env(settings)
-    if slow_seek_s:  # widen the recovery seek race (tests/apps/faults)
-        env |= {"PYTHONPATH": str(FAULTS), "VIGIL_FAULT_SLOW_SEEK_S": str(slow_seek_s)}
+    faults = {"VIGIL_FAULT_SLOW_SEEK_S": str(slow_seek_s)} if slow_seek_s else None
+    env = with_faults(worker_env(settings), faults)  # slow seek: widens the recovery race
     with WorkerProcess("risk", env, workdir / f"{ns}-2.log") as second:
         scores = collect(
             bootstrap,

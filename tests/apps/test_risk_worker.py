@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -12,7 +11,7 @@ from apps.clients import publish
 from apps.process import WorkerProcess
 from streams.features.library import FEATURE_SPEC
 from streams.sources import GeneratorConfig, TransactionGenerator
-from tests.apps.helpers import collect, where_missing
+from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
 from tests.reference import expected_decision, features_by_tx
 
@@ -26,13 +25,8 @@ FOREIGN_TX = (
 )
 
 
-FAULTS = Path(__file__).parent / "faults"
-
-
 def _worker(settings, tmp_path, name="worker", faults=None):
-    env = worker_env(settings)
-    if faults:  # fault injection: see tests/apps/faults/sitecustomize.py
-        env |= {"PYTHONPATH": str(FAULTS), **faults}
+    env = with_faults(worker_env(settings), faults)
     return WorkerProcess("risk", env, tmp_path / f"{name}.log")
 
 
