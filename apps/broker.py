@@ -22,7 +22,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from apps.settings import Settings
 
-__all__ = ["BrokerError", "EmbeddedBroker", "resolve_bootstrap", "ensure_topics", "wait_ready"]
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "check_copartitioned",
+    "ensure_topics",
+    "resolve_bootstrap",
+    "wait_ready",
+]
 
 log = logging.getLogger(__name__)
 RUNTIME_FILE = "broker.json"
@@ -86,6 +93,20 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerError(f"creating topic {name!r} failed: {exc}") from exc
     return created
+
+
+def check_copartitioned(bootstrap: str, names: list[str], timeout_s: float = 15.0) -> int:
+    """The common partition count of ``names``; a clear error when they differ (a worker
+    that keeps state across co-partitioned topics would silently mix accounts up)."""
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout_s)
+    counts = {n: len(meta.topics[n].partitions) if n in meta.topics else 0 for n in names}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        listed = ", ".join(f"{n}: {c}" for n, c in counts.items())
+        raise BrokerError(
+            f"topics must exist with the same partition count to be co-partitioned ({listed}); "
+            "add partitions to the smaller ones (kafka-topics --alter --partitions N)"
+        )
+    return counts[names[0]]
 
 
 @dataclass

@@ -12,9 +12,12 @@ __all__ = ["make_producer", "make_reader", "read_from_start"]
 
 def make_producer(bootstrap: str, **extra: Any) -> Producer:
     # acks=all + idempotence keeps per-partition order across retries (one camera's frames,
-    # one account's transactions); lz4 keeps batches small.
+    # one account's transactions); lz4 keeps batches small. murmur2 is Kafka's default
+    # partitioner (Java client, faust/aiokafka): keyed records land where any other client's
+    # would, which the co-partitioned inflow topic relies on.
     conf = {
         "bootstrap.servers": bootstrap,
+        "partitioner": "murmur2_random",
         "linger.ms": 5,
         "enable.idempotence": True,
         "acks": "all",

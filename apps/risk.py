@@ -28,7 +28,7 @@ from typing import Any
 import faust
 from confluent_kafka import KafkaError, Message, Producer
 
-from apps.broker import ensure_topics, resolve_bootstrap
+from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
 from apps.compat import (
     install_faust_end_offset_fix,
     install_faust_fetch_wait,
@@ -61,14 +61,24 @@ class _Outputs:
             self.errors.append(err)
 
     def produce(self, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-        produce, poll = self.producer.produce, self.producer.poll
+        """Keyed records, placed by the partitioner."""
         for key, value in items:
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain it
-                    poll(0.05)
+            self._send(topic, value, key)
+
+    def produce_to(self, topic: str, items: list[tuple[int, bytes]]) -> None:
+        """Unkeyed records to explicit partitions."""
+        for partition, value in items:
+            self._send(topic, value, None, partition)
+
+    def _send(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # local queue full: let librdkafka drain it
+                self.producer.poll(0.05)
 
     async def flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,6 +98,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
     ensure_topics(bootstrap, topics.all(settings.partitions))
+    # the topics' real partition count wins over settings (they may predate this worker)
+    partitions = check_copartitioned(bootstrap, [topics.transactions, topics.inflows])
     install_faust_end_offset_fix(bootstrap)
     install_faust_fetch_wait(settings.fetch_max_wait_ms)
     install_faust_safe_resume()
@@ -99,7 +111,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         store="memory://",
         web_enabled=False,
         datadir=str(datadir),
-        topic_partitions=settings.partitions,
+        topic_partitions=partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_rebalance_timeout=settings.rebalance_timeout_s,
@@ -110,17 +122,21 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         broker_max_poll_records=settings.batch_size,
         stream_buffer_maxsize=2 * settings.batch_size,
     )
+    # One stream over transactions and the inflows this worker group republishes keyed by
+    # payee (streams.features.inflows): co-partitioned, so partition p of both goes to the
+    # same worker, which keeps payer and payee sides of an account in one state entry.
     source = app.topic(
         topics.transactions,
+        topics.inflows,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=partitions,
     )
     state = app.Table(
         "account-features",
-        partitions=settings.partitions,
+        partitions=partitions,
         key_type=bytes,  # raw account id; values: the JSON state snapshot
     )
     ruleset = (
@@ -129,6 +145,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     pipeline = RiskPipeline(
         ruleset=ruleset,
         thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
+        inflow_topic=topics.inflows,
+        partitions=partitions,
     )
     log.info(
         "ruleset %s version %s (%d rules); feature spec %s (%d features)",
@@ -174,6 +192,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             outputs.produce(topics.scores, result.scores)
             outputs.produce(topics.alerts, result.alerts)
             outputs.produce(topics.dlq, result.dead)
+            outputs.produce_to(topics.inflows, result.inflows)
             await outputs.flush()  # outputs durable before state: see module notes
             # No await below: the stream's background buffering reads current_event too.
             previous = stream.current_event
@@ -191,13 +210,15 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     async def report() -> None:
         c = pipeline.counters
         log.info(
-            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d model=%s rules=%s shadow=%s "
-            "ruleset_swaps=%d ruleset_rejected=%d",
+            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d inflows=%d misrouted=%d model=%s "
+            "rules=%s shadow=%s ruleset_swaps=%d ruleset_rejected=%d",
             c["events"],
             c["scored"],
             c["alerts"],
             c["dlq"],
             c["redelivered"],
+            c["inflows"],
+            c["misrouted"],
             pipeline.model.current.version,
             pipeline.ruleset.label,
             pipeline.shadow.label if pipeline.shadow else "-",

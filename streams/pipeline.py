@@ -1,5 +1,9 @@
 """The risk pipeline on one micro-batch: decode -> features -> rules -> model -> outputs.
 
+A micro-batch may mix transactions with inflow records (the repartitioned payee side of
+transfers, see streams.features.inflows): inflows are folded first, then the transactions
+are scored, and each scored transfer yields an inflow record for its payee.
+
 Pure: no broker code. The worker (apps/risk.py) feeds it raw records and per-account
 state snapshots, and writes back what it returns.
 
@@ -23,8 +27,16 @@ import orjson
 
 from models.serving import ModelHolder
 from streams.features import FeatureError
-from streams.features.engine import AccountLog, FeatureEngine, event_rows
-from streams.features.library import FEATURE_SPEC
+from streams.features.engine import TS, AccountLog, FeatureEngine, event_rows, key_hash
+from streams.features.inflows import (
+    InflowLog,
+    InflowRecord,
+    decode_inflows,
+    encode_inflows,
+    funds_sources,
+)
+from streams.features.library import FEATURE_SPEC, TRANSFER_CHANNELS
+from streams.partitioning import partition_for
 from streams.rules import (
     NUM,
     TX_FIELDS,
@@ -57,16 +69,20 @@ class AccountState:
 
     features: AccountLog = field(default_factory=AccountLog)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
+    inflows: InflowLog = field(default_factory=InflowLog)  # money in (as a payee)
 
     def applied(self, record: RawRecord) -> bool:
         return record.offset <= self.offsets.get(record.partition, -1)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        state = {
             "v": STATE_VERSION,
             "features": self.features.snapshot(),
             "offsets": {str(p): o for p, o in self.offsets.items()},
         }
+        if self.inflows.folded:
+            state["inflows"] = self.inflows.snapshot()
+        return state
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> AccountState:
@@ -76,7 +92,8 @@ class AccountState:
                 f"this worker computes {STATE_VERSION!r}"
             )
         offsets = {int(p): int(o) for p, o in state["offsets"].items()}
-        return cls(AccountLog.from_snapshot(state["features"]), offsets)
+        inflows = InflowLog.from_snapshot(state["inflows"]) if "inflows" in state else InflowLog()
+        return cls(AccountLog.from_snapshot(state["features"]), offsets, inflows)
 
 
 @dataclass
@@ -84,6 +101,7 @@ class BatchResult:
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, JSON value)
     alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    inflows: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, inflow batch)
     states: dict[str, AccountState] = field(default_factory=dict)  # touched accounts
     last_index: dict[str, int] = field(default_factory=dict)  # account -> last record index
 
@@ -97,6 +115,8 @@ class RiskPipeline:
         model: ModelHolder | None = None,
         thresholds: Thresholds | None = None,
         live_states: int = 100_000,
+        inflow_topic: str = "vigil.risk.inflows",
+        partitions: int = 1,
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
         self.shadow: Ruleset | None = None
@@ -108,6 +128,10 @@ class RiskPipeline:
         # Deserialised states of recently saved accounts (see ``remember``).
         self._live: OrderedDict[str, tuple[dict[str, Any], AccountState]] = OrderedDict()
         self.live_states = live_states
+        self.inflow_topic = inflow_topic
+        self.partitions = partitions  # of the transaction and inflow topics
+        self._fed_back: list[tuple[int, bytes]] = []  # process_local: next batch's inflows
+        self._fed_offset = 0
 
     def process(
         self,
@@ -120,15 +144,23 @@ class RiskPipeline:
         out = BatchResult()
         t0 = time.perf_counter()
         index = {id(r): i for i, r in enumerate(records)}
+        inflow_records = [r for r in records if r.topic == self.inflow_topic]
+        if inflow_records:
+            records = [r for r in records if r.topic != self.inflow_topic]
+        self._check_routing(records)
         valid, dead = decode_transactions(records, clock())
         t1 = time.perf_counter()
         self.counters["events"] += len(records)
         for record, letter in dead:
             self._dead(out, record, letter)
+        if inflow_records:
+            self._fold_inflows(out, inflow_records, index, load_state, clock)
 
         # The events these states have not applied yet, in partition order.
         fresh: list[Transaction] = []
+        sources: list[RawRecord] = []
         logs: dict[str, AccountLog] = {}
+        inflows: dict[str, InflowLog] = {}
         for record, tx in valid:
             try:
                 state = self._state(out, tx.account_id, load_state)
@@ -140,12 +172,18 @@ class RiskPipeline:
                 self.counters["redelivered"] += 1
                 continue
             fresh.append(tx)
+            sources.append(record)
             logs[tx.account_id] = state.features
+            if len(state.inflows):
+                inflows[tx.account_id] = state.inflows
             state.offsets[record.partition] = record.offset
             out.last_index[tx.account_id] = index[id(record)]
 
         t2 = time.perf_counter()
-        matrix = self.engine.compute([tx.account_id for tx in fresh], event_rows(fresh), logs)
+        accounts = [tx.account_id for tx in fresh]
+        rows = event_rows(fresh)
+        matrix = self.engine.compute(accounts, rows, logs, inflows)
+        self._publish_inflows(out, fresh, sources, rows, inflows)
         t3 = time.perf_counter()
         spec_label = FEATURE_SPEC.label
         scorer = self.model.current  # one model and one ruleset for the whole batch
@@ -209,6 +247,99 @@ class RiskPipeline:
         spent["outputs"] += time.perf_counter() - t4
         return out
 
+    def _check_routing(self, records: Sequence[RawRecord]) -> None:
+        """Spot-check (one record per partition and batch) that producers place keys with
+        Kafka's default partitioner: the inflow repartition relies on it."""
+        if self.partitions < 2:
+            return
+        checked: set[int] = set()
+        for r in records:
+            if r.key is None or r.partition in checked:
+                continue
+            checked.add(r.partition)
+            if partition_for(r.key, self.partitions) != r.partition:
+                if not self.counters["misrouted"]:
+                    log.warning(
+                        "transaction key %r arrived on partition %d, Kafka's default "
+                        "partitioner puts it on %d: producers must use it (librdkafka: "
+                        "partitioner=murmur2_random) or inflow features will be incomplete",
+                        r.key,
+                        r.partition,
+                        partition_for(r.key, self.partitions),
+                    )
+                self.counters["misrouted"] += 1
+
+    def _fold_inflows(
+        self,
+        out: BatchResult,
+        records: list[RawRecord],
+        index: dict[int, int],
+        load_state: Callable[[str], dict[str, Any] | None],
+        clock: Callable[[], int],
+    ) -> None:
+        """Fold inflow batches into their payees' inflow logs (duplicates skipped)."""
+        by_payee: dict[str, list[InflowRecord]] = {}
+        received = 0
+        for record in records:
+            try:
+                inflows = decode_inflows(record.value)
+                for inflow in inflows:
+                    self._state(out, inflow.payee, load_state)
+            except (FeatureError, KeyError, TypeError, ValueError) as exc:
+                self._dead(
+                    out, record, DeadLetter.of(record, f"inflows not folded: {exc}", clock())
+                )
+                continue
+            received += len(inflows)
+            at = index[id(record)]
+            for inflow in inflows:
+                by_payee.setdefault(inflow.payee, []).append(inflow)
+                out.last_index[inflow.payee] = at  # records come in order: the latest wins
+        folded = 0
+        for payee, batch in by_payee.items():
+            folded += out.states[payee].inflows.fold(batch)
+        self.counters["inflows"] += folded
+        self.counters["inflows_redelivered"] += received - folded
+
+    def _publish_inflows(
+        self,
+        out: BatchResult,
+        txs: list[Transaction],
+        records: list[RawRecord],
+        rows: np.ndarray,
+        inflows: dict[str, InflowLog],
+    ) -> None:
+        """The inflows of the batch's transfers, one message per payee partition."""
+        picked = [
+            i
+            for i, tx in enumerate(txs)
+            if tx.channel in TRANSFER_CHANNELS
+            and tx.counterparty_id
+            and tx.counterparty_id != tx.account_id
+        ]
+        if not picked:
+            return
+        payers = [txs[i].account_id for i in picked]
+        source = funds_sources(payers, rows[picked, TS], inflows)
+        by_partition: dict[int, list[InflowRecord]] = {}
+        for j, i in enumerate(picked):
+            tx, record = txs[i], records[i]
+            payee = tx.counterparty_id
+            inflow = InflowRecord(
+                payee,
+                key_hash(tx.account_id),
+                tx.ts_ms,
+                tx.amount,
+                float(source[j]),
+                record.partition,
+                record.offset,
+                tx.tx_id,
+            )
+            partition = partition_for(payee.encode(), self.partitions)
+            by_partition.setdefault(partition, []).append(inflow)
+        for partition, batch in sorted(by_partition.items()):
+            out.inflows.append((partition, encode_inflows(batch)))
+
     def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:
         """What the shadow ruleset would have decided: recorded, never alerted."""
         score = combine(firings, model_score)
@@ -246,6 +377,24 @@ class RiskPipeline:
             else:
                 cols[name] = np.array([getattr(tx, name) for tx in txs], dtype=object)
         return cols
+
+    def process_local(
+        self, records: Sequence[RawRecord], store: dict[str, dict[str, Any]], consumed_ms: int = 0
+    ) -> BatchResult:
+        """One micro-batch of an in-process run (bench, backtest, tests): account states in
+        the plain dict ``store``, and this batch's inflow records delivered at the start of
+        the next call, as the inflow topic would deliver them to the worker."""
+        fed = [
+            RawRecord(self.inflow_topic, partition, self._fed_offset + i, None, value)
+            for i, (partition, value) in enumerate(self._fed_back)
+        ]
+        self._fed_offset += len(fed)
+        result = self.process([*fed, *records], store.get, consumed_ms)
+        saving = time.perf_counter()
+        self.save_states(result, store)
+        self.stage_seconds["state"] += time.perf_counter() - saving
+        self._fed_back = result.inflows
+        return result
 
     def save_states(self, result: BatchResult, store: dict[str, dict[str, Any]]) -> None:
         """Keep a batch's account states in a plain dict (in-process runs: bench, backtest)."""

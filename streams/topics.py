@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TopicSpec", "TopicNames", "CONTRACT_TOPICS"]
+__all__ = ["TopicSpec", "TopicNames", "CONTRACT_TOPICS", "INTERNAL_TOPICS"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("models", "model name", "signed, chunked model releases", partitioned=False),
     TopicSpec("rules", "ruleset name", "ruleset documents", partitioned=False),
     TopicSpec("dlq", "original key", "records that could not be processed, with the reason"),
+)
+# Vigil's own topics, not part of the contract (formats may change between versions).
+INTERNAL_TOPICS: tuple[TopicSpec, ...] = (
+    # co-partitioned with transactions: same partition count, same (murmur2) partitioner
+    TopicSpec("risk.inflows", "payee account_id", "transfers repartitioned by payee"),
 )
 
 
@@ -77,6 +82,13 @@ class TopicNames:
     def dlq(self) -> str:
         return self.name("dlq")
 
+    @property
+    def inflows(self) -> str:
+        return self.name("risk.inflows")
+
     def all(self, partitions: int) -> dict[str, int]:
-        """Every contract topic with its partition count."""
-        return {self.name(t.suffix): (partitions if t.partitioned else 1) for t in CONTRACT_TOPICS}
+        """Every contract and internal topic with its partition count."""
+        return {
+            self.name(t.suffix): (partitions if t.partitioned else 1)
+            for t in (*CONTRACT_TOPICS, *INTERNAL_TOPICS)
+        }

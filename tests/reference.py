@@ -15,15 +15,88 @@ DAY_MS = 24 * HOUR_MS
 
 
 def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Library features of every transaction, per account in the given (arrival) order."""
+    """Library features of every transaction, per account in the given (arrival) order,
+    with no money coming in (inflow features empty)."""
     per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for tx in transactions:
         per_account[tx["account_id"]].append(tx)
     result = {}
     for history in per_account.values():
         for tx, feats in zip(history, library_features(history), strict=True):
+            feats.update(inflow_features(tx, [], feats))
             result[tx["tx_id"]] = feats
     return result
+
+
+def features_by_batch(batches: list[list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
+    """Every feature of every transaction as the in-process pipeline runs micro-batches:
+    the inflows (transfers, keyed by payee) produced by one batch are folded at the start of
+    the next, and a transaction sees the inflows folded before its batch."""
+    from streams.features import library as L
+
+    own = features_by_tx(tx for batch in batches for tx in batch)
+    delivered: dict[str, list[dict[str, Any]]] = defaultdict(list)  # payee -> inflows
+    result = {}
+    for batch in batches:
+        produced = []
+        for tx in batch:
+            feats = dict(own[tx["tx_id"]])
+            received = delivered[tx["account_id"]]
+            feats.update(inflow_features(tx, received, feats))
+            result[tx["tx_id"]] = feats
+            cp = tx["counterparty_id"]
+            if tx["channel"] in L.TRANSFER_CHANNELS and cp and cp != tx["account_id"]:
+                seen = [r for r in received if tx["ts_ms"] - L.WEEK_MS < r["ts_ms"] <= tx["ts_ms"]]
+                latest = max(seen, key=lambda r: r["ts_ms"], default=None)  # first of the latest
+                if latest is not None:  # the latest folded among equal times
+                    latest = [r for r in seen if r["ts_ms"] == latest["ts_ms"]][-1]
+                produced.append(
+                    {
+                        "payee": cp,
+                        "payer": tx["account_id"],
+                        "ts_ms": tx["ts_ms"],
+                        "amount": tx["amount"],
+                        "source": latest and latest["payer"],
+                    }
+                )
+        for inflow in produced:
+            delivered[inflow["payee"]].append(inflow)
+    return result
+
+
+def inflow_features(
+    tx: dict[str, Any], received: list[dict[str, Any]], own: dict[str, float | None]
+) -> dict[str, float | None]:
+    """Inflow features of ``tx`` given the inflows its account received before (``payer``,
+    ``ts_ms``, ``amount``, ``source`` each) and its own features, straight from the
+    definitions in streams/features/library.py."""
+    from streams.features import library as L
+
+    ts = tx["ts_ms"]
+    f: dict[str, float | None] = {}
+
+    def within(w: int) -> list[dict[str, Any]]:
+        return [r for r in received if ts - w < r["ts_ms"] <= ts]
+
+    for label in ("1h", "24h", "7d"):
+        ev = within(L.WINDOWS[label])
+        f[f"inflow_count_{label}"] = float(len(ev))
+        f[f"inflow_sum_{label}"] = float(sum(r["amount"] for r in ev))
+    day, week = within(L.DAY_MS), within(L.WEEK_MS)
+    f["inflow_max_24h"] = max((r["amount"] for r in day), default=None)
+    f["distinct_payers_24h"] = float(len({r["payer"] for r in day}))
+    f["distinct_payers_7d"] = float(len({r["payer"] for r in week}))
+    f["time_since_inflow_ms"] = float(ts - max(r["ts_ms"] for r in week)) if week else None
+    f["round_trip_7d"] = float(any(r["payer"] == tx["counterparty_id"] for r in week))
+    payers_by_source: dict[str, set[str]] = defaultdict(set)
+    for r in week:
+        if r["source"] is not None:
+            payers_by_source[r["source"]].add(r["payer"])
+    f["shared_source_payers_7d"] = float(max(map(len, payers_by_source.values()), default=0))
+    in_day, in_week = f["inflow_sum_24h"], f["inflow_sum_7d"]
+    f["pass_through_24h"] = own["sum_24h"] / in_day if in_day else None
+    f["pass_through_7d"] = own["sum_7d"] / in_week if in_week else None
+    return f
 
 
 def expected_decision(tx: dict[str, Any], feats: dict[str, float | None]) -> tuple[str, list[str]]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from streams.features.base import FeatureError
+from streams.features.inflows import InflowLog, inflow_features
 from streams.features.library import (
     CHANNELS,
     DAY_MS,
@@ -52,6 +53,7 @@ from streams.features.library import (
     Distinct,
     Entropy,
     FeatureSpec,
+    Inflow,
     Ratio,
     Sequential,
     Windowed,
@@ -170,32 +172,42 @@ class FeatureEngine:
             raise FeatureError(f"feature spec names unknown features: {unknown}")
         self.spec = spec
         self.ops = {n: FEATURES[n] for n in spec.names}
-        self.windows = sorted(
-            {op.window_ms for op in self.ops.values() if hasattr(op, "window_ms")}
-        )
+        self.inflow_ops = {n: op for n, op in self.ops.items() if isinstance(op, Inflow)}
+        own = {n: op for n, op in self.ops.items() if not isinstance(op, Inflow)}
+        self.windows = sorted({op.window_ms for op in own.values() if hasattr(op, "window_ms")})
         self.by_window = {
-            w: [(n, op) for n, op in self.ops.items() if getattr(op, "window_ms", None) == w]
+            w: [(n, op) for n, op in own.items() if getattr(op, "window_ms", None) == w]
             for w in self.windows
         }
 
     def compute(
-        self, accounts: Sequence[str], rows: np.ndarray, logs: dict[str, AccountLog]
+        self,
+        accounts: Sequence[str],
+        rows: np.ndarray,
+        logs: dict[str, AccountLog],
+        inflows: dict[str, InflowLog] | None = None,
     ) -> np.ndarray:
         """Features (len(accounts) x len(spec.names), NaN = no value) of events in arrival
-        order; ``logs`` holds every account's log (created if missing) and is updated."""
+        order; ``logs`` holds every account's log (created if missing) and is updated;
+        ``inflows`` holds the inflow logs of the accounts that have any (read only)."""
         if not len(accounts):
             return np.full((0, len(self.spec.names)), np.nan)
+        inflows = inflows or {}
         rounds = _rounds(accounts, rows[:, TS])
         if not rounds.any():
-            return self._round(list(accounts), rows, logs)
+            return self._round(list(accounts), rows, logs, inflows)
         out = np.full((len(accounts), len(self.spec.names)), np.nan)
         for r in range(int(rounds.max()) + 1):
             sel = np.flatnonzero(rounds == r)
-            out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs)
+            out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs, inflows)
         return out
 
     def _round(
-        self, accounts: list[str], new: np.ndarray, logs: dict[str, AccountLog]
+        self,
+        accounts: list[str],
+        new: np.ndarray,
+        logs: dict[str, AccountLog],
+        inflows: dict[str, InflowLog],
     ) -> np.ndarray:
         slot: dict[str, int] = {}
         for a in accounts:
@@ -243,6 +255,7 @@ class FeatureEngine:
         for name, op in self.ops.items():
             if isinstance(op, Current):
                 feats[name] = cols[op.column][at]
+        feats.update(inflow_features(self.inflow_ops, accounts, new[:, TS], new[:, CP], inflows))
         for name, op in self.ops.items():
             if isinstance(op, Entropy):
                 shares = np.stack([feats[s] for s in op.shares])

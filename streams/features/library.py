@@ -11,12 +11,16 @@ Primitives (evaluated for a whole micro-batch at once by ``streams.features.engi
 - ``Current(column)``: a per-event column of the event itself;
 - ``Sequential(kind)``: running per-account statistics in arrival order (time since the
   previous event, account age, history count/mean/z-score, exponentially weighted mean);
-- ``Ratio(num, den)`` of two other features and ``Entropy`` of a set of shares.
+- ``Ratio(num, den)`` of two other features and ``Entropy`` of a set of shares;
+- ``Inflow(kind, window)``: money INTO the account (other accounts' transfers to it), from
+  the inflow log that the worker's repartition keeps per payee (``streams.features.inflows``).
 
 Window semantics, shared by the engine and the tests' brute-force reference: as of an event,
 aggregate the account's events that arrived no later than it and whose event time lies in
 ``(ts - window, ts]``. Events may arrive up to ``GRACE_MS`` out of order and still see
-complete windows.
+complete windows. Inflow features see the inflows folded in before the event's micro-batch
+(a micro-batch folds its inflow records first, then scores its transactions) whose event
+time lies in ``(ts - window, ts]``.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ __all__ = [
     "MINUTE_MS",
     "REPORTING_THRESHOLD",
     "SMALL_AMOUNT",
+    "TRANSFER_CHANNELS",
     "Current",
     "Distinct",
     "Entropy",
     "FirstSeen",
+    "Inflow",
     "Ratio",
     "Sequential",
     "Windowed",
@@ -65,6 +71,11 @@ EWM_ALPHA = 0.2
 ZSCORE_MIN_REL_STD = 1e-6
 
 CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
+# Payments whose counterparty is an account that can move the money on: these are
+# re-published keyed by the payee, so the payee's features see money coming in. Card and
+# cash payments go to merchants and tills, whose inflows would only make hot keys.
+TRANSFER_CHANNELS = ("wire", "ach", "p2p", "crypto")
+MAX_INFLOW_ROWS = 4096  # an entity keeps at most its latest this many inflows
 # FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
 # havens; a ruleset's own list can differ, this one feeds the behaviour features.
 HIGH_RISK_COUNTRIES = frozenset(
@@ -134,7 +145,18 @@ class Entropy:
     shares: tuple[str, ...]
 
 
-Operator = Windowed | Distinct | FirstSeen | Current | Sequential | Ratio | Entropy
+@dataclass(frozen=True)
+class Inflow:
+    """Over the account's inflows in the window: ``count`` / ``sum`` / ``max`` of amounts,
+    ``distinct_payers``, ``time_since`` the latest one, ``round_trip`` (the event's
+    counterparty paid this account), ``shared_source`` (the most distinct payers whose own
+    latest inflow came from one and the same account: scatter-gather)."""
+
+    kind: str
+    window_ms: int
+
+
+Operator = Windowed | Distinct | FirstSeen | Current | Sequential | Ratio | Entropy | Inflow
 WINDOWS = {"1m": MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": WEEK_MS}
 
 
@@ -192,7 +214,19 @@ def _build() -> dict[str, Operator]:
         "amount_to_ewm",
     ):
         f[kind] = Sequential(kind)
+    # money in (fan-in, pass-through, round-tripping, scatter-gather)
+    for label in ("1h", "24h", "7d"):
+        f[f"inflow_count_{label}"] = Inflow("count", WINDOWS[label])
+        f[f"inflow_sum_{label}"] = Inflow("sum", WINDOWS[label])
+    f["inflow_max_24h"] = Inflow("max", DAY_MS)
+    f["distinct_payers_24h"] = Inflow("distinct_payers", DAY_MS)
+    f["distinct_payers_7d"] = Inflow("distinct_payers", WEEK_MS)
+    f["time_since_inflow_ms"] = Inflow("time_since", WEEK_MS)
+    f["round_trip_7d"] = Inflow("round_trip", WEEK_MS)
+    f["shared_source_payers_7d"] = Inflow("shared_source", WEEK_MS)
     # ratios
+    f["pass_through_24h"] = Ratio("sum_24h", "inflow_sum_24h")
+    f["pass_through_7d"] = Ratio("sum_7d", "inflow_sum_7d")
     f["sum_1h_to_24h"] = Ratio("sum_1h", "sum_24h")
     f["velocity_spike_24h_7d"] = Ratio("count_24h", "count_7d", scale=7.0)
     f["amount_to_mean_7d"] = Ratio("amount", "amount_mean_7d")
@@ -231,8 +265,9 @@ def _digest() -> str:
     parts += [repr(c) for c in (HORIZON_MS, GRACE_MS, SMALL_AMOUNT, REPORTING_THRESHOLD)]
     parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, ZSCORE_MIN_REL_STD, CHANNELS)]
     parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
+    parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS)]
     parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-1", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-2", tuple(FEATURES), _digest())

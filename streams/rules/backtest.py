@@ -72,8 +72,7 @@ def backtest(
 
     def run() -> None:
         nonlocal total, invalid, positives, unlabelled
-        result = pipeline.process(batch, state.get, consumed_ms=0)
-        pipeline.save_states(result, state)
+        result = pipeline.process_local(batch, state)
         invalid += len(result.dead)
         for _key, value in result.scores:
             record = orjson.loads(value)

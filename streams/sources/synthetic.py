@@ -65,12 +65,13 @@ TYPOLOGIES = (
     "velocity_spike",  # a burst of ordinary payments far above the account's rate
     "open_and_close",  # a new account moves a lot within two days, then goes quiet
 )
-# Cases that show only when the payee's side is seen too (money into an account): labelled
-# ground truth now; the features and rules for them need the inflow stage (issue 3).
+# Cases that show only when the payee's side is seen too (money into an account): the
+# inflow features (streams.features.inflows) see them when the receiving account pays on.
 FLOW_TYPOLOGIES = (
     "fan_in",  # many accounts pay one collector within hours; it moves the money on
     "pass_through",  # money in, nearly all of it out again within hours
-    "scatter_gather",  # one account pays several mules, each forwards to one collector
+    "scatter_gather",  # one account pays several mules, they forward to one collector, which
+    # moves the money on
     "round_tripping",  # money sent out comes back to the sender within days
 )
 HIGH_RISK_DESTINATIONS = ("IR", "KP", "SY", "KY", "PA", "VG", "AF", "MM")
@@ -100,6 +101,7 @@ class Generated:
     raw: bytes | None = None
     label: int = 0
     typology: str | None = None
+    case: str | None = None  # the injected case this transaction belongs to
 
     def label_record(self) -> dict[str, Any] | None:
         """The ``vigil.labels`` record of a valid transaction (None for malformed ones)."""
@@ -192,7 +194,9 @@ class TransactionGenerator:
         if u < cfg.large_rate:
             amount = rng.uniform(500_001, 2_500_000)
             tx = self._tx(acct, ts, amount, channel="wire")
-            self._schedule(Generated(acct.account_id, tx, label=1, typology="large_value"), ts)
+            case = f"large_value-{self._seq}"
+            item = Generated(acct.account_id, tx, label=1, typology="large_value", case=case)
+            self._schedule(item, ts)
         elif u < cfg.large_rate + cfg.burst_rate:
             self._burst(acct, ts)
         elif u < cfg.large_rate + cfg.burst_rate + cfg.typology_rate:
@@ -208,10 +212,12 @@ class TransactionGenerator:
     def _burst(self, acct: _Account, ts_ms: int) -> None:
         """Structuring: a run of small payments within a couple of hours."""
         cfg, rng = self.config, self._rng
+        case = f"burst-{self._seq}"
         for _ in range(rng.randint(*cfg.burst_size)):
             at = ts_ms + rng.randrange(cfg.burst_span_ms)
             tx = self._tx(acct, at, rng.uniform(700, 999.99), channel="p2p")
-            self._schedule(Generated(acct.account_id, tx, label=1, typology="structuring"), at)
+            item = Generated(acct.account_id, tx, label=1, typology="structuring", case=case)
+            self._schedule(item, at)
 
     def _case(self, typology: str, acct: _Account, ts_ms: int) -> None:
         """One injected AML case: its transactions, labelled with the typology."""
@@ -264,9 +270,11 @@ class TransactionGenerator:
                 )
         else:
             raise ValueError(f"unknown typology {typology!r}")
+        case = f"{typology}-{self._seq}"
         for after, amount, fields in runs:
             tx = self._tx(acct, ts_ms + after, amount, **fields)
-            self._schedule(Generated(acct.account_id, tx, label=1, typology=typology), tx["ts_ms"])
+            item = Generated(acct.account_id, tx, label=1, typology=typology, case=case)
+            self._schedule(item, tx["ts_ms"])
 
     def _flow_case(self, typology: str, acct: _Account, ts_ms: int) -> None:
         """A case whose money moves between accounts: payee ids are account ids."""
@@ -293,15 +301,24 @@ class TransactionGenerator:
                 (mule, f"cp-x-{rng.randrange(10**8):08d}", out_at, amount * rng.uniform(0.85, 0.98))
             )
         elif typology == "scatter_gather":
-            collector_id = self._side_account("col").account_id
+            collector = self._side_account("col")
+            gathered = 0.0
             for _ in range(rng.randint(5, 10)):
                 mule = self._side_account("mul")
                 amount = rng.uniform(1000, 9000)
                 at = ts_ms + rng.randrange(3 * HOUR_MS)
                 moves.append((acct, mule.account_id, at, amount))
+                gathered += amount * 0.95
                 moves.append(
-                    (mule, collector_id, at + HOUR_MS + rng.randrange(6 * HOUR_MS), amount * 0.95)
+                    (
+                        mule,
+                        collector.account_id,
+                        at + HOUR_MS + rng.randrange(6 * HOUR_MS),
+                        amount * 0.95,
+                    )
                 )
+            out_at = ts_ms + 10 * HOUR_MS + rng.randrange(12 * HOUR_MS)
+            moves.append((collector, f"cp-x-{rng.randrange(10**8):08d}", out_at, gathered * 0.95))
         elif typology == "round_tripping":
             other = self._side_account("rtp")
             amount = rng.uniform(5000, 50000)
@@ -310,9 +327,11 @@ class TransactionGenerator:
             moves.append((other, acct.account_id, back_at, amount * rng.uniform(0.9, 0.99)))
         else:
             raise ValueError(f"unknown flow typology {typology!r}")
+        case = f"{typology}-{self._seq}"
         for payer, payee, at, amount in moves:
             tx = self._tx(payer, at, amount, counterparty_id=payee, channel="wire")
-            self._schedule(Generated(payer.account_id, tx, label=1, typology=typology), at)
+            item = Generated(payer.account_id, tx, label=1, typology=typology, case=case)
+            self._schedule(item, at)
 
     def _side_account(self, prefix: str) -> _Account:
         """An account outside the everyday population (no ordinary traffic)."""

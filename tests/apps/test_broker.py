@@ -33,3 +33,30 @@ def test_without_a_broker_the_error_says_what_to_do(tmp_path):
     with pytest.raises(BrokerError, match="vigil broker.*VIGIL_KAFKA_BOOTSTRAP"):
         resolve_bootstrap(Settings(kafka_bootstrap=None, state_dir=tmp_path))
     assert resolve_bootstrap(Settings(kafka_bootstrap="h:1", state_dir=tmp_path)) == "h:1"
+
+
+def test_our_partitioner_places_keys_where_the_kafka_producer_does(settings, bootstrap):
+    # the inflow repartition relies on it: payee X's inflows must land on X's partition
+    from apps.kafka import make_producer
+    from streams.partitioning import partition_for
+
+    topic = settings.topics.transactions
+    keys = [f"acc-{i:06d}".encode() for i in range(300)] + [b"", b"a", "zü-ř".encode()]
+    placed: dict[bytes, int] = {}
+    producer = make_producer(bootstrap)
+    for key in keys:
+        producer.produce(
+            topic, b"{}", key, on_delivery=lambda _e, m: placed.__setitem__(m.key(), m.partition())
+        )
+    assert producer.flush(10) == 0
+    assert {k: partition_for(k, 4) for k in keys} == placed
+    assert len(set(placed.values())) == 4
+
+
+def test_topics_with_different_partition_counts_are_refused_as_copartitioned(bootstrap):
+    from apps.broker import check_copartitioned
+
+    ensure_topics(bootstrap, {"cp-a": 4, "cp-b": 2})
+    assert check_copartitioned(bootstrap, ["cp-a", "cp-a"]) == 4
+    with pytest.raises(BrokerError, match=r"same partition count.*cp-a: 4, cp-b: 2"):
+        check_copartitioned(bootstrap, ["cp-a", "cp-b"])

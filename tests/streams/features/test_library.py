@@ -22,7 +22,7 @@ from streams.features.library import (
     FeatureSpec,
 )
 from streams.schemas import Transaction
-from tests.reference import library_features
+from tests.reference import inflow_features, library_features
 
 T0 = 1_767_225_600_000  # 2026-01-01, a Thursday
 COUNTRIES = ("DE", "DE", "FR", "KY", "IR")
@@ -99,7 +99,7 @@ def reference(stream: list[dict]) -> list[dict]:
     want: list[dict] = [{}] * len(stream)
     for idx in per_account.values():
         for i, feats in zip(idx, library_features([stream[i] for i in idx]), strict=True):
-            want[i] = feats
+            want[i] = {**feats, **inflow_features(stream[i], [], feats)}  # nothing comes in
     return want
 
 

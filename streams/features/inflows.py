@@ -1,0 +1,254 @@
+"""Money into an account: the payee side of other accounts' transfers.
+
+A transaction is keyed by its payer, so the payer's worker never sees what the payee
+received. Fan-in, pass-through, round-tripping and scatter-gather all need that, so the
+risk worker repartitions: every transfer (``TRANSFER_CHANNELS``) it scores is re-published
+for its payee on the internal topic ``vigil.risk.inflows``.
+
+How it scales: that topic has the partition count of ``vigil.transactions``, and an inflow
+goes to the partition Kafka's default (murmur2) partitioner gives its payee's id, which is
+where the payee's own transactions are (streams.partitioning). faust assigns co-partitioned
+topics together, so the worker that scores X also folds X's inflows, into the same state
+entry: no remote lookups, no shared store, and adding partitions and workers scales the
+inflow side with the transaction side. The inflows of one micro-batch travel as one message
+per destination partition (a few messages per batch, not one per transfer); the payee side
+costs a bounded log per payee (``MAX_INFLOW_ROWS`` newest inflows within the horizon), so a
+merchant-like hot payee cannot grow without bound.
+
+Semantics: a micro-batch first folds the inflow records it received, then scores its
+transactions; a transaction sees the inflows folded so far whose event time lies in
+``(ts - window, ts]``. Each inflow carries its source transaction's (partition, offset);
+the payee remembers the highest offset folded per source partition and skips anything at
+or below it, so redelivery and re-publication after a restart are counted once.
+
+Each inflow also carries the payer's *source of funds*: the payer of the payer's latest
+inflow (within a week, as of the transfer). A payee whose payers share one source received
+money that fanned out from one account and gathered again: scatter-gather.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streams.features.base import FeatureError
+from streams.features.library import (
+    GRACE_MS,
+    HORIZON_MS,
+    MAX_INFLOW_ROWS,
+    WEEK_MS,
+    Inflow,
+)
+
+__all__ = [
+    "InflowLog",
+    "InflowRecord",
+    "decode_inflows",
+    "encode_inflows",
+    "funds_sources",
+    "inflow_features",
+]
+
+# Inflow log columns (float64): event time, amount, payer hash, payer's source-of-funds hash.
+TS, AMOUNT, PAYER, SOURCE = range(4)
+NCOL = 4
+_EMPTY = {  # a feature's value when the window holds no inflow
+    "count": 0.0,
+    "sum": 0.0,
+    "max": np.nan,
+    "distinct_payers": 0.0,
+    "time_since": np.nan,
+    "round_trip": 0.0,
+    "shared_source": 0.0,
+}
+
+
+class InflowRecord:
+    """One transfer as its payee receives it."""
+
+    __slots__ = (
+        "payee",
+        "payer",
+        "ts_ms",
+        "amount",
+        "source",
+        "src_partition",
+        "src_offset",
+        "tx_id",
+    )
+
+    def __init__(self, payee, payer, ts_ms, amount, source, src_partition, src_offset, tx_id):
+        self.payee: str = payee
+        self.payer: float = payer  # hash of the payer's account id
+        self.ts_ms: int = ts_ms
+        self.amount: float = amount
+        self.source: float = source  # hash of the payer's source of funds, 0 if none
+        self.src_partition: int = src_partition
+        self.src_offset: int = src_offset
+        self.tx_id: str = tx_id
+
+    def row(self) -> list:
+        return [
+            self.payee,
+            self.tx_id,
+            int(self.payer),
+            self.ts_ms,
+            self.amount,
+            int(self.source),
+            self.src_partition,
+            self.src_offset,
+        ]
+
+
+def encode_inflows(records: Sequence[InflowRecord]) -> bytes:
+    """The value of one ``vigil.risk.inflows`` record (internal): the inflows of one source
+    micro-batch whose payees map to one partition. Batching them keeps the repartition at a
+    few messages per micro-batch instead of one per transfer."""
+    return orjson.dumps({"v": 1, "inflows": [r.row() for r in records]})
+
+
+def decode_inflows(value: bytes | None) -> list[InflowRecord]:
+    try:
+        doc = orjson.loads(value or b"")
+        if doc.get("v") != 1:
+            raise ValueError(f"unknown inflow batch version {doc.get('v')!r}")
+        out = []
+        for i, row in enumerate(doc["inflows"]):
+            payee, tx_id, payer, ts_ms, amount, source, partition, offset = row
+            rec = InflowRecord(
+                str(payee),
+                float(payer),
+                int(ts_ms),
+                float(amount),
+                float(source),
+                int(partition),
+                int(offset),
+                str(tx_id),
+            )
+            if not (rec.amount > 0 and rec.payer > 0 and rec.payee):
+                raise ValueError(f"inflow {i}: payee, payer and amount must be set and positive")
+            out.append(rec)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise FeatureError(f"inflow batch malformed: {exc}") from exc
+    return out
+
+
+class InflowLog:
+    """One entity's recent inflows (sorted by event time) and the source offsets folded."""
+
+    __slots__ = ("rows", "folded")
+
+    def __init__(self, rows: np.ndarray | None = None, folded: dict[int, int] | None = None):
+        self.rows = np.empty((0, NCOL)) if rows is None else rows
+        self.folded = {} if folded is None else folded  # source partition -> highest offset
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fold(self, records: Sequence[InflowRecord]) -> int:
+        """Add inflows not folded before (in the given order); returns how many were new."""
+        new = []
+        for r in records:
+            if r.src_offset <= self.folded.get(r.src_partition, -1):
+                continue
+            self.folded[r.src_partition] = r.src_offset
+            new.append((r.ts_ms, r.amount, r.payer, r.source))
+        if new:
+            rows = np.concatenate([self.rows, np.array(new, dtype=float)])
+            rows = rows[np.argsort(rows[:, TS], kind="stable")]
+            oldest = rows[-1, TS] - HORIZON_MS - GRACE_MS
+            keep = max(
+                int(np.searchsorted(rows[:, TS], oldest, "right")), len(rows) - MAX_INFLOW_ROWS
+            )
+            self.rows = rows[keep:]
+        return len(new)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
+            "folded": {str(p): o for p, o in self.folded.items()},
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> InflowLog:
+        try:
+            raw = base64.b64decode(state["rows"], validate=True)
+            folded = {int(p): int(o) for p, o in state["folded"].items()}
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise FeatureError(f"inflow log snapshot malformed: {exc!r}") from exc
+        if len(raw) % (8 * NCOL):
+            raise FeatureError("inflow log snapshot has the wrong shape")
+        return cls(np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(), folded)
+
+
+def inflow_features(
+    ops: Mapping[str, Inflow],
+    accounts: Sequence[str],
+    ts: np.ndarray,
+    counterparties: np.ndarray,
+    logs: Mapping[str, InflowLog],
+) -> dict[str, np.ndarray]:
+    """The ``Inflow`` features of events (account, event time, counterparty hash). Most
+    accounts receive nothing: they get the empty values at numpy speed; the rest are
+    computed per event over their (short) logs."""
+    n = len(accounts)
+    out = {name: np.full(n, _EMPTY[op.kind]) for name, op in ops.items()}
+    if not logs:
+        return out
+    windows = sorted({op.window_ms for op in ops.values()})
+    for i, account in enumerate(accounts):
+        log = logs.get(account)
+        if log is None or not len(log.rows):
+            continue
+        t = log.rows[:, TS]
+        at = ts[i]
+        hi = int(np.searchsorted(t, at, "right"))
+        lo = {w: int(np.searchsorted(t, at - w, "right")) for w in windows}
+        for name, op in ops.items():
+            rows = log.rows[lo[op.window_ms] : hi]
+            if len(rows):
+                out[name][i] = _inflow_value(op.kind, rows, at, counterparties[i])
+    return out
+
+
+def _inflow_value(kind: str, rows: np.ndarray, at: float, counterparty: float) -> float:
+    if kind == "count":
+        return float(len(rows))
+    if kind == "sum":
+        return float(rows[:, AMOUNT].sum())
+    if kind == "max":
+        return float(rows[:, AMOUNT].max())
+    if kind == "distinct_payers":
+        return float(len(np.unique(rows[:, PAYER])))
+    if kind == "time_since":
+        return float(at - rows[-1, TS])
+    if kind == "round_trip":
+        return float(counterparty != 0 and bool((rows[:, PAYER] == counterparty).any()))
+    if kind == "shared_source":
+        sourced = rows[rows[:, SOURCE] != 0]
+        if not len(sourced):
+            return 0.0
+        pairs = np.unique(sourced[:, [SOURCE, PAYER]], axis=0)  # distinct (source, payer)
+        return float(np.unique(pairs[:, 0], return_counts=True)[1].max())
+    raise FeatureError(f"unknown inflow feature kind {kind!r}")
+
+
+def funds_sources(
+    accounts: Sequence[str], ts: np.ndarray, logs: Mapping[str, InflowLog]
+) -> np.ndarray:
+    """Each payer's source of funds as of its transfer: the payer of its latest inflow with
+    event time in ``(ts - 1 week, ts]`` (hash), 0 if none."""
+    out = np.zeros(len(accounts))
+    for i, account in enumerate(accounts):
+        log = logs.get(account)
+        if log is None or not len(log.rows):
+            continue
+        t = log.rows[:, TS]
+        hi = int(np.searchsorted(t, ts[i], "right"))
+        if hi and t[hi - 1] > ts[i] - WEEK_MS:
+            out[i] = log.rows[hi - 1, PAYER]
+    return out
