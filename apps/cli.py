@@ -135,6 +135,9 @@ def publish_transactions(
     typology_rate: float = typer.Option(
         0.002, min=0, max=1, help="share of events that start an injected AML case"
     ),
+    flow_typology_rate: float = typer.Option(
+        0.001, min=0, max=1, help="share that start a fan-in/pass-through/... case"
+    ),
     with_labels: bool = typer.Option(
         False, "--with-labels", help="also publish the ground truth to the labels topic"
     ),
@@ -159,6 +162,7 @@ def publish_transactions(
             accounts=accounts,
             malformed_rate=malformed_rate,
             typology_rate=typology_rate,
+            flow_typology_rate=flow_typology_rate,
         )
 
         def generated():  # type: ignore[no-untyped-def]
@@ -343,6 +347,12 @@ def rules_backtest(
     labels: Path = typer.Option(
         ..., "--labels", exists=True, dir_okay=False, help="labels, JSON Lines: {tx_id, label, ...}"
     ),
+    batch: int = typer.Option(
+        100,
+        "--batch",
+        min=1,
+        help="micro-batch size of the replay; an inflow is seen from the next batch on",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """What would this ruleset have flagged? Hits, precision, recall, F1, alert rate."""
@@ -368,6 +378,7 @@ def rules_backtest(
             pipeline,
             (line for _k, line in read_jsonl(input)),
             truth,
+            batch_size=batch,
             progress=lambda n: progress.advance(task, n),
         )
     if as_json:
@@ -433,7 +444,7 @@ def generate(
         0.002, min=0, max=1, help="share of events that start an injected AML case"
     ),
     flow_typology_rate: float = typer.Option(
-        0.0, min=0, max=1, help="share that start a fan-in/pass-through/... case"
+        0.001, min=0, max=1, help="share that start a fan-in/pass-through/... case"
     ),
 ) -> None:
     """Write a seeded synthetic history (and its ground truth) for replay and backtests."""

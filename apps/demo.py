@@ -158,6 +158,7 @@ def _publisher(
         burst_rate=0.004,
         malformed_rate=0.005,
         typology_rate=0.004,
+        flow_typology_rate=0.002,
         start_ms=now_ms(),
     )
     gen = TransactionGenerator(cfg)

@@ -160,7 +160,10 @@ def test_publish_with_labels_writes_the_ground_truth(settings, monkeypatch):
         ],
     )
     assert result.exit_code == 0, result.output
-    cfg = GeneratorConfig(seed=4, malformed_rate=0.05, typology_rate=0.002)  # the CLI defaults
+    # the CLI defaults
+    cfg = GeneratorConfig(
+        seed=4, malformed_rate=0.05, typology_rate=0.002, flow_typology_rate=0.001
+    )
     gen = TransactionGenerator(cfg).take(500)
     want = sorted((g.tx["tx_id"], g.label, g.typology) for g in gen if g.tx is not None)
     labels = [
