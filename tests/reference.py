@@ -12,6 +12,23 @@ from typing import Any
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z, a Thursday
+
+
+def wire(tx_id: str, payer: str, payee: str, minutes: int, amount: float) -> dict[str, Any]:
+    """A contract transaction: a EUR wire ``minutes`` after T0 (test input, not a reference)."""
+    return {
+        "tx_id": tx_id,
+        "ts_ms": T0 + minutes * 60_000,
+        "account_id": payer,
+        "counterparty_id": payee,
+        "amount": amount,
+        "currency": "EUR",
+        "channel": "wire",
+        "country": "DE",
+        "device_id": None,
+        "merchant_category": None,
+    }
 
 
 def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:

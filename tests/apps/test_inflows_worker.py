@@ -16,26 +16,11 @@ from apps.process import WorkerProcess
 from streams.features.library import FEATURE_SPEC
 from tests.apps.helpers import collect
 from tests.conftest import worker_env
+from tests.reference import wire
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_767_225_600_000
 AML = str(resources.files("streams.rules").joinpath("rulesets", "aml.yaml"))
-
-
-def wire(tx_id: str, payer: str, payee: str, minutes: int, amount: float) -> dict:
-    return {
-        "tx_id": tx_id,
-        "ts_ms": T0 + minutes * 60_000,
-        "account_id": payer,
-        "counterparty_id": payee,
-        "amount": amount,
-        "currency": "EUR",
-        "channel": "wire",
-        "country": "DE",
-        "device_id": None,
-        "merchant_category": None,
-    }
 
 
 def wait_folded(bootstrap: str, topic: str, group: str, n: int, timeout_s: float = 120.0) -> None:

@@ -13,7 +13,7 @@ from streams.partitioning import partition_for
 from streams.pipeline import RULE_NAMES, RiskPipeline
 from streams.rules import default_ruleset
 from streams.schemas import RawRecord
-from tests.reference import features_by_batch
+from tests.reference import features_by_batch, wire
 
 T0 = 1_767_225_600_000
 ACCOUNTS = 5
@@ -91,23 +91,7 @@ def test_inflow_features_equal_the_brute_force_reference(events, cuts):
 
 def payments(*moves: tuple[str, str, int, float]) -> list[dict]:
     """Wires (payer, payee, minutes after T0, amount) in this order."""
-    txs = []
-    for payer, payee, minutes, amount in moves:
-        txs.append(
-            {
-                "tx_id": f"t{len(txs)}",
-                "ts_ms": T0 + minutes * 60_000,
-                "account_id": payer,
-                "counterparty_id": payee,
-                "amount": amount,
-                "currency": "EUR",
-                "channel": "wire",
-                "country": "DE",
-                "device_id": None,
-                "merchant_category": None,
-            }
-        )
-    return txs
+    return [wire(f"t{i}", *move) for i, move in enumerate(moves)]
 
 
 def scenario() -> list[dict]:
