@@ -35,10 +35,12 @@ worker_app = typer.Typer(help="Run a stream worker.", no_args_is_help=True)
 publish_app = typer.Typer(help="Publish events to Kafka.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
 rules_app = typer.Typer(help="AML rulesets: validate, publish, backtest.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models and write them for the workers.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(publish_app, name="publish")
 app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
+app.add_typer(train_app, name="train")
 console = Console(stderr=True)
 
 
@@ -518,6 +520,120 @@ def bench_risk(
             out.print(f"{k:>10}: {v}")
     if result["scored"] != result["events"]:
         raise typer.Exit(1)
+
+
+@train_app.command("risk")
+def train_risk(
+    days: int = typer.Option(21, min=2, help="days of synthetic history to generate"),
+    holdout_days: float = typer.Option(6, min=0.5, help="the last days, held out for evaluation"),
+    input: Path | None = typer.Option(
+        None, "--input", exists=True, dir_okay=False, help="JSONL history instead of generating"
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", exists=True, dir_okay=False, help="labels JSONL for --input"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
+    ),
+    seed: int = typer.Option(7, help="generator and training seed"),
+    accounts: int = typer.Option(1000, min=10, help="generated account population"),
+    as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
+) -> None:
+    """Train the GBDT+NN risk model, evaluate it against rules-only, LightGBM-only and
+    NN-only on the held-out days, export it to ONNX and write it where workers load it."""
+    from models.tabular import (
+        TabularConfig,
+        evaluate,
+        export,
+        history_from_files,
+        history_from_generator,
+        temporal_split,
+        train,
+    )
+
+    settings = _settings()
+    say = (lambda _m: None) if as_json else (lambda m: console.print(m))
+    if (input is None) != (labels is None):
+        console.print("[red]error:[/] --input and --labels go together")
+        raise typer.Exit(2)
+    say("featurising the history through the risk pipeline ...")
+    try:
+        if input is not None and labels is not None:
+            history = history_from_files(str(input), str(labels))
+        else:
+            history = history_from_generator(days, seed=seed, accounts=accounts)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    train_set, test_set = temporal_split(history, holdout_days)
+    say(
+        f"{len(history)} labelled transactions: train {len(train_set)} "
+        f"({int(train_set.labels.sum())} positive), hold-out {len(test_set)} "
+        f"({int(test_set.labels.sum())} positive)"
+    )
+    if not len(test_set) or not test_set.labels.sum():
+        console.print("[red]error:[/] the held-out days have no positive label to evaluate on")
+        raise typer.Exit(1)
+    try:
+        model = train(train_set, TabularConfig(seed=seed), say=say)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    report = evaluate(model, test_set)
+    target = out_dir or settings.models_path
+    path = export(
+        model,
+        target,
+        test_set.features[:2048],
+        {"metrics": report, "train_rows": len(train_set), "holdout_days": holdout_days},
+    )
+    report["model"] = str(path)
+    report["version"] = path.name
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table(
+        title=f"held-out {holdout_days:g} days: {report['rows']} transactions, "
+        f"{report['positives']} positive; alerting the top 1 %"
+    )
+    table.add_column("model")
+    table.add_column("AUC-PR", justify="right")
+    table.add_column("recall @ 1 %", justify="right")
+    for name, m in report["models"].items():
+        table.add_row(name, f"{m['auc_pr']:.4f}", f"{m['recall_at_rate']:.4f}")
+    out.print(table)
+    typ = Table(title="recall @ 1 % by typology")
+    typ.add_column("typology")
+    for name in report["models"]:
+        typ.add_column(name, justify="right")
+    first = next(iter(report["models"].values()))
+    for t in first["recall_by_typology"]:
+        typ.add_row(t, *(f"{m['recall_by_typology'][t]:.2f}" for m in report["models"].values()))
+    out.print(typ)
+    out.print(f"model {path.name} written to {path} (workers load the newest at start)")
+
+
+@bench_app.command("scoring")
+def bench_scoring_cmd(
+    model: Path | None = typer.Option(
+        None, "--model", help="model directory (default: the newest under the models dir)"
+    ),
+    batch: int = typer.Option(1024, min=1),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Hybrid ONNX scoring on one core: rows/s at a batch size and the batch-1 latency."""
+    from apps.bench import bench_scoring
+
+    try:
+        result = bench_scoring(_settings(), model, batch)
+    except (LookupError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            out.print(f"{k:>16}: {v}")
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from apps.compat import (
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
+from models.serving import ModelError, load_latest
 from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
@@ -148,6 +149,16 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         inflow_topic=topics.inflows,
         partitions=partitions,
     )
+    try:
+        model = load_latest(settings.models_path, FEATURE_SPEC.label)
+    except ModelError as exc:
+        log.error("model refused: %s; scoring with rules only", exc)
+        model = None
+    if model is None:
+        log.info("no model under %s: scoring with rules only", settings.models_path)
+    else:
+        pipeline.model.swap(model)
+        log.info("model %s loaded from %s", model.version, settings.models_path)
     log.info(
         "ruleset %s version %s (%d rules); feature spec %s (%d features)",
         pipeline.ruleset.name,

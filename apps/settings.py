@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
 
+    model_dir: Path | None = Field(
+        default=None,
+        description="where `vigil train risk` writes models and workers load the newest "
+        "(unset: STATE_DIR/models)",
+    )
+
     ruleset_path: Path | None = Field(
         default=None,
         description="YAML/JSON ruleset the workers start with (unset: the shipped aml set)",
@@ -56,6 +62,10 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(default=3.0, gt=0)
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
+
+    @property
+    def models_path(self) -> Path:
+        return self.model_dir or self.state_dir / "models"
 
     @cached_property
     def topics(self) -> TopicNames:

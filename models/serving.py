@@ -1,17 +1,39 @@
-"""Model serving seam: a batched scorer behind an atomic hot-swap holder.
+"""Model serving: batched scorers behind an atomic hot-swap holder, and the model files.
 
-The skeleton serves no model ("rules-only"); the hybrid GBDT+NN scorer plugs in here.
+A model directory holds ``manifest.json`` plus the files it lists with their sha256. The
+risk model (``format: onnx:gbdt+nn``) is two ONNX Runtime sessions called once each per
+micro-batch: LightGBM's probability feeds the hybrid NN graph. Its LightGBM text model is
+loaded too, only to explain alerts (per-feature contributions, ``pred_contrib``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BatchScorer", "RulesOnly", "ModelHolder"]
+__all__ = [
+    "BatchScorer",
+    "HybridScorer",
+    "ModelError",
+    "ModelHolder",
+    "RulesOnly",
+    "load_latest",
+    "write_model",
+]
+
+MANIFEST = "manifest.json"
+
+
+class ModelError(Exception):
+    """A model that cannot be served: missing, tampered, or built for other inputs."""
 
 
 class BatchScorer(Protocol):
@@ -30,6 +52,119 @@ class RulesOnly:
 
     def score_batch(self, features: np.ndarray) -> Sequence[float] | None:
         return None
+
+
+class HybridScorer:
+    """The GBDT+NN risk model on ONNX Runtime (one thread, as a worker core runs it)."""
+
+    def __init__(self, gbdt: bytes, hybrid: bytes, booster: bytes, version: str) -> None:
+        import lightgbm as lgb
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # the tree graph's label output warns on every call
+        cpu = ["CPUExecutionProvider"]
+        self.gbdt = ort.InferenceSession(gbdt, opts, providers=cpu)
+        self.hybrid = ort.InferenceSession(hybrid, opts, providers=cpu)
+        self.booster = lgb.Booster(model_str=booster.decode())
+        self.version = version
+
+    @classmethod
+    def from_bytes(cls, files: dict[str, bytes], spec: str, version: str) -> HybridScorer:
+        try:
+            return cls(files["gbdt.onnx"], files["hybrid.onnx"], files["booster.txt"], version)
+        except KeyError as exc:
+            raise ModelError(f"model {version} lacks the file {exc}") from None
+
+    @classmethod
+    def load(cls, directory: Path, expected_spec: str) -> HybridScorer:
+        """Load and verify a model directory: manifest, file hashes, feature spec."""
+        manifest = read_manifest(directory)
+        if manifest.get("format") != "onnx:gbdt+nn":
+            raise ModelError(f"{directory}: unknown model format {manifest.get('format')!r}")
+        if manifest.get("feature_spec") != expected_spec:
+            raise ModelError(
+                f"{directory}: model {manifest.get('version')} was trained on feature spec "
+                f"{manifest.get('feature_spec')!r}, this worker computes {expected_spec!r}; "
+                "retrain it (vigil train risk)"
+            )
+        files = {}
+        for name, digest in manifest["files"].items():
+            path = directory / name
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ModelError(f"{path}: {exc.strerror}") from None
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ModelError(f"{path}: sha256 does not match the manifest (changed or torn)")
+            files[name] = data
+        return cls.from_bytes(files, expected_spec, manifest["version"])
+
+    def score_batch(self, features: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if not len(x):
+            return np.zeros(0, dtype=np.float32)
+        prob = self.gbdt.run(["probabilities"], {"features": x})[0][:, 1]
+        return self.hybrid.run(None, {"features": x, "gbdt_prob": np.ascontiguousarray(prob)})[0]
+
+    def explain(self, features: np.ndarray, names: Sequence[str], top: int = 3) -> list[list]:
+        """The GBDT's largest positive feature contributions (log-odds) per row: only for
+        alerts, never on the per-event path."""
+        contrib = self.booster.predict(np.asarray(features, dtype=np.float64), pred_contrib=True)
+        out = []
+        for row in np.atleast_2d(contrib)[:, :-1]:  # the last column is the bias
+            best = np.argsort(-row)[:top]
+            out.append([(names[i], float(row[i])) for i in best if row[i] > 0])
+        return out
+
+
+def read_manifest(directory: Path) -> dict:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{directory}: no {MANIFEST}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{directory}/{MANIFEST}: unreadable ({exc})") from None
+    for key in ("name", "version", "format", "feature_spec", "files", "created_ms"):
+        if key not in manifest:
+            raise ModelError(f"{directory}/{MANIFEST}: no {key!r}")
+    return manifest
+
+
+def write_model(out_dir: Path, files: dict[str, bytes], manifest: dict) -> Path:
+    """Write a model directory atomically (a temporary directory renamed into place); the
+    version is derived from the content, so the same model always has the same version."""
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    content = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:12]
+    version = f"{manifest['name']}-{content}"
+    manifest = {**manifest, "version": version, "created_ms": time.time_ns() // 1_000_000}
+    manifest["files"] = digests
+    target = Path(out_dir) / version
+    if (target / MANIFEST).exists():
+        return target  # the same model is already there
+    tmp = Path(out_dir) / f".{version}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, target)
+    return target
+
+
+def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
+    """The newest model (by ``created_ms``) under ``models_dir``; None when there is none."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists():
+            found.append((read_manifest(d)["created_ms"], d))
+    if not found:
+        return None
+    return HybridScorer.load(max(found)[1], expected_spec)
 
 
 class ModelHolder:

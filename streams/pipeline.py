@@ -190,6 +190,7 @@ class RiskPipeline:
         ruleset, shadow = self.ruleset, self.shadow  # swapped only between batches
         ruleset_version = ruleset.label
         model_scores = scorer.score_batch(matrix)
+        alerted: list[tuple[int, int]] = []  # (row, alert index): explained below
         needed = ruleset.names | (shadow.names if shadow else frozenset())
         cols = self._columns(fresh, matrix, needed)
         all_firings = ruleset.evaluate_batch(cols, len(fresh))
@@ -221,6 +222,7 @@ class RiskPipeline:
                 record["shadow"] = self._shadow(shadow, shadow_firings[i], model_score)
             out.scores.append((key, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)))
             if decision != "allow":
+                alerted.append((i, len(out.alerts)))
                 alert = {
                     "alert_id": alert_id(tx.tx_id, decision, firings, scorer.version),
                     "tx_id": tx.tx_id,
@@ -237,6 +239,8 @@ class RiskPipeline:
                     "processed_ms": processed_ms,
                 }
                 out.alerts.append((key, orjson.dumps(alert)))
+        if alerted and model_scores is not None and hasattr(scorer, "explain"):
+            self._explain(out, scorer, matrix, model_scores, alerted)
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
         spent = self.stage_seconds
@@ -339,6 +343,26 @@ class RiskPipeline:
             by_partition.setdefault(partition, []).append(inflow)
         for partition, batch in sorted(by_partition.items()):
             out.inflows.append((partition, encode_inflows(batch)))
+
+    @staticmethod
+    def _explain(out, scorer, matrix, model_scores, alerted) -> None:
+        """Add the model's reason to alerts: its score and the GBDT's top contributing
+        features (computed for alerted rows only)."""
+        rows = [i for i, _ in alerted]
+        tops = scorer.explain(matrix[rows], FEATURE_SPEC.names)
+        for (i, at), top in zip(alerted, tops, strict=True):
+            key, value = out.alerts[at]
+            alert = orjson.loads(value)
+            listed = ", ".join(f"{name} ({weight:+.2f})" for name, weight in top)
+            alert["reasons"].append(
+                {
+                    "code": "model",
+                    "detail": f"model score {model_scores[i]:.2f}; top features: {listed or '-'}",
+                    "weight": round(float(model_scores[i]), 6),
+                    "features": [{"name": n, "contribution": round(w, 6)} for n, w in top],
+                }
+            )
+            out.alerts[at] = (key, orjson.dumps(alert))
 
     def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:
         """What the shadow ruleset would have decided: recorded, never alerted."""

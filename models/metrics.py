@@ -1,0 +1,49 @@
+"""Ranking metrics for alerting models: AUC-PR (average precision) and recall at an alert
+rate. Ties are handled as a random tie-break would on average, so a coarse score (the
+rules' few distinct values) is not flattered or punished by the order of its ties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["average_precision", "flagged_share", "recall_at_rate"]
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as the step sum over distinct thresholds
+    (the definition scikit-learn's ``average_precision_score`` uses)."""
+    y = np.asarray(labels, dtype=float)
+    positives = y.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    s, y = np.asarray(scores, dtype=float)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # end of each run of equal scores
+    tp = np.cumsum(y)[last]
+    flagged = last + 1
+    recall = tp / positives
+    precision = tp / flagged
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def flagged_share(scores: np.ndarray, rate: float) -> np.ndarray:
+    """How much each row is flagged when the top ``rate`` share of rows is alerted: 1 above
+    the threshold, a fraction for rows tied at it (the expected outcome of a random
+    tie-break), 0 below."""
+    s = np.asarray(scores, dtype=float)
+    k = max(1, math.ceil(rate * len(s)))
+    threshold = np.sort(s)[::-1][k - 1]
+    above = s > threshold
+    tied = s == threshold
+    share = above.astype(float)
+    share[tied] = (k - above.sum()) / tied.sum()
+    return share
+
+
+def recall_at_rate(labels: np.ndarray, scores: np.ndarray, rate: float = 0.01) -> float:
+    y = np.asarray(labels, dtype=float)
+    if y.sum() == 0:
+        return float("nan")
+    return float((flagged_share(scores, rate) * y).sum() / y.sum())

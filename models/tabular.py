@@ -1,0 +1,499 @@
+"""The GBDT+NN hybrid risk model on the feature vector (``FEATURE_SPEC``).
+
+- LightGBM learns the feature interactions trees are good at.
+- A small torch NN takes the normalised features (signed log, standardised, with missing
+  flags) plus the GBDT's logit, and adds what the trees miss: ``z = w * gbdt_logit +
+  mlp(features)``. Its last layer starts at zero and ``w`` at one, so training starts from
+  the GBDT and learns a correction. The logit it sees while training is out-of-fold (each
+  time block scored by trees fitted on the other blocks), so it learns how far to trust
+  the GBDT on unseen data rather than on the GBDT's own training rows.
+- Platt scaling on the last part of the training period turns the logit into a calibrated
+  probability.
+
+Training data: the labelled synthetic history (or a JSONL history with labels) run through
+the same pipeline as the worker, so the features are exactly what serving sees. Split in
+time: train on the earlier days, evaluate on the later ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import orjson
+import torch
+from torch import nn
+
+from models.metrics import average_precision, flagged_share, recall_at_rate
+from streams.features.library import DAY_MS, FEATURE_SPEC
+
+__all__ = [
+    "History",
+    "HybridModel",
+    "TabularConfig",
+    "TabularNet",
+    "evaluate",
+    "export",
+    "history_from_files",
+    "history_from_generator",
+    "temporal_split",
+    "train",
+]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class History:
+    """Featurised, labelled transactions in arrival order."""
+
+    features: np.ndarray  # float32, rows x FEATURE_SPEC.names, NaN = no value
+    labels: np.ndarray  # 0/1
+    ts_ms: np.ndarray
+    rule_scores: np.ndarray  # the rules-only score the worker gave each transaction
+    typologies: list[str | None]
+    tx_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, mask: np.ndarray) -> History:
+        idx = np.flatnonzero(mask)
+        return History(
+            self.features[idx],
+            self.labels[idx],
+            self.ts_ms[idx],
+            self.rule_scores[idx],
+            [self.typologies[i] for i in idx],
+            [self.tx_ids[i] for i in idx],
+        )
+
+
+def _featurise(
+    lines: Iterable[bytes], truth: dict[str, tuple[int, str | None]], batch: int = 100
+) -> History:
+    """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
+    vector, the rules' score and the label of every labelled, valid transaction."""
+    from streams.pipeline import RiskPipeline
+    from streams.schemas import RawRecord
+
+    pipeline = RiskPipeline()
+    store: dict = {}
+    rows, labels, ts, rule, typ, ids = [], [], [], [], [], []
+    pending: list[RawRecord] = []
+
+    def run() -> None:
+        result = pipeline.process_local(pending, store)
+        for _key, value in result.scores:
+            s = orjson.loads(value)
+            known = truth.get(s["tx_id"])
+            if known is None:
+                continue
+            rows.append([math.nan if v is None else v for v in s["features"]])
+            labels.append(known[0])
+            typ.append(known[1])
+            ts.append(s["ts_ms"])
+            rule.append(s["score"])
+            ids.append(s["tx_id"])
+        pending.clear()
+
+    for offset, line in enumerate(lines):
+        pending.append(RawRecord("history", 0, offset, None, line))
+        if len(pending) >= batch:
+            run()
+    if pending:
+        run()
+    return History(
+        np.array(rows, dtype=np.float32).reshape(-1, len(FEATURE_SPEC.names)),
+        np.array(labels, dtype=np.int8),
+        np.array(ts, dtype=np.int64),
+        np.array(rule, dtype=float),
+        typ,
+        ids,
+    )
+
+
+def history_from_generator(
+    days: int,
+    seed: int = 7,
+    accounts: int = 1000,
+    typology_rate: float = 0.004,
+    flow_typology_rate: float = 0.002,
+) -> History:
+    """``days`` of the seeded synthetic population with its injected, labelled cases."""
+    from streams.sources import GeneratorConfig, TransactionGenerator
+
+    cfg = GeneratorConfig(
+        seed=seed,
+        accounts=accounts,
+        typology_rate=typology_rate,
+        flow_typology_rate=flow_typology_rate,
+    )
+    end_ms = cfg.start_ms + days * DAY_MS
+    truth: dict[str, tuple[int, str | None]] = {}
+    lines = []
+    for g in TransactionGenerator(cfg):
+        if g.tx is None:
+            continue
+        if g.tx["ts_ms"] >= end_ms:
+            break
+        truth[g.tx["tx_id"]] = (g.label, g.typology)
+        lines.append(g.value)
+    return _featurise(lines, truth)
+
+
+def history_from_files(tx_path: str, labels_path: str) -> History:
+    """A JSONL history (contract transactions) and its labels (``vigil.labels`` records)."""
+    from streams.sources import read_jsonl
+
+    truth: dict[str, tuple[int, str | None]] = {}
+    with open(labels_path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = orjson.loads(line)
+                truth[str(d["tx_id"])] = (int(d["label"]), d.get("typology"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{labels_path}:{n}: not a label record: {exc}") from exc
+    return _featurise((line for _k, line in read_jsonl(tx_path)), truth)
+
+
+def temporal_split(history: History, holdout_days: float) -> tuple[History, History]:
+    """Train on everything before the last ``holdout_days`` (by event time), test on those."""
+    cut = history.ts_ms.max() - holdout_days * DAY_MS
+    return history.take(history.ts_ms <= cut), history.take(history.ts_ms > cut)
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    seed: int = 7
+    trees: int = 200
+    leaves: int = 31
+    learning_rate: float = 0.05
+    folds: int = 4  # time blocks for the out-of-fold GBDT logits
+    calibration_share: float = 0.2  # last part of the training period, for Platt scaling
+    hidden: int = 64
+    epochs: int = 20
+    batch: int = 256
+    lr: float = 1e-3
+
+
+class TabularNet(nn.Module):
+    """``logit = w * gbdt_logit + mlp(normalised features, missing flags)`` (no GBDT input
+    when ``use_gbdt`` is False: the NN-only baseline). Calibrated probability:
+    ``sigmoid(a * logit + b)``."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int, use_gbdt: bool) -> None:
+        super().__init__()
+        n = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.out = nn.Linear(hidden, 1)
+        self.use_gbdt = use_gbdt
+        if use_gbdt:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+            self.gbdt_weight = nn.Parameter(torch.ones(()))
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))  # a, b
+
+    def logit(self, x: torch.Tensor, gbdt_logit: torch.Tensor | None = None) -> torch.Tensor:
+        missing = torch.isnan(x)
+        v = torch.where(missing, torch.zeros_like(x), x)
+        v = torch.sign(v) * torch.log1p(torch.abs(v))
+        v = (v - self.mean) / self.std
+        z = self.out(self.mlp(torch.cat([v, missing.to(x.dtype)], dim=1))).squeeze(1)
+        if self.use_gbdt:
+            z = z + self.gbdt_weight * gbdt_logit
+        return z
+
+    def forward(self, x: torch.Tensor, gbdt_prob: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probability; the GBDT enters as its probability (what the exported
+        LightGBM graph outputs), turned back into a logit here."""
+        g = None
+        if self.use_gbdt:
+            p = torch.clamp(gbdt_prob, 1e-7, 1 - 1e-7)
+            g = torch.log(p) - torch.log1p(-p)
+        a, b = self.calibration[0], self.calibration[1]
+        return torch.sigmoid(a * self.logit(x, g) + b)
+
+
+@dataclass
+class HybridModel:
+    """The served model (booster + hybrid NN) and the baselines it is compared with."""
+
+    booster: lgb.Booster
+    hybrid: TabularNet
+    nn_only: TabularNet
+    gbdt_calibration: tuple[float, float]
+    config: TabularConfig
+    log: list[str] = field(default_factory=list)
+
+    def gbdt_prob(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(x), dtype=np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Hybrid probability per row (float32 features, NaN = missing)."""
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            p = torch.from_numpy(self.gbdt_prob(x))
+            return self.hybrid(xt, p).numpy()
+
+    def predict_nn_only(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.nn_only(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    def predict_gbdt(self, x: np.ndarray) -> np.ndarray:
+        a, b = self.gbdt_calibration
+        raw = self.booster.predict(x, raw_score=True)
+        return 1 / (1 + np.exp(-np.clip(a * raw + b, -500, 500)))
+
+
+def _sigmoid64(net: TabularNet, z: np.ndarray) -> np.ndarray:
+    a, b = (float(v) for v in net.calibration)
+    return 1 / (1 + np.exp(-np.clip(a * z + b, -500, 500)))
+
+
+def _lgb_params(cfg: TabularConfig) -> dict:
+    return {
+        "objective": "binary",
+        "num_leaves": cfg.leaves,
+        "learning_rate": cfg.learning_rate,
+        "min_data_in_leaf": 20,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 1,
+        "verbosity": -1,
+    }
+
+
+def _fit_gbdt(x: np.ndarray, y: np.ndarray, cfg: TabularConfig) -> lgb.Booster:
+    return lgb.train(_lgb_params(cfg), lgb.Dataset(x, y, free_raw_data=False), cfg.trees)
+
+
+def _platt(z: np.ndarray, y: np.ndarray, steps: int = 500) -> tuple[float, float]:
+    """Fit ``sigmoid(a z + b)`` to the labels by Newton's method on the log-loss."""
+    a, b = 1.0, 0.0
+    z = np.asarray(z, dtype=float)
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(a * z + b, -50, 50)))
+        w = p * (1 - p) + 1e-9
+        g = np.array([np.sum((p - y) * z), np.sum(p - y)])
+        h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+        step = np.linalg.solve(h + 1e-6 * np.eye(2), g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(a), float(b)
+
+
+def _fit_net(
+    net: TabularNet,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    held: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    cfg: TabularConfig,
+    say: Progress,
+) -> None:
+    """Adam on the log-loss; keeps the epoch with the best AUC-PR on the held-out later
+    block (``held``), which for the hybrid includes the start: the GBDT alone."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, y, g = (None if a is None else torch.from_numpy(np.asarray(a, np.float32)) for a in data)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def held_ap() -> float:
+        net.eval()
+        return average_precision(held[1], _logits(net, held[0], held[2]))
+
+    best, best_state, best_epoch = held_ap(), copy.deepcopy(net.state_dict()), 0
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i : i + cfg.batch]
+            loss = loss_fn(net.logit(x[idx], None if g is None else g[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        score = held_ap()
+        if score > best:
+            best, best_state, best_epoch = score, copy.deepcopy(net.state_dict()), epoch
+    net.load_state_dict(best_state)
+    net.eval()
+    say(f"  kept epoch {best_epoch} of {cfg.epochs} (held-out AUC-PR {best:.4f})")
+
+
+def _logits(net: TabularNet, x: np.ndarray, g: np.ndarray | None) -> np.ndarray:
+    with torch.no_grad():
+        gt = None if g is None else torch.from_numpy(np.asarray(g, np.float32))
+        return net.logit(torch.from_numpy(np.asarray(x, np.float32)), gt).numpy().astype(float)
+
+
+def _gbdt_logit(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
+    """The GBDT logit as serving derives it: from the float32 probability, clamped."""
+    p = np.clip(np.asarray(booster.predict(x), dtype=np.float32), 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def _normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.where(np.isnan(x), 0.0, x).astype(np.float64)
+    v = np.sign(v) * np.log1p(np.abs(v))
+    return v.mean(axis=0), np.maximum(v.std(axis=0), 1e-6)
+
+
+def train(history: History, cfg: TabularConfig | None = None, say: Progress = print) -> HybridModel:
+    """Fit the hybrid (and the baselines) on a training period. Deterministic for a seed."""
+    cfg = cfg or TabularConfig()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(1)
+    order = np.argsort(history.ts_ms, kind="stable")
+    x, y = history.features[order], history.labels[order].astype(np.float64)
+    n_fit = int(len(y) * (1 - cfg.calibration_share))
+    xf, yf, xc, yc = x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:]
+    if yf.sum() < 10 or yc.sum() < 3:
+        raise ValueError(
+            f"too few positive labels to train on ({int(yf.sum())} fit, {int(yc.sum())} "
+            "calibration): use more days or a higher typology rate"
+        )
+
+    say(f"out-of-fold GBDT logits over {cfg.folds} time blocks of {n_fit} rows")
+    oof = np.zeros(n_fit)
+    blocks = np.array_split(np.arange(n_fit), cfg.folds)
+    for k, block in enumerate(blocks):
+        rest = np.setdiff1d(np.arange(n_fit), block)
+        oof[block] = _fit_gbdt(xf[rest], yf[rest], cfg).predict(xf[block], raw_score=True)
+        say(f"  block {k + 1}/{cfg.folds} done")
+    say(f"GBDT: {cfg.trees} trees x {cfg.leaves} leaves on {n_fit} rows")
+    booster = _fit_gbdt(xf, yf, cfg)
+    mean, std = _normaliser(xf)
+
+    say(f"hybrid NN: up to {cfg.epochs} epochs")
+    gc = _gbdt_logit(booster, xc)
+    hybrid = TabularNet(mean, std, cfg.hidden, use_gbdt=True)
+    _fit_net(hybrid, (xf, yf, oof), (xc, yc, gc), cfg, say)
+    say(f"NN-only baseline: up to {cfg.epochs} epochs")
+    nn_only = TabularNet(mean, std, cfg.hidden, use_gbdt=False)
+    _fit_net(nn_only, (xf, yf, None), (xc, yc, None), cfg, say)
+
+    say(f"Platt calibration on the last {len(yc)} training rows")
+    hybrid.calibration.copy_(torch.tensor(_platt(_logits(hybrid, xc, gc), yc)))
+    nn_only.calibration.copy_(torch.tensor(_platt(_logits(nn_only, xc, None), yc)))
+    gbdt_cal = _platt(booster.predict(xc, raw_score=True), yc)
+    return HybridModel(booster, hybrid, nn_only, gbdt_cal, cfg)
+
+
+def evaluate(model: HybridModel, test: History, rate: float = 0.01) -> dict:
+    """AUC-PR and recall at an alert rate for rules-only, LightGBM-only, NN-only and the
+    hybrid on a held-out period, and each one's recall per typology at that rate."""
+    # Ranked by float64 probabilities: in float32 the confident end saturates at 1.0, and
+    # the ties would blur the ranking AUC-PR measures (decisions are unaffected).
+    x = test.features
+    scores = {
+        "rules_only": test.rule_scores,
+        "lightgbm": model.predict_gbdt(x),
+        "nn": _sigmoid64(model.nn_only, _logits(model.nn_only, x, None)),
+        "hybrid": _sigmoid64(model.hybrid, _logits(model.hybrid, x, _gbdt_logit(model.booster, x))),
+    }
+    y = test.labels
+    typologies = sorted({t for t, label in zip(test.typologies, y, strict=True) if label and t})
+    out: dict = {
+        "rows": len(y),
+        "positives": int(y.sum()),
+        "alert_rate": rate,
+        "models": {},
+    }
+    for name, s in scores.items():
+        share = flagged_share(s, rate)
+        per_typology = {}
+        for t in typologies:
+            mask = np.array([tt == t for tt in test.typologies]) & (y == 1)
+            per_typology[t] = round(float(share[mask].sum() / mask.sum()), 4)
+        out["models"][name] = {
+            "auc_pr": round(average_precision(y, s), 4),
+            "recall_at_rate": round(recall_at_rate(y, s, rate), 4),
+            "recall_by_typology": per_typology,
+        }
+    return out
+
+
+PARITY_TOLERANCE = 1e-5
+
+
+def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | None = None) -> Path:
+    """Write the model as two ONNX graphs (LightGBM through onnxmltools, the hybrid NN
+    through torch.onnx), the LightGBM text model (for per-alert feature contributions) and
+    a manifest. Before anything is written, ONNX Runtime must reproduce the Python model on
+    the ``check`` rows within ``PARITY_TOLERANCE``. Returns the model's directory
+    (``out_dir/<version>``)."""
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from models.serving import HybridScorer, write_model
+
+    n = len(FEATURE_SPEC.names)
+    gbdt = onnxmltools.convert_lightgbm(
+        model.booster,
+        initial_types=[("features", FloatTensorType([None, n]))],
+        zipmap=False,
+    ).SerializeToString()
+    hybrid = _torch_onnx(model.hybrid, n)
+    files = {
+        "gbdt.onnx": gbdt,
+        "hybrid.onnx": hybrid,
+        "booster.txt": model.booster.model_to_string().encode(),
+    }
+    scorer = HybridScorer.from_bytes(files, FEATURE_SPEC.label, "parity-check")
+    want = model.predict(check)
+    got = scorer.score_batch(check)
+    worst = float(np.max(np.abs(got - want))) if len(check) else 0.0
+    if not worst <= PARITY_TOLERANCE:
+        raise ValueError(
+            f"ONNX export differs from the Python model by {worst:.2e} on the check rows"
+        )
+    manifest = {
+        "name": "risk",
+        "format": "onnx:gbdt+nn",
+        "feature_spec": FEATURE_SPEC.label,
+        "parity_max_abs_diff": worst,
+        "parity_rows": len(check),
+        "config": asdict(model.config),
+        **(extra or {}),
+    }
+    return write_model(out_dir, files, manifest)
+
+
+def _torch_onnx(net: TabularNet, n: int) -> bytes:
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    example = (torch.zeros(2, n), torch.full((2,), 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            net,
+            example,
+            buf,
+            input_names=["features", "gbdt_prob"],
+            output_names=["probability"],
+            dynamic_axes={
+                "features": {0: "rows"},
+                "gbdt_prob": {0: "rows"},
+                "probability": {0: "rows"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return buf.getvalue()

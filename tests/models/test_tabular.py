@@ -1,0 +1,126 @@
+"""The hybrid risk model: metrics against scikit-learn, deterministic training, ONNX export
+parity, and model files that must be refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from models.metrics import average_precision, recall_at_rate
+from models.serving import HybridScorer, ModelError, load_latest
+from models.tabular import (
+    PARITY_TOLERANCE,
+    TabularConfig,
+    evaluate,
+    export,
+    history_from_generator,
+    temporal_split,
+    train,
+)
+from streams.features.library import FEATURE_SPEC
+
+SMALL = TabularConfig(seed=3, trees=40, epochs=4, folds=3)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1), st.sampled_from([0.0, 0.1, 0.5, 0.5, 0.9, 1.0])), min_size=2
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_average_precision_equals_scikit_learn_with_ties(pairs):
+    y = np.array([p[0] for p in pairs])
+    s = np.array([p[1] for p in pairs])
+    if y.sum() == 0:
+        return
+    assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_recall_at_rate_shares_ties_fairly():
+    y = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0, 0])
+    # top 20 % = 2 rows: the 0.9 (a positive) plus one of four rows tied at 0.5 (one positive)
+    assert recall_at_rate(y, s, 0.2) == pytest.approx((1 + 0.25) / 2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    history = history_from_generator(days=8, seed=3, accounts=400)
+    return temporal_split(history, 2)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return train(data[0], SMALL, say=lambda _m: None)
+
+
+def test_training_is_deterministic_under_a_seed(data, model):
+    again = train(data[0], SMALL, say=lambda _m: None)
+    x = data[1].features
+    assert np.array_equal(model.predict(x), again.predict(x))
+    assert model.booster.model_to_string() == again.booster.model_to_string()
+
+
+def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
+    report = evaluate(model, data[1])
+    assert set(report["models"]) == {"rules_only", "lightgbm", "nn", "hybrid"}
+    assert report["positives"] == int(data[1].labels.sum()) > 0
+    for m in report["models"].values():
+        assert 0 < m["auc_pr"] <= 1 and 0 <= m["recall_at_rate"] <= 1
+    # the models learn something the rules' coarse score does not rank
+    assert report["models"]["lightgbm"]["auc_pr"] > report["models"]["rules_only"]["auc_pr"]
+
+
+@pytest.fixture(scope="module")
+def exported(data, model, tmp_path_factory):
+    return export(model, tmp_path_factory.mktemp("models"), data[1].features[:500])
+
+
+def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, exported):
+    scorer = HybridScorer.load(exported, FEATURE_SPEC.label)
+    x = data[1].features[500:1500]  # rows the export check did not see
+    got, want = scorer.score_batch(x), model.predict(x)
+    assert got.shape == want.shape == (len(x),)
+    assert np.max(np.abs(got - want)) <= PARITY_TOLERANCE
+    assert np.isnan(x).any()  # missing values took the same path in both
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["version"] == exported.name == scorer.version
+    assert manifest["feature_spec"] == FEATURE_SPEC.label
+
+
+def test_the_newest_model_is_loaded_and_alerts_can_be_explained(data, exported):
+    scorer = load_latest(exported.parent, FEATURE_SPEC.label)
+    assert scorer is not None and scorer.version == exported.name
+    tops = scorer.explain(data[1].features[:3], FEATURE_SPEC.names)
+    assert len(tops) == 3
+    for top in tops:
+        assert all(name in FEATURE_SPEC.names and w > 0 for name, w in top)
+        assert [w for _, w in top] == sorted((w for _, w in top), reverse=True)
+
+
+def test_a_model_for_another_feature_spec_is_refused(exported, tmp_path):
+    copy = tmp_path / exported.name
+    shutil.copytree(exported, copy)
+    with pytest.raises(ModelError, match=r"trained on feature spec .*this worker computes"):
+        HybridScorer.load(copy, "lib-0:0000000000000000")
+
+
+def test_a_changed_model_file_is_refused(exported, tmp_path):
+    copy = tmp_path / exported.name
+    shutil.copytree(exported, copy)
+    data = bytearray((copy / "hybrid.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "hybrid.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 does not match"):
+        HybridScorer.load(copy, FEATURE_SPEC.label)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ModelError, match="no manifest.json"):
+        HybridScorer.load(copy, FEATURE_SPEC.label)
+
+
+def test_no_model_directory_means_rules_only(tmp_path):
+    assert load_latest(tmp_path / "nothing-here", FEATURE_SPEC.label) is None
