@@ -20,6 +20,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/vigil bench features --json
+	mkdir -p .vigil && $(BIN)/vigil train risk --json > .vigil/train-risk.json
+	$(BIN)/vigil bench scoring --json
 	$(BIN)/vigil bench risk --events 20000 --json
 
 lint: $(STAMP)

@@ -112,7 +112,9 @@ class HybridScorer:
     def explain(self, features: np.ndarray, names: Sequence[str], top: int = 3) -> list[list]:
         """The GBDT's largest positive feature contributions (log-odds) per row: only for
         alerts, never on the per-event path."""
-        contrib = self.booster.predict(np.asarray(features, dtype=np.float64), pred_contrib=True)
+        contrib = self.booster.predict(
+            np.asarray(features, dtype=np.float64), pred_contrib=True, num_threads=1
+        )
         out = []
         for row in np.atleast_2d(contrib)[:, :-1]:  # the last column is the bias
             best = np.argsort(-row)[:top]

@@ -173,8 +173,10 @@ def temporal_split(history: History, holdout_days: float) -> tuple[History, Hist
 @dataclass(frozen=True)
 class TabularConfig:
     seed: int = 7
-    trees: int = 200
-    leaves: int = 31
+    # 100 x 15 ranks as well as 200 x 31 on the synthetic history (AUC-PR 0.9767 vs 0.9768)
+    # and explains an alert (TreeSHAP, pred_contrib) 3.7x faster: 0.22 ms per alert row
+    trees: int = 100
+    leaves: int = 15
     learning_rate: float = 0.05
     folds: int = 4  # time blocks for the out-of-fold GBDT logits
     calibration_share: float = 0.2  # last part of the training period, for Platt scaling
@@ -443,11 +445,13 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     from models.serving import HybridScorer, write_model
 
     n = len(FEATURE_SPEC.names)
-    gbdt = onnxmltools.convert_lightgbm(
+    graph = onnxmltools.convert_lightgbm(
         model.booster,
         initial_types=[("features", FloatTensorType([None, n]))],
         zipmap=False,
-    ).SerializeToString()
+    )
+    graph.graph.name = "risk_gbdt"  # the converter names it with a random uuid
+    gbdt = graph.SerializeToString()
     hybrid = _torch_onnx(model.hybrid, n)
     files = {
         "gbdt.onnx": gbdt,

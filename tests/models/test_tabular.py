@@ -124,3 +124,11 @@ def test_a_changed_model_file_is_refused(exported, tmp_path):
 
 def test_no_model_directory_means_rules_only(tmp_path):
     assert load_latest(tmp_path / "nothing-here", FEATURE_SPEC.label) is None
+
+
+def test_the_same_training_exports_the_same_files_and_version(data, model, exported, tmp_path):
+    # the version is a content hash: a retrained identical model keeps its version
+    again = export(model, tmp_path, data[1].features[:500])
+    assert again.name == exported.name
+    for name in ("gbdt.onnx", "hybrid.onnx", "booster.txt"):
+        assert (again / name).read_bytes() == (exported / name).read_bytes(), name
