@@ -420,18 +420,13 @@ def rules_backtest(
 
 
 def _read_labels(path: Path) -> dict[str, int]:
-    truth: dict[str, int] = {}
-    with open(path, "rb") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                truth[str(doc["tx_id"])] = int(doc["label"])
-            except (ValueError, KeyError, TypeError) as exc:
-                console.print(f"[red]error:[/] {path}:{n}: not a label record ({exc!r})")
-                raise typer.Exit(2) from None
-    return truth
+    from streams.sources import read_labels
+
+    try:
+        return {tx_id: label for tx_id, (label, _typology) in read_labels(path).items()}
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -149,18 +149,9 @@ def history_from_generator(
 
 def history_from_files(tx_path: str, labels_path: str) -> History:
     """A JSONL history (contract transactions) and its labels (``vigil.labels`` records)."""
-    from streams.sources import read_jsonl
+    from streams.sources import read_jsonl, read_labels
 
-    truth: dict[str, tuple[int, str | None]] = {}
-    with open(labels_path, "rb") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = orjson.loads(line)
-                truth[str(d["tx_id"])] = (int(d["label"]), d.get("typology"))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{labels_path}:{n}: not a label record: {exc}") from exc
+    truth = read_labels(labels_path)
     return _featurise((line for _k, line in read_jsonl(tx_path)), truth)
 
 

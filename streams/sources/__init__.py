@@ -1,6 +1,6 @@
 """Event sources: the seeded synthetic generator and JSONL replay."""
 
-from streams.sources.replay import read_jsonl
+from streams.sources.replay import read_jsonl, read_labels
 from streams.sources.synthetic import (
     MALFORMED_KINDS,
     Generated,
@@ -8,4 +8,11 @@ from streams.sources.synthetic import (
     TransactionGenerator,
 )
 
-__all__ = ["MALFORMED_KINDS", "Generated", "GeneratorConfig", "TransactionGenerator", "read_jsonl"]
+__all__ = [
+    "MALFORMED_KINDS",
+    "Generated",
+    "GeneratorConfig",
+    "TransactionGenerator",
+    "read_jsonl",
+    "read_labels",
+]

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_jsonl"]
+__all__ = ["read_jsonl", "read_labels"]
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str | None, bytes]]:
@@ -25,3 +25,19 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str | None, bytes]]:
             except ValueError:
                 key = None
             yield (key if isinstance(key, str) else None), line
+
+
+def read_labels(path: str | Path) -> dict[str, tuple[int, str | None]]:
+    """Ground truth from a JSON Lines file of ``vigil.labels`` records: tx_id -> (label,
+    typology). A line that is not a label record raises ValueError naming file and line."""
+    truth: dict[str, tuple[int, str | None]] = {}
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                truth[str(doc["tx_id"])] = (int(doc["label"]), doc.get("typology"))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"{path}:{n}: not a label record ({exc!r})") from None
+    return truth

@@ -197,3 +197,38 @@ def test_bench_features_reports_its_workload_as_json():
         stages["features"] + stages["rules"], abs=0.011
     )
     assert sum(stages.values()) <= report["us_per_tx"] + 0.1
+
+
+def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_path):
+    from models.serving import load_latest
+    from streams.features.library import FEATURE_SPEC
+
+    tx, labels, models = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl", tmp_path / "models"
+    made = runner.invoke(
+        app,
+        [
+            "generate",
+            *("--count", "12000", "--accounts", "400", "--seed", "5"),
+            *("--typology-rate", "0.006", "--flow-typology-rate", "0.003"),
+            *("--out", str(tx), "--labels", str(labels)),
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "risk",
+            *("--input", str(tx), "--labels", str(labels)),
+            *("--holdout-days", "3", "--out", str(models), "--json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert set(report["models"]) == {"rules_only", "lightgbm", "nn", "hybrid"}
+    assert report["positives"] > 0
+    scorer = load_latest(models, FEATURE_SPEC.label)
+    assert scorer is not None and scorer.version == report["version"]
+    # --input without --labels is a usage error, not a crash
+    bad = runner.invoke(app, ["train", "risk", "--input", str(tx), "--out", str(models)])
+    assert bad.exit_code == 2 and "go together" in bad.output
