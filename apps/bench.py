@@ -109,9 +109,26 @@ def bench_risk(
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "consume_wait_p50_ms": percentile(waits, 50),
+        "consume_wait_p99_ms": percentile(waits, 99),
+        # from the worker taking the batch to its outputs: the pipeline's own latency
+        "process_p99_ms": percentile(
+            [float(r["processed_ms"] - r["consumed_ms"]) for r in scored.values()], 99
+        ),
         "timed_out": len(scored) < events,
         "model_versions": sorted({r["model_version"] for r in scored.values()}),
+        # p99 by tenth of the run (in publish order): where the slow records are
+        "p99_ms_by_tenth": _by_tenth(ids, publish_ms, scored),
     }
+
+
+def _by_tenth(ids: list[str], publish_ms: dict[str, int], scored: dict[str, dict]) -> list:
+    done = [t for t in ids if t in scored and t in publish_ms]
+    out = []
+    for k in range(10):
+        part = done[k * len(done) // 10 : (k + 1) * len(done) // 10]
+        lat = [float(scored[t]["processed_ms"] - publish_ms[t]) for t in part]
+        out.append(percentile(lat, 99) if lat else None)
+    return out
 
 
 def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> dict[str, Any]:

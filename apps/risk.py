@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import Counter
 from typing import Any
 
 import faust
@@ -185,6 +187,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     def load_state(account_id: str) -> dict[str, Any] | None:
         return state.get(account_id.encode())
 
+    phases: Counter[str] = Counter()  # seconds per phase of the batch loop, and batches
+
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
@@ -199,12 +203,16 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 )
                 for ev in events
             ]
+            t0 = time.perf_counter()
             result = pipeline.process(records, load_state, consumed_ms)
+            t1 = time.perf_counter()
             outputs.produce(topics.scores, result.scores)
             outputs.produce(topics.alerts, result.alerts)
             outputs.produce(topics.dlq, result.dead)
             outputs.produce_to(topics.inflows, result.inflows)
+            t2 = time.perf_counter()
             await outputs.flush()  # outputs durable before state: see module notes
+            t3 = time.perf_counter()
             # No await below: the stream's background buffering reads current_event too.
             previous = stream.current_event
             for account_id, i in result.last_index.items():
@@ -214,8 +222,16 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 state[account_id.encode()] = snapshot
                 pipeline.remember(account_id, snapshot, account)
             stream._set_current_event(previous)
+            t4 = time.perf_counter()
             for ev in events:
                 await stream.ack(ev)
+            spent = phases
+            spent["pipeline"] += t1 - t0
+            spent["produce"] += t2 - t1
+            spent["flush"] += t3 - t2
+            spent["save"] += t4 - t3
+            spent["ack"] += time.perf_counter() - t4
+            spent["batches"] += 1
 
     @app.timer(STATS_EVERY_S)
     async def report() -> None:
@@ -236,6 +252,12 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             c["ruleset_swaps"],
             c["ruleset_rejected"],
         )
+        if phases["batches"]:
+            log.info(
+                "batches=%d seconds: %s",
+                phases["batches"],
+                " ".join(f"{k}={v:.2f}" for k, v in phases.items() if k != "batches"),
+            )
 
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for in-process inspection
     return app
