@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Producer
 
 from apps.kafka import make_producer, make_reader, read_from_start
 
@@ -49,9 +49,12 @@ def publish(
     on_sent: Callable[[int, bytes], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     flush_timeout_s: float = 30.0,
+    producer: Producer | None = None,
 ) -> Published:
-    """Publish ``(key, value)`` records at ``rate``/s; ``on_sent(n, value)`` after each."""
-    producer = make_producer(bootstrap)
+    """Publish ``(key, value)`` records at ``rate``/s; ``on_sent(n, value)`` after each.
+    ``producer``: reuse a connected one (its start-up, idempotent-producer handshake
+    included, then costs nothing here)."""
+    producer = producer or make_producer(bootstrap)
     result = Published()
 
     def delivered(err: KafkaError | None, _msg: Any) -> None:
