@@ -532,6 +532,12 @@ def train_risk(
     ),
     seed: int = typer.Option(7, help="generator and training seed"),
     accounts: int = typer.Option(1000, min=10, help="generated account population"),
+    typology_rate: float = typer.Option(
+        0.004, min=0, max=1, help="generated: share of events that start an injected AML case"
+    ),
+    flow_typology_rate: float = typer.Option(
+        0.002, min=0, max=1, help="generated: share that start a fan-in/pass-through/... case"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
 ) -> None:
     """Train the GBDT+NN risk model, evaluate it against rules-only, LightGBM-only and
@@ -556,7 +562,13 @@ def train_risk(
         if input is not None and labels is not None:
             history = history_from_files(str(input), str(labels))
         else:
-            history = history_from_generator(days, seed=seed, accounts=accounts)
+            history = history_from_generator(
+                days,
+                seed=seed,
+                accounts=accounts,
+                typology_rate=typology_rate,
+                flow_typology_rate=flow_typology_rate,
+            )
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
