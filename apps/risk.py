@@ -155,12 +155,12 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         model = load_latest(settings.models_path, FEATURE_SPEC.label)
     except ModelError as exc:
         log.error("model refused: %s; scoring with rules only", exc)
-        model = None
-    if model is None:
-        log.info("no model under %s: scoring with rules only", settings.models_path)
     else:
-        pipeline.model.swap(model)
-        log.info("model %s loaded from %s", model.version, settings.models_path)
+        if model is None:
+            log.info("no model under %s: scoring with rules only", settings.models_path)
+        else:
+            pipeline.model.swap(model)
+            log.info("model %s loaded from %s", model.version, settings.models_path)
     log.info(
         "ruleset %s version %s (%d rules); feature spec %s (%d features)",
         pipeline.ruleset.name,

@@ -72,7 +72,7 @@ class HybridScorer:
         self.version = version
 
     @classmethod
-    def from_bytes(cls, files: dict[str, bytes], spec: str, version: str) -> HybridScorer:
+    def from_bytes(cls, files: dict[str, bytes], version: str) -> HybridScorer:
         try:
             return cls(files["gbdt.onnx"], files["hybrid.onnx"], files["booster.txt"], version)
         except KeyError as exc:
@@ -100,7 +100,7 @@ class HybridScorer:
             if hashlib.sha256(data).hexdigest() != digest:
                 raise ModelError(f"{path}: sha256 does not match the manifest (changed or torn)")
             files[name] = data
-        return cls.from_bytes(files, expected_spec, manifest["version"])
+        return cls.from_bytes(files, manifest["version"])
 
     def score_batch(self, features: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)

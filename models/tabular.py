@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightgbm as lgb
@@ -228,31 +228,23 @@ class HybridModel:
     nn_only: TabularNet
     gbdt_calibration: tuple[float, float]
     config: TabularConfig
-    log: list[str] = field(default_factory=list)
-
-    def gbdt_prob(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(x), dtype=np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Hybrid probability per row (float32 features, NaN = missing)."""
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            p = torch.from_numpy(self.gbdt_prob(x))
+            p = torch.from_numpy(np.asarray(self.booster.predict(x), dtype=np.float32))
             return self.hybrid(xt, p).numpy()
 
-    def predict_nn_only(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.nn_only(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
-    def predict_gbdt(self, x: np.ndarray) -> np.ndarray:
-        a, b = self.gbdt_calibration
-        raw = self.booster.predict(x, raw_score=True)
-        return 1 / (1 + np.exp(-np.clip(a * raw + b, -500, 500)))
-
-
-def _sigmoid64(net: TabularNet, z: np.ndarray) -> np.ndarray:
-    a, b = (float(v) for v in net.calibration)
+def _calibrated(z: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``sigmoid(a z + b)`` in float64 (no saturation at the confident end)."""
     return 1 / (1 + np.exp(-np.clip(a * z + b, -500, 500)))
+
+
+def _net_prob(net: TabularNet, z: np.ndarray) -> np.ndarray:
+    a, b = (float(v) for v in net.calibration)
+    return _calibrated(z, a, b)
 
 
 def _lgb_params(cfg: TabularConfig) -> dict:
@@ -395,9 +387,9 @@ def evaluate(model: HybridModel, test: History, rate: float = 0.01) -> dict:
     x = test.features
     scores = {
         "rules_only": test.rule_scores,
-        "lightgbm": model.predict_gbdt(x),
-        "nn": _sigmoid64(model.nn_only, _logits(model.nn_only, x, None)),
-        "hybrid": _sigmoid64(model.hybrid, _logits(model.hybrid, x, _gbdt_logit(model.booster, x))),
+        "lightgbm": _calibrated(model.booster.predict(x, raw_score=True), *model.gbdt_calibration),
+        "nn": _net_prob(model.nn_only, _logits(model.nn_only, x, None)),
+        "hybrid": _net_prob(model.hybrid, _logits(model.hybrid, x, _gbdt_logit(model.booster, x))),
     }
     y = test.labels
     typologies = sorted({t for t, label in zip(test.typologies, y, strict=True) if label and t})
@@ -449,7 +441,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
         "hybrid.onnx": hybrid,
         "booster.txt": model.booster.model_to_string().encode(),
     }
-    scorer = HybridScorer.from_bytes(files, FEATURE_SPEC.label, "parity-check")
+    scorer = HybridScorer.from_bytes(files, "parity-check")
     want = model.predict(check)
     got = scorer.score_batch(check)
     worst = float(np.max(np.abs(got - want))) if len(check) else 0.0

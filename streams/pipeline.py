@@ -190,7 +190,7 @@ class RiskPipeline:
         ruleset, shadow = self.ruleset, self.shadow  # swapped only between batches
         ruleset_version = ruleset.label
         model_scores = scorer.score_batch(matrix)
-        alerted: list[tuple[int, int]] = []  # (row, alert index): explained below
+        alerts: list[tuple[int, bytes, dict]] = []  # (row, key, alert): explained, then encoded
         needed = ruleset.names | (shadow.names if shadow else frozenset())
         cols = self._columns(fresh, matrix, needed)
         all_firings = ruleset.evaluate_batch(cols, len(fresh))
@@ -222,7 +222,6 @@ class RiskPipeline:
                 record["shadow"] = self._shadow(shadow, shadow_firings[i], model_score)
             out.scores.append((key, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)))
             if decision != "allow":
-                alerted.append((i, len(out.alerts)))
                 alert = {
                     "alert_id": alert_id(tx.tx_id, decision, firings, scorer.version),
                     "tx_id": tx.tx_id,
@@ -238,16 +237,17 @@ class RiskPipeline:
                     "ruleset_version": ruleset_version,
                     "processed_ms": processed_ms,
                 }
-                out.alerts.append((key, orjson.dumps(alert)))
-        if alerted and model_scores is not None and hasattr(scorer, "explain"):
-            self._explain(out, scorer, matrix, model_scores, alerted)
+                alerts.append((i, key, alert))
+        if alerts and model_scores is not None and hasattr(scorer, "explain"):
+            self._explain(alerts, scorer, matrix, model_scores)
+        out.alerts = [(key, orjson.dumps(alert)) for _i, key, alert in alerts]
         self.counters["scored"] += len(out.scores)
         self.counters["alerts"] += len(out.alerts)
         spent = self.stage_seconds
         spent["decode"] += t1 - t0
         spent["state"] += t2 - t1
         spent["features"] += t3 - t2
-        spent["rules"] += t4 - t3  # includes the model call (none yet: rules-only)
+        spent["rules"] += t4 - t3  # includes the model call
         spent["outputs"] += time.perf_counter() - t4
         return out
 
@@ -261,7 +261,8 @@ class RiskPipeline:
             if r.key is None or r.partition in checked:
                 continue
             checked.add(r.partition)
-            if partition_for(r.key, self.partitions) != r.partition:
+            expected = partition_for(r.key, self.partitions)
+            if expected != r.partition:
                 if not self.counters["misrouted"]:
                     log.warning(
                         "transaction key %r arrived on partition %d, Kafka's default "
@@ -269,7 +270,7 @@ class RiskPipeline:
                         "partitioner=murmur2_random) or inflow features will be incomplete",
                         r.key,
                         r.partition,
-                        partition_for(r.key, self.partitions),
+                        expected,
                     )
                 self.counters["misrouted"] += 1
 
@@ -345,14 +346,11 @@ class RiskPipeline:
             out.inflows.append((partition, encode_inflows(batch)))
 
     @staticmethod
-    def _explain(out, scorer, matrix, model_scores, alerted) -> None:
+    def _explain(alerts: list[tuple[int, bytes, dict]], scorer, matrix, model_scores) -> None:
         """Add the model's reason to alerts: its score and the GBDT's top contributing
         features (computed for alerted rows only)."""
-        rows = [i for i, _ in alerted]
-        tops = scorer.explain(matrix[rows], FEATURE_SPEC.names)
-        for (i, at), top in zip(alerted, tops, strict=True):
-            key, value = out.alerts[at]
-            alert = orjson.loads(value)
+        tops = scorer.explain(matrix[[i for i, _, _ in alerts]], FEATURE_SPEC.names)
+        for (i, _key, alert), top in zip(alerts, tops, strict=True):
             listed = ", ".join(f"{name} ({weight:+.2f})" for name, weight in top)
             alert["reasons"].append(
                 {
@@ -362,7 +360,6 @@ class RiskPipeline:
                     "features": [{"name": n, "contribution": round(w, 6)} for n, w in top],
                 }
             )
-            out.alerts[at] = (key, orjson.dumps(alert))
 
     def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:
         """What the shadow ruleset would have decided: recorded, never alerted."""

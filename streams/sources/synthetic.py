@@ -291,15 +291,13 @@ class TransactionGenerator:
                     (payer, collector.account_id, ts_ms + rng.randrange(6 * HOUR_MS), amount)
                 )
             out_at = ts_ms + 6 * HOUR_MS + rng.randrange(18 * HOUR_MS)
-            moves.append((collector, f"cp-x-{rng.randrange(10**8):08d}", out_at, total * 0.95))
+            moves.append((collector, self._outside_payee(), out_at, total * 0.95))
         elif typology == "pass_through":
             mule = self._side_account("mul")
             amount = rng.uniform(5000, 80000)
             moves.append((acct, mule.account_id, ts_ms, amount))
             out_at = ts_ms + HOUR_MS + rng.randrange(5 * HOUR_MS)
-            moves.append(
-                (mule, f"cp-x-{rng.randrange(10**8):08d}", out_at, amount * rng.uniform(0.85, 0.98))
-            )
+            moves.append((mule, self._outside_payee(), out_at, amount * rng.uniform(0.85, 0.98)))
         elif typology == "scatter_gather":
             collector = self._side_account("col")
             gathered = 0.0
@@ -318,7 +316,7 @@ class TransactionGenerator:
                     )
                 )
             out_at = ts_ms + 10 * HOUR_MS + rng.randrange(12 * HOUR_MS)
-            moves.append((collector, f"cp-x-{rng.randrange(10**8):08d}", out_at, gathered * 0.95))
+            moves.append((collector, self._outside_payee(), out_at, gathered * 0.95))
         elif typology == "round_tripping":
             other = self._side_account("rtp")
             amount = rng.uniform(5000, 50000)
@@ -332,6 +330,10 @@ class TransactionGenerator:
             tx = self._tx(payer, at, amount, counterparty_id=payee, channel="wire")
             item = Generated(payer.account_id, tx, label=1, typology=typology, case=case)
             self._schedule(item, at)
+
+    def _outside_payee(self) -> str:
+        """A payee outside the bank: where laundered money leaves."""
+        return f"cp-x-{self._rng.randrange(10**8):08d}"
 
     def _side_account(self, prefix: str) -> _Account:
         """An account outside the everyday population (no ordinary traffic)."""
