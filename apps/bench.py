@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -10,14 +11,16 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from apps.broker import ensure_topics
+from apps.broker import check_copartitioned, ensure_topics
 from apps.clients import publish, read_topic
 from apps.kafka import make_producer
 from apps.process import WorkerProcess
 from apps.session import broker_for
 from apps.settings import Settings
+from streams.partitioning import partition_for
 from streams.pipeline import now_ms
 from streams.sources import GeneratorConfig, TransactionGenerator
+from streams.topics import TopicNames
 
 __all__ = ["bench_risk", "bench_features", "bench_scoring", "percentile"]
 
@@ -37,12 +40,13 @@ def bench_risk(
     rate: float = 0.0,
     timeout_s: float = 300.0,
     seed: int = 7,
+    workers: int = 1,
     console: Console | None = None,
 ) -> dict[str, Any]:
     say = console.print if console else (lambda *_a, **_k: None)
     # A fresh namespace: counts are not mixed with earlier runs.
     namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
-    topics = settings.model_copy(update={"namespace": namespace}).topics
+    topics = TopicNames(namespace)
     with broker_for(settings) as (bootstrap, embedded):
         say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
         ensure_topics(bootstrap, topics.all(settings.partitions))
@@ -53,25 +57,49 @@ def bench_risk(
             # the model in the loop: the newest under the configured models directory
             "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
         }
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = settings.state_dir / f"{namespace}-worker.log"
-        with WorkerProcess("risk", env, log_path) as worker:
-            # Warm-up: one transaction whose score proves the worker has joined the group.
-            warm = TransactionGenerator(GeneratorConfig(seed=999, accounts=1)).take(1)[0]
+        with contextlib.ExitStack() as stack:
+            group = [
+                stack.enter_context(
+                    WorkerProcess("risk", env, log_path.with_suffix(f".{i}.log") if i else log_path)
+                )
+                for i in range(workers)
+            ]
+            # Warm-up: one transaction per partition, whose scores prove every partition has
+            # an owner (workers started together join the group in one generation)
+            partitions = check_copartitioned(bootstrap, [topics.transactions])
+            warm: dict[int, Any] = {}
+            for g in TransactionGenerator(GeneratorConfig(seed=999, accounts=200)).take(2000):
+                if g.tx is not None:
+                    warm.setdefault(partition_for(g.key.encode(), partitions), g)
             # one producer for warm-up and run: its connection and idempotence handshake
             # (hundreds of ms) must not count as pipeline latency
             producer = make_producer(bootstrap)
-            publish(bootstrap, topics.transactions, [(warm.key, warm.value)], producer=producer)
-            deadline = time.monotonic() + 120
-            for _ in read_topic(
+            sent = publish(
                 bootstrap,
-                topics.scores,
-                follow=True,
-                limit=1,
-                should_stop=lambda: time.monotonic() > deadline,
-            ):
-                break
-            else:
-                raise RuntimeError(f"worker produced no score within 120 s; see {log_path}")
+                topics.transactions,
+                [(g.key, g.value) for g in warm.values()],
+                producer=producer,
+            )
+            if sent.failed:
+                raise RuntimeError(f"{sent.failed} warm-up transactions were not delivered")
+            deadline = time.monotonic() + 120
+            got = sum(
+                1
+                for _ in read_topic(
+                    bootstrap,
+                    topics.scores,
+                    follow=True,
+                    limit=len(warm),
+                    should_stop=lambda: time.monotonic() > deadline,
+                )
+            )
+            if got < len(warm):
+                raise RuntimeError(
+                    f"workers scored {got} of {len(warm)} warm-up transactions within 120 s; "
+                    f"see {log_path}"
+                )
             say("worker ready; generating")
             gen = TransactionGenerator(GeneratorConfig(seed=seed))
             batch = [(g.key, g.value, g.tx["tx_id"]) for g in gen.take(events) if g.tx]
@@ -97,12 +125,18 @@ def bench_risk(
                 topics.scores,
                 follow=True,
                 should_stop=lambda: (
-                    len(scored) >= events or time.monotonic() > deadline or not worker.running
+                    len(scored) >= events
+                    or time.monotonic() > deadline
+                    or not all(w.running for w in group)
                 ),
             ):
                 if isinstance(value, dict) and value.get("tx_id") in publish_ms:
                     scored.setdefault(value["tx_id"], value)
-            alerts = sum(1 for _ in read_topic(bootstrap, topics.alerts))
+            alerts = sum(
+                1
+                for _k, value, _ts in read_topic(bootstrap, topics.alerts)
+                if isinstance(value, dict) and value.get("tx_id") in publish_ms
+            )
             dlq = sum(1 for _ in read_topic(bootstrap, topics.dlq))
     latencies = [float(r["processed_ms"] - publish_ms[t]) for t, r in scored.items()]
     waits = [float(r["consumed_ms"] - publish_ms[t]) for t, r in scored.items()]
@@ -112,7 +146,7 @@ def bench_risk(
     return {
         "events": events,
         "scored": len(scored),
-        "alerts": alerts,  # the warm-up transaction is never flagged
+        "alerts": alerts,
         "dlq": dlq,
         "tps": round(len(scored) / (span_ms / 1000), 1) if span_ms > 0 else None,
         "p50_ms": percentile(latencies, 50),

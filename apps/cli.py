@@ -499,15 +499,18 @@ def bench_risk(
     events: int = typer.Option(20000, min=1, help="transactions to publish"),
     rate: float = typer.Option(0, min=0, help="publish rate (0 = as fast as possible)"),
     timeout: float = typer.Option(300, min=1, help="seconds to wait for every score"),
+    workers: int = typer.Option(1, min=1, help="risk worker processes (one consumer group)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Publish N synthetic transactions, run the risk worker, measure tps and latency."""
+    """Publish N synthetic transactions, run the risk worker(s), measure tps and latency."""
     from apps.bench import bench_risk as run
 
     settings = _settings()
     _logging(settings)
     logging.getLogger().setLevel(logging.WARNING)
-    result = run(settings, events=events, rate=rate, timeout_s=timeout, console=console)
+    result = run(
+        settings, events=events, rate=rate, timeout_s=timeout, workers=workers, console=console
+    )
     if as_json:
         print(json.dumps(result))
     else:

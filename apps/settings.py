@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -67,8 +66,9 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         return self.model_dir or self.state_dir / "models"
 
-    @cached_property
+    @property
     def topics(self) -> TopicNames:
+        # not cached: a cached value would survive model_copy(update={"namespace": ...})
         return TopicNames(self.namespace)
 
 

@@ -69,6 +69,18 @@ def test_consume_prints_a_table_or_json_lines(settings, monkeypatch):
     assert [json.loads(x) for x in lines.output.splitlines()] == [alert]
 
 
+def test_a_settings_copy_in_another_namespace_names_its_own_topics():
+    from apps.settings import Settings
+
+    base = Settings(namespace="one")
+    assert base.topics.transactions == "one.transactions"
+    other = base.model_copy(update={"namespace": "two"})
+    assert (other.topics.transactions, other.topics.scores) == (
+        "two.transactions",
+        "two.risk.scores",
+    )
+
+
 def test_an_unreachable_broker_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     result = runner.invoke(app, ["publish", "transactions", "--count", "3"])
@@ -232,3 +244,18 @@ def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_
     # --input without --labels is a usage error, not a crash
     bad = runner.invoke(app, ["train", "risk", "--input", str(tx), "--out", str(models)])
     assert bad.exit_code == 2 and "go together" in bad.output
+
+
+@pytest.mark.integration
+def test_bench_risk_with_two_workers_scores_every_event_once(settings):
+    from apps.bench import bench_risk
+    from streams.sources import GeneratorConfig, TransactionGenerator
+
+    events = 400
+    settings.topics.all(settings.partitions)  # the bench runs in a namespace of its own
+    report = bench_risk(settings, events=events, workers=2, timeout_s=120)
+    gen = TransactionGenerator(GeneratorConfig(seed=7)).take(events)
+    valid = sum(1 for g in gen if g.tx is not None)
+    assert report["events"] == events and report["scored"] == valid == events
+    assert not report["timed_out"] and report["model_versions"] == ["rules-only"]
+    assert report["p50_ms"] <= report["p99_ms"] and len(report["p99_ms_by_tenth"]) == 10
