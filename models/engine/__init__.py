@@ -1,0 +1,27 @@
+"""The compute engine under training: AllReduce algorithms over torch.distributed, the
+processes that run them, (later) precision scheduling and checkpoints."""
+
+from models.engine.allreduce import (
+    ALGORITHMS,
+    Communicator,
+    HookState,
+    Topology,
+    all_reduce_coalesced,
+    comm_hook,
+    discover_topology,
+)
+from models.engine.distributed import DistributedError, Rendezvous, init_from_env, spawn
+
+__all__ = [
+    "ALGORITHMS",
+    "Communicator",
+    "DistributedError",
+    "HookState",
+    "Rendezvous",
+    "Topology",
+    "all_reduce_coalesced",
+    "comm_hook",
+    "discover_topology",
+    "init_from_env",
+    "spawn",
+]

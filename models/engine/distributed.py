@@ -1,0 +1,190 @@
+"""Starting data-parallel processes on one machine, with emulated nodes.
+
+``spawn(fn, nprocs, nodes)`` runs ``fn(*args)`` in ``nprocs`` fresh processes joined by one
+gloo (or NCCL) rendezvous and returns what each rank returned, in rank order. Ranks are
+split evenly over ``nodes`` emulated nodes: rank r is on node ``r // (nprocs // nodes)``,
+which it reports as its node name (``VIGIL_NODE``) instead of the hostname they all share.
+Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` set) ``init_from_env`` joins the
+job torchrun started; the node name is then the hostname unless ``VIGIL_NODE`` says
+otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistributedError",
+    "Rendezvous",
+    "backend_for",
+    "free_port",
+    "init_from_env",
+    "node_name",
+    "spawn",
+]
+
+NODE_ENV = "VIGIL_NODE"
+
+
+class DistributedError(RuntimeError):
+    """A rank failed, or the job could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def node_name() -> str:
+    """This rank's node: ``VIGIL_NODE`` (emulated nodes) or the hostname."""
+    return os.environ.get(NODE_ENV) or socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where ranks meet: rank 0 hosts a TCP store at ``addr:port``."""
+
+    addr: str
+    port: int
+    world_size: int
+    backend: str = "gloo"
+    timeout_s: float = 120.0
+
+    def init(self, rank: int) -> None:
+        dist.init_process_group(
+            self.backend,
+            init_method=f"tcp://{self.addr}:{self.port}",
+            rank=rank,
+            world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=self.timeout_s),
+        )
+
+
+def init_from_env(backend: str = "gloo", timeout_s: float = 120.0) -> tuple[int, int]:
+    """Join a job started by torchrun (or anything that sets the ``env://`` variables).
+    Returns ``(rank, world_size)``."""
+    missing = [
+        k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+    ]
+    if missing:
+        raise DistributedError(f"not started by torchrun: {', '.join(missing)} not set")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _node_of(rank: int, nprocs: int, nodes: int) -> int:
+    return rank // (nprocs // nodes)
+
+
+def _entry(
+    fn: Callable[..., Any],
+    rank: int,
+    rdzv: Rendezvous,
+    node: str,
+    args: Sequence[Any],
+    results: Any,
+) -> None:
+    os.environ[NODE_ENV] = node
+    torch.set_num_threads(1)  # ranks share the machine's cores
+    try:
+        rdzv.init(rank)
+    except BaseException:
+        results.put((rank, False, (time.time(), traceback.format_exc())))
+        raise SystemExit(1) from None
+    try:
+        value = fn(*args)
+        # pickled here: a queue pickles in a background thread and drops what fails there
+        results.put((rank, True, pickle.dumps(value)))
+    except BaseException:
+        # reported before the process group closes: closing breaks the other ranks, whose
+        # errors must not look like the cause
+        results.put((rank, False, (time.time(), traceback.format_exc())))
+        raise SystemExit(1) from None
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(
+    fn: Callable[..., Any],
+    nprocs: int,
+    nodes: int = 1,
+    args: Sequence[Any] = (),
+    backend: str = "gloo",
+    timeout_s: float = 300.0,
+) -> list[Any]:
+    """Run ``fn(*args)`` on ``nprocs`` ranks (``nodes`` emulated nodes) and return each
+    rank's result. ``fn`` must be importable (a module-level function). Any rank's failure
+    raises ``DistributedError`` with that rank's traceback; the other ranks are stopped."""
+    if nprocs < 1 or nodes < 1 or nprocs % nodes:
+        raise DistributedError(f"{nprocs} processes cannot be split evenly over {nodes} nodes")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    rdzv = Rendezvous("127.0.0.1", free_port(), nprocs, backend, timeout_s)
+    procs = [
+        ctx.Process(
+            target=_entry,
+            args=(fn, r, rdzv, f"node{_node_of(r, nprocs, nodes)}", args, results),
+            daemon=False,
+        )
+        for r in range(nprocs)
+    ]
+    for p in procs:
+        p.start()
+    out: dict[int, Any] = {}
+    failures: list[tuple[float, int, str]] = []  # (when, rank, traceback)
+    failure: str | None = None
+    try:
+        while len(out) < nprocs and failure is None:
+            try:
+                rank, ok, value = results.get(timeout=1.0)
+            except queue.Empty:  # ranks that ended without a word
+                gone = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in out]
+                if gone and results.empty():
+                    failure = f"rank {gone[0]} exited with code {procs[gone[0]].exitcode}"
+                continue
+            if ok:
+                out[rank] = pickle.loads(value)
+                continue
+            failures.append((*value[:1], rank, value[1]))
+            # the first rank to fail is the cause; the others fail on their broken connections
+            # to it, and their reports can arrive first
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end and len(failures) + len(out) < nprocs:
+                try:
+                    r, ok, v = results.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    break
+                if not ok:
+                    failures.append((v[0], r, v[1]))
+            failures.sort()
+            _, first, trace = failures[0]
+            others = ", ".join(str(r) for _, r, _ in failures[1:])
+            failure = f"rank {first} failed:\n{trace}" + (
+                f"(then ranks {others} failed too)" if others else ""
+            )
+    finally:
+        for p in procs:
+            if failure is not None and p.is_alive():
+                p.kill()
+            p.join(timeout=timeout_s)
+    if failure is not None:
+        raise DistributedError(failure)
+    return [out[r] for r in range(nprocs)]
