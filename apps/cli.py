@@ -646,6 +646,55 @@ def bench_scoring_cmd(
             out.print(f"{k:>16}: {v}")
 
 
+@bench_app.command("allreduce")
+def bench_allreduce_cmd(
+    nodes: int = typer.Option(2, min=2, help="emulated nodes (node 2.. in network namespaces)"),
+    procs_per_node: int = typer.Option(2, "--procs-per-node", min=1, help="ranks per node"),
+    link_mbit: float = typer.Option(
+        200, "--link-mbit", min=1, help="inter-node link bandwidth, each way (tc tbf)"
+    ),
+    sizes: str = typer.Option("1MB,16MB,64MB", help="tensor sizes (binary units: 1MB = 2**20 B)"),
+    iters: int = typer.Option(5, min=1, help="timed all-reduces per size and algorithm"),
+    algorithms: str = typer.Option("flat,hierarchical,leader", help="algorithms to compare"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Flat vs hierarchical AllReduce across emulated nodes behind a shaped link: median
+    latency (slowest rank), algbw, busbw and utilisation of the link. Needs root."""
+    from models.engine import ALGORITHMS
+    from models.engine.bench import bench_allreduce, parse_sizes
+    from models.engine.linkemu import LinkEmulationError
+
+    chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
+    unknown = sorted(set(chosen) - set(ALGORITHMS))
+    try:
+        if unknown:
+            raise ValueError(f"unknown algorithm {unknown[0]!r}; choose from {list(ALGORITHMS)}")
+        byte_sizes = parse_sizes(sizes)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        result = bench_allreduce(
+            nodes, procs_per_node, link_mbit, byte_sizes, iters, chosen, say=console.print
+        )
+    except LinkEmulationError as exc:
+        console.print(f"[red]error:[/] cannot emulate the inter-node link here: {exc}")
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    for r in result["runs"]:
+        out.print(
+            f"{r['size_bytes'] / 2**20:>8.2f} MB {r['algorithm']:>12}: {r['latency_ms']:>9.1f} ms"
+            f"  algbw {r['algbw_MBps']:>7.1f} MB/s  busbw {r['busbw_MBps']:>7.1f} MB/s"
+            f"  link {r['link_utilization']:.0%}" + ("" if r["correct"] else "  WRONG SUM")
+        )
+    out.print(f"speedup over flat: {result['speedup']}")
+
+
 def main() -> None:
     app()
 

@@ -93,6 +93,7 @@ class Communicator:
     inter: object = field(init=False)  # the ranks with this rank's local rank, one per node
     node: tuple[int, ...] = field(init=False)
     peers: tuple[int, ...] = field(init=False)
+    chunk_bytes: int = 2**20  # hierarchical: the pipeline's unit (fp32 bytes)
 
     def __post_init__(self) -> None:
         rank = dist.get_rank()
@@ -138,25 +139,45 @@ class Communicator:
         return tensor
 
     def _hierarchical(self, work: torch.Tensor) -> torch.Tensor:
+        # Pipelined in chunks: chunk c's all-reduce over the link runs while chunk c+1 is
+        # reduce-scattered inside the node, so the link does not wait for the local steps.
         local = len(self.node)
         n = work.numel()
-        padded = -(-n // local) * local  # each local rank owns one equal shard
+        chunk = max(local, self.chunk_bytes // 4 // local * local)  # elements, local | chunk
+        chunks = -(-n // chunk)
+        chunk = -(-n // (chunks * local)) * local  # spread evenly: (chunks, local, shard)
+        padded = chunks * chunk
         if padded != n:
             buf = torch.zeros(padded, dtype=work.dtype, device=work.device)
             buf[:n] = work
         else:
             buf = work
-        shard = torch.empty(padded // local, dtype=work.dtype, device=work.device)
-        if local > 1:
-            _reduce_scatter(shard, buf, group=self.intra)
+        parts = buf.view(chunks, chunk)
+        shards = torch.empty(chunks, chunk // local, dtype=work.dtype, device=work.device)
+        if local > 1:  # queued on the node's group; they run in order
+            scattered = [
+                _reduce_scatter(shards[c], parts[c], group=self.intra, async_op=True)
+                for c in range(chunks)
+            ]
         else:
-            shard.copy_(buf)
-        if len(self.peers) > 1:
-            dist.all_reduce(shard, group=self.inter)
-        if local > 1:
-            _all_gather(buf, shard, group=self.intra)
-        else:
-            buf.copy_(shard)
+            shards.copy_(parts)
+            scattered = [None] * chunks
+        reduced = []
+        for c in range(chunks):
+            if scattered[c] is not None:
+                scattered[c].wait()
+            if len(self.peers) > 1:
+                reduced.append(dist.all_reduce(shards[c], group=self.inter, async_op=True))
+        gathered = []
+        for c in range(chunks):  # chunk c gathers while later chunks are on the link
+            if reduced:
+                reduced[c].wait()
+            if local > 1:
+                gathered.append(_all_gather(parts[c], shards[c], group=self.intra, async_op=True))
+            else:
+                parts[c].copy_(shards[c])
+        for w in gathered:
+            w.wait()
         return buf
 
     def _leader(self, work: torch.Tensor) -> None:

@@ -43,6 +43,12 @@ def _reduce_everything() -> dict:
                 t = _input(rank, size, dtype)
                 comm.all_reduce(t, algorithm)
                 out["results"][(size, str(dtype), algorithm)] = t
+    # the hierarchical pipeline cut into many small chunks (uneven last chunk)
+    chunked = Communicator(topology, chunk_bytes=4096)
+    for size in SIZES:
+        for dtype in DTYPES:
+            t = _input(rank, size, dtype)
+            out["results"][(size, str(dtype), "chunked")] = chunked.all_reduce(t, "hierarchical")
     # 256 + 1 + 1 + 1: bf16 sums would stay at 256 (its spacing there is 2); fp32 gives 259
     for algorithm in ALGORITHMS:
         t = torch.full((5,), 256.0 if rank == 0 else 1.0, dtype=torch.bfloat16)
@@ -67,7 +73,7 @@ def test_ranks_on_the_same_emulated_node_form_one_group(reduced):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "chunked"])
 def test_every_algorithm_gives_the_sum_of_all_ranks(reduced, algorithm, dtype):
     for size in SIZES:
         want = sum(_input(r, size, dtype).double() for r in range(4))
