@@ -12,10 +12,12 @@ otherwise.
 from __future__ import annotations
 
 import datetime
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import socket
 import time
 import traceback
@@ -26,7 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger("vigil.engine.distributed")
+
 __all__ = [
+    "ATTEMPT_ENV",
     "DistributedError",
     "Rendezvous",
     "backend_for",
@@ -34,9 +39,11 @@ __all__ = [
     "init_from_env",
     "node_name",
     "spawn",
+    "supervise",
 ]
 
 NODE_ENV = "VIGIL_NODE"
+ATTEMPT_ENV = "VIGIL_ATTEMPT"  # 0 on the first start, 1.. after supervise() restarts
 
 
 class DistributedError(RuntimeError):
@@ -99,10 +106,12 @@ def _entry(
     rank: int,
     rdzv: Rendezvous,
     node: str,
+    attempt: int,
     args: Sequence[Any],
     results: Any,
 ) -> None:
     os.environ[NODE_ENV] = node
+    os.environ[ATTEMPT_ENV] = str(attempt)
     torch.set_num_threads(1)  # ranks share the machine's cores
     try:
         rdzv.init(rank)
@@ -133,15 +142,54 @@ def spawn(
     """Run ``fn(*args)`` on ``nprocs`` ranks (``nodes`` emulated nodes) and return each
     rank's result. ``fn`` must be importable (a module-level function). Any rank's failure
     raises ``DistributedError`` with that rank's traceback; the other ranks are stopped."""
+    return _attempt(fn, nprocs, nodes, args, backend, timeout_s, attempt=0)
+
+
+def supervise(
+    fn: Callable[..., Any],
+    nprocs: int,
+    nodes: int = 1,
+    args: Sequence[Any] = (),
+    max_restarts: int = 3,
+    backend: str = "gloo",
+    timeout_s: float = 600.0,
+    say: Callable[[str], None] = lambda _m: None,
+) -> list[Any]:
+    """``spawn`` that survives rank failures: when a rank dies (an exception, a signal,
+    SIGKILL included), every rank of the job is stopped and all are started again with a
+    fresh rendezvous, up to ``max_restarts`` times. ``fn`` resumes from its own checkpoints
+    (``VIGIL_ATTEMPT`` tells it which attempt it is). torchrun's own restarts did not
+    recover gloo workers on this machine: their old rendezvous and sockets linger."""
+    for attempt in range(max_restarts + 1):
+        try:
+            return _attempt(fn, nprocs, nodes, args, backend, timeout_s, attempt)
+        except DistributedError as exc:
+            if attempt == max_restarts:
+                raise DistributedError(f"gave up after {attempt + 1} attempts: {exc}") from None
+            first = str(exc).splitlines()[0]
+            log.warning("attempt %d failed (%s); restarting every rank", attempt + 1, first)
+            say(f"attempt {attempt + 1} failed ({first}); restarting every rank")
+    raise AssertionError("unreachable")
+
+
+def _attempt(
+    fn: Callable[..., Any],
+    nprocs: int,
+    nodes: int,
+    args: Sequence[Any],
+    backend: str,
+    timeout_s: float,
+    attempt: int,
+) -> list[Any]:
     if nprocs < 1 or nodes < 1 or nprocs % nodes:
-        raise DistributedError(f"{nprocs} processes cannot be split evenly over {nodes} nodes")
+        raise ValueError(f"{nprocs} processes cannot be split evenly over {nodes} nodes")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     rdzv = Rendezvous("127.0.0.1", free_port(), nprocs, backend, timeout_s)
     procs = [
         ctx.Process(
             target=_entry,
-            args=(fn, r, rdzv, f"node{_node_of(r, nprocs, nodes)}", args, results),
+            args=(fn, r, rdzv, f"node{_node_of(r, nprocs, nodes)}", attempt, args, results),
             daemon=False,
         )
         for r in range(nprocs)
@@ -150,41 +198,55 @@ def spawn(
         p.start()
     out: dict[int, Any] = {}
     failures: list[tuple[float, int, str]] = []  # (when, rank, traceback)
-    failure: str | None = None
     try:
-        while len(out) < nprocs and failure is None:
+        while len(out) < nprocs and not failures:
             try:
-                rank, ok, value = results.get(timeout=1.0)
-            except queue.Empty:  # ranks that ended without a word
+                rank, ok, value = results.get(timeout=0.5)
+            except queue.Empty:  # ranks that ended without a word (a signal, SIGKILL)
                 gone = [r for r, p in enumerate(procs) if p.exitcode is not None and r not in out]
                 if gone and results.empty():
-                    failure = f"rank {gone[0]} exited with code {procs[gone[0]].exitcode}"
+                    failures.append((time.time(), gone[0], _exit_text(procs[gone[0]].exitcode)))
                 continue
             if ok:
                 out[rank] = pickle.loads(value)
-                continue
-            failures.append((*value[:1], rank, value[1]))
-            # the first rank to fail is the cause; the others fail on their broken connections
-            # to it, and their reports can arrive first
+            else:
+                failures.append((value[0], rank, value[1]))
+        if failures:
+            # the first rank to fail is the cause; the others then fail on their broken
+            # connections to it, and their reports can arrive first
             end = time.monotonic() + 2.0
-            while time.monotonic() < end and len(failures) + len(out) < nprocs:
+            while time.monotonic() < end:
                 try:
                     r, ok, v = results.get(timeout=max(0.0, end - time.monotonic()))
                 except queue.Empty:
                     break
                 if not ok:
                     failures.append((v[0], r, v[1]))
-            failures.sort()
-            _, first, trace = failures[0]
-            others = ", ".join(str(r) for _, r, _ in failures[1:])
-            failure = f"rank {first} failed:\n{trace}" + (
-                f"(then ranks {others} failed too)" if others else ""
-            )
     finally:
         for p in procs:
-            if failure is not None and p.is_alive():
+            if failures and p.is_alive():
                 p.kill()
             p.join(timeout=timeout_s)
-    if failure is not None:
-        raise DistributedError(failure)
+    if failures:
+        signalled = [
+            (0.0, r, _exit_text(p.exitcode))
+            for r, p in enumerate(procs)
+            if p.exitcode is not None and p.exitcode < 0 and not any(f[1] == r for f in failures)
+        ]
+        ordered = sorted(signalled + failures)
+        _, first, trace = ordered[0]
+        others = sorted({r for _, r, _ in ordered[1:]} - {first})
+        raise DistributedError(
+            f"rank {first} failed: {trace}"
+            + (f"\n(then ranks {', '.join(map(str, others))} failed too)" if others else "")
+        )
     return [out[r] for r in range(nprocs)]
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code} without a result"
