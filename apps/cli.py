@@ -520,6 +520,82 @@ def bench_risk(
         raise typer.Exit(1)
 
 
+@train_app.command("nn")
+def train_nn(
+    task: str = typer.Option(
+        "tabular", help="tabular (the risk NN), video (the clip-classifier stand-in), synthetic"
+    ),
+    nproc: int = typer.Option(2, min=1, help="data-parallel processes on this machine"),
+    nodes: int = typer.Option(1, min=1, help="emulated nodes the processes are split over"),
+    steps: int | None = typer.Option(None, min=1, help="training steps (default per task)"),
+    precision: str = typer.Option("dynamic", help="dynamic, or fixed: fp32, bf16, fp16"),
+    algorithm: str = typer.Option("hierarchical", help="AllReduce: hierarchical, leader, flat"),
+    checkpoint_dir: Path | None = typer.Option(
+        None, "--checkpoint-dir", help="checkpoints, resumed from when present"
+    ),
+    checkpoint_every: int = typer.Option(25, min=0, help="steps between checkpoints"),
+    max_restarts: int = typer.Option(3, min=0, help="restarts after a rank dies"),
+    as_json: bool = typer.Option(False, "--json", help="print rank 0's result as JSON"),
+) -> None:
+    """Train a network on the engine: N data-parallel ranks (gloo) on M emulated nodes,
+    DDP over our AllReduce, the precision scheduler, checkpoints, restarts when a rank
+    dies. For real multi-node jobs run ``torchrun ... -m models.engine.run``."""
+    import dataclasses
+    import tempfile
+
+    from models.engine import ALGORITHMS, DistributedError, supervise
+    from models.engine.precision import DTYPES
+    from models.engine.run import DEFAULTS, TASKS, job
+
+    problems = []
+    if task not in TASKS:
+        problems.append(f"unknown task {task!r}; one of {list(TASKS)}")
+    if precision != "dynamic" and precision not in DTYPES:
+        problems.append(f"unknown precision {precision!r}; dynamic or one of {list(DTYPES)}")
+    if algorithm not in ALGORITHMS:
+        problems.append(f"unknown algorithm {algorithm!r}; one of {list(ALGORITHMS)}")
+    if nproc % nodes:
+        problems.append(f"{nproc} processes cannot be split evenly over {nodes} nodes")
+    if problems:
+        console.print(f"[red]error:[/] {problems[0]}")
+        raise typer.Exit(2)
+    _logging(_settings())
+    base = DEFAULTS[task]
+    cfg = dataclasses.replace(
+        base,
+        steps=steps or base.steps,
+        batch_per_rank=max(1, base.batch_per_rank * 2 // nproc),
+        precision=precision,
+        algorithm=algorithm,
+        checkpoint_every=checkpoint_every if checkpoint_dir else 0,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = None
+        if task == "tabular":
+            from models.engine.tasks import prepare_tabular
+
+            console.print("generating and featurising 14 days of history")
+            prepared = str(prepare_tabular(Path(tmp) / "tabular.pt"))
+        console.print(
+            f"training {task}: {nproc} ranks on {nodes} node(s), {cfg.steps} steps, "
+            f"{precision} precision, {algorithm} AllReduce"
+        )
+        ckpt = str(checkpoint_dir) if checkpoint_dir else None
+        try:
+            results = supervise(
+                job, nproc, nodes, (task, cfg, ckpt, prepared), max_restarts, say=console.print
+            )
+        except (DistributedError, ValueError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+    result = results[0]
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            out.print(f"{k:>16}: {v}")
+
+
 @train_app.command("risk")
 def train_risk(
     days: int = typer.Option(21, min=2, help="days of synthetic history to generate"),
@@ -693,6 +769,34 @@ def bench_allreduce_cmd(
             f"  link {r['link_utilization']:.0%}" + ("" if r["correct"] else "  WRONG SUM")
         )
     out.print(f"speedup over flat: {result['speedup']}")
+
+
+@bench_app.command("precision")
+def bench_precision_cmd(
+    tasks: str = typer.Option("tabular,video", help="tabular (the risk NN), video (stand-in)"),
+    nproc: int = typer.Option(1, min=1, help="data-parallel ranks"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """samples/s and final validation metric for fp32, static bf16 and the dynamic
+    precision scheduler, per task."""
+    from models.engine.bench import bench_precision
+
+    try:
+        result = bench_precision(
+            [t.strip() for t in tasks.split(",") if t.strip()], nproc=nproc, say=console.print
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    for name, entry in result["tasks"].items():
+        for mode, row in entry["modes"].items():
+            out.print(
+                f"{name:>8} {mode:>8}: {row['samples_per_s']:>10.1f} samples/s  "
+                f"{entry['metric']} {row[entry['metric']]:.4f}  layers {row['layers']}"
+            )
 
 
 def main() -> None:

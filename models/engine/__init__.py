@@ -1,5 +1,6 @@
 """The compute engine under training: AllReduce algorithms over torch.distributed, the
-processes that run them, (later) precision scheduling and checkpoints."""
+processes that run them and restart them, precision scheduling, checkpoints. The trainer
+(``models.engine.trainer``) puts them together."""
 
 from models.engine.allreduce import (
     ALGORITHMS,
@@ -10,7 +11,14 @@ from models.engine.allreduce import (
     comm_hook,
     discover_topology,
 )
-from models.engine.distributed import DistributedError, Rendezvous, init_from_env, spawn
+from models.engine.checkpoint import load_checkpoint, save_checkpoint
+from models.engine.distributed import (
+    DistributedError,
+    Rendezvous,
+    init_from_env,
+    spawn,
+    supervise,
+)
 from models.engine.precision import (
     DynamicLossScaler,
     PrecisionConfig,
@@ -33,5 +41,8 @@ __all__ = [
     "discover_topology",
     "fp32_sensitive_ops",
     "init_from_env",
+    "load_checkpoint",
+    "save_checkpoint",
     "spawn",
+    "supervise",
 ]

@@ -195,3 +195,84 @@ def _speedups(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 if __name__ == "__main__":
     _rank_main()
+
+
+def _precision_job(cfg: Any, factory: Callable[[], Any]) -> dict[str, Any]:
+    from models.engine.trainer import train_rank
+
+    result = train_rank(cfg, factory, None)
+    result.pop("params", None)
+    return result
+
+
+PRECISION_MODES = ("fp32", "bf16", "dynamic")
+
+
+def bench_precision(
+    tasks: Sequence[str] = ("tabular", "video"),
+    modes: Sequence[str] = PRECISION_MODES,
+    nproc: int = 1,
+    seed: int = 0,
+    say: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Train each task in each precision mode on the engine (``nproc`` data-parallel
+    ranks): samples/s and the final validation metric. ``bf16`` is static autocast of every
+    layer (sensitive ops still fp32); ``dynamic`` is the precision scheduler."""
+    import functools
+
+    from models.engine.distributed import spawn
+    from models.engine.tasks import prepare_tabular, tabular_task, video_standin_task
+    from models.engine.trainer import TrainConfig
+
+    configs = {
+        # the real risk NN (NN-only) on 14 generated days: ~15 epochs of Adam
+        "tabular": TrainConfig(
+            steps=600, batch_per_rank=256 // nproc, optimizer="adam", lr=1e-3, seed=seed
+        ),
+        # the 3D-CNN + Transformer stand-in on 2048 synthetic 8x16x16 clips
+        "video": TrainConfig(
+            steps=400, batch_per_rank=32 // nproc, optimizer="adam", lr=2e-3, seed=seed
+        ),
+    }
+    unknown = sorted(set(tasks) - set(configs)) + sorted(set(modes) - set(PRECISION_MODES))
+    if unknown:
+        raise ValueError(f"unknown task or mode {unknown[0]!r}")
+    out: dict[str, Any] = {"nproc": nproc, "device": "cpu", "tasks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            if task == "tabular":
+                say("generating and featurising 14 days of history for the risk NN")
+                path = prepare_tabular(Path(tmp) / "tabular.pt", seed=7 + seed)
+                factory: Callable[[], Any] = functools.partial(tabular_task, str(path))
+            else:
+                factory = functools.partial(video_standin_task, seed=seed)
+            rows = {}
+            for mode in modes:
+                cfg = configs[task]
+                cfg = type(cfg)(**{**cfg.__dict__, "precision": mode, "checkpoint_every": 0})
+                say(f"{task}: training in {mode} ({cfg.steps} steps on {nproc} rank(s))")
+                r = spawn(_precision_job, nprocs=nproc, args=(cfg, factory))[0]
+                metric = next(k for k in r if k.startswith("val_") and k != "val_loss")
+                counts = {
+                    p: list(r["decisions"].values()).count(p) for p in ("fp32", "bf16", "fp16")
+                }
+                rows[mode] = {
+                    "samples_per_s": round(r["samples_per_s"], 1),
+                    metric: round(r[metric], 5),
+                    "val_loss": round(r["val_loss"], 5),
+                    "layers": counts,
+                    "skipped_steps": r["skipped_steps"],
+                }
+            entry: dict[str, Any] = {"metric": metric, "modes": rows}
+            if "fp32" in rows:
+                base = rows["fp32"][metric]
+                for mode in rows:
+                    if mode != "fp32":
+                        entry[f"{mode}_metric_vs_fp32_pct"] = round(
+                            100 * (rows[mode][metric] - base) / base, 3
+                        )
+                        entry[f"{mode}_speed_vs_fp32"] = round(
+                            rows[mode]["samples_per_s"] / rows["fp32"]["samples_per_s"], 3
+                        )
+            out["tasks"][task] = entry
+    return out

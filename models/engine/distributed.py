@@ -47,7 +47,12 @@ ATTEMPT_ENV = "VIGIL_ATTEMPT"  # 0 on the first start, 1.. after supervise() res
 
 
 class DistributedError(RuntimeError):
-    """A rank failed, or the job could not be started."""
+    """A rank failed, or the job could not be started. ``retryable`` is False when the
+    cause was bad input (a ValueError in a rank), which a restart would only repeat."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,16 +121,17 @@ def _entry(
     try:
         rdzv.init(rank)
     except BaseException:
-        results.put((rank, False, (time.time(), traceback.format_exc())))
+        results.put((rank, False, (time.time(), traceback.format_exc(), False)))
         raise SystemExit(1) from None
     try:
         value = fn(*args)
         # pickled here: a queue pickles in a background thread and drops what fails there
         results.put((rank, True, pickle.dumps(value)))
-    except BaseException:
+    except BaseException as exc:
         # reported before the process group closes: closing breaks the other ranks, whose
         # errors must not look like the cause
-        results.put((rank, False, (time.time(), traceback.format_exc())))
+        fatal = isinstance(exc, ValueError)
+        results.put((rank, False, (time.time(), traceback.format_exc(), fatal)))
         raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
@@ -158,12 +164,15 @@ def supervise(
     """``spawn`` that survives rank failures: when a rank dies (an exception, a signal,
     SIGKILL included), every rank of the job is stopped and all are started again with a
     fresh rendezvous, up to ``max_restarts`` times. ``fn`` resumes from its own checkpoints
-    (``VIGIL_ATTEMPT`` tells it which attempt it is). torchrun's own restarts did not
+    (``VIGIL_ATTEMPT`` tells it which attempt it is). Bad input (a ValueError in a rank)
+    is not retried. torchrun's own restarts did not
     recover gloo workers on this machine: their old rendezvous and sockets linger."""
     for attempt in range(max_restarts + 1):
         try:
             return _attempt(fn, nprocs, nodes, args, backend, timeout_s, attempt)
         except DistributedError as exc:
+            if not exc.retryable:
+                raise
             if attempt == max_restarts:
                 raise DistributedError(f"gave up after {attempt + 1} attempts: {exc}") from None
             first = str(exc).splitlines()[0]
@@ -198,6 +207,7 @@ def _attempt(
         p.start()
     out: dict[int, Any] = {}
     failures: list[tuple[float, int, str]] = []  # (when, rank, traceback)
+    fatal = False
     try:
         while len(out) < nprocs and not failures:
             try:
@@ -211,6 +221,7 @@ def _attempt(
                 out[rank] = pickle.loads(value)
             else:
                 failures.append((value[0], rank, value[1]))
+                fatal = fatal or value[2]
         if failures:
             # the first rank to fail is the cause; the others then fail on their broken
             # connections to it, and their reports can arrive first
@@ -222,6 +233,7 @@ def _attempt(
                     break
                 if not ok:
                     failures.append((v[0], r, v[1]))
+                    fatal = fatal or v[2]
     finally:
         for p in procs:
             if failures and p.is_alive():
@@ -238,7 +250,8 @@ def _attempt(
         others = sorted({r for _, r, _ in ordered[1:]} - {first})
         raise DistributedError(
             f"rank {first} failed: {trace}"
-            + (f"\n(then ranks {', '.join(map(str, others))} failed too)" if others else "")
+            + (f"\n(then ranks {', '.join(map(str, others))} failed too)" if others else ""),
+            retryable=not fatal,
         )
     return [out[r] for r in range(nprocs)]
 

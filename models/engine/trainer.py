@@ -8,6 +8,7 @@ epoch, so a job resumed from the checkpoint at step N repeats steps N+1.. exactl
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ FAULT_ENV = "VIGIL_FAULT_KILL"
 class TrainConfig:
     steps: int = 300
     batch_per_rank: int = 64
+    optimizer: str = "sgd"  # sgd (with momentum) or adam
     lr: float = 0.05
     momentum: float = 0.9
     seed: int = 0
@@ -105,6 +107,15 @@ def synthetic_task(samples: int = 8192, features: int = 16, seed: int = 0) -> Ta
     )
 
 
+# buffers (none in these models) are not re-broadcast every forward: the probe runs a
+# forward on rank 0 alone. torch 2.13 renamed the option; older torch has only the old name.
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
 def _batch(cfg: TrainConfig, samples: int, step: int, rank: int, world: int) -> torch.Tensor:
     per_step = cfg.batch_per_rank * world
     steps_per_epoch = max(1, samples // per_step)
@@ -124,10 +135,15 @@ def train_rank(
     task = task_factory()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = task.make_model()
-    ddp = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel(model, **_NO_BUFFER_SYNC)
     comm = Communicator(discover_topology())
     ddp.register_comm_hook(HookState(comm, cfg.algorithm), comm_hook)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd or adam")
     fixed = None if cfg.precision == "dynamic" else cfg.precision
     sched = PrecisionScheduler(model, PrecisionConfig(every_steps=cfg.probe_every), fixed=fixed)
 
@@ -169,7 +185,7 @@ def train_rank(
         scale = sched.backward(loss)
         sched.step(opt, scale)  # the gradients are all-reduced: every rank agrees on a skip
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
         if armed and fault == f"{rank}:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
         done = step + 1

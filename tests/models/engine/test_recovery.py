@@ -4,6 +4,7 @@ SIGKILL mid-training ends in a finished job equal to an uninterrupted one."""
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict
 
 import pytest
@@ -74,3 +75,35 @@ def test_a_job_that_keeps_failing_gives_up(tmp_path, monkeypatch):
     cfg = TrainConfig(steps=5, checkpoint_every=0)
     with pytest.raises(DistributedError, match="gave up after 2 attempts: rank 0 failed: killed"):
         supervise(_job, nprocs=2, args=(cfg, None), max_restarts=1, timeout_s=60)
+
+
+def test_train_nn_runs_ranks_on_emulated_nodes_and_resumes_from_its_checkpoints(tmp_path):
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    runner = CliRunner()
+    args = ["train", "nn", "--task", "synthetic", "--nproc", "4", "--nodes", "2"]
+    args += ["--steps", "30", "--checkpoint-every", "10", "--checkpoint-dir", str(tmp_path)]
+    first = runner.invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    result = json.loads(first.output.strip().splitlines()[-1])
+    assert (result["start_step"], result["steps_run"]) == (0, 30)
+    assert load_checkpoint(tmp_path)["step"] == 30
+    again = runner.invoke(app, [*args, "--steps", "40", "--json"])
+    said = " ".join(again.output.split())
+    assert again.exit_code == 1 and "from another job" in said  # the steps changed
+    assert "restarting" not in said  # bad input is not retried
+    bad = runner.invoke(app, ["train", "nn", "--precision", "fp8"])
+    assert bad.exit_code == 2 and "unknown precision 'fp8'" in bad.output
+    bad = runner.invoke(app, ["train", "nn", "--nproc", "3", "--nodes", "2"])
+    assert bad.exit_code == 2 and "cannot be split evenly" in bad.output
+
+
+def test_bench_precision_rejects_an_unknown_task():
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "precision", "--tasks", "audio"])
+    assert result.exit_code == 2 and "unknown task or mode 'audio'" in result.output
