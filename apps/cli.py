@@ -8,6 +8,7 @@ import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -59,6 +60,12 @@ def _progress(label: str, disable: bool = False) -> Progress:
 out = Console()
 
 
+def _fail(exc: BaseException | str, code: int) -> NoReturn:
+    """Print ``error: ...`` on stderr and exit with ``code`` (2: usage, 1: failure)."""
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(code) from None
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
@@ -74,8 +81,7 @@ def _bootstrap(settings: Settings) -> str:
         wait_ready(bootstrap, timeout_s=10)
         return bootstrap
     except BrokerError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
 
 
 def _logging(settings: Settings) -> None:
@@ -92,8 +98,7 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
     try:
         b = EmbeddedBroker(port=port).start()
     except BrokerError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc, 1)
     try:
         created = ensure_topics(b.bootstrap, settings.topics.all(settings.partitions))
         write_runtime(settings, b)
@@ -227,8 +232,7 @@ def consume(
             return
         _print_table(what.value, rows, follow)
     except LookupError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
     except KeyboardInterrupt:
         pass
 
@@ -425,8 +429,7 @@ def _read_labels(path: Path) -> dict[str, int]:
     try:
         return {tx_id: label for tx_id, (label, _typology) in read_labels(path).items()}
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
 
 
 @app.command()
@@ -557,8 +560,7 @@ def train_nn(
     if nproc % nodes:
         problems.append(f"{nproc} processes cannot be split evenly over {nodes} nodes")
     if problems:
-        console.print(f"[red]error:[/] {problems[0]}")
-        raise typer.Exit(2)
+        _fail(problems[0], 2)
     _logging(_settings())
     base = DEFAULTS[task]
     cfg = dataclasses.replace(
@@ -586,8 +588,7 @@ def train_nn(
                 job, nproc, nodes, (task, cfg, ckpt, prepared), max_restarts, say=console.print
             )
         except (DistributedError, ValueError) as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+            _fail(exc, 1)
     result = results[0]
     if as_json:
         print(json.dumps(result))
@@ -649,8 +650,7 @@ def train_risk(
                 flow_typology_rate=flow_typology_rate,
             )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc, 1)
     train_set, test_set = temporal_split(history, holdout_days)
     say(
         f"{len(history)} labelled transactions: train {len(train_set)} "
@@ -663,8 +663,7 @@ def train_risk(
     try:
         model = train(train_set, TabularConfig(seed=seed), say=say)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc, 1)
     report = evaluate(model, test_set)
     target = out_dir or settings.models_path
     path = export(
@@ -713,8 +712,7 @@ def bench_scoring_cmd(
     try:
         result = bench_scoring(_settings(), model, batch)
     except (LookupError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc, 1)
     if as_json:
         print(json.dumps(result))
     else:
@@ -747,18 +745,15 @@ def bench_allreduce_cmd(
             raise ValueError(f"unknown algorithm {unknown[0]!r}; choose from {list(ALGORITHMS)}")
         byte_sizes = parse_sizes(sizes)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
     try:
         result = bench_allreduce(
             nodes, procs_per_node, link_mbit, byte_sizes, iters, chosen, say=console.print
         )
     except LinkEmulationError as exc:
-        console.print(f"[red]error:[/] cannot emulate the inter-node link here: {exc}")
-        raise typer.Exit(1) from None
+        _fail(f"cannot emulate the inter-node link here: {exc}", 1)
     except RuntimeError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc, 1)
     if as_json:
         print(json.dumps(result))
         return
@@ -786,8 +781,7 @@ def bench_precision_cmd(
             [t.strip() for t in tasks.split(",") if t.strip()], nproc=nproc, say=console.print
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        _fail(exc, 2)
     if as_json:
         print(json.dumps(result))
         return
