@@ -590,6 +590,7 @@ def train_nn(
         except (DistributedError, ValueError) as exc:
             _fail(exc, 1)
     result = results[0]
+    result.pop("state", None)
     if as_json:
         print(json.dumps(result))
     else:
@@ -618,10 +619,16 @@ def train_risk(
     flow_typology_rate: float = typer.Option(
         0.002, min=0, max=1, help="generated: share that start a fan-in/pass-through/... case"
     ),
+    nproc: int = typer.Option(
+        1, min=1, help="> 1: fit the NNs data-parallel on the training engine, this many ranks"
+    ),
+    nodes: int = typer.Option(1, min=1, help="emulated nodes for --nproc"),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
 ) -> None:
     """Train the GBDT+NN risk model, evaluate it against rules-only, LightGBM-only and
     NN-only on the held-out days, export it to ONNX and write it where workers load it."""
+    if nproc % nodes:
+        _fail(f"{nproc} processes cannot be split evenly over {nodes} nodes", 2)
     from models.tabular import (
         TabularConfig,
         evaluate,
@@ -661,7 +668,7 @@ def train_risk(
         console.print("[red]error:[/] the held-out days have no positive label to evaluate on")
         raise typer.Exit(1)
     try:
-        model = train(train_set, TabularConfig(seed=seed), say=say)
+        model = train(train_set, TabularConfig(seed=seed, nproc=nproc, nodes=nodes), say=say)
     except ValueError as exc:
         _fail(exc, 1)
     report = evaluate(model, test_set)

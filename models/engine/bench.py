@@ -202,6 +202,7 @@ def _precision_job(cfg: Any, factory: Callable[[], Any]) -> dict[str, Any]:
 
     result = train_rank(cfg, factory, None)
     result.pop("params", None)
+    result.pop("state", None)
     return result
 
 

@@ -22,7 +22,7 @@ from models.engine.trainer import Task, TrainConfig, train_rank
 
 __all__ = ["TASKS", "job", "task_factory"]
 
-TASKS = ("tabular", "video", "synthetic")
+TASKS = ("tabular", "video", "synthetic")  # and "risk-net": models.tabular's own data
 
 DEFAULTS = {
     "tabular": TrainConfig(steps=600, batch_per_rank=128, optimizer="adam", lr=1e-3),
@@ -32,13 +32,15 @@ DEFAULTS = {
 
 
 def task_factory(task: str, prepared: str | None, seed: int = 0) -> Callable[[], Task]:
-    from models.engine.tasks import tabular_task, video_standin_task
+    from models.engine.tasks import risk_net_task, tabular_task, video_standin_task
     from models.engine.trainer import synthetic_task
 
     if task == "tabular":
         if prepared is None:
             raise ValueError("the tabular task needs its prepared history (prepare_tabular)")
         return functools.partial(tabular_task, prepared)
+    if task == "risk-net" and prepared is not None:
+        return functools.partial(risk_net_task, prepared)
     if task == "video":
         return functools.partial(video_standin_task, seed=seed)
     if task == "synthetic":
@@ -52,7 +54,7 @@ def job(
     """One rank's part (module level, so spawn can start it)."""
     result = train_rank(cfg, task_factory(task, prepared, cfg.seed), checkpoint_dir)
     result.pop("params", None)
-    return result
+    return result  # with rank 0's "state" (the trained state dict)
 
 
 def _prepare_once(task: str, checkpoint_dir: str | None) -> str | None:
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         dist.destroy_process_group()
     if rank == 0:
+        result.pop("state", None)
         print(json.dumps(result))
 
 

@@ -126,3 +126,36 @@ def video_standin_task(samples: int = 2048, seed: int = 0) -> Task:
     x, y = _clips(samples, g)
     x_val, y_val = _clips(samples // 4, g)
     return Task("video-standin", ClipClassifier, x, y, x_val, y_val, _bce, _accuracy, "accuracy")
+
+
+class _HybridLogit(nn.Module):
+    """``TabularNet`` taking its input as one tensor: the features, then (hybrid) the
+    GBDT logit as the last column."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int, use_gbdt: bool) -> None:
+        super().__init__()
+        from models.tabular import TabularNet
+
+        self.net = TabularNet(mean, std, hidden, use_gbdt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net.use_gbdt:
+            return self.net.logit(x[:, :-1], x[:, -1]).unsqueeze(-1)
+        return self.net.logit(x).unsqueeze(-1)
+
+
+def risk_net_task(path: str) -> Task:
+    """The hybrid's NN (or the NN-only baseline) as ``models.tabular.train`` fits it, from
+    the tensors it saved: features (+ out-of-fold GBDT logit), labels, the selection block."""
+    d = torch.load(path, weights_only=False)
+    return Task(
+        "risk-hybrid-nn" if d["use_gbdt"] else "risk-nn",
+        lambda: _HybridLogit(d["mean"], d["std"], d["hidden"], d["use_gbdt"]),
+        d["x"],
+        d["y"],
+        d["x_val"],
+        d["y_val"],
+        _bce,
+        _average_precision,
+        "auc_pr",
+    )

@@ -43,6 +43,9 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd (with momentum) or adam
     lr: float = 0.05
     momentum: float = 0.9
+    weight_decay: float = 0.0
+    select_every: int = 0  # > 0: keep the parameters with the best validation metric,
+    # checked before training and every this many steps (rank 0 evaluates)
     seed: int = 0
     checkpoint_every: int = 25  # steps; 0 = never
     algorithm: str = "hierarchical"  # the AllReduce under DDP: flat, hierarchical, leader
@@ -139,9 +142,13 @@ def train_rank(
     comm = Communicator(discover_topology())
     ddp.register_comm_hook(HookState(comm, cfg.algorithm), comm_hook)
     if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
     elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     else:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd or adam")
     fixed = None if cfg.precision == "dynamic" else cfg.precision
@@ -168,6 +175,20 @@ def train_rank(
     fault = spec.removesuffix(":always")
     armed = bool(spec) and (spec.endswith(":always") or os.environ.get(ATTEMPT_ENV) == "0")
     losses: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (metric, step, params)
+
+    def select(done: int) -> None:
+        nonlocal best
+        if rank != 0 or not cfg.select_every or (done % cfg.select_every and done != cfg.steps):
+            return
+        model.eval()
+        with torch.no_grad(), sched.autocast():
+            score = task.metric(model(task.x_val).float(), task.y_val)
+        model.train()
+        if best is None or score > best[0]:
+            best = (score, done, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    select(start)
     begun = time.perf_counter()
     for step in range(start, cfg.steps):
         idx = _batch(cfg, len(task.x), step, rank, world)
@@ -189,6 +210,7 @@ def train_rank(
         if armed and fault == f"{rank}:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
         done = step + 1
+        select(done)
         if ckpt and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             rngs: list[Any] = [None] * world
             dist.all_gather_object(rngs, rng_state())
@@ -208,6 +230,8 @@ def train_rank(
                     },
                 )
     elapsed_s = time.perf_counter() - begun
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     with torch.no_grad(), sched.autocast():
         val_logits = model(task.x_val)
@@ -226,4 +250,7 @@ def train_rank(
         "skipped_steps": sched.scaler.skipped,
         "loss_scale": sched.scaler.scale,
         "params": [p.detach().clone() for p in model.parameters()] if rank == 0 else None,
+        "state": model.state_dict() if rank == 0 else None,
+        "selected_step": best[1] if best is not None else None,
+        "selected_" + task.metric_name: best[0] if best is not None else None,
     }

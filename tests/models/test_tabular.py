@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 from models.metrics import average_precision, recall_at_rate
-from models.serving import HybridScorer, ModelError, load_latest
+from models.serving import HybridScorer, ModelError, load_latest, read_manifest
 from models.tabular import (
     PARITY_TOLERANCE,
     TabularConfig,
@@ -132,3 +132,19 @@ def test_the_same_training_exports_the_same_files_and_version(data, model, expor
     assert again.name == exported.name
     for name in ("gbdt.onnx", "hybrid.onnx", "booster.txt"):
         assert (again / name).read_bytes() == (exported / name).read_bytes(), name
+
+
+def test_the_nns_train_data_parallel_on_the_engine(data, model, tmp_path):
+    """2 ranks (DDP over the hierarchical AllReduce) fit the hybrid as well as the
+    single-process loop does (same global batch, epochs and held-out selection), it exports
+    with ONNX parity, and the manifest records how it was trained."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SMALL, nproc=2)
+    engine = train(data[0], cfg, say=lambda _m: None)
+    got, want = (evaluate(m, data[1])["models"] for m in (engine, model))
+    assert got["hybrid"]["auc_pr"] == pytest.approx(want["hybrid"]["auc_pr"], abs=0.01)
+    assert got["nn"]["auc_pr"] == pytest.approx(want["nn"]["auc_pr"], abs=0.05)
+    path = export(engine, tmp_path, data[1].features[:256])
+    manifest = read_manifest(path)
+    assert manifest["config"]["nproc"] == 2 and manifest["parity_max_abs_diff"] <= 1e-5
