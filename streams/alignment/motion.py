@@ -1,0 +1,97 @@
+"""Temporal alignment of a clip: warp every frame onto the clip's reference frame (the
+middle one) to cancel conveyor motion, camera jitter and vibration.
+
+Methods (OpenCV, one thread each):
+- ``dis``: DIS dense optical flow (ultrafast preset), the default: 0.4 ms per 320x240 pair.
+- ``farneback``: Farneback dense flow, the seed's method: 11 ms per 320x240 pair.
+- ``phase``: phase correlation, one global translation per frame: 0.4 ms; exact for pure
+  shifts, blind to rotation and local motion.
+
+Quality is the residual mean absolute difference between each aligned frame and the
+reference, over the frame minus a margin (warped borders have no data).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["METHODS", "align_clip", "estimate_shift", "residual_mad"]
+
+METHODS = ("dis", "farneback", "phase")
+
+
+def _grey_u8(frame: np.ndarray) -> np.ndarray:
+    f = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    if f.dtype == np.uint8:
+        return f
+    lo, hi = float(f.min()), float(f.max())
+    return np.clip((f - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+
+
+def estimate_shift(reference: np.ndarray, frame: np.ndarray) -> tuple[float, float]:
+    """``(dx, dy)``: how far ``frame``'s content sits from ``reference``'s (phase
+    correlation, sub-pixel)."""
+    window = cv2.createHanningWindow(reference.shape[::-1][-2:], cv2.CV_32F)
+    (dx, dy), _response = cv2.phaseCorrelate(
+        reference.astype(np.float32), frame.astype(np.float32), window
+    )
+    return float(dx), float(dy)
+
+
+def _flow(method: str, reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2) from the reference to ``frame``."""
+    ref, cur = _grey_u8(reference), _grey_u8(frame)
+    if method == "dis":
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        return dis.calc(ref, cur, None)
+    return cv2.calcOpticalFlowFarneback(ref, cur, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+
+
+def align_clip(frames: np.ndarray, method: str = "dis", reference: int | None = None) -> np.ndarray:
+    """(T, H, W[, C]) frames -> the same frames warped onto frame ``reference`` (default:
+    the middle one), float32."""
+    if method not in METHODS:
+        raise ValueError(f"unknown alignment method {method!r}; one of {METHODS}")
+    clip = np.asarray(frames)
+    t, h, w = clip.shape[:3]
+    ref_i = t // 2 if reference is None else reference
+    out = np.empty(clip.shape, dtype=np.float32)
+    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    for i in range(t):
+        cur = clip[i].astype(np.float32)
+        if i == ref_i:
+            out[i] = cur
+            continue
+        if method == "phase":
+            dx, dy = estimate_shift(_grey_u8(clip[ref_i]), _grey_u8(clip[i]))
+            shift = np.float32([[1, 0, dx], [0, 1, dy]])  # sample frame at x + d
+            out[i] = cv2.warpAffine(
+                cur,
+                shift,
+                (w, h),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+        else:
+            flow = _flow(method, clip[ref_i], clip[i])
+            out[i] = cv2.remap(
+                cur,
+                grid_x + flow[..., 0],
+                grid_y + flow[..., 1],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+    return out
+
+
+def residual_mad(frames: np.ndarray, reference: int | None = None, margin: int = 8) -> float:
+    """Mean absolute difference of every frame from the reference frame (the middle one),
+    inside a ``margin``-pixel border."""
+    clip = np.asarray(frames, dtype=np.float32)
+    t = clip.shape[0]
+    ref_i = t // 2 if reference is None else reference
+    inner = (slice(margin, -margin or None), slice(margin, -margin or None))
+    ref = clip[ref_i][inner]
+    diffs = [np.abs(clip[i][inner] - ref).mean() for i in range(t) if i != ref_i]
+    return float(np.mean(diffs)) if diffs else 0.0
