@@ -1,0 +1,244 @@
+"""A seeded factory-line camera: textured parts on a conveyor, seen through a shaking
+camera, with sensor noise, slow lighting drift and labelled defects.
+
+Each camera looks down at a belt moving ``speed_px`` pixels per frame. Parts (textured
+rectangles) pass with gaps of bare belt between them; some carry a defect (scratch, crack,
+stain or pit) drawn into their texture, whose bounding box in frame coordinates is the
+frame's label while it is fully in view. The camera shakes: a vibration (sine) plus a
+slow random walk, sub-pixel, so consecutive frames do not line up, which the alignment
+stage must undo.
+
+Textures: ``TRAIN_TEXTURES`` for training, ``HELDOUT_TEXTURES`` (never seen in training)
+for evaluation.
+
+>>> sim = CameraSimulator(CameraConfig(seed=1, size=64, part_px=56))
+>>> shot = next(sim.frames("cam-0"))
+>>> shot.frame.image.shape, shot.frame.image.dtype.name, shot.frame.seq
+((64, 64), 'uint8', 0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from streams.frames import Frame
+
+__all__ = [
+    "DEFECTS",
+    "HELDOUT_TEXTURES",
+    "TRAIN_TEXTURES",
+    "CameraConfig",
+    "CameraSimulator",
+    "Defect",
+    "Shot",
+    "texture",
+]
+
+DEFECTS = ("scratch", "crack", "stain", "pit")
+TRAIN_TEXTURES = ("grain", "weave", "speckle", "stripes")
+HELDOUT_TEXTURES = ("cells", "marble")
+
+
+def texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A (h, w) float32 texture in about [60, 200]."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    noise = rng.random((h, w), dtype=np.float32)
+    if kind == "grain":
+        t = cv2.GaussianBlur(noise, (0, 0), 1.2)
+    elif kind == "weave":
+        p = rng.uniform(5, 9)
+        t = 0.5 + 0.35 * np.sin(2 * np.pi * x / p) * np.sin(2 * np.pi * y / p) + 0.15 * noise
+    elif kind == "speckle":
+        dots = (noise > 0.97).astype(np.float32)
+        t = 0.35 + 2.5 * cv2.GaussianBlur(dots, (0, 0), 1.0) + 0.1 * rng.random((h, w))
+    elif kind == "stripes":
+        a = rng.uniform(0, np.pi)
+        u = x * math.cos(a) + y * math.sin(a)
+        t = 0.5 + 0.3 * np.sin(2 * np.pi * u / rng.uniform(6, 12)) + 0.2 * noise
+    elif kind == "cells":
+        pts = rng.random((max(8, h * w // 300), 2)) * (h, w)
+        d = np.full((h, w), np.inf, dtype=np.float32)
+        for py, px in pts:
+            d = np.minimum(d, np.hypot(y - py, x - px))
+        t = np.clip(d / 12, 0, 1) + 0.1 * noise
+    elif kind == "marble":
+        turb = sum(
+            cv2.resize(rng.random((h // s + 2, w // s + 2), dtype=np.float32), (w, h)) / s
+            for s in (2, 4, 8, 16)
+        )
+        t = 0.5 + 0.4 * np.sin(x / 9 + 4 * turb) + 0.1 * noise
+    else:
+        raise ValueError(f"unknown texture {kind!r}")
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    return (60 + 140 * t).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Defect:
+    kind: str
+    bbox: tuple[int, int, int, int]  # x, y, w, h in the part's (later: the frame's) pixels
+
+
+def _draw_defect(part: np.ndarray, kind: str, rng: np.random.Generator) -> Defect:
+    """Draw a defect into ``part`` (in place); its bounding box."""
+    h, w = part.shape
+    mask = np.zeros((h, w), np.uint8)
+    cx, cy = int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 4, 3 * h // 4))
+    if kind == "scratch":
+        a, n = rng.uniform(0, np.pi), int(rng.integers(h // 5, h // 3))
+        dx, dy = int(n * math.cos(a)), int(n * math.sin(a))
+        cv2.line(mask, (cx - dx, cy - dy), (cx + dx, cy + dy), 255, 2)
+        shade = 70.0
+    elif kind == "crack":
+        pts = [(cx, cy)]
+        for _ in range(int(rng.integers(6, 10))):
+            px, py = pts[-1]
+            pts.append((px + int(rng.integers(2, 7)), py + int(rng.integers(-4, 5))))
+        cv2.polylines(mask, [np.array(pts, np.int32)], False, 255, 2)
+        shade = -90.0
+    elif kind == "stain":
+        r = int(rng.integers(h // 12, h // 7))
+        cv2.ellipse(
+            mask,
+            (cx, cy),
+            (r + int(rng.integers(0, r)), r),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            255,
+            -1,
+        )
+        shade = -55.0
+    elif kind == "pit":
+        cv2.circle(mask, (cx, cy), int(rng.integers(3, 5)), 255, -1)
+        shade = -100.0
+    else:
+        raise ValueError(f"unknown defect {kind!r}")
+    soft = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), 0.8)
+    part += shade * soft
+    x, y, bw, bh = cv2.boundingRect(mask)
+    return Defect(kind, (x, y, bw, bh))
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    seed: int = 0
+    size: int = 128  # frame height and width (grey)
+    fps: float = 100.0
+    speed_px: float = 3.0  # belt travel per frame
+    part_px: int = 112  # part length along the belt (and its height)
+    gap_px: int = 48  # bare belt between parts
+    jitter_px: float = 2.0  # vibration amplitude
+    vibration_hz: float = 7.0
+    noise_sigma: float = 2.0
+    light_drift: float = 0.08  # relative, over ``light_period_s``
+    light_period_s: float = 20.0
+    defect_rate: float = 0.3  # share of parts with a defect
+    textures: tuple[str, ...] = TRAIN_TEXTURES
+    start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.part_px <= self.size:
+            raise ValueError(f"part_px must be between 8 and the frame size {self.size}")
+        if self.fps <= 0 or self.speed_px < 0:
+            raise ValueError("fps must be positive and speed_px not negative")
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One simulated frame and its ground truth."""
+
+    frame: Frame
+    part: int | None  # the part under the camera's centre, if any
+    defect: Defect | None  # fully in view in this frame (bbox in frame pixels)
+
+
+@dataclass
+class CameraSimulator:
+    config: CameraConfig = field(default_factory=CameraConfig)
+
+    def frames(self, camera_id: str, index: int = 0) -> Iterator[Shot]:
+        """Endless frames of camera ``index`` (its own seeded line)."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, index])
+        size, pitch = cfg.size, cfg.part_px + cfg.gap_px
+        belt = texture("grain", size + 8, 4 * size, np.random.default_rng([cfg.seed, index, 99]))
+        belt = 0.35 * belt + 20
+        parts: dict[int, tuple[np.ndarray, Defect | None]] = {}
+        walk = np.zeros(2)
+        period_ms = 1000.0 / cfg.fps
+        for seq in range(10**12):
+            t_s = seq / cfg.fps
+            # camera shake: vibration + slow random walk (sub-pixel)
+            walk = 0.98 * walk + rng.normal(0, cfg.jitter_px * 0.15, 2)
+            phase = 2 * np.pi * cfg.vibration_hz * t_s
+            jx = cfg.jitter_px * math.sin(phase) + walk[0]
+            jy = cfg.jitter_px * math.cos(1.3 * phase) + walk[1]
+            x0 = seq * cfg.speed_px  # belt position under the frame's left edge
+            view = np.empty((size + 8, size + 8), np.float32)
+            # belt, then every part overlapping the view (x in belt coordinates)
+            bx = int(x0) % (belt.shape[1] - size - 8)
+            view[:] = belt[:, bx : bx + size + 8]
+            left = int(x0) - 4
+            first, last = left // pitch, (left + size + 8) // pitch
+            for k in range(max(0, first), last + 1):
+                if k not in parts:
+                    prng = np.random.default_rng([cfg.seed, index, k])
+                    tex = texture(
+                        cfg.textures[int(prng.integers(len(cfg.textures)))],
+                        cfg.part_px,
+                        cfg.part_px,
+                        prng,
+                    )
+                    defect = None
+                    if prng.random() < cfg.defect_rate:
+                        defect = _draw_defect(tex, DEFECTS[int(prng.integers(len(DEFECTS)))], prng)
+                    parts[k] = (tex, defect)
+                    for old in [p for p in parts if p < k - 2]:
+                        del parts[old]
+                tex, _ = parts[k]
+                px = k * pitch - left  # part's left edge in view pixels
+                py = (size + 8 - cfg.part_px) // 2
+                a, b = max(0, px), min(size + 8, px + cfg.part_px)
+                if a < b:
+                    view[py : py + cfg.part_px, a:b] = tex[:, a - px : b - px]
+            # sub-pixel shake and the fractional belt position: one affine warp
+            fx = x0 - int(x0)
+            m = np.float32([[1, 0, 4 + fx + jx], [0, 1, 4 + jy]])
+            img = cv2.warpAffine(
+                view,
+                m,
+                (size, size),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REFLECT,
+            )
+            light = 1 + cfg.light_drift * math.sin(2 * np.pi * t_s / cfg.light_period_s + index)
+            img = img * light + rng.normal(0, cfg.noise_sigma, img.shape)
+            centre = int(x0) + size // 2
+            k, off = divmod(centre, pitch)
+            part = k if off < cfg.part_px else None
+            shown = None
+            for kk in range(max(0, first), last + 1):
+                tex, defect = parts[kk]
+                if defect is None:
+                    continue
+                dx, dy, dw, dh = defect.bbox
+                fx0 = kk * pitch + dx - x0 - jx  # frame coordinates of the defect box
+                fy0 = (size + 8 - cfg.part_px) // 2 + dy - 4 - jy
+                if fx0 >= 0 and fx0 + dw <= size and fy0 >= 0 and fy0 + dh <= size:
+                    shown = Defect(defect.kind, (int(round(fx0)), int(round(fy0)), dw, dh))
+            yield Shot(
+                Frame(
+                    camera_id,
+                    seq,
+                    cfg.start_ms + int(seq * period_ms),
+                    np.clip(img, 0, 255).astype(np.uint8),
+                ),
+                part,
+                shown,
+            )
