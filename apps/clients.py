@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, Producer
 
 from apps.kafka import make_producer, make_reader, read_from_start
 
-__all__ = ["publish", "read_topic", "Published", "Pacer"]
+__all__ = ["publish", "read_messages", "read_topic", "Published", "Pacer"]
 
 
 class Pacer:
@@ -44,14 +44,15 @@ class Published:
 def publish(
     bootstrap: str,
     topic: str,
-    records: Iterable[tuple[str | bytes | None, bytes]],
+    records: Iterable[tuple[str | bytes | None, bytes] | tuple[str | bytes | None, bytes, Any]],
     rate: float = 0.0,
     on_sent: Callable[[int, bytes], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     flush_timeout_s: float = 30.0,
     producer: Producer | None = None,
 ) -> Published:
-    """Publish ``(key, value)`` records at ``rate``/s; ``on_sent(n, value)`` after each.
+    """Publish ``(key, value)`` or ``(key, value, headers)`` records at ``rate``/s;
+    ``on_sent(n, value)`` after each.
     ``producer``: reuse a connected one (its start-up, idempotent-producer handshake
     included, then costs nothing here)."""
     producer = producer or make_producer(bootstrap)
@@ -62,13 +63,15 @@ def publish(
             result.failed += 1
 
     pacer = Pacer(rate)
-    for key, value in records:
+    for key, value, *headers in records:
         if should_stop():
             break
         k = key.encode() if isinstance(key, str) else key
         while True:
             try:
-                producer.produce(topic, value, k, on_delivery=delivered)
+                producer.produce(
+                    topic, value, k, headers=headers[0] if headers else None, on_delivery=delivered
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -80,6 +83,42 @@ def publish(
     # Whatever is still queued after the timeout was not delivered: count it, never hide it.
     result.failed += producer.flush(flush_timeout_s)
     return result
+
+
+def read_messages(
+    bootstrap: str,
+    topic: str,
+    follow: bool = False,
+    limit: int | None = None,
+    from_end: bool = False,
+    idle_timeout_s: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Any]:
+    """Yield every partition's messages (confluent-kafka ``Message``: key, value, headers,
+    partition, offset, timestamp). Without ``follow`` it stops once every partition has
+    reached its end."""
+    reader = make_reader(bootstrap)
+    try:
+        n_parts = read_from_start(reader, topic, from_end=from_end)
+        at_end: set[int] = set()
+        seen = 0
+        while not should_stop():
+            msgs = reader.consume(500, idle_timeout_s)
+            for msg in msgs:
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition())
+                        continue
+                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                at_end.discard(msg.partition())
+                yield msg
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
+            if not follow and len(at_end) >= n_parts and not msgs:
+                return
+    finally:
+        reader.close()
 
 
 def read_topic(
@@ -95,30 +134,12 @@ def read_topic(
 
     Without ``follow`` it stops once every partition has reached its end.
     """
-    reader = make_reader(bootstrap)
-    try:
-        n_parts = read_from_start(reader, topic, from_end=from_end)
-        at_end: set[int] = set()
-        seen = 0
-        while not should_stop():
-            msgs = reader.consume(500, idle_timeout_s)
-            for msg in msgs:
-                if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
-                        continue
-                    raise RuntimeError(f"reading {topic}: {msg.error()}")
-                at_end.discard(msg.partition())
-                raw = msg.value() or b""
-                try:
-                    value: dict[str, Any] | bytes = json.loads(raw)
-                except ValueError:
-                    value = raw
-                yield msg.key(), value, msg.timestamp()[1]
-                seen += 1
-                if limit is not None and seen >= limit:
-                    return
-            if not follow and len(at_end) >= n_parts and not msgs:
-                return
-    finally:
-        reader.close()
+    for msg in read_messages(
+        bootstrap, topic, follow, limit, from_end, idle_timeout_s, should_stop
+    ):
+        raw = msg.value() or b""
+        try:
+            value: dict[str, Any] | bytes = json.loads(raw)
+        except ValueError:
+            value = raw
+        yield msg.key(), value, msg.timestamp()[1]

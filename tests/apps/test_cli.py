@@ -259,3 +259,30 @@ def test_bench_risk_with_two_workers_scores_every_event_once(settings):
     assert report["events"] == events and report["scored"] == valid == events
     assert not report["timed_out"] and report["model_versions"] == ["rules-only"]
     assert report["p50_ms"] <= report["p99_ms"] and len(report["p99_ms_by_tenth"]) == 10
+
+
+@pytest.mark.integration
+def test_publish_frames_puts_decodable_ordered_frames_per_camera(settings, monkeypatch, tmp_path):
+    from apps.clients import read_messages
+    from streams.frames import decode_frame
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    labels = tmp_path / "frames.jsonl"
+    args = ["publish", "frames", "--cameras", "2", "--fps", "200", "--seconds", "0.2"]
+    result = runner.invoke(app, [*args, "--size", "64", "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    assert "published 80 frames from 2 camera(s)" in result.output
+    by_camera: dict[str, list] = {}
+    for msg in read_messages(settings.kafka_bootstrap, settings.topics.frames):
+        frame = decode_frame(msg.key(), msg.value(), msg.headers())
+        assert frame.image.shape == (64, 64)
+        by_camera.setdefault(frame.camera_id, []).append((msg.partition(), frame.seq))
+    assert sorted(by_camera) == ["cam-0", "cam-1"]
+    for got in by_camera.values():
+        assert len({p for p, _ in got}) == 1  # one camera, one partition: its order is kept
+        assert [s for _, s in got] == list(range(40))
+    truth = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert len(truth) == 80 and {t["camera_id"] for t in truth} == {"cam-0", "cam-1"}
+    bad = runner.invoke(app, ["publish", "frames", "--codec", "gif"])
+    assert bad.exit_code == 2 and "unknown codec 'gif'" in bad.output
