@@ -122,21 +122,11 @@ def read_messages(
 
 
 def read_topic(
-    bootstrap: str,
-    topic: str,
-    follow: bool = False,
-    limit: int | None = None,
-    from_end: bool = False,
-    idle_timeout_s: float = 1.0,
-    should_stop: Callable[[], bool] = lambda: False,
+    bootstrap: str, topic: str, **options: Any
 ) -> Iterator[tuple[bytes | None, dict[str, Any] | bytes, int]]:
-    """Yield ``(key, decoded JSON or raw bytes, broker timestamp ms)`` from every partition.
-
-    Without ``follow`` it stops once every partition has reached its end.
-    """
-    for msg in read_messages(
-        bootstrap, topic, follow, limit, from_end, idle_timeout_s, should_stop
-    ):
+    """Yield ``(key, decoded JSON or raw bytes, broker timestamp ms)`` from every partition;
+    ``options`` as for ``read_messages`` (``follow``, ``limit``, ``from_end``, ...)."""
+    for msg in read_messages(bootstrap, topic, **options):
         raw = msg.value() or b""
         try:
             value: dict[str, Any] | bytes = json.loads(raw)

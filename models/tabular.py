@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+NetData = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # features, labels, GBDT logit
 
 
 @dataclass
@@ -290,8 +291,8 @@ def _platt(z: np.ndarray, y: np.ndarray, steps: int = 500) -> tuple[float, float
 
 def _fit_net(
     net: TabularNet,
-    data: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-    held: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    data: NetData,
+    held: NetData,
     cfg: TabularConfig,
     say: Progress,
 ) -> None:
@@ -326,8 +327,8 @@ def _fit_net(
 
 def _fit_net_engine(
     net: TabularNet,
-    data: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-    held: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    data: NetData,
+    held: NetData,
     cfg: TabularConfig,
     say: Progress,
 ) -> None:
