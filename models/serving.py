@@ -129,7 +129,10 @@ def read_manifest(directory: Path) -> dict:
         raise ModelError(f"{directory}: no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"{directory}/{MANIFEST}: unreadable ({exc})") from None
-    for key in ("name", "version", "format", "feature_spec", "files", "created_ms"):
+    required = ("name", "version", "format", "files", "created_ms")
+    if manifest.get("name") == "risk":
+        required += ("feature_spec",)
+    for key in required:
         if key not in manifest:
             raise ModelError(f"{directory}/{MANIFEST}: no {key!r}")
     return manifest
@@ -163,7 +166,9 @@ def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
     found = []
     for d in root.iterdir():
         if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists():
-            found.append((read_manifest(d)["created_ms"], d))
+            manifest = read_manifest(d)
+            if manifest.get("name", "risk") == "risk":  # other models may share the directory
+                found.append((manifest["created_ms"], d))
     if not found:
         return None
     return HybridScorer.load(max(found)[1], expected_spec)

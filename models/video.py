@@ -1,0 +1,281 @@
+"""The clip classifier for visual inspection: a 3D-CNN stem, a Transformer over
+space-time tokens, a defect probability and a coarse defect location.
+
+Input: (B, 1, T, H, W) aligned grey clips in [0, 1] (T = 8, H = W = 128 by default).
+- Stem: two strided Conv3d -> (B, 32, T/2, H/4, W/4), then a fixed ``AvgPool3d`` to a
+  4 x 4 spatial grid (fixed pooling: adaptive pooling with a non-global output does not
+  export to ONNX) -> (B, 32, T/2, 4, 4): one token per space-time cell.
+- A 2-layer Transformer encoder (d = 32) over the T/2 * 16 tokens, with a learned
+  position embedding.
+- Heads: the defect logit from the mean token; per spatial cell a location logit (averaged
+  over time), whose arg-max cell is the coarse box.
+
+Training data: clips cut from the camera simulator, aligned to their middle frame; a clip
+is positive when a defect is fully in view in that frame, and its location cell is the one
+holding the defect box's centre.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ClipDataset",
+    "VideoConfig",
+    "VideoNet",
+    "auroc",
+    "export_video",
+    "save_video_model",
+    "make_clips",
+    "predict",
+    "train_video",
+]
+
+GRID = 4  # location cells per side
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    frames: int = 8
+    size: int = 128
+    d: int = 32
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+    epochs: int = 6
+    batch: int = 32
+    lr: float = 2e-3
+    train_clips: int = 1600
+    test_clips: int = 400
+    align: str = "dis"
+
+
+class VideoNet(nn.Module):
+    def __init__(self, cfg: VideoConfig) -> None:
+        super().__init__()
+        if cfg.size % (4 * GRID) or cfg.frames % 2:
+            raise ValueError(f"size must be a multiple of {4 * GRID} and frames even")
+        self.stem = nn.Sequential(
+            nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1),  # (B,16,T,H/2,W/2)
+            nn.ReLU(),
+            nn.Conv3d(16, cfg.d, 3, stride=2, padding=1),  # (B,d,T/2,H/4,W/4)
+            nn.ReLU(),
+        )
+        cell = cfg.size // 4 // GRID
+        self.pool = nn.MaxPool3d((1, cell, cell))  # (B,d,T/2,GRID,GRID): small defects survive
+        tokens = cfg.frames // 2 * GRID * GRID
+        self.position = nn.Parameter(torch.zeros(1, tokens, cfg.d))
+        layer = nn.TransformerEncoderLayer(
+            cfg.d, cfg.heads, dim_feedforward=2 * cfg.d, batch_first=True, dropout=0.0
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.defect = nn.Linear(cfg.d, 1)
+        self.where = nn.Linear(cfg.d, 1)
+        self.t2 = cfg.frames // 2
+
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, T, H, W) -> defect logit (B,), location logits (B, GRID * GRID)."""
+        # per-clip standardisation: lighting and texture contrast differ between lines
+        mean = clip.mean(dim=(1, 2, 3, 4), keepdim=True)
+        std = clip.std(dim=(1, 2, 3, 4), keepdim=True) + 1e-3
+        x = self.pool(self.stem((clip - mean) / std))  # (B, d, T/2, GRID, GRID)
+        tokens = x.flatten(2).transpose(1, 2) + self.position  # (B, T/2*GRID*GRID, d)
+        h = self.encoder(tokens)
+        logit = self.defect(h.mean(1)).squeeze(-1)
+        where = self.where(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)
+        return logit, where
+
+
+@dataclass
+class ClipDataset:
+    clips: np.ndarray  # (N, 1, T, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) 0/1
+    cells: np.ndarray  # (N,) location cell of the defect, -1 when none
+    boxes: list  # (N,) [x, y, w, h] in reference-frame pixels, or None
+
+
+def make_clips(
+    n: int, cfg: VideoConfig, textures: tuple[str, ...], seed: int, positive_share: float = 0.5
+) -> ClipDataset:
+    """``n`` aligned clips from simulated cameras (balanced positives and negatives)."""
+    from streams.alignment import align_clip
+    from streams.sources.camera import CameraConfig, CameraSimulator
+
+    sim = CameraSimulator(
+        CameraConfig(
+            seed=seed,
+            size=cfg.size,
+            part_px=cfg.size * 7 // 8,
+            gap_px=cfg.size * 3 // 8,
+            defect_rate=0.5,
+            textures=textures,
+        )
+    )
+    want_pos = int(round(n * positive_share))
+    clips, labels, cells, boxes = [], [], [], []
+    pos = neg = 0
+    for camera in itertools.count():
+        shots = list(itertools.islice(sim.frames(f"cam-{camera}", camera), 600))
+        for start in range(0, len(shots) - cfg.frames, cfg.frames // 2):
+            window = shots[start : start + cfg.frames]
+            ref = window[cfg.frames // 2]
+            if ref.part is None:
+                continue  # bare belt under the camera: not a part to inspect
+            label = int(ref.defect is not None)
+            if (label and pos >= want_pos) or (not label and neg >= n - want_pos):
+                continue
+            frames = np.stack([s.frame.image for s in window])
+            aligned = align_clip(frames, cfg.align) / 255.0
+            clips.append(aligned[None].astype(np.float32))
+            labels.append(label)
+            if label:
+                x, y, w, h = ref.defect.bbox
+                cx, cy = (x + w / 2) * GRID // cfg.size, (y + h / 2) * GRID // cfg.size
+                cells.append(int(min(GRID - 1, cy) * GRID + min(GRID - 1, cx)))
+                boxes.append([x, y, w, h])
+            else:
+                cells.append(-1)
+                boxes.append(None)
+            pos, neg = pos + label, neg + (1 - label)
+            if pos + neg >= n:
+                return ClipDataset(np.stack(clips), np.array(labels), np.array(cells), boxes)
+    raise AssertionError("unreachable")
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=float)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return math.nan
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def train_video(
+    train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None] = print
+) -> VideoNet:
+    torch.manual_seed(cfg.seed)
+    net = VideoNet(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    x = torch.from_numpy(train.clips)
+    y = torch.from_numpy(train.labels.astype(np.float32))
+    cells = torch.from_numpy(train.cells)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        net.train()
+        order = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i : i + cfg.batch]
+            xb, cb = x[idx], cells[idx]
+            if torch.rand((), generator=gen) < 0.5:  # vertical flip: the cell row flips too
+                xb = xb.flip(3)
+                cb = torch.where(cb >= 0, (GRID - 1 - cb // GRID) * GRID + cb % GRID, cb)
+            # contrast and brightness jitter: textures differ in both
+            xb = xb * (0.7 + 0.6 * torch.rand(len(idx), 1, 1, 1, 1, generator=gen))
+            logit, where = net(xb)
+            loss = F.binary_cross_entropy_with_logits(logit, y[idx])
+            located = cb >= 0
+            if located.any():
+                loss = loss + 0.5 * F.cross_entropy(where[located], cb[located])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        say(f"  epoch {epoch + 1}/{cfg.epochs}: loss {total / len(y):.4f}")
+    net.eval()
+    return net
+
+
+def predict(net: VideoNet, clips: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Defect probability and location cell per clip."""
+    probs, cells = [], []
+    with torch.no_grad():
+        for i in range(0, len(clips), batch):
+            logit, where = net(torch.from_numpy(clips[i : i + batch]))
+            probs.append(torch.sigmoid(logit).numpy())
+            cells.append(where.argmax(1).numpy())
+    return np.concatenate(probs), np.concatenate(cells)
+
+
+def export_video(net: VideoNet, cfg: VideoConfig) -> bytes:
+    """ONNX (opset 17), dynamic batch; exported with a batch of 2 (a batch of 1 would
+    specialise shapes)."""
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    example = torch.zeros(2, 1, cfg.frames, cfg.size, cfg.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            buf,
+            input_names=["clip"],
+            output_names=["defect_logit", "location_logits"],
+            dynamic_axes={
+                "clip": {0: "batch"},
+                "defect_logit": {0: "batch"},
+                "location_logits": {0: "batch"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+PARITY_TOLERANCE = 1e-4
+
+
+def save_video_model(
+    net: VideoNet, cfg: VideoConfig, out_dir: Path, check: np.ndarray, metrics: dict
+) -> Path:
+    """Export to ONNX, check ONNX Runtime against torch on ``check`` clips (both outputs
+    within ``PARITY_TOLERANCE``), and write ``out_dir/<version>`` with a manifest."""
+    import onnxruntime as ort
+
+    from models.serving import write_model
+
+    graph = export_video(net, cfg)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"clip": check.astype(np.float32)})
+    with torch.no_grad():
+        want = [t.numpy() for t in net(torch.from_numpy(check.astype(np.float32)))]
+    worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+    if not worst <= PARITY_TOLERANCE:
+        raise ValueError(f"ONNX export differs from torch by {worst:.2e} on the check clips")
+    manifest = {
+        "name": "inspection",
+        "format": "onnx:clip-classifier",
+        "input": {"clip": [None, 1, cfg.frames, cfg.size, cfg.size], "range": [0, 1]},
+        "grid": GRID,
+        "parity_max_abs_diff": worst,
+        "parity_clips": len(check),
+        "config": asdict(cfg),
+        "metrics": metrics,
+    }
+    return write_model(out_dir, {"clip.onnx": graph}, manifest)

@@ -1,0 +1,84 @@
+"""The inspection clip classifier: its data, its metric against scikit-learn, that it
+learns, and ONNX Runtime against torch at other batch sizes than the export's."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from apps.cli import app
+from models.serving import load_latest, read_manifest
+from models.video import (
+    GRID,
+    VideoConfig,
+    VideoNet,
+    auroc,
+    make_clips,
+    predict,
+    save_video_model,
+    train_video,
+)
+from streams.sources.camera import TRAIN_TEXTURES
+
+CFG = VideoConfig(size=64, epochs=6, seed=1)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return make_clips(240, CFG, TRAIN_TEXTURES, seed=3)
+
+
+def test_auroc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 50)
+        s = rng.integers(0, 6, 50).astype(float)  # many ties
+        if 0 < y.sum() < 50:
+            assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_clips_are_balanced_aligned_and_located(clips):
+    assert clips.clips.shape == (240, 1, 8, 64, 64) and clips.clips.dtype == np.float32
+    assert clips.clips.min() >= 0 and clips.clips.max() <= 1
+    assert clips.labels.sum() == 120
+    for label, cell, box in zip(clips.labels, clips.cells, clips.boxes, strict=True):
+        if not label:
+            assert cell == -1 and box is None
+            continue
+        x, y, w, h = box  # the box's centre is in the labelled cell
+        assert cell == int((y + h / 2) * GRID // 64) * GRID + int((x + w / 2) * GRID // 64)
+
+
+def test_the_classifier_learns_defects(clips):
+    net = train_video(clips, CFG, say=lambda _m: None)
+    probs, cells = predict(net, clips.clips)
+    assert auroc(clips.labels, probs) > 0.8
+    located = clips.cells >= 0
+    assert (cells[located] == clips.cells[located]).mean() > 1 / GRID**2 * 3  # not chance
+
+
+def test_onnx_matches_torch_at_any_batch_size(tmp_path, clips):
+    torch.manual_seed(0)
+    net = VideoNet(CFG).eval()
+    path = save_video_model(net, CFG, tmp_path, clips.clips[:4], {"auroc": None})
+    manifest = read_manifest(path)
+    assert manifest["name"] == "inspection" and manifest["parity_max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(str(path / "clip.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        x = clips.clips[:batch]
+        got = session.run(None, {"clip": x})
+        with torch.no_grad():
+            want = [t.numpy() for t in net(torch.from_numpy(x))]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # a risk worker reading the same directory does not take it for a risk model
+    assert load_latest(tmp_path, "lib-2") is None
+
+
+def test_train_inspection_refuses_a_size_the_grid_cannot_cut():
+    result = CliRunner().invoke(app, ["train", "inspection", "--size", "72"])
+    assert result.exit_code == 2 and "multiple of 16" in result.output
