@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 DEFECTS = ("scratch", "crack", "stain", "pit")
-TRAIN_TEXTURES = ("grain", "weave", "speckle", "stripes")
+TRAIN_TEXTURES = ("grain", "weave", "speckle", "stripes", "brushed", "blotch", "checker")
 HELDOUT_TEXTURES = ("cells", "marble")
 
 
@@ -60,6 +60,14 @@ def texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         a = rng.uniform(0, np.pi)
         u = x * math.cos(a) + y * math.sin(a)
         t = 0.5 + 0.3 * np.sin(2 * np.pi * u / rng.uniform(6, 12)) + 0.2 * noise
+    elif kind == "brushed":  # brushed metal: noise smeared along one direction
+        t = cv2.GaussianBlur(noise, (0, 0), sigmaX=float(rng.uniform(4, 8)), sigmaY=0.6)
+    elif kind == "blotch":  # low-frequency mottling with fine grain on top
+        low = cv2.resize(rng.random((h // 12 + 2, w // 12 + 2), dtype=np.float32), (w, h))
+        t = low + 0.25 * cv2.GaussianBlur(noise, (0, 0), 0.8)
+    elif kind == "checker":
+        p = int(rng.integers(4, 10))
+        t = 0.6 * (((x // p) + (y // p)) % 2) + 0.4 * cv2.GaussianBlur(noise, (0, 0), 1.0)
     elif kind == "cells":
         pts = rng.random((max(8, h * w // 300), 2)) * (h, w)
         d = np.full((h, w), np.inf, dtype=np.float32)
