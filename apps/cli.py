@@ -60,6 +60,15 @@ def _progress(label: str, disable: bool = False) -> Progress:
 out = Console()
 
 
+def _report(result: dict, as_json: bool, width: int = 16) -> None:
+    """A command's result: one JSON object, or one ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    for k, v in result.items():
+        out.print(f"{k:>{width}}: {v}")
+
+
 def _fail(exc: BaseException | str, code: int) -> NoReturn:
     """Print ``error: ...`` on stderr and exit with ``code`` (2: usage, 1: failure)."""
     console.print(f"[red]error:[/] {exc}")
@@ -571,11 +580,7 @@ def bench_features_cmd(
     from apps.bench import bench_features
 
     result = bench_features(events=events, batch=batch)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            out.print(f"{k:>10}: {v}")
+    _report(result, as_json, width=10)
 
 
 @bench_app.command("risk")
@@ -595,11 +600,7 @@ def bench_risk(
     result = run(
         settings, events=events, rate=rate, timeout_s=timeout, workers=workers, console=console
     )
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            out.print(f"{k:>10}: {v}")
+    _report(result, as_json, width=10)
     if result["scored"] != result["events"]:
         raise typer.Exit(1)
 
@@ -672,11 +673,7 @@ def train_nn(
             _fail(exc, 1)
     result = results[0]
     result.pop("state", None)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            out.print(f"{k:>16}: {v}")
+    _report(result, as_json, width=16)
 
 
 @train_app.command("inspection")
@@ -738,11 +735,7 @@ def train_inspection(
     root = Path(out_dir) if out_dir else settings.models_path
     path = save_video_model(net, cfg, root / "inspection", test_set.clips[:8], report)
     report["model"] = str(path)
-    if as_json:
-        print(json.dumps(report))
-    else:
-        for k, v in report.items():
-            out.print(f"{k:>24}: {v}")
+    _report(report, as_json, width=24)
 
 
 @train_app.command("risk")
@@ -867,11 +860,7 @@ def bench_scoring_cmd(
         result = bench_scoring(_settings(), model, batch)
     except (LookupError, ValueError) as exc:
         _fail(exc, 1)
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            out.print(f"{k:>16}: {v}")
+    _report(result, as_json, width=16)
 
 
 @bench_app.command("allreduce")

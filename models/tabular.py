@@ -527,25 +527,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
 
 
 def _torch_onnx(net: TabularNet, n: int) -> bytes:
-    import io
-    import warnings
+    from models.onnx_export import torch_to_onnx
 
-    buf = io.BytesIO()
     example = (torch.zeros(2, n), torch.full((2,), 0.5))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            net,
-            example,
-            buf,
-            input_names=["features", "gbdt_prob"],
-            output_names=["probability"],
-            dynamic_axes={
-                "features": {0: "rows"},
-                "gbdt_prob": {0: "rows"},
-                "probability": {0: "rows"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    return buf.getvalue()
+    return torch_to_onnx(net, example, ["features", "gbdt_prob"], ["probability"], "rows")

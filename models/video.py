@@ -219,30 +219,11 @@ def predict(net: VideoNet, clips: np.ndarray, batch: int = 64) -> tuple[np.ndarr
 
 
 def export_video(net: VideoNet, cfg: VideoConfig) -> bytes:
-    """ONNX (opset 17), dynamic batch; exported with a batch of 2 (a batch of 1 would
-    specialise shapes)."""
-    import io
-    import warnings
+    """ONNX with a dynamic batch (exported with a batch of 2)."""
+    from models.onnx_export import torch_to_onnx
 
-    buf = io.BytesIO()
-    example = torch.zeros(2, 1, cfg.frames, cfg.size, cfg.size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            buf,
-            input_names=["clip"],
-            output_names=["defect_logit", "location_logits"],
-            dynamic_axes={
-                "clip": {0: "batch"},
-                "defect_logit": {0: "batch"},
-                "location_logits": {0: "batch"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    return buf.getvalue()
+    example = (torch.zeros(2, 1, cfg.frames, cfg.size, cfg.size),)
+    return torch_to_onnx(net, example, ["clip"], ["defect_logit", "location_logits"])
 
 
 PARITY_TOLERANCE = 1e-4
