@@ -625,12 +625,11 @@ def train_nn(
     """Train a network on the engine: N data-parallel ranks (gloo) on M emulated nodes,
     DDP over our AllReduce, the precision scheduler, checkpoints, restarts when a rank
     dies. For real multi-node jobs run ``torchrun ... -m models.engine.run``."""
-    import dataclasses
     import tempfile
 
     from models.engine import ALGORITHMS, DistributedError, supervise
     from models.engine.precision import DTYPES
-    from models.engine.run import DEFAULTS, TASKS, job
+    from models.engine.run import TASKS, config_for, job
 
     problems = []
     if task not in TASKS:
@@ -644,14 +643,13 @@ def train_nn(
     if problems:
         _fail(problems[0], 2)
     _logging(_settings())
-    base = DEFAULTS[task]
-    cfg = dataclasses.replace(
-        base,
-        steps=steps or base.steps,
-        batch_per_rank=max(1, base.batch_per_rank * 2 // nproc),
+    cfg = config_for(
+        task,
+        nproc,
         precision=precision,
         algorithm=algorithm,
         checkpoint_every=checkpoint_every if checkpoint_dir else 0,
+        **({"steps": steps} if steps else {}),
     )
     with tempfile.TemporaryDirectory() as tmp:
         prepared = None

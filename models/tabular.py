@@ -81,15 +81,13 @@ def _featurise(
     """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
     vector, the rules' score and the label of every labelled, valid transaction."""
     from streams.pipeline import RiskPipeline
-    from streams.schemas import RawRecord
+    from streams.schemas import record_batches
 
     pipeline = RiskPipeline()
     store: dict = {}
     rows, labels, ts, rule, typ, ids = [], [], [], [], [], []
-    pending: list[RawRecord] = []
-
-    def run() -> None:
-        result = pipeline.process_local(pending, store)
+    for records in record_batches(lines, "history", batch):
+        result = pipeline.process_local(records, store)
         for _key, value in result.scores:
             s = orjson.loads(value)
             known = truth.get(s["tx_id"])
@@ -101,14 +99,6 @@ def _featurise(
             ts.append(s["ts_ms"])
             rule.append(s["score"])
             ids.append(s["tx_id"])
-        pending.clear()
-
-    for offset, line in enumerate(lines):
-        pending.append(RawRecord("history", 0, offset, None, line))
-        if len(pending) >= batch:
-            run()
-    if pending:
-        run()
     return History(
         np.array(rows, dtype=np.float32).reshape(-1, len(FEATURE_SPEC.names)),
         np.array(labels, dtype=np.int8),

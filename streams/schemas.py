@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -125,6 +125,19 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+def record_batches(lines: Iterable[bytes], topic: str, size: int) -> Iterator[list[RawRecord]]:
+    """Raw values (a file, a generator) as records of one partition, ``size`` at a time:
+    the micro-batches the in-process runs (backtest, training data) feed the pipeline."""
+    batch: list[RawRecord] = []
+    for offset, line in enumerate(lines):
+        batch.append(RawRecord(topic, 0, offset, None, line))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class DeadLetter(BaseModel):

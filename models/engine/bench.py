@@ -197,15 +197,6 @@ if __name__ == "__main__":
     _rank_main()
 
 
-def _precision_job(cfg: Any, factory: Callable[[], Any]) -> dict[str, Any]:
-    from models.engine.trainer import train_rank
-
-    result = train_rank(cfg, factory, None)
-    result.pop("params", None)
-    result.pop("state", None)
-    return result
-
-
 PRECISION_MODES = ("fp32", "bf16", "dynamic")
 
 
@@ -219,40 +210,27 @@ def bench_precision(
     """Train each task in each precision mode on the engine (``nproc`` data-parallel
     ranks): samples/s and the final validation metric. ``bf16`` is static autocast of every
     layer (sensitive ops still fp32); ``dynamic`` is the precision scheduler."""
-    import functools
-
     from models.engine.distributed import spawn
-    from models.engine.tasks import prepare_tabular, tabular_task, video_standin_task
-    from models.engine.trainer import TrainConfig
+    from models.engine.run import config_for, job
+    from models.engine.tasks import prepare_tabular
 
-    configs = {
-        # the real risk NN (NN-only) on 14 generated days: ~15 epochs of Adam
-        "tabular": TrainConfig(
-            steps=600, batch_per_rank=256 // nproc, optimizer="adam", lr=1e-3, seed=seed
-        ),
-        # the 3D-CNN + Transformer stand-in on 2048 synthetic 8x16x16 clips
-        "video": TrainConfig(
-            steps=400, batch_per_rank=32 // nproc, optimizer="adam", lr=2e-3, seed=seed
-        ),
-    }
-    unknown = sorted(set(tasks) - set(configs)) + sorted(set(modes) - set(PRECISION_MODES))
+    # tabular: the real risk NN (NN-only) on 14 generated days, ~15 epochs of Adam;
+    # video: the 3D-CNN + Transformer stand-in on 2048 synthetic 8x16x16 clips
+    unknown = sorted(set(tasks) - {"tabular", "video"}) + sorted(set(modes) - set(PRECISION_MODES))
     if unknown:
         raise ValueError(f"unknown task or mode {unknown[0]!r}")
     out: dict[str, Any] = {"nproc": nproc, "device": "cpu", "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
+            prepared = None
             if task == "tabular":
                 say("generating and featurising 14 days of history for the risk NN")
-                path = prepare_tabular(Path(tmp) / "tabular.pt", seed=7 + seed)
-                factory: Callable[[], Any] = functools.partial(tabular_task, str(path))
-            else:
-                factory = functools.partial(video_standin_task, seed=seed)
+                prepared = str(prepare_tabular(Path(tmp) / "tabular.pt", seed=7 + seed))
             rows = {}
             for mode in modes:
-                cfg = configs[task]
-                cfg = type(cfg)(**{**cfg.__dict__, "precision": mode, "checkpoint_every": 0})
+                cfg = config_for(task, nproc, seed=seed, precision=mode, checkpoint_every=0)
                 say(f"{task}: training in {mode} ({cfg.steps} steps on {nproc} rank(s))")
-                r = spawn(_precision_job, nprocs=nproc, args=(cfg, factory))[0]
+                r = spawn(job, nprocs=nproc, args=(task, cfg, None, prepared))[0]
                 metric = next(k for k in r if k.startswith("val_") and k != "val_loss")
                 counts = {
                     p: list(r["decisions"].values()).count(p) for p in ("fp32", "bf16", "fp16")

@@ -59,11 +59,6 @@ class EmulatedNodes:
         ns = self.namespace(node)
         return argv if ns is None else ["ip", "netns", "exec", ns, *argv]
 
-    def link_bytes(self, node: int) -> tuple[int, int]:
-        """(bytes host -> node, bytes node -> host) so far on node ``node``'s link."""
-        stats = Path("/sys/class/net") / self.host_interface(node) / "statistics"
-        return int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text())
-
     def __enter__(self) -> EmulatedNodes:
         if self.nodes < 2 or self.nodes > 200:
             raise LinkEmulationError(f"between 2 and 200 nodes, not {self.nodes}")

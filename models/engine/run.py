@@ -20,15 +20,22 @@ from typing import Any
 
 from models.engine.trainer import Task, TrainConfig, train_rank
 
-__all__ = ["TASKS", "job", "task_factory"]
+__all__ = ["TASKS", "config_for", "job", "task_factory"]
 
 TASKS = ("tabular", "video", "synthetic")  # and "risk-net": models.tabular's own data
 
+# per task: steps, optimizer and the global batch, split over the ranks by config_for
 DEFAULTS = {
-    "tabular": TrainConfig(steps=600, batch_per_rank=128, optimizer="adam", lr=1e-3),
-    "video": TrainConfig(steps=400, batch_per_rank=16, optimizer="adam", lr=2e-3),
-    "synthetic": TrainConfig(),
+    "tabular": (TrainConfig(steps=600, optimizer="adam", lr=1e-3), 256),
+    "video": (TrainConfig(steps=400, optimizer="adam", lr=2e-3), 32),
+    "synthetic": (TrainConfig(), 128),
 }
+
+
+def config_for(task: str, nproc: int, **overrides: Any) -> TrainConfig:
+    """The task's defaults for ``nproc`` ranks (the same global batch), then ``overrides``."""
+    base, global_batch = DEFAULTS[task]
+    return replace(base, batch_per_rank=max(1, global_batch // nproc), **overrides)
 
 
 def task_factory(task: str, prepared: str | None, seed: int = 0) -> Callable[[], Task]:
@@ -52,9 +59,8 @@ def job(
     task: str, cfg: TrainConfig, checkpoint_dir: str | None, prepared: str | None
 ) -> dict[str, Any]:
     """One rank's part (module level, so spawn can start it)."""
-    result = train_rank(cfg, task_factory(task, prepared, cfg.seed), checkpoint_dir)
-    result.pop("params", None)
-    return result  # with rank 0's "state" (the trained state dict)
+    # rank 0's result carries "state", the trained state dict
+    return train_rank(cfg, task_factory(task, prepared, cfg.seed), checkpoint_dir)
 
 
 def _prepare_once(task: str, checkpoint_dir: str | None) -> str | None:
@@ -87,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    cfg = replace(DEFAULTS[args.task], **{k: v for k, v in overrides.items() if v is not None})
-    rank, _world = init_from_env()
+    rank, world = init_from_env()
+    cfg = config_for(args.task, world, **{k: v for k, v in overrides.items() if v is not None})
     try:
         prepared = _prepare_once(args.task, args.checkpoint_dir)
         result = job(args.task, cfg, args.checkpoint_dir, prepared)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.engine.trainer import Task
+from models.engine.trainer import Task, accuracy, bce_loss
 
 __all__ = ["prepare_tabular", "tabular_task", "video_standin_task"]
 
@@ -61,10 +60,6 @@ def _average_precision(logits: torch.Tensor, y: torch.Tensor) -> float:
     return average_precision(y.numpy(), logits.squeeze(-1).double().numpy())
 
 
-def _bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
-
-
 def tabular_task(path: str) -> Task:
     data = torch.load(path, weights_only=False)
     mean, std = data["mean"], data["std"]
@@ -75,7 +70,7 @@ def tabular_task(path: str) -> Task:
         data["y"],
         data["x_val"],
         data["y_val"],
-        _bce,
+        bce_loss,
         _average_precision,
         "auc_pr",
     )
@@ -117,15 +112,11 @@ def _clips(n: int, g: torch.Generator, frames: int = 8, size: int = 16) -> tuple
     return clips + 0.1 * torch.randn(clips.shape, generator=g), y
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((logits.squeeze(-1) > 0).float() == y).float().mean())
-
-
 def video_standin_task(samples: int = 2048, seed: int = 0) -> Task:
     g = torch.Generator().manual_seed(20_000 + seed)
     x, y = _clips(samples, g)
     x_val, y_val = _clips(samples // 4, g)
-    return Task("video-standin", ClipClassifier, x, y, x_val, y_val, _bce, _accuracy, "accuracy")
+    return Task("video-standin", ClipClassifier, x, y, x_val, y_val, bce_loss, accuracy, "accuracy")
 
 
 class _HybridLogit(nn.Module):
@@ -155,7 +146,7 @@ def risk_net_task(path: str) -> Task:
         d["y"],
         d["x_val"],
         d["y_val"],
-        _bce,
+        bce_loss,
         _average_precision,
         "auc_pr",
     )

@@ -28,7 +28,15 @@ from models.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from models.engine.distributed import ATTEMPT_ENV
 from models.engine.precision import PrecisionConfig, PrecisionScheduler
 
-__all__ = ["FAULT_ENV", "TrainConfig", "Task", "synthetic_task", "train_rank"]
+__all__ = [
+    "FAULT_ENV",
+    "Task",
+    "TrainConfig",
+    "accuracy",
+    "bce_loss",
+    "synthetic_task",
+    "train_rank",
+]
 
 log = logging.getLogger("vigil.engine.trainer")
 # fault injection for the recovery tests: "RANK:STEP" makes that rank SIGKILL itself after
@@ -68,11 +76,11 @@ class Task:
     metric_name: str
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(((logits.squeeze(-1) > 0).float() == y).float().mean())
 
 
-def _bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def bce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
 
 
@@ -104,8 +112,8 @@ def synthetic_task(samples: int = 8192, features: int = 16, seed: int = 0) -> Ta
         y[:samples],
         x[samples:],
         y[samples:],
-        _bce,
-        _accuracy,
+        bce_loss,
+        accuracy,
         "accuracy",
     )
 
@@ -249,7 +257,6 @@ def train_rank(
         "decisions": dict(sched.decisions),
         "skipped_steps": sched.scaler.skipped,
         "loss_scale": sched.scaler.scale,
-        "params": [p.detach().clone() for p in model.parameters()] if rank == 0 else None,
         "state": model.state_dict() if rank == 0 else None,
         "selected_step": best[1] if best is not None else None,
         "selected_" + task.metric_name: best[0] if best is not None else None,

@@ -14,6 +14,8 @@ reference, over the frame minus a margin (warped borders have no data).
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -42,11 +44,12 @@ def estimate_shift(reference: np.ndarray, frame: np.ndarray) -> tuple[float, flo
     return float(dx), float(dy)
 
 
-def _flow(method: str, reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
-    """Dense flow (H, W, 2) from the reference to ``frame``."""
+def _flow(dis: Any, reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2) from the reference to ``frame``: DIS when ``dis`` is a DIS
+    object, else Farneback."""
     ref, cur = _grey_u8(reference), _grey_u8(frame)
-    if method == "dis":
-        return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(ref, cur, None)
+    if dis is not None:
+        return dis.calc(ref, cur, None)
     return cv2.calcOpticalFlowFarneback(ref, cur, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
@@ -58,6 +61,10 @@ def align_clip(frames: np.ndarray, method: str = "dis", reference: int | None = 
     clip = np.asarray(frames)
     t, h, w = clip.shape[:3]
     ref_i = t // 2 if reference is None else reference
+    ref_u8 = _grey_u8(clip[ref_i])  # the reference, converted once for every frame
+    dis = (
+        cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if method == "dis" else None
+    )
     out = np.empty(clip.shape, dtype=np.float32)
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     for i in range(t):
@@ -67,7 +74,7 @@ def align_clip(frames: np.ndarray, method: str = "dis", reference: int | None = 
             continue
         # the global translation first (phase correlation): the conveyor moves the whole
         # view by up to tens of pixels within a clip, more than the flows' pyramids follow
-        dx, dy = estimate_shift(_grey_u8(clip[ref_i]), _grey_u8(clip[i]))
+        dx, dy = estimate_shift(ref_u8, _grey_u8(clip[i]))
         shift = np.float32([[1, 0, dx], [0, 1, dy]])  # sample frame at x + d
         cur = cv2.warpAffine(
             cur,
@@ -80,7 +87,7 @@ def align_clip(frames: np.ndarray, method: str = "dis", reference: int | None = 
             out[i] = cur
             continue
         # then what is left (vibration, local motion) by dense flow
-        flow = _flow(method, clip[ref_i], cur)
+        flow = _flow(dis, ref_u8, cur)
         out[i] = cv2.remap(
             cur,
             grid_x + flow[..., 0],

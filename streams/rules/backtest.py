@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from streams.schemas import RawRecord
+from streams.schemas import record_batches
 
 __all__ = ["RuleStats", "BacktestReport", "backtest"]
 
@@ -72,10 +72,7 @@ def backtest(
     hits: Counter[str] = Counter()
     tps: Counter[str] = Counter()
     total = invalid = positives = unlabelled = 0
-    batch: list[RawRecord] = []
-
-    def run() -> None:
-        nonlocal total, invalid, positives, unlabelled
+    for batch in record_batches(lines, "backtest", batch_size):
         result = pipeline.process_local(batch, state)
         invalid += len(result.dead)
         for _key, value in result.scores:
@@ -93,14 +90,6 @@ def backtest(
                 tps[name] += label == 1
         if progress:
             progress(len(batch))
-        batch.clear()
-
-    for offset, line in enumerate(lines):
-        batch.append(RawRecord("backtest", 0, offset, None, line))
-        if len(batch) >= batch_size:
-            run()
-    if batch:
-        run()
     ruleset = pipeline.ruleset
     rules = [
         RuleStats.of(r.name, hits[r.name], tps[r.name], positives, total) for r in ruleset.rules
