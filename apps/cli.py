@@ -138,6 +138,16 @@ def worker_risk() -> None:
     run_worker(settings)
 
 
+@worker_app.command("inspection")
+def worker_inspection() -> None:
+    """Consume camera frames; produce defect alerts, clip scores and dead letters."""
+    from apps.inspection import run_worker
+
+    settings = _settings()
+    _bootstrap(settings)  # clear error before faust starts
+    run_worker(settings)
+
+
 @publish_app.command("frames")
 def publish_frames(
     cameras: int = typer.Option(1, min=1, max=64, help="simulated cameras"),
@@ -695,6 +705,7 @@ def train_inspection(
         VideoConfig,
         auroc,
         make_clips,
+        pick_threshold,
         predict,
         save_video_model,
         train_video,
@@ -715,23 +726,36 @@ def train_inspection(
     say = console.print
     began = time.perf_counter()
     say(f"simulating and aligning {clips} training clips ({size}x{size}, {cfg.frames} frames)")
-    train_set = make_clips(clips, cfg, TRAIN_TEXTURES, seed=seed)
+    train_set = make_clips(clips, cfg, TRAIN_TEXTURES, seed=seed, belt=True)
     say(f"and {test_clips} held-out clips with unseen textures {list(HELDOUT_TEXTURES)}")
     test_set = make_clips(test_clips, cfg, HELDOUT_TEXTURES, seed=seed + 1000)
     seen_set = make_clips(test_clips, cfg, TRAIN_TEXTURES, seed=seed + 2000)
     net = train_video(train_set, cfg, say=say)
-    report = {"train_clips": clips, "size": size, "epochs": epochs}
-    for name, data in (("heldout_textures", test_set), ("seen_textures_new_parts", seen_set)):
-        probs, cells = predict(net, data.clips)
+    report: dict = {"train_clips": clips, "size": size, "epochs": epochs}
+    scored = {
+        name: (data, *predict(net, data.clips))
+        for name, data in (("heldout_textures", test_set), ("seen_textures_new_parts", seen_set))
+    }
+    # the alert threshold: at most 1 % false alarms on clips of the seen textures
+    _, seen_probs, _ = scored["seen_textures_new_parts"]
+    threshold = pick_threshold(seen_set.labels, seen_probs, max_fpr=0.01)
+    report["threshold"] = round(threshold, 6)
+    for name, (data, probs, cells) in scored.items():
         located = data.cells >= 0
+        alerted = probs >= threshold
+        positive = data.labels.astype(bool)
         report[name] = {
             "clips": len(data.labels),
             "auroc": round(auroc(data.labels, probs), 4),
             "location_accuracy": round(float((cells[located] == data.cells[located]).mean()), 4),
+            "recall_at_threshold": round(float(alerted[positive].mean()), 4),
+            "false_positive_rate_at_threshold": round(float(alerted[~positive].mean()), 4),
         }
     report["train_s"] = round(time.perf_counter() - began, 1)
     root = Path(out_dir) if out_dir else settings.models_path
-    path = save_video_model(net, cfg, root / "inspection", test_set.clips[:8], report)
+    path = save_video_model(
+        net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
+    )
     report["model"] = str(path)
     _report(report, as_json, width=24)
 

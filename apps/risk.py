@@ -20,25 +20,18 @@ Design notes:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaError, Message, Producer
 
 from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
-from apps.compat import (
-    install_faust_end_offset_fix,
-    install_faust_fetch_wait,
-    install_faust_safe_resume,
-)
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
+from apps.worker import Outputs, faust_app
 from models.serving import ModelError, load_latest
 from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
@@ -49,52 +42,6 @@ __all__ = ["create_app", "run_worker"]
 
 log = logging.getLogger("vigil.risk")
 STATS_EVERY_S = 10.0
-EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
-
-
-class _Outputs:
-    """Produces a batch's outputs and waits until the broker has acknowledged all of them."""
-
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
-        self.errors: list[KafkaError] = []
-
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self.errors.append(err)
-
-    def produce(self, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-        """Keyed records, placed by the partitioner."""
-        for key, value in items:
-            self._send(topic, value, key)
-
-    def produce_to(self, topic: str, items: list[tuple[int, bytes]]) -> None:
-        """Unkeyed records to explicit partitions."""
-        for partition, value in items:
-            self._send(topic, value, None, partition)
-
-    def _send(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value, key, partition=partition, on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:  # local queue full: let librdkafka drain it
-                self.producer.poll(0.05)
-
-    async def flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(None, self.producer.flush, 5.0):
-            log.warning("outputs still in flight after 5 s; waiting for the broker")
-        if self.errors:
-            log.critical(
-                "broker refused %d output records (first: %s); exiting without "
-                "committing so they are redelivered",
-                len(self.errors),
-                self.errors[0],
-            )
-            os._exit(EXIT_OUTPUT_LOST)
 
 
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
@@ -103,28 +50,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     ensure_topics(bootstrap, topics.all(settings.partitions))
     # the topics' real partition count wins over settings (they may predate this worker)
     partitions = check_copartitioned(bootstrap, [topics.transactions, topics.inflows])
-    install_faust_end_offset_fix(bootstrap)
-    install_faust_fetch_wait(settings.fetch_max_wait_ms)
-    install_faust_safe_resume()
-    datadir = settings.state_dir / "workers"
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"{settings.namespace}-risk",
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        web_enabled=False,
-        datadir=str(datadir),
-        topic_partitions=partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        table_standby_replicas=0,
-        # one fetch can fill a micro-batch (faust's default is 1000 records, 4096 buffered)
-        broker_max_poll_records=settings.batch_size,
-        stream_buffer_maxsize=2 * settings.batch_size,
-    )
+    app = faust_app(settings, bootstrap, "risk", partitions, settings.batch_size)
     # One stream over transactions and the inflows this worker group republishes keyed by
     # payee (streams.features.inflows): co-partitioned, so partition p of both goes to the
     # same worker, which keeps payer and payee sides of an account in one state entry.
@@ -169,7 +95,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         FEATURE_SPEC.label,
         len(FEATURE_SPEC.names),
     )
-    outputs = _Outputs(make_producer(bootstrap))
+    outputs = Outputs(make_producer(bootstrap))
 
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1

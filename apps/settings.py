@@ -56,6 +56,23 @@ class Settings(BaseSettings):
     review_threshold: float = Field(default=0.5, gt=0, le=1)
     block_threshold: float = Field(default=0.9, gt=0, le=1)
 
+    # The inspection worker (frames -> clips -> defect alerts).
+    inspection_batch_size: int = Field(default=256, ge=1, description="frames per micro-batch")
+    inspection_batch_wait_ms: int = Field(
+        default=20, ge=1, description="max wait to fill a micro-batch of frames"
+    )
+    inspection_stride: int = Field(default=4, ge=1, description="frames between clip starts")
+    inspection_grace_ms: int = Field(
+        default=50, ge=0, description="how long a missing frame is waited for (event time)"
+    )
+    inspection_idle_ms: int = Field(
+        default=1000, ge=1, description="a camera silent this long has its held frames released"
+    )
+    inspection_align: str = Field(default="dis", pattern=r"^(dis|farneback|phase)$")
+    inspection_threshold: float | None = Field(
+        default=None, gt=0, le=1, description="alert threshold (unset: the model's own)"
+    )
+
     # Group membership timings. Tansu only completes a join after the rebalance timeout,
     # so keep these low for development; raise them for a production cluster.
     rebalance_timeout_s: float = Field(default=3.0, gt=0)

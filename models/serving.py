@@ -21,11 +21,16 @@ import numpy as np
 
 __all__ = [
     "BatchScorer",
+    "ClipScorer",
     "HybridScorer",
     "ModelError",
     "ModelHolder",
     "RulesOnly",
+    "latest_dir",
     "load_latest",
+    "load_latest_clip",
+    "onnx_session",
+    "read_files",
     "write_model",
 ]
 
@@ -59,15 +64,10 @@ class HybridScorer:
 
     def __init__(self, gbdt: bytes, hybrid: bytes, booster: bytes, version: str) -> None:
         import lightgbm as lgb
-        import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # the tree graph's label output warns on every call
-        cpu = ["CPUExecutionProvider"]
-        self.gbdt = ort.InferenceSession(gbdt, opts, providers=cpu)
-        self.hybrid = ort.InferenceSession(hybrid, opts, providers=cpu)
+        # log level 3: the tree graph's label output warns on every call
+        self.gbdt = onnx_session(gbdt)
+        self.hybrid = onnx_session(hybrid)
         self.booster = lgb.Booster(model_str=booster.decode())
         self.version = version
 
@@ -90,17 +90,7 @@ class HybridScorer:
                 f"{manifest.get('feature_spec')!r}, this worker computes {expected_spec!r}; "
                 "retrain it (vigil train risk)"
             )
-        files = {}
-        for name, digest in manifest["files"].items():
-            path = directory / name
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ModelError(f"{path}: {exc.strerror}") from None
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise ModelError(f"{path}: sha256 does not match the manifest (changed or torn)")
-            files[name] = data
-        return cls.from_bytes(files, manifest["version"])
+        return cls.from_bytes(read_files(directory, manifest), manifest["version"])
 
     def score_batch(self, features: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)
@@ -120,6 +110,59 @@ class HybridScorer:
             best = np.argsort(-row)[:top]
             out.append([(names[i], float(row[i])) for i in best if row[i] > 0])
         return out
+
+
+def onnx_session(graph: bytes, threads: int = 1):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
+
+class ClipScorer:
+    """The inspection clip classifier (``format: onnx:clip-classifier``) on ONNX Runtime:
+    one call per batch of clips, whatever cameras they come from."""
+
+    def __init__(self, graph: bytes, manifest: dict, threads: int = 1) -> None:
+        self.session = onnx_session(graph, threads)
+        self.version: str = manifest["version"]
+        _batch, _channels, self.frames, self.size, _w = manifest["input"]["clip"]
+        self.grid: int = manifest["grid"]
+        self.threshold: float = float(manifest.get("threshold", 0.5))
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, directory: Path, threads: int = 1) -> ClipScorer:
+        manifest = read_manifest(directory)
+        if manifest.get("format") != "onnx:clip-classifier":
+            raise ModelError(f"{directory}: not a clip classifier ({manifest.get('format')!r})")
+        files = read_files(directory, manifest)
+        if "clip.onnx" not in files:
+            raise ModelError(f"{directory}: model {manifest['version']} lacks clip.onnx")
+        return cls(files["clip.onnx"], manifest, threads)
+
+    def score(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, T, H, W) clips in [0, 1] -> defect probability (B,), location cell (B,)."""
+        logit, where = self.session.run(None, {"clip": np.ascontiguousarray(clips, np.float32)})
+        return 1.0 / (1.0 + np.exp(-logit.astype(np.float64))), where.argmax(1)
+
+
+def read_files(directory: Path, manifest: dict) -> dict[str, bytes]:
+    """The files a manifest lists, each checked against its sha256."""
+    files = {}
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{path}: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ModelError(f"{path}: sha256 does not match the manifest (changed or torn)")
+        files[name] = data
+    return files
 
 
 def read_manifest(directory: Path) -> dict:
@@ -158,8 +201,9 @@ def write_model(out_dir: Path, files: dict[str, bytes], manifest: dict) -> Path:
     return target
 
 
-def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
-    """The newest model (by ``created_ms``) under ``models_dir``; None when there is none."""
+def latest_dir(models_dir: Path, name: str) -> Path | None:
+    """The newest model directory (by ``created_ms``) named ``name`` right under
+    ``models_dir``; None when there is none."""
     root = Path(models_dir)
     if not root.is_dir():
         return None
@@ -167,11 +211,22 @@ def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
     for d in root.iterdir():
         if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists():
             manifest = read_manifest(d)
-            if manifest.get("name", "risk") == "risk":  # other models may share the directory
+            if manifest.get("name", "risk") == name:  # other models may share the directory
                 found.append((manifest["created_ms"], d))
-    if not found:
-        return None
-    return HybridScorer.load(max(found)[1], expected_spec)
+    return max(found)[1] if found else None
+
+
+def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
+    """The newest risk model under ``models_dir``; None when there is none."""
+    found = latest_dir(models_dir, "risk")
+    return None if found is None else HybridScorer.load(found, expected_spec)
+
+
+def load_latest_clip(models_dir: Path) -> ClipScorer | None:
+    """The newest inspection model under ``models_dir/inspection`` (where `vigil train
+    inspection` writes); None when there is none."""
+    found = latest_dir(Path(models_dir) / "inspection", "inspection")
+    return None if found is None else ClipScorer.load(found)
 
 
 class ModelHolder:

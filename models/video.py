@@ -33,6 +33,7 @@ __all__ = [
     "VideoConfig",
     "VideoNet",
     "auroc",
+    "pick_threshold",
     "export_video",
     "save_video_model",
     "make_clips",
@@ -104,10 +105,21 @@ class ClipDataset:
 
 
 def make_clips(
-    n: int, cfg: VideoConfig, textures: tuple[str, ...], seed: int, positive_share: float = 0.5
+    n: int,
+    cfg: VideoConfig,
+    textures: tuple[str, ...],
+    seed: int,
+    positive_share: float = 0.5,
+    belt: bool = False,
 ) -> ClipDataset:
-    """``n`` aligned clips from simulated cameras (balanced positives and negatives)."""
-    from streams.alignment import align_clip
+    """``n`` aligned clips from simulated cameras (balanced positives and negatives), cut
+    as the worker cuts them (every ``frames // 2``).
+
+    A clip is labelled by its reference (middle) frame: positive with a defect fully in
+    view, negative with none in view. A defect cut by the frame's edge is neither (a
+    "don't care" clip, left out). ``belt``: also clips with bare belt under the camera's
+    centre (negatives the worker sees between parts; for training)."""
+    from streams.alignment import prepare_clip
     from streams.sources.camera import CameraConfig, CameraSimulator
 
     sim = CameraSimulator(
@@ -128,14 +140,12 @@ def make_clips(
         for start in range(0, len(shots) - cfg.frames, cfg.frames // 2):
             window = shots[start : start + cfg.frames]
             ref = window[cfg.frames // 2]
-            if ref.part is None:
-                continue  # bare belt under the camera: not a part to inspect
+            if (ref.part is None and not belt) or (ref.partial and ref.defect is None):
+                continue
             label = int(ref.defect is not None)
             if (label and pos >= want_pos) or (not label and neg >= n - want_pos):
                 continue
-            frames = np.stack([s.frame.image for s in window])
-            aligned = align_clip(frames, cfg.align) / 255.0
-            clips.append(aligned[None].astype(np.float32))
+            clips.append(prepare_clip([s.frame.image for s in window], cfg.size, cfg.align))
             labels.append(label)
             if label:
                 x, y, w, h = ref.defect.bbox
@@ -169,6 +179,17 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
         ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def pick_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> float:
+    """The lowest alert threshold (alert when score >= it) that keeps the false-positive
+    rate on these negatives within ``max_fpr``."""
+    neg = np.sort(np.asarray(scores, dtype=float)[~np.asarray(labels).astype(bool)])
+    if not len(neg):
+        return 0.5
+    allowed = int(np.floor(max_fpr * len(neg)))  # negatives that may reach the threshold
+    top = neg[len(neg) - allowed - 1]  # the highest negative that must stay below it
+    return float(min(1.0, np.nextafter(top, np.inf)))
 
 
 def train_video(
@@ -230,19 +251,20 @@ PARITY_TOLERANCE = 1e-4
 
 
 def save_video_model(
-    net: VideoNet, cfg: VideoConfig, out_dir: Path, check: np.ndarray, metrics: dict
+    net: VideoNet,
+    cfg: VideoConfig,
+    out_dir: Path,
+    check: np.ndarray,
+    metrics: dict,
+    threshold: float = 0.5,
 ) -> Path:
     """Export to ONNX, check ONNX Runtime against torch on ``check`` clips (both outputs
-    within ``PARITY_TOLERANCE``), and write ``out_dir/<version>`` with a manifest."""
-    import onnxruntime as ort
-
-    from models.serving import write_model
+    within ``PARITY_TOLERANCE``), and write ``out_dir/<version>`` with a manifest that
+    carries the alert ``threshold`` on the defect probability."""
+    from models.serving import onnx_session, write_model
 
     graph = export_video(net, cfg)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(graph)
     got = session.run(None, {"clip": check.astype(np.float32)})
     with torch.no_grad():
         want = [t.numpy() for t in net(torch.from_numpy(check.astype(np.float32)))]
@@ -254,6 +276,7 @@ def save_video_model(
         "format": "onnx:clip-classifier",
         "input": {"clip": [None, 1, cfg.frames, cfg.size, cfg.size], "range": [0, 1]},
         "grid": GRID,
+        "threshold": threshold,
         "parity_max_abs_diff": worst,
         "parity_clips": len(check),
         "config": asdict(cfg),

@@ -24,6 +24,8 @@ __all__ = [
     "ScoreRecord",
     "Alert",
     "DeadLetter",
+    "ClipScore",
+    "InspectionAlert",
     "RawRecord",
     "decode_transactions",
     "describe_validation_error",
@@ -116,6 +118,42 @@ class Alert(BaseModel):
     processed_ms: int
 
 
+class InspectionAlert(BaseModel):
+    """``vigil.inspection.alerts`` value: a clip the classifier found a defect in.
+
+    The clip is frames ``seq_start..seq_end`` of one camera, aligned to its reference
+    frame ``ref_seq`` (taken at ``ts_ms``), in whose pixels ``bbox`` is drawn: the coarse
+    location cell. ``ref_seq``, ``cell`` and ``processed_ms`` extend contract v1.
+    """
+
+    alert_id: str
+    camera_id: str
+    seq_start: int
+    seq_end: int
+    ts_ms: int
+    score: float = Field(ge=0, le=1)
+    bbox: list[int] | None
+    model_version: str
+    ref_seq: int
+    cell: int | None
+    processed_ms: int
+
+
+class ClipScore(BaseModel):
+    """``vigil.inspection.clips`` value (internal, not contract): one per classified clip,
+    alerted or not, for monitoring, evaluation and the benchmark."""
+
+    camera_id: str
+    seq_start: int
+    seq_end: int
+    ts_ms: int
+    score: float
+    alerted: bool
+    model_version: str
+    consumed_ms: int
+    processed_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     """One Kafka record as consumed, before decoding."""
@@ -125,6 +163,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] | None = None
 
 
 def record_batches(lines: Iterable[bytes], topic: str, size: int) -> Iterator[list[RawRecord]]:
@@ -150,6 +189,8 @@ class DeadLetter(BaseModel):
     value_b64: str | None
     error: str
     ts_ms: int
+    # extends contract v1: the record's headers, [name, base64 value], where it had any
+    headers: list[tuple[str, str | None]] | None = None
 
     @classmethod
     def of(cls, record: RawRecord, error: str, now_ms: int) -> DeadLetter:
@@ -161,6 +202,7 @@ class DeadLetter(BaseModel):
             value_b64=_b64(record.value),
             error=error,
             ts_ms=now_ms,
+            headers=[(k, _b64(v)) for k, v in record.headers] if record.headers else None,
         )
 
 

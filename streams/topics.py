@@ -30,6 +30,7 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
 INTERNAL_TOPICS: tuple[TopicSpec, ...] = (
     # co-partitioned with transactions: same partition count, same (murmur2) partitioner
     TopicSpec("risk.inflows", "payee account_id", "transfers repartitioned by payee"),
+    TopicSpec("inspection.clips", "camera_id", "one score record per classified clip"),
 )
 
 
@@ -85,6 +86,10 @@ class TopicNames:
     @property
     def inflows(self) -> str:
         return self.name("risk.inflows")
+
+    @property
+    def inspection_clips(self) -> str:
+        return self.name("inspection.clips")
 
     def all(self, partitions: int) -> dict[str, int]:
         """Every contract and internal topic with its partition count."""

@@ -1,5 +1,6 @@
 """Per-camera frame ordering, clip windows and motion compensation."""
 
+from streams.alignment.clip import grey_u8, prepare_clip
 from streams.alignment.motion import METHODS, align_clip, estimate_shift, residual_mad
 from streams.alignment.reorder import ClipWindows, ReorderBuffer
 
@@ -9,5 +10,7 @@ __all__ = [
     "ReorderBuffer",
     "align_clip",
     "estimate_shift",
+    "grey_u8",
+    "prepare_clip",
     "residual_mad",
 ]

@@ -81,11 +81,14 @@ class ReorderBuffer:
 
 @dataclass
 class ClipWindows:
+    """Clips start on frames whose ``seq`` is a multiple of ``stride``: the same frames
+    give the same clips wherever the stream starts (a worker restarting mid-stream, a
+    redelivery), so a clip's seq range identifies it."""
+
     length: int = 8
     stride: int = 4
     frames: list[Frame] = field(default_factory=list)
     _last_seq: int | None = None
-    _skip: int = 0  # stride > length: frames between two windows
 
     def __post_init__(self) -> None:
         if self.length < 1 or self.stride < 1:
@@ -96,17 +99,14 @@ class ClipWindows:
     def push(self, frame: Frame) -> list[list[Frame]]:
         """Clips completed by ``frame`` (ordered frames of one camera)."""
         if self._last_seq is not None and frame.seq != self._last_seq + 1:
-            self.frames, self._skip = [], 0  # a gap: a clip is consecutive frames
+            self.frames = []  # a gap: a clip is consecutive frames
         self._last_seq = frame.seq
-        if self._skip:
-            self._skip -= 1
-            return []
+        if not self.frames and frame.seq % self.stride:
+            return []  # not a clip start, and no clip open
         self.frames.append(frame)
         if len(self.frames) < self.length:
             return []
-        clip = list(self.frames)
-        if self.stride >= self.length:
-            self.frames, self._skip = [], self.stride - self.length
-        else:
-            del self.frames[: self.stride]
+        clip = self.frames
+        next_start = clip[0].seq + self.stride
+        self.frames = [f for f in clip if f.seq >= next_start]
         return [clip]

@@ -164,6 +164,7 @@ class Shot:
     frame: Frame
     part: int | None  # the part under the camera's centre, if any
     defect: Defect | None  # fully in view in this frame (bbox in frame pixels)
+    partial: bool = False  # a defect is partly in view (cut by the frame's edge)
 
 
 @dataclass
@@ -230,7 +231,7 @@ class CameraSimulator:
             centre = int(x0) + size // 2
             k, off = divmod(centre, pitch)
             part = k if off < cfg.part_px else None
-            shown = None
+            shown, partial = None, False
             for kk in range(max(0, first), last + 1):
                 tex, defect = parts[kk]
                 if defect is None:
@@ -240,6 +241,8 @@ class CameraSimulator:
                 fy0 = (size + 8 - cfg.part_px) // 2 + dy - 4 - jy
                 if fx0 >= 0 and fx0 + dw <= size and fy0 >= 0 and fy0 + dh <= size:
                     shown = Defect(defect.kind, (int(round(fx0)), int(round(fy0)), dw, dh))
+                elif fx0 < size and fx0 + dw > 0 and fy0 < size and fy0 + dh > 0:
+                    partial = True
             yield Shot(
                 Frame(
                     camera_id,
@@ -249,4 +252,5 @@ class CameraSimulator:
                 ),
                 part,
                 shown,
+                partial,
             )

@@ -35,7 +35,7 @@ def _slow_seek(module) -> None:
 
 
 def _slow_flush(module) -> None:
-    original = module._Outputs.flush
+    original = module.Outputs.flush
 
     async def flush(self):
         import asyncio
@@ -43,7 +43,7 @@ def _slow_flush(module) -> None:
         await asyncio.sleep(_slow_flush_s)
         return await original(self)
 
-    module._Outputs.flush = flush
+    module.Outputs.flush = flush
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -69,6 +69,6 @@ _patches = {}
 if _slow_seek_s > 0:
     _patches["faust.transport.drivers.aiokafka"] = _slow_seek
 if _slow_flush_s > 0:
-    _patches["apps.risk"] = _slow_flush
+    _patches["apps.worker"] = _slow_flush
 if _patches:
     sys.meta_path.insert(0, _PatchOnImport(_patches))

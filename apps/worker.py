@@ -1,0 +1,96 @@
+"""What every faust worker shares: the app with its broker settings and Tansu adaptations,
+and the output path (confluent-kafka, acknowledged before source offsets are committed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import faust
+from confluent_kafka import KafkaError, Message, Producer
+
+from apps.compat import (
+    install_faust_end_offset_fix,
+    install_faust_fetch_wait,
+    install_faust_safe_resume,
+)
+from apps.settings import Settings
+
+__all__ = ["EXIT_OUTPUT_LOST", "Outputs", "faust_app"]
+
+log = logging.getLogger("vigil.worker")
+EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
+
+
+def faust_app(
+    settings: Settings, bootstrap: str, kind: str, partitions: int, batch_size: int
+) -> faust.App:
+    """The faust app of a ``kind`` worker (group ``NAMESPACE-KIND``), in-memory stores."""
+    install_faust_end_offset_fix(bootstrap)
+    install_faust_fetch_wait(settings.fetch_max_wait_ms)
+    install_faust_safe_resume()
+    datadir = settings.state_dir / "workers"
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        f"{settings.namespace}-{kind}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        datadir=str(datadir),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        table_standby_replicas=0,
+        # one fetch can fill a micro-batch (faust's default is 1000 records, 4096 buffered)
+        broker_max_poll_records=batch_size,
+        stream_buffer_maxsize=2 * batch_size,
+    )
+
+
+class Outputs:
+    """Produces a batch's outputs and waits until the broker has acknowledged all of them."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.errors: list[KafkaError] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.errors.append(err)
+
+    def produce(self, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+        """Keyed records, placed by the partitioner."""
+        for key, value in items:
+            self._send(topic, value, key)
+
+    def produce_to(self, topic: str, items: list[tuple[int, bytes]]) -> None:
+        """Unkeyed records to explicit partitions."""
+        for partition, value in items:
+            self._send(topic, value, None, partition)
+
+    def _send(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value, key, partition=partition, on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:  # local queue full: let librdkafka drain it
+                self.producer.poll(0.05)
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, self.producer.flush, 5.0):
+            log.warning("outputs still in flight after 5 s; waiting for the broker")
+        if self.errors:
+            log.critical(
+                "broker refused %d output records (first: %s); exiting without "
+                "committing so they are redelivered",
+                len(self.errors),
+                self.errors[0],
+            )
+            os._exit(EXIT_OUTPUT_LOST)
