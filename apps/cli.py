@@ -689,7 +689,12 @@ def train_inspection(
     clips: int = typer.Option(1600, min=20, help="training clips (half with a defect)"),
     test_clips: int = typer.Option(400, min=20, help="held-out clips, unseen textures"),
     epochs: int = typer.Option(10, min=1),
-    size: int = typer.Option(64, min=16, help="frame height and width (multiple of 16)"),
+    size: int = typer.Option(
+        128, min=16, help="the classifier's input height and width (multiple of 16)"
+    ),
+    camera_size: int = typer.Option(
+        128, min=16, help="the simulated cameras' frame size (frames are resized to SIZE)"
+    ),
     seed: int = typer.Option(0, help="simulator and training seed"),
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
@@ -714,7 +719,12 @@ def train_inspection(
 
     try:
         cfg = VideoConfig(
-            size=size, seed=seed, epochs=epochs, train_clips=clips, test_clips=test_clips
+            size=size,
+            camera_size=camera_size,
+            seed=seed,
+            epochs=epochs,
+            train_clips=clips,
+            test_clips=test_clips,
         )
         from models.video import VideoNet
 
@@ -731,7 +741,12 @@ def train_inspection(
     test_set = make_clips(test_clips, cfg, HELDOUT_TEXTURES, seed=seed + 1000)
     seen_set = make_clips(test_clips, cfg, TRAIN_TEXTURES, seed=seed + 2000)
     net = train_video(train_set, cfg, say=say)
-    report: dict = {"train_clips": clips, "size": size, "epochs": epochs}
+    report: dict = {
+        "train_clips": clips,
+        "size": size,
+        "camera_size": camera_size,
+        "epochs": epochs,
+    }
     scored = {
         name: (data, *predict(net, data.clips))
         for name, data in (("heldout_textures", test_set), ("seen_textures_new_parts", seen_set))

@@ -41,7 +41,16 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     topics = settings.topics
     ensure_topics(bootstrap, topics.all(settings.partitions))
     partitions = check_copartitioned(bootstrap, [topics.frames])
-    app = faust_app(settings, bootstrap, "inspection", partitions, settings.inspection_batch_size)
+    # frames held for a pending clip are never acknowledged before a rebalance or shutdown:
+    # do not wait for them (their offsets are not committed; they are redelivered)
+    app = faust_app(
+        settings,
+        bootstrap,
+        "inspection",
+        partitions,
+        settings.inspection_batch_size,
+        wait_empty=False,
+    )
     source = app.topic(
         topics.frames,
         key_type=bytes,

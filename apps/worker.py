@@ -24,9 +24,16 @@ EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing
 
 
 def faust_app(
-    settings: Settings, bootstrap: str, kind: str, partitions: int, batch_size: int
+    settings: Settings,
+    bootstrap: str,
+    kind: str,
+    partitions: int,
+    batch_size: int,
+    wait_empty: bool = True,
 ) -> faust.App:
-    """The faust app of a ``kind`` worker (group ``NAMESPACE-KIND``), in-memory stores."""
+    """The faust app of a ``kind`` worker (group ``NAMESPACE-KIND``), in-memory stores.
+    ``wait_empty=False``: do not wait for every consumed event to be acknowledged before a
+    rebalance or shutdown (for workers that hold events across batches on purpose)."""
     install_faust_end_offset_fix(bootstrap)
     install_faust_fetch_wait(settings.fetch_max_wait_ms)
     install_faust_safe_resume()
@@ -48,6 +55,7 @@ def faust_app(
         # one fetch can fill a micro-batch (faust's default is 1000 records, 4096 buffered)
         broker_max_poll_records=batch_size,
         stream_buffer_maxsize=2 * batch_size,
+        stream_wait_empty=wait_empty,
     )
 
 

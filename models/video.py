@@ -47,7 +47,8 @@ GRID = 4  # location cells per side
 @dataclass(frozen=True)
 class VideoConfig:
     frames: int = 8
-    size: int = 128
+    size: int = 128  # the classifier's input (frames are resized to it)
+    camera_size: int = 128  # the simulated cameras' frames (as `vigil publish frames`)
     d: int = 32
     layers: int = 2
     heads: int = 4
@@ -101,7 +102,7 @@ class ClipDataset:
     clips: np.ndarray  # (N, 1, T, H, W) float32 in [0, 1]
     labels: np.ndarray  # (N,) 0/1
     cells: np.ndarray  # (N,) location cell of the defect, -1 when none
-    boxes: list  # (N,) [x, y, w, h] in reference-frame pixels, or None
+    boxes: list  # (N,) [x, y, w, h] in the camera's reference-frame pixels, or None
 
 
 def make_clips(
@@ -125,9 +126,9 @@ def make_clips(
     sim = CameraSimulator(
         CameraConfig(
             seed=seed,
-            size=cfg.size,
-            part_px=cfg.size * 7 // 8,
-            gap_px=cfg.size * 3 // 8,
+            size=cfg.camera_size,
+            part_px=cfg.camera_size * 7 // 8,
+            gap_px=cfg.camera_size * 3 // 8,
             defect_rate=0.5,
             textures=textures,
         )
@@ -149,7 +150,8 @@ def make_clips(
             labels.append(label)
             if label:
                 x, y, w, h = ref.defect.bbox
-                cx, cy = (x + w / 2) * GRID // cfg.size, (y + h / 2) * GRID // cfg.size
+                cam = cfg.camera_size
+                cx, cy = (x + w / 2) * GRID // cam, (y + h / 2) * GRID // cam
                 cells.append(int(min(GRID - 1, cy) * GRID + min(GRID - 1, cx)))
                 boxes.append([x, y, w, h])
             else:

@@ -50,7 +50,8 @@ def test_clips_are_balanced_aligned_and_located(clips):
             assert cell == -1 and box is None
             continue
         x, y, w, h = box  # the box's centre is in the labelled cell
-        assert cell == int((y + h / 2) * GRID // 64) * GRID + int((x + w / 2) * GRID // 64)
+        cam = CFG.camera_size  # boxes are in the camera frame's pixels
+        assert cell == int((y + h / 2) * GRID // cam) * GRID + int((x + w / 2) * GRID // cam)
 
 
 def test_the_classifier_learns_defects(clips):
