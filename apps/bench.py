@@ -1,8 +1,10 @@
-"""``vigil bench risk``: end-to-end throughput and latency of the risk worker."""
+"""``vigil bench risk|inspection|features|scoring``: end-to-end throughput and latency of
+the workers, and the in-process cost of their hot paths."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +24,7 @@ from streams.pipeline import now_ms
 from streams.sources import GeneratorConfig, TransactionGenerator
 from streams.topics import TopicNames
 
-__all__ = ["bench_risk", "bench_features", "bench_scoring", "percentile"]
+__all__ = ["bench_features", "bench_inspection", "bench_risk", "bench_scoring", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -244,3 +246,152 @@ def bench_scoring(
         "batch1_p99_us": round(percentile(single, 99), 1),
         "threads": 1,
     }
+
+
+def bench_inspection(
+    settings: Settings,
+    cameras: int = 2,
+    fps: float = 100.0,
+    seconds: float = 20.0,
+    size: int = 128,
+    codec: str = "png",
+    timeout_s: float = 120.0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """The inspection worker end to end: ``cameras`` simulated cameras publish ``size``
+    grey frames at ``fps`` each for ``seconds``; measured from the worker's clip records:
+    frames/s and clips/s it sustained, and the latency from a clip's last frame being
+    published to its classification (an alert, when there is one, goes out with it)."""
+    from models.serving import load_latest_clip
+    from streams.frames import encode_frame
+    from streams.sources.camera import CameraConfig, CameraSimulator
+
+    say = console.print if console else (lambda *_a, **_k: None)
+    model = load_latest_clip(settings.models_path)
+    if model is None:
+        raise LookupError(
+            f"no inspection model under {settings.models_path / 'inspection'}: "
+            "run `vigil train inspection`"
+        )
+    per_camera = int(round(fps * seconds))
+    sim = CameraSimulator(
+        CameraConfig(seed=3, size=size, fps=fps, part_px=size * 7 // 8, gap_px=size * 3 // 8)
+    )
+    say(f"simulating {cameras} x {per_camera} frames ({size}x{size}, {codec})")
+    lines = [sim.frames(f"bench-cam-{i}", i) for i in range(cameras)]
+    frames = [
+        (i, encode_frame(next(line).frame, codec))
+        for _ in range(per_camera)
+        for i, line in enumerate(lines)
+    ]
+    stride = settings.inspection_stride
+    want_clips = cameras * ((per_camera - model.frames) // stride + 1)
+    namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
+    topics = TopicNames(namespace)
+    with broker_for(settings) as (bootstrap, embedded):
+        say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
+        ensure_topics(bootstrap, topics.all(settings.partitions))
+        env = {
+            "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
+            "VIGIL_NAMESPACE": namespace,
+            "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
+            "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
+        }
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = settings.state_dir / f"{namespace}-inspection.log"
+        with WorkerProcess("inspection", env, log_path) as worker:
+            producer = make_producer(bootstrap)
+            # warm-up: one clip from a camera of its own proves the worker is up
+            warm_sim = CameraSimulator(CameraConfig(seed=4, size=size, part_px=size * 7 // 8))
+            warm = [
+                encode_frame(s.frame, codec)
+                for s in itertools.islice(warm_sim.frames("bench-warm-up"), model.frames)
+            ]
+            publish(bootstrap, topics.frames, warm, producer=producer)
+            deadline = time.monotonic() + 120
+            got = sum(
+                1
+                for _ in read_topic(
+                    bootstrap,
+                    topics.inspection_clips,
+                    follow=True,
+                    limit=1,
+                    should_stop=lambda: time.monotonic() > deadline or not worker.running,
+                )
+            )
+            if not got:
+                raise RuntimeError(
+                    f"the inspection worker classified no clip in 120 s; see {log_path}"
+                )
+            say(f"worker ready (model {model.version}); publishing for {seconds:g} s")
+            publish_ms: dict[tuple[str, int], int] = {}
+
+            def sent(n: int, _value: bytes) -> None:
+                _i, (key, _v, headers) = frames[n - 1]
+                seq = int(dict(headers)["seq"])
+                publish_ms[(key.decode(), seq)] = now_ms()
+
+            publish(
+                bootstrap,
+                topics.frames,
+                (record for _i, record in frames),
+                fps * cameras,
+                on_sent=sent,
+                producer=producer,
+            )
+            clips: list[dict[str, Any]] = []
+            deadline = time.monotonic() + timeout_s
+            for _k, value, _ts in read_topic(
+                bootstrap,
+                topics.inspection_clips,
+                follow=True,
+                should_stop=lambda: (
+                    len(clips) >= want_clips or time.monotonic() > deadline or not worker.running
+                ),
+            ):
+                if isinstance(value, dict) and value.get("camera_id", "").startswith("bench-cam"):
+                    clips.append(value)
+            alerts = sum(
+                1
+                for _k, value, _ts in read_topic(bootstrap, topics.inspection_alerts)
+                if isinstance(value, dict) and value.get("camera_id", "").startswith("bench-cam")
+            )
+            del producer  # closed while the broker is still up
+    latencies = [
+        float(c["processed_ms"] - publish_ms[(c["camera_id"], c["seq_end"])])
+        for c in clips
+        if (c["camera_id"], c["seq_end"]) in publish_ms
+    ]
+    first_ms = min(publish_ms.values(), default=0)
+    last_ms = max((c["processed_ms"] for c in clips), default=first_ms)
+    span_s = max(last_ms - first_ms, 1) / 1000
+    frames_done = sum(c["seq_end"] + 1 for c in _last_clip_per_camera(clips))
+    return {
+        "cameras": cameras,
+        "fps_per_camera": fps,
+        "seconds": seconds,
+        "size": f"{size}x{size}",
+        "codec": codec,
+        "model_version": model.version,
+        "model_input": f"{model.frames}x{model.size}x{model.size}",
+        "frames_published": len(frames),
+        "clips": len(clips),
+        "clips_expected": want_clips,
+        "alerts": alerts,
+        # from the first frame published to the last clip classified
+        "frames_per_s": round(frames_done / span_s, 1),
+        "clips_per_s": round(len(clips) / span_s, 1),
+        "publish_rate": fps * cameras,
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p99_ms": percentile(latencies, 99),
+        "latency_max_ms": max(latencies, default=float("nan")),
+        "timed_out": len(clips) < want_clips,
+    }
+
+
+def _last_clip_per_camera(clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    for c in clips:
+        if c["seq_end"] > last.get(c["camera_id"], {"seq_end": -1})["seq_end"]:
+            last[c["camera_id"]] = c
+    return list(last.values())

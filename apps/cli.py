@@ -615,6 +615,35 @@ def bench_risk(
         raise typer.Exit(1)
 
 
+@bench_app.command("inspection")
+def bench_inspection_cmd(
+    cameras: int = typer.Option(2, min=1, max=64, help="simulated cameras"),
+    fps: float = typer.Option(100.0, min=1, help="frames per second per camera"),
+    seconds: float = typer.Option(20.0, min=1, help="how long the cameras publish"),
+    size: int = typer.Option(128, min=32, max=1024, help="frame height and width (grey)"),
+    codec: str = typer.Option("png", help="raw, png or jpeg"),
+    timeout: float = typer.Option(120, min=1, help="seconds to wait for the last clip"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Cameras publish frames in real time; the inspection worker (with the newest
+    inspection model) aligns and classifies them: frames/s, clips/s, p50/p99 latency."""
+    from apps.bench import bench_inspection as run
+    from streams.frames import CODECS
+
+    if codec not in CODECS:
+        _fail(f"unknown codec {codec!r}; one of {list(CODECS)}", 2)
+    settings = _settings()
+    _logging(settings)
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = run(settings, cameras, fps, seconds, size, codec, timeout, console=console)
+    except (LookupError, RuntimeError) as exc:
+        _fail(exc, 1)
+    _report(result, as_json, width=18)
+    if result["timed_out"]:
+        raise typer.Exit(1)
+
+
 @train_app.command("nn")
 def train_nn(
     task: str = typer.Option(
