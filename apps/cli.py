@@ -376,14 +376,18 @@ def _print_table(what: str, rows, follow: bool) -> None:  # type: ignore[no-unty
 def demo(
     duration: float = typer.Option(0, min=0, help="seconds to run (0 = until Ctrl-C)"),
     rate: float = typer.Option(200, min=1, help="transactions per second"),
+    camera_fps: float = typer.Option(50, min=1, help="the simulated camera's frames per second"),
 ) -> None:
-    """Broker + risk worker + publisher, with a live view of events, alerts and the DLQ."""
+    """Broker + risk and inspection workers + a transaction publisher and a camera, with a
+    live view of events, alerts, defects and the DLQ."""
     from apps.demo import run_demo
 
     settings = _settings()
     _logging(settings)
     logging.getLogger().setLevel(logging.WARNING)
-    raise typer.Exit(run_demo(settings, duration_s=duration, rate=rate, console=console))
+    raise typer.Exit(
+        run_demo(settings, duration_s=duration, rate=rate, console=console, camera_fps=camera_fps)
+    )
 
 
 @rules_app.command("validate")

@@ -1,4 +1,5 @@
-"""``vigil demo``: broker, risk worker and a publisher, with a live view."""
+"""``vigil demo``: broker, risk and inspection workers, a transaction publisher and a
+simulated camera, with a live view."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from apps.clients import publish, read_topic
 from apps.process import WorkerProcess
 from apps.session import broker_for
 from apps.settings import Settings
+from models.serving import latest_dir
+from streams.frames import encode_frame
 from streams.pipeline import now_ms
 from streams.sources import GeneratorConfig, TransactionGenerator
+from streams.sources.camera import CameraConfig, CameraSimulator
 
 __all__ = ["run_demo"]
 
@@ -33,6 +37,12 @@ class _Stats:
         self.latencies_ms: deque[int] = deque(maxlen=2000)
         self.scored_at: deque[float] = deque(maxlen=100_000)  # monotonic times, for events/s
         self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=8)
+        self.frames = 0  # published by the camera
+        self.clips = 0
+        self.defects = 0  # inspection alerts
+        self.recent_defects: deque[dict[str, Any]] = deque(maxlen=4)
+        self.clip_latencies_ms: deque[int] = deque(maxlen=500)
+        self.frame_ms: dict[int, int] = {}  # seq -> publish time
 
     def rate(self, window_s: float = 5.0) -> float:
         now = time.monotonic()
@@ -85,11 +95,43 @@ def _view(stats: _Stats, bootstrap: str, elapsed_s: float) -> Group:
             str(a.get("tx_id")),
             reasons,
         )
+    clip_lat = sorted(stats.clip_latencies_ms)
+    inspection = Table.grid(padding=(0, 3))
+    for _ in range(5):
+        inspection.add_column(justify="right")
+    inspection.add_row(
+        "[b]camera frames", "[b]clips", "[b]defect alerts", "[b]clip latency p50", "[b]p99"
+    )
+    inspection.add_row(
+        str(stats.frames),
+        str(stats.clips) if stats.clips else "[dim]0 (no model yet?)",
+        f"[yellow]{stats.defects}",
+        f"{clip_lat[len(clip_lat) // 2]} ms" if clip_lat else "-",
+        f"{clip_lat[min(len(clip_lat) - 1, int(len(clip_lat) * 0.99))]} ms" if clip_lat else "-",
+    )
+    defects = Table(
+        "camera",
+        "frames",
+        "score",
+        "bbox",
+        title="latest defects",
+        title_justify="left",
+        expand=True,
+    )
+    for a in list(stats.recent_defects)[::-1]:
+        defects.add_row(
+            str(a.get("camera_id")),
+            f"{a.get('seq_start')}..{a.get('seq_end')}",
+            f"{a.get('score', 0):.2f}",
+            str(a.get("bbox")),
+        )
     footer = f"[dim]broker {bootstrap} · {elapsed_s:.0f} s · Ctrl-C to stop"
-    return Group(head, alerts, footer)
+    return Group(head, alerts, inspection, defects, footer)
 
 
-def run_demo(settings: Settings, duration_s: float, rate: float, console: Console) -> int:
+def run_demo(
+    settings: Settings, duration_s: float, rate: float, console: Console, camera_fps: float = 50.0
+) -> int:
     stop = threading.Event()
     stats = _Stats()
     topics = settings.topics
@@ -98,10 +140,19 @@ def run_demo(settings: Settings, duration_s: float, rate: float, console: Consol
         if embedded is not None:
             write_runtime(settings, embedded)  # `vigil consume` in another terminal finds it
         log_path = settings.state_dir / "demo-worker.log"
+        inspection_log = settings.state_dir / "demo-inspection.log"
         console.print(
-            f"broker {bootstrap}{' (embedded)' if embedded else ''}; worker log: {log_path}"
+            f"broker {bootstrap}{' (embedded)' if embedded else ''}; worker logs: {log_path}, "
+            f"{inspection_log}"
         )
-        worker = WorkerProcess("risk", {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}, log_path).start()
+        if latest_dir(settings.models_path / "inspection", "inspection") is None:
+            console.print(
+                "[yellow]no inspection model: the camera's clips are cut but not classified; "
+                "train one with `vigil train inspection` (about 5 minutes)"
+            )
+        env = {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}
+        worker = WorkerProcess("risk", env, log_path).start()
+        inspector = WorkerProcess("inspection", env, inspection_log).start()
         threads = [
             threading.Thread(
                 target=_publisher,
@@ -117,6 +168,21 @@ def run_demo(settings: Settings, duration_s: float, rate: float, console: Consol
             threading.Thread(
                 target=_reader, args=(bootstrap, topics.dlq, "dlq", stats, stop), daemon=True
             ),
+            threading.Thread(
+                target=_camera,
+                args=(bootstrap, topics.frames, camera_fps, stats, stop),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_reader,
+                args=(bootstrap, topics.inspection_clips, "clips", stats, stop),
+                daemon=True,
+            ),
+            threading.Thread(
+                target=_reader,
+                args=(bootstrap, topics.inspection_alerts, "defects", stats, stop),
+                daemon=True,
+            ),
         ]
         for t in threads:
             t.start()
@@ -130,6 +196,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, console: Consol
                     if not worker.running:
                         console.print(f"[red]the risk worker exited; see {log_path}")
                         break
+                    if not inspector.running:
+                        console.print(f"[red]the inspection worker exited; see {inspection_log}")
+                        break
                     live.update(_view(stats, bootstrap, elapsed))
                     time.sleep(0.25)
         except KeyboardInterrupt:
@@ -140,11 +209,13 @@ def run_demo(settings: Settings, duration_s: float, rate: float, console: Consol
             for t in threads:
                 t.join(5)
             worker.stop()
+            inspector.stop()
             if embedded is not None:
                 clear_runtime(settings)
     console.print(
         f"published {stats.published}, scored {stats.scored}, "
-        f"alerts {stats.alerts}, dead letters {stats.dlq}"
+        f"alerts {stats.alerts}, dead letters {stats.dlq}; camera frames {stats.frames}, "
+        f"clips {stats.clips}, defect alerts {stats.defects}"
     )
     return 0
 
@@ -179,6 +250,21 @@ def _publisher(
     publish(bootstrap, topic, records(), rate, on_sent=sent, should_stop=stop.is_set)
 
 
+def _camera(bootstrap: str, topic: str, fps: float, stats: _Stats, stop: threading.Event) -> None:
+    """One simulated line camera (128x128 grey PNG), a third of its parts defective."""
+    sim = CameraSimulator(CameraConfig(seed=int(time.time()), fps=fps, start_ms=now_ms()))
+
+    def sent(n: int, _value: bytes) -> None:
+        with stats.lock:
+            stats.frames = n
+            stats.frame_ms[n - 1] = now_ms()  # seqs start at 0
+            while len(stats.frame_ms) > 10_000:
+                stats.frame_ms.pop(next(iter(stats.frame_ms)))
+
+    frames = (encode_frame(shot.frame, "png") for shot in sim.frames("demo-cam-0"))
+    publish(bootstrap, topic, frames, fps, on_sent=sent, should_stop=stop.is_set)
+
+
 def _reader(bootstrap: str, topic: str, kind: str, stats: _Stats, stop: threading.Event) -> None:
     for _key, value, _ts in read_topic(
         bootstrap, topic, follow=True, from_end=True, idle_timeout_s=0.2, should_stop=stop.is_set
@@ -186,7 +272,15 @@ def _reader(bootstrap: str, topic: str, kind: str, stats: _Stats, stop: threadin
         if not isinstance(value, dict):
             continue
         with stats.lock:
-            if kind == "scores":
+            if kind == "clips":
+                stats.clips += 1
+                sent = stats.frame_ms.pop(value.get("seq_end"), None)
+                if sent is not None:
+                    stats.clip_latencies_ms.append(int(value["processed_ms"]) - sent)
+            elif kind == "defects":
+                stats.defects += 1
+                stats.recent_defects.append(value)
+            elif kind == "scores":
                 stats.scored += 1
                 stats.scored_at.append(time.monotonic())
                 sent = stats.publish_ms.pop(value.get("tx_id"), None)
