@@ -307,11 +307,15 @@ class ResultTopic(StrEnum):
     alerts = "alerts"
     scores = "scores"
     dlq = "dlq"
+    defects = "defects"  # vigil.inspection.alerts
+    clips = "clips"  # vigil.inspection.clips
 
 
 @app.command()
 def consume(
-    what: ResultTopic = typer.Argument(..., help="alerts | scores | dlq"),
+    what: ResultTopic = typer.Argument(
+        ..., help="alerts | scores | dlq | defects (inspection alerts) | clips"
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep waiting for new records"),
     limit: int | None = typer.Option(None, min=1, help="stop after N records"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document per line"),
@@ -323,6 +327,8 @@ def consume(
         "alerts": settings.topics.alerts,
         "scores": settings.topics.scores,
         "dlq": settings.topics.dlq,
+        "defects": settings.topics.inspection_alerts,
+        "clips": settings.topics.inspection_clips,
     }[what.value]
     try:
         rows = read_topic(bootstrap, topic, follow=follow, limit=limit)
@@ -341,6 +347,8 @@ _COLUMNS = {
     "alerts": ("tx_id", "account_id", "decision", "score", "reasons"),
     "scores": ("tx_id", "account_id", "decision", "score", "rule_hits", "model_version"),
     "dlq": ("source_topic", "partition", "offset", "error"),
+    "defects": ("camera_id", "seq_start", "seq_end", "score", "bbox", "model_version"),
+    "clips": ("camera_id", "seq_start", "seq_end", "score", "alerted", "model_version"),
 }
 
 
@@ -748,7 +756,7 @@ def train_inspection(
         save_video_model,
         train_video,
     )
-    from streams.sources.camera import HELDOUT_TEXTURES, TRAIN_TEXTURES
+    from streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
 
     try:
         cfg = VideoConfig(
@@ -772,6 +780,7 @@ def train_inspection(
     train_set = make_clips(clips, cfg, TRAIN_TEXTURES, seed=seed, belt=True)
     say(f"and {test_clips} held-out clips with unseen textures {list(HELDOUT_TEXTURES)}")
     test_set = make_clips(test_clips, cfg, HELDOUT_TEXTURES, seed=seed + 1000)
+    fresh_set = make_clips(test_clips, cfg, FRESH_TEXTURES, seed=seed + 3000)
     seen_set = make_clips(test_clips, cfg, TRAIN_TEXTURES, seed=seed + 2000)
     net = train_video(train_set, cfg, say=say)
     report: dict = {
@@ -782,7 +791,11 @@ def train_inspection(
     }
     scored = {
         name: (data, *predict(net, data.clips))
-        for name, data in (("heldout_textures", test_set), ("seen_textures_new_parts", seen_set))
+        for name, data in (
+            ("heldout_textures", test_set),  # unseen in training
+            ("fresh_textures", fresh_set),  # unseen in training and in development
+            ("seen_textures_new_parts", seen_set),  # validation: picks the threshold
+        )
     }
     # the alert threshold: at most 1 % false alarms on clips of the seen textures
     _, seen_probs, _ = scored["seen_textures_new_parts"]
@@ -798,6 +811,10 @@ def train_inspection(
             "location_accuracy": round(float((cells[located] == data.cells[located]).mean()), 4),
             "recall_at_threshold": round(float(alerted[positive].mean()), 4),
             "false_positive_rate_at_threshold": round(float(alerted[~positive].mean()), 4),
+            "recall_by_defect": {
+                kind: round(float(alerted[[k == kind for k in data.kinds]].mean()), 4)
+                for kind in sorted({k for k in data.kinds if k})
+            },
         }
     report["train_s"] = round(time.perf_counter() - began, 1)
     root = Path(out_dir) if out_dir else settings.models_path

@@ -2,16 +2,23 @@
 space-time tokens, a defect probability and a coarse defect location.
 
 Input: (B, 1, T, H, W) aligned grey clips in [0, 1] (T = 8, H = W = 128 by default).
-- Stem: two strided Conv3d -> (B, 32, T/2, H/4, W/4), then a fixed ``AvgPool3d`` to a
+- Stem: two strided Conv3d -> (B, 32, T/2, H/4, W/4), then a fixed ``MaxPool3d`` to a
   4 x 4 spatial grid (fixed pooling: adaptive pooling with a non-global output does not
-  export to ONNX) -> (B, 32, T/2, 4, 4): one token per space-time cell.
+  export to ONNX; max so small defects survive) -> (B, 32, T/2, 4, 4): one token per
+  space-time cell.
+- Each cell's features are also taken relative to the clip's other cells (minus their
+  mean, over their spread) and mixed in: a texture repeats across cells, a defect is where
+  one cell differs.
 - A 2-layer Transformer encoder (d = 32) over the T/2 * 16 tokens, with a learned
   position embedding.
-- Heads: the defect logit from the mean token; per spatial cell a location logit (averaged
-  over time), whose arg-max cell is the coarse box.
+- Heads, per spatial cell (averaged over time): a defect logit, whose maximum is the
+  clip's (a defect anywhere makes the clip defective: 0.901 held-out AUROC at 64 px
+  against 0.895 from the mean token), and a location logit, whose arg-max cell is the
+  coarse box.
 
 Training data: clips cut from the camera simulator, aligned to their middle frame; a clip
-is positive when a defect is fully in view in that frame, and its location cell is the one
+is positive when a defect is fully in view in that frame (negative when none is; a defect
+cut by the frame's edge is left out), and its location cell is the one
 holding the defect box's centre.
 """
 
@@ -74,6 +81,7 @@ class VideoNet(nn.Module):
         )
         cell = cfg.size // 4 // GRID
         self.pool = nn.MaxPool3d((1, cell, cell))  # (B,d,T/2,GRID,GRID): small defects survive
+        self.mix = nn.Linear(2 * cfg.d, cfg.d)
         tokens = cfg.frames // 2 * GRID * GRID
         self.position = nn.Parameter(torch.zeros(1, tokens, cfg.d))
         layer = nn.TransformerEncoderLayer(
@@ -89,10 +97,17 @@ class VideoNet(nn.Module):
         # per-clip standardisation: lighting and texture contrast differ between lines
         mean = clip.mean(dim=(1, 2, 3, 4), keepdim=True)
         std = clip.std(dim=(1, 2, 3, 4), keepdim=True) + 1e-3
-        x = self.pool(self.stem((clip - mean) / std))  # (B, d, T/2, GRID, GRID)
+        x = (clip - mean) / std
+        x = self.pool(self.stem(x)).flatten(3)  # (B, d, T/2, GRID*GRID)
+        # each cell against the clip's other cells: a texture repeats across cells, a
+        # defect is where one cell differs
+        rel = (x - x.mean(dim=3, keepdim=True)) / (x.std(dim=3, keepdim=True) + 1e-3)
+        x = self.mix(torch.cat([x, rel], dim=1).transpose(1, 3)).transpose(1, 3)
         tokens = x.flatten(2).transpose(1, 2) + self.position  # (B, T/2*GRID*GRID, d)
         h = self.encoder(tokens)
-        logit = self.defect(h.mean(1)).squeeze(-1)
+        # a defect anywhere makes the clip defective: the most defective cell's logit
+        cells = self.defect(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)
+        logit = cells.max(1).values
         where = self.where(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)
         return logit, where
 
@@ -103,6 +118,8 @@ class ClipDataset:
     labels: np.ndarray  # (N,) 0/1
     cells: np.ndarray  # (N,) location cell of the defect, -1 when none
     boxes: list  # (N,) [x, y, w, h] in the camera's reference-frame pixels, or None
+    kinds: list  # (N,) the defect's kind (scratch, crack, stain, pit), or None
+    textures: list  # (N,) the texture of the part under the camera (None: bare belt)
 
 
 def make_clips(
@@ -134,7 +151,7 @@ def make_clips(
         )
     )
     want_pos = int(round(n * positive_share))
-    clips, labels, cells, boxes = [], [], [], []
+    clips, labels, cells, boxes, kinds, textures = [], [], [], [], [], []
     pos = neg = 0
     for camera in itertools.count():
         shots = list(itertools.islice(sim.frames(f"cam-{camera}", camera), 600))
@@ -154,12 +171,17 @@ def make_clips(
                 cx, cy = (x + w / 2) * GRID // cam, (y + h / 2) * GRID // cam
                 cells.append(int(min(GRID - 1, cy) * GRID + min(GRID - 1, cx)))
                 boxes.append([x, y, w, h])
+                kinds.append(ref.defect.kind)
             else:
                 cells.append(-1)
                 boxes.append(None)
+                kinds.append(None)
+            textures.append(ref.texture)
             pos, neg = pos + label, neg + (1 - label)
             if pos + neg >= n:
-                return ClipDataset(np.stack(clips), np.array(labels), np.array(cells), boxes)
+                return ClipDataset(
+                    np.stack(clips), np.array(labels), np.array(cells), boxes, kinds, textures
+                )
     raise AssertionError("unreachable")
 
 
@@ -194,6 +216,18 @@ def pick_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01
     return float(min(1.0, np.nextafter(top, np.inf)))
 
 
+def _flip(clips: torch.Tensor, cells: torch.Tensor, op: int) -> tuple[torch.Tensor, ...]:
+    """Clips (B, C, T, H, W) flipped upside down (``op & 1``) and/or left to right
+    (``op & 2``), with their location cells (-1: none) moved along. (Quarter turns hurt:
+    the belt always runs left to right.)"""
+    row, col = cells // GRID, cells % GRID
+    if op & 1:
+        clips, row = clips.flip(3), GRID - 1 - row
+    if op & 2:
+        clips, col = clips.flip(4), GRID - 1 - col
+    return clips, torch.where(cells >= 0, row * GRID + col, cells)
+
+
 def train_video(
     train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None] = print
 ) -> VideoNet:
@@ -211,9 +245,7 @@ def train_video(
         for i in range(0, len(order), cfg.batch):
             idx = order[i : i + cfg.batch]
             xb, cb = x[idx], cells[idx]
-            if torch.rand((), generator=gen) < 0.5:  # vertical flip: the cell row flips too
-                xb = xb.flip(3)
-                cb = torch.where(cb >= 0, (GRID - 1 - cb // GRID) * GRID + cb % GRID, cb)
+            xb, cb = _flip(xb, cb, int(torch.randint(4, (), generator=gen)))
             # contrast and brightness jitter: textures differ in both
             xb = xb * (0.7 + 0.6 * torch.rand(len(idx), 1, 1, 1, 1, generator=gen))
             logit, where = net(xb)

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 __all__ = [
     "MIN_TS_MS",
@@ -190,7 +197,15 @@ class DeadLetter(BaseModel):
     error: str
     ts_ms: int
     # extends contract v1: the record's headers, [name, base64 value], where it had any
+    # (left out of the JSON when it had none)
     headers: list[tuple[str, str | None]] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_headers(self, handler: Any) -> dict[str, Any]:
+        doc = handler(self)
+        if doc.get("headers") is None:
+            doc.pop("headers", None)
+        return doc
 
     @classmethod
     def of(cls, record: RawRecord, error: str, now_ms: int) -> DeadLetter:
