@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,31 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[rank - 1])
 
 
+@contextlib.contextmanager
+def _bench_namespace(
+    settings: Settings, say: Callable[..., None]
+) -> Iterator[tuple[str, TopicNames, dict[str, str]]]:
+    """A broker, a fresh namespace on it (counts are not mixed with earlier runs) and the
+    environment of the workers under test: the model in the loop is the newest under the
+    configured models directory."""
+    namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
+    topics = TopicNames(namespace)
+    with broker_for(settings) as (bootstrap, embedded):
+        say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
+        ensure_topics(bootstrap, topics.all(settings.partitions))
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        yield (
+            bootstrap,
+            topics,
+            {
+                "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
+                "VIGIL_NAMESPACE": namespace,
+                "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
+                "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
+            },
+        )
+
+
 def bench_risk(
     settings: Settings,
     events: int,
@@ -46,21 +72,8 @@ def bench_risk(
     console: Console | None = None,
 ) -> dict[str, Any]:
     say = console.print if console else (lambda *_a, **_k: None)
-    # A fresh namespace: counts are not mixed with earlier runs.
-    namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
-    topics = TopicNames(namespace)
-    with broker_for(settings) as (bootstrap, embedded):
-        say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
-        ensure_topics(bootstrap, topics.all(settings.partitions))
-        env = {
-            "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
-            "VIGIL_NAMESPACE": namespace,
-            "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
-            # the model in the loop: the newest under the configured models directory
-            "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
-        }
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        log_path = settings.state_dir / f"{namespace}-worker.log"
+    with _bench_namespace(settings, say) as (bootstrap, topics, env):
+        log_path = settings.state_dir / f"{topics.namespace}-worker.log"
         with contextlib.ExitStack() as stack:
             group = [
                 stack.enter_context(
@@ -286,19 +299,8 @@ def bench_inspection(
     ]
     stride = settings.inspection_stride
     want_clips = cameras * ((per_camera - model.frames) // stride + 1)
-    namespace = f"{settings.namespace}-bench-{uuid.uuid4().hex[:8]}"
-    topics = TopicNames(namespace)
-    with broker_for(settings) as (bootstrap, embedded):
-        say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
-        ensure_topics(bootstrap, topics.all(settings.partitions))
-        env = {
-            "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
-            "VIGIL_NAMESPACE": namespace,
-            "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
-            "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
-        }
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        log_path = settings.state_dir / f"{namespace}-inspection.log"
+    with _bench_namespace(settings, say) as (bootstrap, topics, env):
+        log_path = settings.state_dir / f"{topics.namespace}-inspection.log"
         with WorkerProcess("inspection", env, log_path) as worker:
             producer = make_producer(bootstrap)
             # warm-up: one clip from a camera of its own proves the worker is up

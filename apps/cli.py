@@ -818,9 +818,12 @@ def train_inspection(
         }
     report["train_s"] = round(time.perf_counter() - began, 1)
     root = Path(out_dir) if out_dir else settings.models_path
-    path = save_video_model(
-        net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
-    )
+    try:
+        path = save_video_model(
+            net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
+        )
+    except ValueError as exc:  # the export does not match the trained model
+        _fail(exc, 1)
     report["model"] = str(path)
     _report(report, as_json, width=24)
 

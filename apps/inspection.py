@@ -24,7 +24,7 @@ import faust
 from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
 from apps.kafka import make_producer
 from apps.settings import Settings
-from apps.worker import Outputs, faust_app
+from apps.worker import Outputs, faust_app, run_app
 from models.serving import ModelError, load_latest_clip
 from streams.inspection import InspectionPipeline, InspectionResult
 from streams.pipeline import now_ms
@@ -164,7 +164,5 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the inspection worker until SIGINT/SIGTERM; stops cleanly (leaves the group)."""
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    """Run the inspection worker until SIGINT/SIGTERM."""
+    run_app(create_app(settings), settings)

@@ -31,7 +31,7 @@ from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
-from apps.worker import Outputs, faust_app
+from apps.worker import Outputs, faust_app, run_app
 from models.serving import ModelError, load_latest
 from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
@@ -190,7 +190,5 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the risk worker until SIGINT/SIGTERM; stops cleanly (leaves the group)."""
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    """Run the risk worker until SIGINT/SIGTERM."""
+    run_app(create_app(settings), settings)

@@ -17,7 +17,7 @@ from apps.compat import (
 )
 from apps.settings import Settings
 
-__all__ = ["EXIT_OUTPUT_LOST", "Outputs", "faust_app"]
+__all__ = ["EXIT_OUTPUT_LOST", "Outputs", "faust_app", "run_app"]
 
 log = logging.getLogger("vigil.worker")
 EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
@@ -57,6 +57,12 @@ def faust_app(
         stream_buffer_maxsize=2 * batch_size,
         stream_wait_empty=wait_empty,
     )
+
+
+def run_app(app: faust.App, settings: Settings) -> None:
+    """Run a worker's app until SIGINT/SIGTERM; it stops cleanly (leaves the group)."""
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
 
 
 class Outputs:

@@ -286,3 +286,12 @@ def test_publish_frames_puts_decodable_ordered_frames_per_camera(settings, monke
     assert len(truth) == 80 and {t["camera_id"] for t in truth} == {"cam-0", "cam-1"}
     bad = runner.invoke(app, ["publish", "frames", "--codec", "gif"])
     assert bad.exit_code == 2 and "unknown codec 'gif'" in bad.output
+
+
+def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIGIL_MODEL_DIR", str(tmp_path))
+    result = runner.invoke(app, ["bench", "inspection", "--seconds", "1"])
+    assert result.exit_code == 1
+    assert "no inspection model" in result.output and "vigil train inspection" in result.output
+    result = runner.invoke(app, ["bench", "inspection", "--codec", "gif"])
+    assert result.exit_code == 2 and "unknown codec 'gif'" in result.output
