@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from models.metrics import average_precision, flagged_share, recall_at_rate
+from models.threads import torch_threads
 from streams.features.library import DAY_MS, FEATURE_SPEC
 
 __all__ = [
@@ -393,10 +394,14 @@ def _normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(history: History, cfg: TabularConfig | None = None, say: Progress = print) -> HybridModel:
-    """Fit the hybrid (and the baselines) on a training period. Deterministic for a seed."""
-    cfg = cfg or TabularConfig()
+    """Fit the hybrid (and the baselines) on a training period. Deterministic for a seed
+    (one torch thread while it runs)."""
+    with torch_threads(1):
+        return _train(history, cfg or TabularConfig(), say)
+
+
+def _train(history: History, cfg: TabularConfig, say: Progress) -> HybridModel:
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(1)
     order = np.argsort(history.ts_ms, kind="stable")
     x, y = history.features[order], history.labels[order].astype(np.float64)
     n_fit = int(len(y) * (1 - cfg.calibration_share))

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.threads import torch_threads
+
 __all__ = [
     "ClipDataset",
     "VideoConfig",
@@ -231,6 +233,12 @@ def _flip(clips: torch.Tensor, cells: torch.Tensor, op: int) -> tuple[torch.Tens
 def train_video(
     train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None] = print
 ) -> VideoNet:
+    """Fit the classifier; deterministic for a seed on a machine (one thread per core)."""
+    with torch_threads():
+        return _train_video(train, cfg, say)
+
+
+def _train_video(train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None]) -> VideoNet:
     torch.manual_seed(cfg.seed)
     net = VideoNet(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)

@@ -14,6 +14,7 @@ from apps.cli import app
 from models.serving import load_latest, read_manifest
 from models.video import (
     GRID,
+    ClipDataset,
     VideoConfig,
     VideoNet,
     auroc,
@@ -83,3 +84,19 @@ def test_onnx_matches_torch_at_any_batch_size(tmp_path, clips):
 def test_train_inspection_refuses_a_size_the_grid_cannot_cut():
     result = CliRunner().invoke(app, ["train", "inspection", "--size", "72"])
     assert result.exit_code == 2 and "multiple of 16" in result.output
+
+
+def test_training_is_reproducible_whatever_thread_count_it_finds(clips):
+    # an earlier trainer in the same process (the tabular one runs on one thread) must
+    # not change this one's result: float sums are split by thread
+    small = ClipDataset(clips.clips[:40], clips.labels[:40], clips.cells[:40], [], [], [])
+    cfg = VideoConfig(size=64, epochs=1, seed=4)
+    before = torch.get_num_threads()
+    first = predict(train_video(small, cfg, say=lambda _m: None), small.clips)[0]
+    torch.set_num_threads(1)
+    try:
+        second = predict(train_video(small, cfg, say=lambda _m: None), small.clips)[0]
+        assert torch.get_num_threads() == 1  # restored to what it found
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(first, second)
