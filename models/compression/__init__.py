@@ -1,0 +1,37 @@
+"""Compression: our own range observers, uniform quantization (per-channel symmetric
+weights, per-tensor asymmetric activations, 8 down to 2 bits) and fake quantization for
+quantization-aware training. Not built on torch.ao.quantization (deprecated)."""
+
+from models.compression.fake_quant import (
+    FakeQuantize,
+    QuantConfig,
+    QuantSpec,
+    prepare_qat,
+    quant_config,
+)
+from models.compression.observers import OBSERVERS, Observer, make_observer
+from models.compression.quantize import (
+    BITS,
+    dequantize,
+    fake_quantize,
+    qparams,
+    qrange,
+    quantize,
+)
+
+__all__ = [
+    "BITS",
+    "OBSERVERS",
+    "FakeQuantize",
+    "Observer",
+    "QuantConfig",
+    "QuantSpec",
+    "dequantize",
+    "fake_quantize",
+    "make_observer",
+    "prepare_qat",
+    "qparams",
+    "qrange",
+    "quant_config",
+    "quantize",
+]

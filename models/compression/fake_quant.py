@@ -1,0 +1,156 @@
+"""Quantization-aware training: fake-quantized layers configured like the seed's
+``quant_config``::
+
+    {"activation": {"bit_width": 8, "scheme": "asymmetric", "per_channel": False},
+     "weight": {"bit_width": 4, "scheme": "symmetric", "per_channel": True},
+     "observer": {"type": "moving_average", "momentum": 0.9}}
+
+``prepare_qat`` wraps every ``Linear`` and ``Conv1d/2d/3d`` of a model: its input goes
+through an activation ``FakeQuantize`` (per tensor, ranges from the configured observer)
+and its weight through a weight ``FakeQuantize`` (per output channel, the current weight's
+own min/max on every call, since training moves it). Layers inside ``MultiheadAttention``
+are left alone (torch reads their weights directly, not through the module), and a
+``TransformerEncoderLayer``'s inference fast path is turned off for the same reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from models.compression.observers import Observer, make_observer
+from models.compression.quantize import BITS, fake_quantize, qparams
+
+__all__ = [
+    "FakeQuantize",
+    "QuantConfig",
+    "QuantSpec",
+    "QuantWrapper",
+    "prepare_qat",
+    "quant_config",
+]
+
+
+class QuantSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bit_width: int
+    scheme: Literal["symmetric", "asymmetric"]
+    per_channel: bool = False
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.bit_width not in BITS:
+            raise ValueError(f"bit_width must be one of {BITS}, not {self.bit_width}")
+
+
+class ObserverSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["minmax", "moving_average", "percentile"] = "moving_average"
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    percentile: float = Field(default=99.99, gt=50, le=100)
+
+
+class QuantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activation: QuantSpec = QuantSpec(bit_width=8, scheme="asymmetric", per_channel=False)
+    weight: QuantSpec = QuantSpec(bit_width=8, scheme="symmetric", per_channel=True)
+    observer: ObserverSpec = ObserverSpec()
+
+
+def quant_config(weight_bits: int, activation_bits: int = 8) -> QuantConfig:
+    """Symmetric per-channel weights of ``weight_bits``, asymmetric per-tensor activations."""
+    return QuantConfig(
+        activation=QuantSpec(bit_width=activation_bits, scheme="asymmetric"),
+        weight=QuantSpec(bit_width=weight_bits, scheme="symmetric", per_channel=True),
+    )
+
+
+class FakeQuantize(nn.Module):
+    """Observes what passes (while ``observing``) and fake-quantizes it (while
+    ``enabled``) with the scale and zero point of the observed range."""
+
+    def __init__(self, spec: QuantSpec, observer: Observer, axis: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.observer = observer
+        self.axis = axis if spec.per_channel else None
+        self.observing = True
+        self.enabled = True
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.observer.range()
+        scale, zero_point = qparams(lo, hi, self.spec.bit_width, self.spec.scheme)
+        if self.axis is None:
+            return scale.reshape(()), zero_point.reshape(())
+        return scale, zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observer.observe(x)
+        if not self.enabled:
+            return x
+        scale, zero_point = self.qparams()
+        return fake_quantize(
+            x,
+            scale.to(x.dtype),
+            zero_point.to(x.dtype),
+            self.spec.bit_width,
+            self.spec.scheme,
+            self.axis,
+        )
+
+
+class QuantWrapper(nn.Module):
+    """A Linear or Conv layer whose input and weight are fake-quantized."""
+
+    def __init__(self, layer: nn.Module, config: QuantConfig) -> None:
+        super().__init__()
+        self.layer = layer
+        self.input_quant = FakeQuantize(
+            config.activation, make_observer(config.observer.model_dump())
+        )
+        # weights: the current weight's own range on every call (axis 0: output channels)
+        self.weight_quant = FakeQuantize(
+            config.weight, Observer("minmax", 0 if config.weight.per_channel else None), 0
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.weight_quant.observer.lo = None  # a fresh range of the weight as it is now
+        x = self.input_quant(x)
+        w = self.weight_quant(self.layer.weight)
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, w, self.layer.bias)
+        return self.layer._conv_forward(x, w, self.layer.bias)
+
+
+_WRAPPED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def prepare_qat(model: nn.Module, config: QuantConfig) -> list[str]:
+    """Wrap, in place, every Linear and Conv layer of ``model`` (outside attention);
+    returns the wrapped layers' names."""
+    wrapped: list[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.MultiheadAttention | QuantWrapper):
+                continue
+            if isinstance(child, _WRAPPED):
+                setattr(module, name, QuantWrapper(child, config))
+                wrapped.append(path)
+            else:
+                if isinstance(child, nn.TransformerEncoderLayer):
+                    # its inference fast path reads linear1/linear2's weights directly,
+                    # around our wrappers; this flag only decides that path
+                    child.activation_relu_or_gelu = 0
+                visit(child, path + ".")
+
+    visit(model, "")
+    return wrapped
