@@ -82,8 +82,16 @@ class FakeQuantize(nn.Module):
         self.axis = axis if spec.per_channel else None
         self.observing = True
         self.enabled = True
+        self.export = False  # trace as ONNX QuantizeLinear/DequantizeLinear (8 bits only)
+        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed qparams
+
+    def freeze(self) -> None:
+        """Fix the scale and zero point as they are now (constants when traced)."""
+        self.frozen = tuple(t.detach().clone() for t in self.qparams())  # type: ignore[assignment]
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frozen is not None:
+            return self.frozen
         lo, hi = self.observer.range()
         scale, zero_point = qparams(lo, hi, self.spec.bit_width, self.spec.scheme)
         if self.axis is None:
@@ -96,6 +104,8 @@ class FakeQuantize(nn.Module):
         if not self.enabled:
             return x
         scale, zero_point = self.qparams()
+        if self.export:
+            return self._qdq(x, scale, zero_point)
         return fake_quantize(
             x,
             scale.to(x.dtype),
@@ -103,6 +113,21 @@ class FakeQuantize(nn.Module):
             self.spec.bit_width,
             self.spec.scheme,
             self.axis,
+        )
+
+    def _qdq(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        """The same values through torch's fake-quantize ops, which the ONNX exporter
+        writes as QuantizeLinear + DequantizeLinear (int8 or uint8 only)."""
+        if self.spec.bit_width != 8:
+            raise ValueError(f"QDQ export holds 8-bit values, not {self.spec.bit_width}-bit")
+        # the ONNX integer ranges; our values stay inside ours (symmetric: -127..127)
+        qmin, qmax = (-128, 127) if self.spec.scheme == "symmetric" else (0, 255)
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(
+                x, float(scale), int(zero_point), qmin, qmax
+            )
+        return torch.fake_quantize_per_channel_affine(
+            x, scale.float(), zero_point.int(), self.axis, qmin, qmax
         )
 
 
@@ -116,14 +141,17 @@ class QuantWrapper(nn.Module):
             config.activation, make_observer(config.observer.model_dump())
         )
         # weights: the current weight's own range on every call (axis 0: output channels)
-        self.weight_quant = FakeQuantize(
-            config.weight, Observer("minmax", 0 if config.weight.per_channel else None), 0
-        )
+        axis = 0 if config.weight.per_channel else None
+        self.weight_quant = FakeQuantize(config.weight, Observer("minmax", axis), 0)
+        self.weight_quant.observing = False  # observed below, fresh, on every call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.weight_quant.observer.lo = None  # a fresh range of the weight as it is now
         x = self.input_quant(x)
-        w = self.weight_quant(self.layer.weight)
+        weight = self.layer.weight
+        if self.weight_quant.frozen is None:
+            self.weight_quant.observer.lo = None  # the range of the weight as it is now
+            self.weight_quant.observer.observe(weight)
+        w = self.weight_quant(weight)
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, self.layer.bias)
         return self.layer._conv_forward(x, w, self.layer.bias)

@@ -1,0 +1,63 @@
+"""8-bit QDQ export of the clip classifier: ONNX Runtime runs it on integer kernels,
+stores int8 weights, and computes what the fake-quantized torch model computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from models.compression import quant_config
+from models.compression.export import calibrate, export_qdq, optimized_ops
+from models.serving import onnx_session
+from models.video import VideoConfig, VideoNet, export_video
+
+CFG = VideoConfig(size=32, camera_size=32, frames=4, d=16)
+
+
+@pytest.fixture(scope="module")
+def exported():
+    torch.manual_seed(0)
+    net = VideoNet(CFG).eval()
+    fp32 = export_video(net, CFG)
+    gen = torch.Generator().manual_seed(1)
+    clips = torch.rand(24, 1, 4, 32, 32, generator=gen)
+    calibrate(net, quant_config(8), [(clips[i : i + 8],) for i in range(0, 16, 8)])
+    graph = export_qdq(net, (clips[:2],), ["clip"], ["defect_logit", "location_logits"])
+    return net, fp32, graph, clips[16:]
+
+
+def test_onnx_runtime_runs_the_export_on_integer_kernels(exported):
+    _net, _fp32, graph, _clips = exported
+    ops = optimized_ops(graph)
+    assert ops["QLinearConv"] >= 1, ops
+    assert ops["MatMulIntegerToFloat"] + ops["MatMulInteger"] + ops["QGemm"] >= 4, ops
+
+
+def test_weights_are_stored_as_int8(exported):
+    _net, fp32, graph, _clips = exported
+    model = onnx.load_from_string(graph)
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [n for n, a in arrays.items() if "weight_quant" in n and a.dtype == np.int8]
+    assert len(weights) == 2 + 1 + 2 * CFG.layers + 2  # stem convs, mix, FFNs, two heads
+    assert "stem.0.layer.weight" not in arrays  # the float weight is gone from the file
+    assert len(graph) < len(fp32)
+
+
+def test_the_export_computes_what_the_fake_quantized_model_computes(exported):
+    net, fp32, graph, clips = exported
+    got = onnx_session(graph).run(None, {"clip": clips.numpy()})[0]
+    with torch.no_grad():
+        fake = net(clips)[0].numpy()  # torch, fake-quantized (our own math)
+    base = onnx_session(fp32).run(None, {"clip": clips.numpy()})[0]
+    spread = float(np.ptp(base)) or 1.0
+    # integer kernels re-round biases and intermediate sums: within 2 % of the output range
+    assert np.max(np.abs(got - fake)) <= 0.02 * spread
+    assert np.max(np.abs(got - base)) <= 0.05 * spread  # and 8 bits stay close to fp32
+
+
+def test_exporting_an_uncalibrated_model_is_refused():
+    with pytest.raises(ValueError, match="calibrate"):
+        export_qdq(VideoNet(CFG), (torch.zeros(2, 1, 4, 32, 32),), ["clip"], ["a", "b"])
