@@ -627,6 +627,42 @@ def bench_risk(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_model(
+    model: str = typer.Argument(..., help="inspection (the clip classifier)"),
+    bits: int = typer.Option(8, help="8 (int8 QDQ on integer kernels)"),
+    source: Path | None = typer.Option(
+        None, "--model-dir", help="the model to quantize (default: the newest under MODELS)"
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="models directory to write to (default: MODELS/exports)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the verification as JSON"),
+) -> None:
+    """Quantize a trained model, verify it against the float model on held-out data, and
+    write it (as MODEL/<version> under --out) only when it passes. Workers serve it when
+    VIGIL_MODEL_DIR points at that directory."""
+    from models.compression.tools import export_inspection
+    from models.serving import ModelError, latest_dir
+
+    if model != "inspection":
+        _fail(f"unknown model {model!r}: export supports 'inspection' so far", 2)
+    settings = _settings()
+    _logging(settings)
+    src = source or latest_dir(settings.models_path / "inspection", "inspection")
+    if src is None:
+        _fail(f"no inspection model under {settings.models_path}: run `vigil train inspection`", 1)
+    root = out_dir or settings.models_path / "exports"
+    try:
+        path, report = export_inspection(Path(src), bits, root / "inspection", say=console.print)
+    except NotImplementedError as exc:
+        _fail(exc, 2)
+    except (ModelError, ValueError) as exc:
+        _fail(exc, 1)
+    report["model"] = str(path)
+    _report(report, as_json, width=16)
+
+
 @bench_app.command("inspection")
 def bench_inspection_cmd(
     cameras: int = typer.Option(2, min=1, max=64, help="simulated cameras"),

@@ -24,6 +24,7 @@ holding the defect box's centre.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from collections.abc import Callable
@@ -44,6 +45,7 @@ __all__ = [
     "auroc",
     "pick_threshold",
     "export_video",
+    "load_video_net",
     "save_video_model",
     "make_clips",
     "predict",
@@ -329,5 +331,25 @@ def save_video_model(
         "parity_clips": len(check),
         "config": asdict(cfg),
         "metrics": metrics,
+        "bits": 32,
     }
-    return write_model(out_dir, {"clip.onnx": graph}, manifest)
+    # the torch weights too: quantized exports (vigil export) start from them
+    state = io.BytesIO()
+    torch.save(net.state_dict(), state)
+    return write_model(out_dir, {"clip.onnx": graph, "state.pt": state.getvalue()}, manifest)
+
+
+def load_video_net(directory: Path) -> tuple[VideoNet, VideoConfig, dict]:
+    """The torch classifier of a model directory written by ``save_video_model``."""
+    from models.serving import ModelError, read_files, read_manifest
+
+    manifest = read_manifest(directory)
+    files = read_files(directory, manifest)
+    if "state.pt" not in files:
+        raise ModelError(
+            f"{directory}: model {manifest['version']} has no torch weights (state.pt)"
+        )
+    cfg = VideoConfig(**manifest["config"])
+    net = VideoNet(cfg)
+    net.load_state_dict(torch.load(io.BytesIO(files["state.pt"]), weights_only=True))
+    return net.eval(), cfg, manifest

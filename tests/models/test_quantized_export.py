@@ -3,6 +3,9 @@ stores int8 weights, and computes what the fake-quantized torch model computes."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -61,3 +64,50 @@ def test_the_export_computes_what_the_fake_quantized_model_computes(exported):
 def test_exporting_an_uncalibrated_model_is_refused():
     with pytest.raises(ValueError, match="calibrate"):
         export_qdq(VideoNet(CFG), (torch.zeros(2, 1, 4, 32, 32),), ["clip"], ["a", "b"])
+
+
+def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+    from models.compression import tools
+    from models.serving import ClipScorer, read_manifest
+    from models.video import make_clips, save_video_model
+    from streams.sources.camera import TRAIN_TEXTURES
+
+    torch.manual_seed(0)
+    cfg = VideoConfig(size=32, camera_size=32, frames=4, d=16)
+    net = VideoNet(cfg).eval()
+    src = save_video_model(
+        net, cfg, tmp_path / "models", make_clips(4, cfg, TRAIN_TEXTURES, 1).clips, {}
+    )
+    runner = CliRunner()
+    args = [
+        "export",
+        "inspection",
+        "--model-dir",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
+    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: -100.0})  # nothing can pass
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "not written" in result.output
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: 100.0})
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["bits"] == 8 and report["parent_version"] == src.name
+    assert report["integer_kernels"].get("QLinearConv", 0) >= 1
+    assert report["loss_points"] == pytest.approx(
+        (report["auroc_fp32"] - report["auroc_quantized"]) * 100, abs=0.02
+    )
+    out = Path(report["model"])
+    assert read_manifest(out)["bits"] == 8
+    scorer = ClipScorer.load(out)  # the workers' loader takes it
+    probs, cells = scorer.score(np.zeros((3, 1, 4, 32, 32), np.float32))
+    assert probs.shape == (3,) and cells.shape == (3,)
+    four = runner.invoke(app, [*args, "--bits", "4"])
+    assert four.exit_code == 2 and "not built yet" in four.output

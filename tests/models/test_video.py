@@ -18,6 +18,7 @@ from models.video import (
     VideoConfig,
     VideoNet,
     auroc,
+    load_video_net,
     make_clips,
     predict,
     save_video_model,
@@ -77,6 +78,12 @@ def test_onnx_matches_torch_at_any_batch_size(tmp_path, clips):
             want = [t.numpy() for t in net(torch.from_numpy(x))]
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # the torch weights travel with it (quantized exports start from them)
+    again, again_cfg, _ = load_video_net(path)
+    assert again_cfg == CFG
+    with torch.no_grad():
+        x = torch.from_numpy(clips.clips[:3])
+        assert torch.equal(again(x)[0], net(x)[0])
     # a risk worker reading the same directory does not take it for a risk model
     assert load_latest(tmp_path, "lib-2") is None
 

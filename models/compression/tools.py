@@ -1,0 +1,85 @@
+"""``vigil export``: a trained model quantized, verified against its float original on a
+held-out set, and written only when it passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.compression.export import calibrate, export_qdq, optimized_ops
+from models.compression.fake_quant import quant_config
+
+__all__ = ["MAX_LOSS_POINTS", "export_inspection"]
+
+# the most a quantized model may lose against fp32 (AUROC points) and still be written
+MAX_LOSS_POINTS = {8: 0.5}
+INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat")
+
+
+def export_inspection(
+    model_dir: Path,
+    bits: int,
+    out_dir: Path,
+    calibration_clips: int = 256,
+    evaluation_clips: int = 400,
+    say: Callable[[str], None] = print,
+) -> tuple[Path, dict]:
+    """Quantize the inspection classifier in ``model_dir`` to ``bits``: calibrate on
+    simulated clips of the training textures, export, compare AUROC with the fp32 model on
+    clips of the held-out textures, and write ``out_dir/<version>`` if it passes."""
+    from models.serving import onnx_session, read_files, write_model
+    from models.video import auroc, load_video_net, make_clips
+    from streams.sources.camera import HELDOUT_TEXTURES, TRAIN_TEXTURES
+
+    if bits not in MAX_LOSS_POINTS:
+        raise NotImplementedError(
+            f"{bits}-bit export of the inspection model is not built yet (8 is)"
+        )
+    net, cfg, manifest = load_video_net(model_dir)
+    fp32_graph = read_files(model_dir, manifest)["clip.onnx"]
+    say(f"calibrating on {calibration_clips} clips of the training textures")
+    cal = make_clips(calibration_clips, cfg, TRAIN_TEXTURES, seed=7000, belt=True)
+    batches = [(torch.from_numpy(cal.clips[i : i + 32]),) for i in range(0, len(cal.clips), 32)]
+    calibrate(net, quant_config(bits), batches)
+    example = (torch.from_numpy(cal.clips[:2]),)
+    graph = export_qdq(net, example, ["clip"], ["defect_logit", "location_logits"])
+    ops = optimized_ops(graph)
+    kernels = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
+    if not kernels:
+        raise ValueError("ONNX Runtime runs no integer kernel on the export: not written")
+    say(f"verifying on {evaluation_clips} clips of the held-out textures")
+    held = make_clips(evaluation_clips, cfg, HELDOUT_TEXTURES, seed=8000)
+
+    def score(g: bytes) -> np.ndarray:
+        session = onnx_session(g)
+        return np.concatenate(
+            [
+                session.run(["defect_logit"], {"clip": held.clips[i : i + 64]})[0]
+                for i in range(0, len(held.clips), 64)
+            ]
+        )
+
+    base, quantized = auroc(held.labels, score(fp32_graph)), auroc(held.labels, score(graph))
+    loss = (base - quantized) * 100
+    report = {
+        "bits": bits,
+        "parent_version": manifest["version"],
+        "auroc_fp32": round(base, 4),
+        "auroc_quantized": round(quantized, 4),
+        "loss_points": round(loss, 3),
+        "size_fp32": len(fp32_graph),
+        "size_quantized": len(graph),
+        "smaller": round(len(fp32_graph) / len(graph), 2),
+        "integer_kernels": kernels,
+    }
+    if loss > MAX_LOSS_POINTS[bits]:
+        raise ValueError(
+            f"{bits}-bit export loses {loss:.2f} AUROC points against fp32 (at most "
+            f"{MAX_LOSS_POINTS[bits]} allowed): not written"
+        )
+    keep = {k: v for k, v in manifest.items() if k not in ("version", "created_ms", "files")}
+    new = {**keep, "bits": bits, "parent_version": manifest["version"], "quantization": report}
+    return write_model(out_dir, {"clip.onnx": graph}, new), report
