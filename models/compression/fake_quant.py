@@ -144,6 +144,13 @@ class QuantWrapper(nn.Module):
         axis = 0 if config.weight.per_channel else None
         self.weight_quant = FakeQuantize(config.weight, Observer("minmax", axis), 0)
         self.weight_quant.observing = False  # observed below, fresh, on every call
+        # convolutions also quantize their output: ONNX Runtime fuses DQ -> Conv -> Q
+        # into QLinearConv only when the output is quantized right away
+        self.output_quant = (
+            FakeQuantize(config.activation, make_observer(config.observer.model_dump()))
+            if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quant(x)
@@ -154,7 +161,8 @@ class QuantWrapper(nn.Module):
         w = self.weight_quant(weight)
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, self.layer.bias)
-        return self.layer._conv_forward(x, w, self.layer.bias)
+        y = self.layer._conv_forward(x, w, self.layer.bias)
+        return y if self.output_quant is None else self.output_quant(y)
 
 
 _WRAPPED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
