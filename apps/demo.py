@@ -148,7 +148,7 @@ def run_demo(
         if latest_dir(settings.models_path / "inspection", "inspection") is None:
             console.print(
                 "[yellow]no inspection model: the camera's clips are cut but not classified; "
-                "train one with `vigil train inspection` (about 5 minutes)"
+                "train one with `vigil train inspection` (a few minutes)"
             )
         env = {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}
         worker = WorkerProcess("risk", env, log_path).start()
