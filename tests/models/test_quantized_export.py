@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from torch import nn
 
 from models.compression import quant_config
 from models.compression.export import calibrate, export_qdq, optimized_ops
@@ -111,3 +112,16 @@ def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path, monkeypa
     assert probs.shape == (3,) and cells.shape == (3,)
     four = runner.invoke(app, [*args, "--bits", "4"])
     assert four.exit_code == 2 and "not built yet" in four.output
+
+
+@pytest.mark.parametrize("stride,padding,frames", [((1, 2, 2), 1, 8), (2, 1, 8), ((2, 1, 1), 0, 5)])
+def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, frames):
+    from models.compression.conv import TimeSlicedConv3d
+
+    torch.manual_seed(1)
+    conv = nn.Conv3d(3, 5, 3, stride=stride, padding=padding)
+    x = torch.randn(2, 3, frames, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(TimeSlicedConv3d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="plain Conv3d"):
+        TimeSlicedConv3d(nn.Conv3d(4, 4, 3, groups=2))
