@@ -62,6 +62,28 @@ def _bench_namespace(
         )
 
 
+def _await_records(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout_s: float = 120.0,
+    alive: Callable[[], bool] = lambda: True,
+) -> int:
+    """Read ``topic`` until ``n`` records (a warm-up's outputs), the timeout, or ``alive()``
+    turning false; how many came."""
+    deadline = time.monotonic() + timeout_s
+    return sum(
+        1
+        for _ in read_topic(
+            bootstrap,
+            topic,
+            follow=True,
+            limit=n,
+            should_stop=lambda: time.monotonic() > deadline or not alive(),
+        )
+    )
+
+
 def bench_risk(
     settings: Settings,
     events: int,
@@ -99,17 +121,7 @@ def bench_risk(
             )
             if sent.failed:
                 raise RuntimeError(f"{sent.failed} warm-up transactions were not delivered")
-            deadline = time.monotonic() + 120
-            got = sum(
-                1
-                for _ in read_topic(
-                    bootstrap,
-                    topics.scores,
-                    follow=True,
-                    limit=len(warm),
-                    should_stop=lambda: time.monotonic() > deadline,
-                )
-            )
+            got = _await_records(bootstrap, topics.scores, len(warm))
             if got < len(warm):
                 raise RuntimeError(
                     f"workers scored {got} of {len(warm)} warm-up transactions within 120 s; "
@@ -310,16 +322,8 @@ def bench_inspection(
                 for s in itertools.islice(warm_sim.frames("bench-warm-up"), model.frames)
             ]
             publish(bootstrap, topics.frames, warm, producer=producer)
-            deadline = time.monotonic() + 120
-            got = sum(
-                1
-                for _ in read_topic(
-                    bootstrap,
-                    topics.inspection_clips,
-                    follow=True,
-                    limit=1,
-                    should_stop=lambda: time.monotonic() > deadline or not worker.running,
-                )
+            got = _await_records(
+                bootstrap, topics.inspection_clips, 1, alive=lambda: worker.running
             )
             if not got:
                 raise RuntimeError(
