@@ -629,7 +629,7 @@ def bench_risk(
 
 @app.command("export")
 def export_model(
-    model: str = typer.Argument(..., help="inspection (the clip classifier)"),
+    model: str = typer.Argument(..., help="inspection (the clip classifier) or risk (its NN)"),
     bits: int = typer.Option(8, help="8 (int8 QDQ on integer kernels)"),
     source: Path | None = typer.Option(
         None, "--model-dir", help="the model to quantize (default: the newest under MODELS)"
@@ -637,24 +637,30 @@ def export_model(
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory to write to (default: MODELS/exports)"
     ),
+    days: int = typer.Option(6, min=2, help="risk: days of generated history to verify on"),
     as_json: bool = typer.Option(False, "--json", help="print the verification as JSON"),
 ) -> None:
     """Quantize a trained model, verify it against the float model on held-out data, and
-    write it (as MODEL/<version> under --out) only when it passes. Workers serve it when
-    VIGIL_MODEL_DIR points at that directory."""
-    from models.compression.tools import export_inspection
+    write it under --out only when it passes. Workers serve it when VIGIL_MODEL_DIR points
+    at that directory."""
+    from models.compression.tools import export_inspection, export_risk
     from models.serving import ModelError, latest_dir
 
-    if model != "inspection":
-        _fail(f"unknown model {model!r}: export supports 'inspection' so far", 2)
     settings = _settings()
     _logging(settings)
-    src = source or latest_dir(settings.models_path / "inspection", "inspection")
-    if src is None:
-        _fail(f"no inspection model under {settings.models_path}: run `vigil train inspection`", 1)
     root = out_dir or settings.models_path / "exports"
+    if model == "inspection":
+        src = source or latest_dir(settings.models_path / "inspection", "inspection")
+        run = lambda s: export_inspection(s, bits, root / "inspection", say=console.print)  # noqa: E731
+    elif model == "risk":
+        src = source or latest_dir(settings.models_path, "risk")
+        run = lambda s: export_risk(s, bits, root, days=days, say=console.print)  # noqa: E731
+    else:
+        _fail(f"unknown model {model!r}: one of inspection, risk", 2)
+    if src is None:
+        _fail(f"no {model} model under {settings.models_path}: run `vigil train {model}`", 1)
     try:
-        path, report = export_inspection(Path(src), bits, root / "inspection", say=console.print)
+        path, report = run(Path(src))
     except NotImplementedError as exc:
         _fail(exc, 2)
     except (ModelError, ValueError) as exc:

@@ -18,6 +18,7 @@ time: train on the earlier days, evaluate on the later ones.
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -496,10 +497,13 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     graph.graph.name = "risk_gbdt"  # the converter names it with a random uuid
     gbdt = graph.SerializeToString()
     hybrid = _torch_onnx(model.hybrid, n)
+    state = io.BytesIO()
+    torch.save(model.hybrid.state_dict(), state)  # quantized exports (vigil export) start here
     files = {
         "gbdt.onnx": gbdt,
         "hybrid.onnx": hybrid,
         "booster.txt": model.booster.model_to_string().encode(),
+        "hybrid.pt": state.getvalue(),
     }
     scorer = HybridScorer.from_bytes(files, "parity-check")
     want = model.predict(check)

@@ -125,3 +125,34 @@ def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, fra
         torch.testing.assert_close(TimeSlicedConv3d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="plain Conv3d"):
         TimeSlicedConv3d(nn.Conv3d(4, 4, 3, groups=2))
+
+
+def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+    from models.compression import tools
+    from models.serving import HybridScorer, read_manifest
+    from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
+    from streams.features.library import FEATURE_SPEC
+
+    history = history_from_generator(days=6, seed=3, accounts=300)
+    train_set, test_set = temporal_split(history, 2)
+    model = train(train_set, TabularConfig(seed=3, trees=30, epochs=3, folds=3), say=lambda _: None)
+    src = export(model, tmp_path / "models", test_set.features[:200])
+    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: 100.0})  # the math, not the model, here
+    args = ["export", "risk", "--model-dir", str(src), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--days", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["integer_kernels"] and report["smaller"] > 2
+    out = Path(report["model"])
+    manifest = read_manifest(out)
+    assert manifest["bits"] == 8 and manifest["parent_version"] == src.name
+    assert "hybrid.pt" not in manifest["files"]
+    scorer = HybridScorer.load(out, FEATURE_SPEC.label)  # what a risk worker loads
+    x = test_set.features[:500]
+    got, want = scorer.score_batch(x), model.predict(x)
+    # 8 bits stay close to the float model; the calibrated sigmoid is steep, so a row on
+    # the edge may flip: nearly every row, not every row
+    assert np.mean(np.abs(got - want) < 0.05) > 0.99
