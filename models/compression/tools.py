@@ -20,6 +20,33 @@ MAX_LOSS_POINTS = {8: 0.5}
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat")
 
 
+def _integer_kernels(graph: bytes) -> dict[str, int]:
+    """The integer kernels ORT runs on ``graph``; none is a failed export."""
+    ops = optimized_ops(graph)
+    kernels = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
+    if not kernels:
+        raise ValueError("ONNX Runtime runs no integer kernel on the export: not written")
+    return kernels
+
+
+def _write_if_within(
+    out_dir: Path, files: dict[str, bytes], manifest: dict, report: dict, loss: float, metric: str
+) -> tuple[Path, dict]:
+    """Write the quantized model (its parent's manifest, plus bits, parent and the
+    verification) unless it lost more than its bit width allows."""
+    from models.serving import write_model
+
+    bits = report["bits"]
+    if loss > MAX_LOSS_POINTS[bits]:
+        raise ValueError(
+            f"{bits}-bit export loses {loss:.2f} {metric} points against fp32 (at most "
+            f"{MAX_LOSS_POINTS[bits]} allowed): not written"
+        )
+    keep = {k: v for k, v in manifest.items() if k not in ("version", "created_ms", "files")}
+    new = {**keep, "bits": bits, "parent_version": manifest["version"], "quantization": report}
+    return write_model(out_dir, files, new), report
+
+
 def export_inspection(
     model_dir: Path,
     bits: int,
@@ -31,7 +58,7 @@ def export_inspection(
     """Quantize the inspection classifier in ``model_dir`` to ``bits``: calibrate on
     simulated clips of the training textures, export, compare AUROC with the fp32 model on
     clips of the held-out textures, and write ``out_dir/<version>`` if it passes."""
-    from models.serving import onnx_session, read_files, write_model
+    from models.serving import onnx_session, read_files
     from models.video import auroc, load_video_net, make_clips
     from streams.sources.camera import HELDOUT_TEXTURES, TRAIN_TEXTURES
 
@@ -48,10 +75,7 @@ def export_inspection(
     calibrate(net, quant_config(bits), batches)
     example = (torch.from_numpy(cal.clips[:2]),)
     graph = export_qdq(net, example, ["clip"], ["defect_logit", "location_logits"])
-    ops = optimized_ops(graph)
-    kernels = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
-    if not kernels:
-        raise ValueError("ONNX Runtime runs no integer kernel on the export: not written")
+    kernels = _integer_kernels(graph)
     say(f"verifying on {evaluation_clips} clips of the held-out textures")
     held = make_clips(evaluation_clips, cfg, HELDOUT_TEXTURES, seed=8000)
 
@@ -77,14 +101,7 @@ def export_inspection(
         "smaller": round(len(fp32_graph) / len(graph), 2),
         "integer_kernels": kernels,
     }
-    if loss > MAX_LOSS_POINTS[bits]:
-        raise ValueError(
-            f"{bits}-bit export loses {loss:.2f} AUROC points against fp32 (at most "
-            f"{MAX_LOSS_POINTS[bits]} allowed): not written"
-        )
-    keep = {k: v for k, v in manifest.items() if k not in ("version", "created_ms", "files")}
-    new = {**keep, "bits": bits, "parent_version": manifest["version"], "quantization": report}
-    return write_model(out_dir, {"clip.onnx": graph}, new), report
+    return _write_if_within(out_dir, {"clip.onnx": graph}, manifest, report, loss, "AUROC")
 
 
 def export_risk(
@@ -100,7 +117,7 @@ def export_risk(
     import io
 
     from models.metrics import average_precision
-    from models.serving import ModelError, onnx_session, read_files, read_manifest, write_model
+    from models.serving import ModelError, onnx_session, read_files, read_manifest
     from models.tabular import TabularNet, history_from_generator, temporal_split
 
     if bits not in MAX_LOSS_POINTS:
@@ -134,10 +151,7 @@ def export_risk(
     graph = export_qdq(
         net, (torch.zeros(2, n), torch.full((2,), 0.5)), ["features", "gbdt_prob"], ["probability"]
     )
-    ops = optimized_ops(graph)
-    kernels = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
-    if not kernels:
-        raise ValueError("ONNX Runtime runs no integer kernel on the export: not written")
+    kernels = _integer_kernels(graph)
     xh = held.features.astype(np.float32)
     ph = gbdt_prob(xh)
 
@@ -159,12 +173,5 @@ def export_risk(
         "integer_kernels": kernels,
         "verified_rows": len(xh),
     }
-    if loss > MAX_LOSS_POINTS[bits]:
-        raise ValueError(
-            f"{bits}-bit export loses {loss:.2f} AUC-PR points against fp32 (at most "
-            f"{MAX_LOSS_POINTS[bits]} allowed): not written"
-        )
-    keep = {k: v for k, v in manifest.items() if k not in ("version", "created_ms", "files")}
-    new = {**keep, "bits": bits, "parent_version": manifest["version"], "quantization": report}
     out_files = {k: v for k, v in files.items() if k != "hybrid.pt"} | {"hybrid.onnx": graph}
-    return write_model(out_dir, out_files, new), report
+    return _write_if_within(out_dir, out_files, manifest, report, loss, "AUC-PR")
