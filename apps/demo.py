@@ -50,30 +50,36 @@ class _Stats:
             return sum(1 for t in self.scored_at if now - t <= window_s) / window_s
 
 
+def _stat_row(cells: dict[str, str]) -> Table:
+    """Bold headings over right-aligned values."""
+    grid = Table.grid(padding=(0, 3))
+    for _ in cells:
+        grid.add_column(justify="right")
+    grid.add_row(*(f"[b]{name}" for name in cells))
+    grid.add_row(*cells.values())
+    return grid
+
+
+def _p50_p99(values: deque[int]) -> tuple[str, str]:
+    ordered = sorted(values)
+    if not ordered:
+        return "-", "-"
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"{ordered[len(ordered) // 2]} ms", f"{p99} ms"
+
+
 def _view(stats: _Stats, bootstrap: str, elapsed_s: float) -> Group:
-    lat = sorted(stats.latencies_ms)
-    p50 = lat[len(lat) // 2] if lat else 0
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0
-    head = Table.grid(padding=(0, 3))
-    for _ in range(7):
-        head.add_column(justify="right")
-    head.add_row(
-        "[b]published",
-        "[b]scored",
-        "[b]events/s",
-        "[b]alerts",
-        "[b]DLQ",
-        "[b]latency p50",
-        "[b]p99",
-    )
-    head.add_row(
-        str(stats.published),
-        str(stats.scored),
-        f"{stats.rate():.0f}",
-        f"[yellow]{stats.alerts}",
-        f"[red]{stats.dlq}",
-        f"{p50} ms",
-        f"{p99} ms",
+    p50, p99 = _p50_p99(stats.latencies_ms)
+    head = _stat_row(
+        {
+            "published": str(stats.published),
+            "scored": str(stats.scored),
+            "events/s": f"{stats.rate():.0f}",
+            "alerts": f"[yellow]{stats.alerts}",
+            "DLQ": f"[red]{stats.dlq}",
+            "latency p50": p50,
+            "p99": p99,
+        }
     )
     alerts = Table(
         "decision",
@@ -95,19 +101,15 @@ def _view(stats: _Stats, bootstrap: str, elapsed_s: float) -> Group:
             str(a.get("tx_id")),
             reasons,
         )
-    clip_lat = sorted(stats.clip_latencies_ms)
-    inspection = Table.grid(padding=(0, 3))
-    for _ in range(5):
-        inspection.add_column(justify="right")
-    inspection.add_row(
-        "[b]camera frames", "[b]clips", "[b]defect alerts", "[b]clip latency p50", "[b]p99"
-    )
-    inspection.add_row(
-        str(stats.frames),
-        str(stats.clips) if stats.clips else "[dim]0 (no model yet?)",
-        f"[yellow]{stats.defects}",
-        f"{clip_lat[len(clip_lat) // 2]} ms" if clip_lat else "-",
-        f"{clip_lat[min(len(clip_lat) - 1, int(len(clip_lat) * 0.99))]} ms" if clip_lat else "-",
+    clip_p50, clip_p99 = _p50_p99(stats.clip_latencies_ms)
+    inspection = _stat_row(
+        {
+            "camera frames": str(stats.frames),
+            "clips": str(stats.clips) if stats.clips else "[dim]0 (no model yet?)",
+            "defect alerts": f"[yellow]{stats.defects}",
+            "clip latency p50": clip_p50,
+            "p99": clip_p99,
+        }
     )
     defects = Table(
         "camera",
@@ -153,38 +155,27 @@ def run_demo(
         env = {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}
         worker = WorkerProcess("risk", env, log_path).start()
         inspector = WorkerProcess("inspection", env, inspection_log).start()
+        readers = [
+            (topics.scores, "scores"),
+            (topics.alerts, "alerts"),
+            (topics.dlq, "dlq"),
+            (topics.inspection_clips, "clips"),
+            (topics.inspection_alerts, "defects"),
+        ]
         threads = [
             threading.Thread(
-                target=_publisher,
-                args=(bootstrap, topics.transactions, rate, stats, stop),
-                daemon=True,
+                target=_publisher, args=(bootstrap, topics.transactions, rate, stats, stop)
             ),
             threading.Thread(
-                target=_reader, args=(bootstrap, topics.scores, "scores", stats, stop), daemon=True
+                target=_camera, args=(bootstrap, topics.frames, camera_fps, stats, stop)
             ),
-            threading.Thread(
-                target=_reader, args=(bootstrap, topics.alerts, "alerts", stats, stop), daemon=True
-            ),
-            threading.Thread(
-                target=_reader, args=(bootstrap, topics.dlq, "dlq", stats, stop), daemon=True
-            ),
-            threading.Thread(
-                target=_camera,
-                args=(bootstrap, topics.frames, camera_fps, stats, stop),
-                daemon=True,
-            ),
-            threading.Thread(
-                target=_reader,
-                args=(bootstrap, topics.inspection_clips, "clips", stats, stop),
-                daemon=True,
-            ),
-            threading.Thread(
-                target=_reader,
-                args=(bootstrap, topics.inspection_alerts, "defects", stats, stop),
-                daemon=True,
+            *(
+                threading.Thread(target=_reader, args=(bootstrap, topic, kind, stats, stop))
+                for topic, kind in readers
             ),
         ]
         for t in threads:
+            t.daemon = True
             t.start()
         start = time.monotonic()
         try:
