@@ -304,11 +304,10 @@ def bench_inspection(
     )
     say(f"simulating {cameras} x {per_camera} frames ({size}x{size}, {codec})")
     lines = [sim.frames(f"bench-cam-{i}", i) for i in range(cameras)]
-    frames = [
-        (i, encode_frame(next(line).frame, codec))
-        for _ in range(per_camera)
-        for i, line in enumerate(lines)
-    ]
+    shots = [next(line).frame for _ in range(per_camera) for line in lines]  # interleaved
+    ids = [(f.camera_id, f.seq) for f in shots]
+    frames = [encode_frame(f, codec) for f in shots]
+    del shots
     stride = settings.inspection_stride
     want_clips = cameras * ((per_camera - model.frames) // stride + 1)
     with _bench_namespace(settings, say) as (bootstrap, topics, env):
@@ -333,14 +332,12 @@ def bench_inspection(
             publish_ms: dict[tuple[str, int], int] = {}
 
             def sent(n: int, _value: bytes) -> None:
-                _i, (key, _v, headers) = frames[n - 1]
-                seq = int(dict(headers)["seq"])
-                publish_ms[(key.decode(), seq)] = now_ms()
+                publish_ms[ids[n - 1]] = now_ms()
 
             publish(
                 bootstrap,
                 topics.frames,
-                (record for _i, record in frames),
+                frames,
                 fps * cameras,
                 on_sent=sent,
                 producer=producer,

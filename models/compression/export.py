@@ -84,13 +84,10 @@ def fold_weight_quantization(graph: bytes) -> bytes:
             to = onnx.helper.tensor_dtype_to_np_dtype(node.attribute[0].i)
             known[node.output[0]] = known[node.input[0]].astype(to)
 
-    def value(name: str) -> np.ndarray | None:
-        return known.get(name)
-
     keep = []
     for node in g.node:
-        if node.op_type == "QuantizeLinear" and value(node.input[0]) is not None:
-            x, scale, zp = (value(n) for n in node.input[:3])
+        if node.op_type == "QuantizeLinear" and node.input[0] in known:
+            x, scale, zp = (known[n] for n in node.input[:3])
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             if scale.ndim == 1 and x.ndim > 1:
                 shape = [1] * x.ndim
