@@ -156,7 +156,7 @@ class QuantWrapper(nn.Module):
         x = self.input_quant(x)
         weight = self.layer.weight
         if self.weight_quant.frozen is None:
-            self.weight_quant.observer.lo = None  # the range of the weight as it is now
+            self.weight_quant.observer.reset()  # the range of the weight as it is now
             self.weight_quant.observer.observe(weight)
         w = self.weight_quant(weight)
         if isinstance(self.layer, nn.Linear):

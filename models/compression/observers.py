@@ -50,11 +50,15 @@ class Observer:
             raise ValueError(f"percentile must be in (50, 100], not {percentile}")
         self.kind, self.axis = kind, axis
         self.momentum, self.percentile, self.sample = momentum, percentile, sample
+        self._gen = torch.Generator().manual_seed(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen."""
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
         self._kept: torch.Tensor | None = None  # percentile: the sample so far
         self._seen = 0
-        self._gen = torch.Generator().manual_seed(seed)
 
     def observe(self, x: torch.Tensor) -> None:
         v = _per_channel(x, self.axis)
