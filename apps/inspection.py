@@ -11,21 +11,26 @@ same clips are cut again (clip windows start on seq multiples of the stride).
 The heavy part (alignment, classification) runs in a thread so the event loop keeps
 fetching and heart-beating meanwhile; one lock serialises batches and the idle-camera
 timer. Without an inspection model the worker still orders frames and cuts clips, counts
-them as unscored and says so: train one with ``vigil train inspection``.
+them as unscored and says so: train one with ``vigil train inspection``. Model releases
+on ``vigil.models`` (apps.follower) are swapped in under the same lock, so between two
+batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import faust
 
 from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
+from apps.follower import ModelFollower
 from apps.kafka import make_producer
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
-from models.serving import ModelError, load_latest_clip
+from models.registry import Release, ReleaseError
+from models.serving import ClipScorer, ModelError, load_latest_clip
 from streams.inspection import InspectionPipeline, InspectionResult
 from streams.pipeline import now_ms
 from streams.schemas import RawRecord
@@ -89,6 +94,35 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     outputs = Outputs(make_producer(bootstrap))
     lock = asyncio.Lock()
     streams: list[faust.StreamT] = []  # the agent's stream, for the idle timer's acks
+    loops: list[asyncio.AbstractEventLoop] = []  # the app's loop, for the follower's swaps
+
+    async def swap(model: ClipScorer) -> None:
+        async with lock:  # between two batches
+            pipeline.swap(model)
+
+    def install(model: ClipScorer, _release: Release) -> None:
+        # called in the follower's thread: wait until the swap is done, so it logs the truth
+        asyncio.run_coroutine_threadsafe(swap(model), loops[0]).result()
+
+    follower = ModelFollower(
+        bootstrap,
+        topics.models,
+        "inspection",
+        settings.hmac_key.get_secret_value().encode(),
+        check_spec=_check_clip_spec,
+        install=install,  # type: ignore[arg-type]
+        serving=lambda: pipeline.model.version if pipeline.model else "none",
+        counters=pipeline.counters,
+    )
+
+    @app.task
+    async def follow_models() -> None:
+        loops.append(asyncio.get_running_loop())
+        follower.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_following(*_args: Any, **_kwargs: Any) -> None:
+        follower.stop()
 
     async def deliver(stream: faust.StreamT, result: InspectionResult) -> None:
         outputs.produce(topics.inspection_alerts, result.alerts)
@@ -139,7 +173,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         b = pipeline.buffer_counts()
         log.info(
             "frames=%d clips=%d unscored=%d alerts=%d suppressed=%d dlq=%d late=%d "
-            "duplicates=%d gaps=%d held=%d cameras=%d model=%s",
+            "duplicates=%d gaps=%d held=%d cameras=%d model=%s model_swaps=%d model_refused=%d",
             c["frames"],
             c["clips"],
             c["clips_unscored"],
@@ -152,6 +186,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             b["held"],
             len(pipeline.cameras),
             pipeline.model.version if pipeline.model else "none",
+            c["model_swaps"],
+            c["model_refused"],
         )
         if pipeline.stage_seconds:
             log.info(
@@ -161,6 +197,14 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for in-process inspection
     return app
+
+
+def _check_clip_spec(spec: dict) -> None:
+    """The pipeline feeds grey clips (one channel) of any length and size: the model's
+    manifest says which, and the pipeline follows it."""
+    shape = spec.get("clip")
+    if not (isinstance(shape, list) and len(shape) == 5 and shape[1] == 1):
+        raise ReleaseError(f"input {shape!r} is not a batch of one-channel clips (N,1,T,H,W)")
 
 
 def run_worker(settings: Settings) -> None:

@@ -28,10 +28,12 @@ from typing import Any
 import faust
 
 from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
+from apps.follower import ModelFollower
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
+from models.registry import ReleaseError
 from models.serving import ModelError, load_latest
 from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
@@ -100,15 +102,37 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1
 
-    follower = RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected)
+    def check_spec(spec: dict) -> None:
+        if spec.get("feature_spec") != FEATURE_SPEC.label:
+            raise ReleaseError(
+                f"built for feature spec {spec.get('feature_spec')!r}, this worker computes "
+                f"{FEATURE_SPEC.label!r}"
+            )
+
+    followers = (
+        RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),
+        ModelFollower(
+            bootstrap,
+            topics.models,
+            "risk",
+            settings.hmac_key.get_secret_value().encode(),
+            check_spec,
+            # ModelHolder.swap is atomic: the next micro-batch reads the new model
+            install=lambda scorer, _release: pipeline.model.swap(scorer),
+            serving=lambda: pipeline.model.current.version,
+            counters=pipeline.counters,
+        ),
+    )
 
     @app.task
-    async def follow_rules() -> None:
-        follower.start()
+    async def follow_rules_and_models() -> None:
+        for follower in followers:
+            follower.start()
 
     @app.on_before_shutdown.connect
     async def stop_following(*_args: Any, **_kwargs: Any) -> None:
-        follower.stop()
+        for follower in followers:
+            follower.stop()
 
     def load_state(account_id: str) -> dict[str, Any] | None:
         return state.get(account_id.encode())
@@ -164,7 +188,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         c = pipeline.counters
         log.info(
             "events=%d scored=%d alerts=%d dlq=%d redelivered=%d inflows=%d misrouted=%d model=%s "
-            "rules=%s shadow=%s ruleset_swaps=%d ruleset_rejected=%d",
+            "rules=%s shadow=%s ruleset_swaps=%d ruleset_rejected=%d model_swaps=%d "
+            "model_refused=%d",
             c["events"],
             c["scored"],
             c["alerts"],
@@ -177,6 +202,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             pipeline.shadow.label if pipeline.shadow else "-",
             c["ruleset_swaps"],
             c["ruleset_rejected"],
+            c["model_swaps"],
+            c["model_refused"],
         )
         if phases["batches"]:
             log.info(

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import time
 
 import pytest
 
 from apps.clients import publish
 from apps.process import WorkerProcess
+from apps.releases import publish_release
+from models.registry import build_release
 from models.serving import ClipScorer
 from models.video import VideoConfig, make_clips, pick_threshold, predict, save_video_model
 from models.video import train_video as fit
@@ -120,3 +124,46 @@ def test_defects_raise_alerts_where_they_are_and_a_clean_line_raises_none(
 
 def _values(items):
     return (v for _k, v in items)
+
+
+def _wait_for(path, pattern: str, alive, timeout_s: float = 60.0) -> re.Match | None:
+    """The first match of ``pattern`` in the worker's log, once it is written."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        found = re.search(pattern, path.read_text(errors="replace"))
+        if found:
+            return found
+        time.sleep(0.2)
+    return None
+
+
+def test_a_worker_without_a_model_serves_one_released_on_the_topic(settings, tmp_path, model_dir):
+    directory = next((model_dir / "inspection").iterdir())
+    key = settings.hmac_key.get_secret_value().encode()
+    env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(tmp_path / "no-models")}
+    log = tmp_path / "worker.log"
+    with WorkerProcess("inspection", env, log) as worker:
+        assert _wait_for(log, "clips are cut but not classified", lambda: worker.running)
+        publish_release(
+            settings.kafka_bootstrap, settings.topics.models, build_release(directory, key)
+        )
+        served = _wait_for(
+            log, rf"inspection release {directory.name} .* serving", lambda: worker.running
+        )
+        assert served, "the release was not installed"
+        records = [encode_frame(shot.frame, "png") for shot in _camera("cam-0", 0, 1.0)[:120]]
+        publish(settings.kafka_bootstrap, settings.topics.frames, records)
+        clips = collect(
+            settings.kafka_bootstrap,
+            settings.topics.inspection_clips,
+            lambda got: len(got) >= (120 - 8) // 4 + 1,
+            alive=lambda: worker.running,
+        )
+    assert {c["model_version"] for c in clips} == {directory.name}
+    reference = InspectionPipeline(ClipScorer.load(directory))
+    raw = [RawRecord("f", 0, i, k, v, tuple(h)) for i, (k, v, h) in enumerate(records)]
+    want = {
+        c["seq_start"]: c["score"]
+        for c in map(json.loads, _values(reference.process(raw, consumed_ms=0).clips))
+    }
+    assert {c["seq_start"]: pytest.approx(c["score"], abs=1e-6) for c in clips} == want

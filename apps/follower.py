@@ -1,0 +1,150 @@
+"""Workers follow the single-partition control topics (rules, models) in full, from the
+start, in a thread: no consumer group, since every worker needs every ruleset and every
+model release, unlike transactions, which are shared out. Replaying from the start puts
+the newest ruleset and model in force after a restart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+
+from confluent_kafka import KafkaError, Message
+
+from apps.kafka import make_reader, read_from_start
+from models.registry import Assembler, Refusal, Release, ReleaseError, serve_release
+
+__all__ = ["ModelFollower", "TopicFollower"]
+
+log = logging.getLogger("vigil.follower")
+
+
+class TopicFollower(threading.Thread):
+    """Reads ``topic`` from its start until stopped; ``handle`` gets every record."""
+
+    what = "records"  # for the log
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(name=f"follow-{topic}", daemon=True)
+        self.bootstrap, self.topic = bootstrap, topic
+        self.stopping = threading.Event()
+        self.caught_up = threading.Event()  # the topic's backlog has been applied
+
+    def run(self) -> None:
+        reader = make_reader(self.bootstrap)
+        try:
+            read_from_start(reader, self.topic)
+            while not self.stopping.is_set():
+                for msg in reader.consume(100, 0.2):
+                    err = msg.error()
+                    if err is None:
+                        self.handle(msg)
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.error("reading %s: %s", self.topic, err)
+                    elif not self.caught_up.is_set():
+                        self.on_caught_up()
+                        self.caught_up.set()
+                self.tick()
+        except Exception:  # never take the worker down; what it serves stays in force
+            log.exception("following %s stopped; the current %s stay", self.topic, self.what)
+        finally:
+            reader.close()
+
+    def handle(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def on_caught_up(self) -> None:
+        """Called once, when the backlog present at start has been handled."""
+
+    def tick(self) -> None:
+        """Called after every poll (about every 0.2 s when the topic is quiet)."""
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class ModelFollower(TopicFollower):
+    """Follows ``vigil.models`` for one model name: assembles releases, verifies them
+    (signature, hashes, input spec, golden-batch parity) and hands each one that passes to
+    ``install``; refused ones are logged and counted, and the serving model stays.
+
+    During the backlog at start only the newest releases are kept; once caught up the
+    newest that passes is installed (the topic is the deployment's record of what serves).
+    """
+
+    what = "model"
+    BACKLOG = 3  # releases kept while catching up, newest last
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        name: str,
+        key: bytes,
+        check_spec: Callable[[dict], None],
+        install: Callable[[object, Release], None],
+        serving: Callable[[], str],
+        counters: MutableMapping[str, int],
+        timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(bootstrap, topic)
+        self.name = name
+        self.assembler = Assembler(key, {name}, timeout_s)
+        self.check_spec, self.install, self.serving = check_spec, install, serving
+        self.counters = counters
+        self.backlog: list[Release] = []
+
+    def handle(self, msg: Message) -> None:
+        ts_ms = msg.timestamp()[1]
+        for got in self.assembler.add(msg.key(), msg.value(), msg.headers(), msg.offset(), ts_ms):
+            if isinstance(got, Refusal):
+                self._refused(got.version, got.reason, got.offset)
+            elif self.caught_up.is_set():
+                self._serve(got)
+            else:
+                self.backlog = [*self.backlog, got][-self.BACKLOG :]
+
+    def on_caught_up(self) -> None:
+        for release in reversed(self.backlog):  # the newest that passes
+            if self._serve(release):
+                break
+        self.backlog = []
+
+    def tick(self) -> None:
+        for got in self.assembler.expire():
+            self._refused(got.version, got.reason, got.offset)
+
+    def _refused(self, version: str, reason: str, offset: int) -> None:
+        self.counters["model_refused"] += 1
+        where = f"{self.topic}@{offset}" if offset >= 0 else self.topic
+        log.error(
+            "%s release %s (%s) refused, %s keeps serving: %s",
+            self.name,
+            version,
+            where,
+            self.serving(),
+            reason,
+        )
+
+    def _serve(self, release: Release) -> bool:
+        if release.version == self.serving():
+            log.info("%s release %s is already serving", self.name, release.version)
+            return True
+        try:
+            scorer = serve_release(release, self.check_spec)
+        except ReleaseError as exc:
+            self._refused(release.version, str(exc), -1)
+            return False
+        self.install(scorer, release)
+        self.counters["model_swaps"] += 1
+        log.info(
+            "%s release %s (%d-bit, %d bytes in %d chunks) serving %.0f ms after it was published",
+            self.name,
+            release.version,
+            release.manifest.get("bits", 32),
+            release.manifest["size"],
+            release.manifest["chunks"],
+            time.time() * 1000 - release.published_ms,
+        )
+        return True

@@ -1,0 +1,387 @@
+"""Model releases on ``vigil.models``: a model directory as a signed, chunked release.
+
+Wire format (one partition, key = the model name, in this order):
+
+1. the **manifest**, JSON: ``name, version, created_ms, sha256, size, format, bits,
+   input_spec, metrics, parent_version`` (DESIGN.md), plus ``files`` (``name: [offset,
+   size, sha256]`` inside the payload), ``chunks``, ``chunk_bytes``, ``golden`` (the
+   parity batch's tolerance), ``model`` (the directory's own manifest), ``release_format``
+   and ``signature``. Headers: ``vigil-release: <version>``, ``vigil-part: manifest``.
+2. ``chunks`` records of the **payload**: the files concatenated in manifest order, the
+   golden batch (``golden.npz``) last. Headers: ``vigil-release``, ``vigil-part: <index>``.
+
+``signature`` is HMAC-SHA256, keyed with ``VIGIL_HMAC_KEY``, over the manifest's canonical
+JSON without it (sorted keys, no spaces); the manifest holds the payload's sha256, so the
+signature covers every byte. The golden batch holds inputs and the outputs the publisher's
+ONNX Runtime computed: a worker serves a release only if it reproduces them.
+
+A worker reads the topic in order through an ``Assembler``; a release is refused when its
+signature or hash is wrong, a chunk is missing (the next manifest of the same model came
+first, or it stayed incomplete past the timeout), its input spec is not the worker's, or
+parity fails. Rollback is publishing an older release again (same bytes, same signature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.serving import (
+    ClipScorer,
+    HybridScorer,
+    ModelError,
+    read_files,
+    read_manifest,
+)
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Assembler",
+    "Refusal",
+    "Release",
+    "ReleaseError",
+    "build_release",
+    "release_messages",
+    "serve_release",
+]
+
+CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
+RELEASE_FORMAT = 1
+GOLDEN = "golden.npz"
+GOLDEN_ROWS = {"onnx:gbdt+nn": 256, "onnx:clip-classifier": 4}
+# the outputs are probabilities; the same graph on another ORT build or CPU may differ in
+# the last float32 bits, never by this much
+GOLDEN_TOLERANCE = 1e-4
+HEADER_RELEASE, HEADER_PART = "vigil-release", "vigil-part"
+
+
+class ReleaseError(Exception):
+    """A release that must not serve: the reason is logged and counted by the worker."""
+
+
+@dataclass(frozen=True)
+class Release:
+    manifest: dict
+    payload: bytes
+    published_ms: int = 0  # broker timestamp of its last record: when it was published
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def files(self) -> dict[str, bytes]:
+        out = {}
+        for name, (offset, size, digest) in self.manifest["files"].items():
+            data = self.payload[offset : offset + size]
+            if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+                raise ReleaseError(f"file {name} of {self.version} does not match its sha256")
+            out[name] = data
+        return out
+
+    def golden(self) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(io.BytesIO(self.files()[GOLDEN])) as npz:
+            return _as_input(npz["inputs"]), npz["outputs"]
+
+
+def signature(manifest: dict, key: bytes) -> str:
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def _as_input(x: np.ndarray) -> np.ndarray:
+    # clips travel as their grey levels (the pipeline feeds k/255); features as float32
+    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def scorer_for(files: dict[str, bytes], model: dict) -> HybridScorer | ClipScorer:
+    """The serving scorer of a model's files, by its manifest's format."""
+    fmt = model.get("format")
+    if fmt == "onnx:gbdt+nn":
+        return HybridScorer.from_bytes(files, model["version"])
+    if fmt == "onnx:clip-classifier":
+        if "clip.onnx" not in files:
+            raise ModelError(f"model {model['version']} lacks clip.onnx")
+        return ClipScorer(files["clip.onnx"], model)
+    raise ModelError(f"model {model.get('version')}: unknown format {fmt!r}")
+
+
+def outputs(scorer: HybridScorer | ClipScorer, inputs: np.ndarray) -> np.ndarray:
+    """What parity compares: the risk score per row, the defect probability per clip."""
+    if isinstance(scorer, ClipScorer):
+        return np.asarray(scorer.score(inputs)[0], dtype=np.float64)
+    return np.asarray(scorer.score_batch(inputs), dtype=np.float64)
+
+
+def _input_spec(model: dict) -> dict:
+    if model["format"] == "onnx:gbdt+nn":
+        from streams.features import FEATURE_SPEC
+
+        return {"features": [None, len(FEATURE_SPEC.names)], "feature_spec": model["feature_spec"]}
+    return {"clip": model["input"]["clip"]}
+
+
+def _golden_inputs(model: dict, rows: int, seed: int = 0) -> np.ndarray:
+    """A deterministic parity batch when the publisher has no recorded one: features with
+    missing values, or grey-level clips of the model's input size."""
+    rng = np.random.default_rng(seed)
+    spec = _input_spec(model)
+    if "clip" in spec:
+        _b, c, t, h, w = spec["clip"]
+        return rng.integers(0, 256, size=(rows, c, t, h, w), dtype=np.uint8)
+    x = rng.lognormal(0.0, 1.5, size=(rows, spec["features"][1])).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    return x
+
+
+def build_release(
+    directory: Path,
+    key: bytes,
+    golden_inputs: np.ndarray | None = None,
+    parent_version: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Release:
+    """A signed release of the model in ``directory`` (verified against its manifest first).
+    The golden outputs come from this machine's ONNX Runtime on ``golden_inputs`` (uint8
+    clips or float32 feature rows; default: a deterministic synthetic batch)."""
+    model = read_manifest(directory)
+    files = read_files(directory, model)
+    scorer = scorer_for(files, model)
+    if golden_inputs is None:
+        golden_inputs = _golden_inputs(model, GOLDEN_ROWS[model["format"]])
+    golden = io.BytesIO()
+    np.savez_compressed(
+        golden, inputs=golden_inputs, outputs=outputs(scorer, _as_input(golden_inputs))
+    )
+    files = {**files, GOLDEN: golden.getvalue()}
+    index, payload, offset = {}, io.BytesIO(), 0
+    for name, data in files.items():
+        index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
+        payload.write(data)
+        offset += len(data)
+    body = payload.getvalue()
+    manifest = {
+        "release_format": RELEASE_FORMAT,
+        "name": model["name"],
+        "version": model["version"],
+        "created_ms": time.time_ns() // 1_000_000,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "size": len(body),
+        "format": model["format"],
+        "bits": model.get("bits", 32),
+        "input_spec": _input_spec(model),
+        "metrics": model.get("metrics", {}),
+        "parent_version": parent_version or model.get("parent_version"),
+        "files": index,
+        "chunks": max(1, -(-len(body) // chunk_bytes)),
+        "chunk_bytes": chunk_bytes,
+        "golden": {"rows": len(golden_inputs), "tolerance": GOLDEN_TOLERANCE},
+        "model": model,
+    }
+    manifest["signature"] = signature(manifest, key)
+    return Release(manifest, body)
+
+
+def release_messages(release: Release) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
+    """The records of a release, in publishing order: ``(key, value, headers)``."""
+    m = release.manifest
+    version = m["version"].encode()
+    out = [
+        (
+            m["name"],
+            json.dumps(m, sort_keys=True).encode(),
+            [(HEADER_RELEASE, version), (HEADER_PART, b"manifest")],
+        )
+    ]
+    step = m["chunk_bytes"]
+    for i in range(m["chunks"]):
+        chunk = release.payload[i * step : (i + 1) * step]
+        out.append((m["name"], chunk, [(HEADER_RELEASE, version), (HEADER_PART, str(i).encode())]))
+    return out
+
+
+@dataclass(frozen=True)
+class Refusal:
+    name: str
+    version: str
+    reason: str
+    offset: int
+
+
+@dataclass
+class _Pending:
+    manifest: dict
+    offset: int
+    started_s: float
+    chunks: dict[int, bytes] = field(default_factory=dict)
+
+
+def _headers(raw: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    out = {}
+    for name, value in raw or ():
+        try:
+            out[name] = (value or b"").decode()
+        except UnicodeDecodeError:
+            out[name] = ""
+    return out
+
+
+class Assembler:
+    """Turns the records of ``vigil.models``, in topic order, into verified releases and
+    refusals. ``names``: the models this reader serves (others are skipped unread)."""
+
+    def __init__(self, key: bytes, names: set[str] | None = None, timeout_s: float = 30.0):
+        self.key, self.names, self.timeout_s = key, names, timeout_s
+        self.pending: dict[str, _Pending] = {}
+        self.ignored: set[tuple[str, str]] = set()  # refused releases: their chunks are skipped
+
+    def add(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]] | None,
+        offset: int,
+        ts_ms: int = 0,
+        now_s: float | None = None,
+    ) -> list[Release | Refusal]:
+        name = (key or b"").decode(errors="replace")
+        if self.names is not None and name not in self.names:
+            return []
+        h = _headers(headers)
+        version, part = h.get(HEADER_RELEASE, "?"), h.get(HEADER_PART)
+        now_s = time.monotonic() if now_s is None else now_s
+        if part == "manifest":
+            return self._manifest(name, version, value or b"", offset, now_s)
+        if (name, version) in self.ignored:
+            return []
+        pending = self.pending.get(name)
+        if pending is None or pending.manifest["version"] != version:
+            self.ignored.add((name, version))
+            return [Refusal(name, version, f"chunk {part} without its manifest", offset)]
+        try:
+            index = int(part or "")
+        except ValueError:
+            index = -1
+        if not 0 <= index < pending.manifest["chunks"]:
+            del self.pending[name]
+            self.ignored.add((name, version))
+            return [Refusal(name, version, f"record with part {part!r} is not a chunk", offset)]
+        pending.chunks[index] = value or b""
+        if len(pending.chunks) < pending.manifest["chunks"]:
+            return []
+        del self.pending[name]
+        try:
+            return [self._verify(pending, ts_ms)]
+        except ReleaseError as exc:
+            return [Refusal(name, version, str(exc), pending.offset)]
+
+    def _manifest(
+        self, name: str, version: str, value: bytes, offset: int, now_s: float
+    ) -> list[Release | Refusal]:
+        out: list[Release | Refusal] = []
+        before = self.pending.pop(name, None)
+        if before is not None:  # the publisher moved on: that one will never complete
+            out.append(self._truncated(before))
+        try:
+            manifest = json.loads(value)
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+            given = str(manifest.get("signature", ""))
+            if not hmac.compare_digest(given, signature(manifest, self.key)):
+                raise ReleaseError("bad signature (tampered, or signed with another key)")
+            for k in ("name", "version", "sha256", "size", "chunks", "files", "format", "model"):
+                if k not in manifest:
+                    raise ReleaseError(f"manifest lacks {k!r}")
+            if manifest["name"] != name or manifest["version"] != version:
+                raise ReleaseError("manifest does not match its record's key and headers")
+            if int(manifest["chunks"]) < 1:
+                raise ReleaseError("manifest announces no chunks")
+        except (ValueError, ReleaseError) as exc:
+            self.ignored.add((name, version))
+            reason = str(exc) if isinstance(exc, ReleaseError) else f"unreadable manifest: {exc}"
+            out.append(Refusal(name, version, reason, offset))
+            return out
+        self.ignored.discard((name, version))  # a republished release (rollback) is new
+        self.pending[name] = _Pending(manifest, offset, now_s)
+        return out
+
+    def _truncated(self, pending: _Pending) -> Refusal:
+        m = pending.manifest
+        self.ignored.add((m["name"], m["version"]))
+        return Refusal(
+            m["name"],
+            m["version"],
+            f"truncated: {len(pending.chunks)} of {m['chunks']} chunks arrived",
+            pending.offset,
+        )
+
+    def expire(self, now_s: float | None = None) -> list[Refusal]:
+        """Refuse releases still incomplete ``timeout_s`` after their manifest."""
+        now_s = time.monotonic() if now_s is None else now_s
+        late = [n for n, p in self.pending.items() if now_s - p.started_s > self.timeout_s]
+        return [self._truncated(self.pending.pop(n)) for n in late]
+
+    def _verify(self, pending: _Pending, ts_ms: int) -> Release:
+        m = pending.manifest
+        payload = b"".join(pending.chunks[i] for i in range(m["chunks"]))
+        if len(payload) != m["size"]:
+            raise ReleaseError(f"payload is {len(payload)} bytes, the manifest says {m['size']}")
+        if hashlib.sha256(payload).hexdigest() != m["sha256"]:
+            raise ReleaseError("payload sha256 does not match the manifest")
+        release = Release(m, payload, ts_ms)
+        release.files()  # every file's own hash
+        return release
+
+
+def serve_release(
+    release: Release, check_spec: Callable[[dict], None]
+) -> HybridScorer | ClipScorer:
+    """Load a verified release into ONNX Runtime for serving: the worker's input spec check
+    (``check_spec`` raises ReleaseError), then parity on the golden batch."""
+    m = release.manifest
+    check_spec(m["input_spec"])
+    try:
+        scorer = scorer_for(release.files(), m["model"])
+    except ModelError as exc:
+        raise ReleaseError(str(exc)) from None
+    except Exception as exc:  # ORT refusing the graph: InvalidGraph, Fail, ...
+        raise ReleaseError(f"ONNX Runtime cannot load it: {exc}") from None
+    inputs, expected = release.golden()
+    got = outputs(scorer, inputs)
+    worst = float(np.max(np.abs(got - expected))) if len(expected) else 0.0
+    tolerance = float(m.get("golden", {}).get("tolerance", GOLDEN_TOLERANCE))
+    if not worst <= tolerance:  # NaN fails too
+        raise ReleaseError(
+            f"parity failed on the golden batch: max diff {worst:.2e} > {tolerance:.0e}"
+        )
+    return scorer
+
+
+def describe(release: Release) -> dict[str, Any]:
+    """One line of ``vigil models list``."""
+    m = release.manifest
+    return {
+        "name": m["name"],
+        "version": m["version"],
+        "bits": m.get("bits"),
+        "format": m.get("format"),
+        "size": m["size"],
+        "chunks": m["chunks"],
+        "created_ms": m.get("created_ms"),
+        "published_ms": release.published_ms,
+        "parent_version": m.get("parent_version"),
+        "metrics": m.get("metrics", {}),
+    }

@@ -1,0 +1,152 @@
+"""The model-release loop live on the embedded broker: a risk worker scoring a stream is
+sent bad releases (refused, the old model keeps serving) and a good one (swapped in
+between two micro-batches, without losing or repeating a transaction)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from apps.cli import app
+from apps.clients import publish
+from apps.process import WorkerProcess
+from apps.releases import publish_release, read_releases
+from models.registry import build_release, release_messages
+from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
+from streams.partitioning import partition_for
+from streams.sources import GeneratorConfig, TransactionGenerator
+from tests.apps.helpers import collect
+from tests.conftest import worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two risk models (different seeds): A serves from disk at start, B is released."""
+    train_set, test_set = temporal_split(history_from_generator(days=6, seed=3, accounts=300), 2)
+    out = []
+    for seed, root in ((3, "a"), (8, "b")):
+        cfg = TabularConfig(seed=seed, trees=30, epochs=3, folds=3)
+        model = train(train_set, cfg, say=lambda _: None)
+        out.append((model, export(model, tmp_path_factory.mktemp(root), test_set.features[:200])))
+    return out
+
+
+def _model_score(model, score: dict) -> float:
+    """The combined score a record must carry if ``model`` scored it (rules combine as in
+    tests/apps/test_model_worker.py)."""
+    x = np.array([[math.nan if v is None else v for v in score["features"]]], np.float32)
+    keep = 1.0 - float(model.predict(x)[0])
+    for hit in score["rule_hits"]:
+        keep *= 1.0 - hit["score"]
+    return 1.0 - keep
+
+
+def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_path, two_models):
+    (model_a, dir_a), (model_b, dir_b) = two_models
+    key = settings.hmac_key.get_secret_value().encode()
+    bootstrap, topics = settings.kafka_bootstrap, settings.topics
+    txs = [
+        (g.key, g.value)
+        for g in TransactionGenerator(GeneratorConfig(seed=4, accounts=120)).take(5000)
+    ]
+    first, rest = txs[:2000], txs[2000:]
+    publish(bootstrap, topics.transactions, first)
+    other_spec = tmp_path / "other-spec" / dir_b.name
+    shutil.copytree(dir_b, other_spec)
+    manifest = json.loads((other_spec / "manifest.json").read_text())
+    manifest["feature_spec"] = "lib-0:0000000000000000"
+    (other_spec / "manifest.json").write_text(json.dumps(manifest))
+    env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(dir_a.parent)}
+    with WorkerProcess("risk", env, tmp_path / "worker.log") as worker:
+        collect(
+            bootstrap, topics.scores, lambda got: len(got) >= 1000, alive=lambda: worker.running
+        )
+        # mid-stream: bad releases, then the good one, while the rest of the stream arrives
+        stream = threading.Thread(
+            target=publish, args=(bootstrap, topics.transactions, rest), kwargs={"rate": 1000}
+        )
+        stream.start()
+        publish_release(bootstrap, topics.models, build_release(dir_b, b"not-the-key"))
+        truncated = release_messages(build_release(dir_b, key, chunk_bytes=64 * 1024))
+        assert len(truncated) > 2
+        publish(bootstrap, topics.models, truncated[:-1])
+        publish_release(bootstrap, topics.models, build_release(other_spec, key))
+        publish_release(bootstrap, topics.models, build_release(dir_b, key))
+        stream.join()
+        scores = collect(
+            bootstrap, topics.scores, lambda got: len(got) >= len(txs), alive=lambda: worker.running
+        )
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+
+    # every transaction scored exactly once: no gap, no repeat
+    ids = [s["tx_id"] for s in scores]
+    assert len(ids) == len(set(ids)) == len(txs)
+    assert set(ids) == {json.loads(v)["tx_id"] for _k, v in txs}
+    # the version switches once, from A to B, in every partition's order...
+    version = {dir_a.name: 0, dir_b.name: 1}
+    assert {s["model_version"] for s in scores} == set(version)
+    by_id = {s["tx_id"]: s for s in scores}
+    for p in range(settings.partitions):
+        order = [
+            version[by_id[json.loads(v)["tx_id"]]["model_version"]]
+            for k, v in txs
+            if partition_for(k.encode() if isinstance(k, str) else k, settings.partitions) == p
+        ]
+        assert order == sorted(order), f"partition {p} switched back and forth"
+    # ... and across partitions at one point in processing time (between two batches)
+    a = [s["processed_ms"] for s in scores if s["model_version"] == dir_a.name]
+    b = [s["processed_ms"] for s in scores if s["model_version"] == dir_b.name]
+    assert a and b and max(a) <= min(b)
+    # each record carries the score of the model its stamp names (the Python models)
+    for s in scores[::25]:
+        model = model_a if s["model_version"] == dir_a.name else model_b
+        assert s["score"] == pytest.approx(_model_score(model, s), abs=2e-5), s["tx_id"]
+
+    # every bad release was refused with its reason, while A kept serving
+    refusals = re.findall(r"risk release \S+ \(.*?\) refused, (\S+) keeps serving: (.*)", log)
+    reasons = " | ".join(r for _serving, r in refusals)
+    assert "bad signature" in reasons and "truncated" in reasons and "feature spec" in reasons
+    assert {serving for serving, _r in refusals} == {dir_a.name}
+    assert re.search(rf"risk release {dir_b.name} .* serving \d+ ms after it was published", log)
+
+    # the registry's view (transport checks only: the feature spec is the worker's concern)
+    listed = read_releases(bootstrap, topics.models, key)
+    assert listed.latest("risk").version == dir_b.name
+    assert sorted(f.reason.split()[0] for f in listed.refused) == ["bad", "truncated:"]
+
+
+def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monkeypatch):
+    (_a, dir_a), (_b, dir_b) = two_models
+    for name, value in worker_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIGIL_MODEL_DIR", str(dir_a.parent))
+    runner = CliRunner()
+    empty = runner.invoke(app, ["models", "list", "--json"])
+    assert empty.exit_code == 0 and empty.stdout.strip() == ""
+    for d in (dir_a, dir_b):
+        done = runner.invoke(app, ["models", "publish", str(d)])
+        assert done.exit_code == 0, done.output
+    rows = [
+        json.loads(line)
+        for line in runner.invoke(app, ["models", "list", "--json"]).stdout.splitlines()
+    ]
+    assert [(r["version"], r["latest"]) for r in rows] == [(dir_a.name, False), (dir_b.name, True)]
+    back = runner.invoke(app, ["models", "rollback", "risk", dir_a.name])
+    assert back.exit_code == 0, back.output
+    key = settings.hmac_key.get_secret_value().encode()
+    listed = read_releases(settings.kafka_bootstrap, settings.topics.models, key)
+    assert listed.latest("risk").version == dir_a.name  # the same bytes, published again
+    assert listed.releases[-1].payload == listed.releases[0].payload
+    missing = runner.invoke(app, ["models", "rollback", "risk", "risk-000000000000"])
+    assert missing.exit_code == 1 and "vigil models list" in missing.output
+    wrong = runner.invoke(app, ["models", "rollback", "inspection", dir_a.name])
+    assert wrong.exit_code == 1 and "is a risk model" in wrong.output
