@@ -37,11 +37,15 @@ publish_app = typer.Typer(help="Publish events to Kafka.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (print JSON with --json).", no_args_is_help=True)
 rules_app = typer.Typer(help="AML rulesets: validate, publish, backtest.", no_args_is_help=True)
 train_app = typer.Typer(help="Train models and write them for the workers.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model releases on the stream: publish, list, roll back.", no_args_is_help=True
+)
 app.add_typer(worker_app, name="worker")
 app.add_typer(publish_app, name="publish")
 app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
 app.add_typer(train_app, name="train")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 
@@ -630,43 +634,157 @@ def bench_risk(
 @app.command("export")
 def export_model(
     model: str = typer.Argument(..., help="inspection (the clip classifier) or risk (its NN)"),
-    bits: int = typer.Option(8, help="8 (int8 QDQ on integer kernels)"),
+    bits: int = typer.Option(
+        8, help="16 (float16 weights), 8 (int8 QDQ), 4 or 2 (weight-only, after QAT)"
+    ),
     source: Path | None = typer.Option(
         None, "--model-dir", help="the model to quantize (default: the newest under MODELS)"
     ),
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory to write to (default: MODELS/exports)"
     ),
-    days: int = typer.Option(6, min=2, help="risk: days of generated history to verify on"),
+    days: int = typer.Option(6, min=4, help="risk: days of generated history to verify on"),
+    max_loss: float | None = typer.Option(
+        None, help="most metric points the export may lose (default: 16/8/4/2 bits: 0.1/0.5/1/10)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the verification as JSON"),
 ) -> None:
     """Quantize a trained model, verify it against the float model on held-out data, and
-    write it under --out only when it passes. Workers serve it when VIGIL_MODEL_DIR points
-    at that directory."""
-    from models.compression.tools import export_inspection, export_risk
+    write it under --out only when it passes. Publish it with `vigil models publish`."""
+    from models.compression.tools import EXPORT_BITS, export_inspection, export_risk
     from models.serving import ModelError, latest_dir
 
+    if bits not in EXPORT_BITS:
+        _fail(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}", 2)
     settings = _settings()
     _logging(settings)
     root = out_dir or settings.models_path / "exports"
+    say = console.print
     if model == "inspection":
         src = source or latest_dir(settings.models_path / "inspection", "inspection")
-        run = lambda s: export_inspection(s, bits, root / "inspection", say=console.print)  # noqa: E731
+        run = lambda s: export_inspection(s, bits, root / "inspection", max_loss=max_loss, say=say)  # noqa: E731
     elif model == "risk":
         src = source or latest_dir(settings.models_path, "risk")
-        run = lambda s: export_risk(s, bits, root, days=days, say=console.print)  # noqa: E731
+        run = lambda s: export_risk(s, bits, root, days=days, max_loss=max_loss, say=say)  # noqa: E731
     else:
         _fail(f"unknown model {model!r}: one of inspection, risk", 2)
     if src is None:
         _fail(f"no {model} model under {settings.models_path}: run `vigil train {model}`", 1)
     try:
         path, report = run(Path(src))
-    except NotImplementedError as exc:
-        _fail(exc, 2)
     except (ModelError, ValueError) as exc:
         _fail(exc, 1)
     report["model"] = str(path)
     _report(report, as_json, width=16)
+
+
+def _hmac_key(settings: Settings) -> bytes:
+    return settings.hmac_key.get_secret_value().encode()
+
+
+@models_app.command("publish")
+def models_publish(
+    model_dir: Path = typer.Argument(..., help="a model directory (vigil train / vigil export)"),
+) -> None:
+    """Sign a model directory as a release and publish it: running workers verify it
+    (signature, hashes, input spec, parity on its golden batch) and swap it in between two
+    micro-batches."""
+    from apps.releases import PublishError, publish_release
+    from models.registry import build_release
+    from models.serving import ModelError
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    ensure_topics(bootstrap, {settings.topics.models: 1})
+    try:
+        release = build_release(model_dir, _hmac_key(settings))
+        n = publish_release(bootstrap, settings.topics.models, release)
+    except (ModelError, PublishError) as exc:
+        _fail(exc, 1)
+    console.print(
+        f"published {release.name} {release.version} ({release.manifest['bits']}-bit, "
+        f"{release.manifest['size']} bytes, {n} records) to {settings.topics.models}"
+    )
+
+
+@models_app.command("list")
+def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON object per line")):
+    """Every release on the models topic, verified as a worker would (signature, hashes);
+    refused and incomplete ones too. The newest valid release of each model is marked."""
+    from datetime import UTC, datetime
+
+    from apps.releases import read_releases
+    from models.registry import describe
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    log = read_releases(bootstrap, settings.topics.models, _hmac_key(settings))
+    latest = {r.name: log.latest(r.name) for r in log.releases}
+    rows = (
+        [{**describe(r), "latest": latest[r.name] is r, "status": "ok"} for r in log.releases]
+        + [
+            {"name": f.name, "version": f.version, "status": f"refused: {f.reason}"}
+            for f in log.refused
+        ]
+        + [{"version": v, "status": "incomplete"} for v in log.incomplete]
+    )
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table("model", "version", "bits", "size", "published (UTC)", "parent", "status")
+    for row in rows:
+        when = row.get("published_ms")
+        table.add_row(
+            row.get("name", "?"),
+            row["version"] + (" *" if row.get("latest") else ""),
+            str(row.get("bits", "")),
+            str(row.get("size", "")),
+            datetime.fromtimestamp(when / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if when else "",
+            row.get("parent_version") or "",
+            row["status"],
+        )
+    out.print(table)
+    out.print(f"* the newest valid release of each model: what workers serve ({len(rows)} rows)")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: str = typer.Argument(..., help="model name: risk or inspection"),
+    version: str = typer.Argument(..., help="the version to serve again (vigil models list)"),
+) -> None:
+    """Serve an older version again: its release is published anew, byte for byte (from
+    the topic, or built from its directory under MODELS when the topic no longer has it)."""
+    from apps.releases import PublishError, find_model_dir, publish_release, read_releases
+    from models.registry import build_release
+    from models.serving import ModelError
+
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    key = _hmac_key(settings)
+    release = read_releases(bootstrap, settings.topics.models, key).find(name, version)
+    source = settings.topics.models
+    if release is None:
+        found = find_model_dir(settings.models_path, version)
+        if found is None:
+            _fail(
+                f"no valid release {name} {version} on {settings.topics.models} and no "
+                f"such directory under {settings.models_path}: see `vigil models list`",
+                1,
+            )
+        try:
+            release = build_release(found, key)
+        except ModelError as exc:
+            _fail(exc, 1)
+        source = str(found)
+    if release.name != name:
+        _fail(f"{version} is a {release.name} model, not {name}", 1)
+    ensure_topics(bootstrap, {settings.topics.models: 1})
+    try:
+        publish_release(bootstrap, settings.topics.models, release)
+    except PublishError as exc:
+        _fail(exc, 1)
+    console.print(f"rolled {name} back to {version} (release from {source})")
 
 
 @bench_app.command("inspection")

@@ -41,8 +41,10 @@ __all__ = [
     "TabularNet",
     "evaluate",
     "export",
+    "finetune_net",
     "history_from_files",
     "history_from_generator",
+    "net_to_onnx",
     "temporal_split",
     "train",
 ]
@@ -496,7 +498,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     )
     graph.graph.name = "risk_gbdt"  # the converter names it with a random uuid
     gbdt = graph.SerializeToString()
-    hybrid = _torch_onnx(model.hybrid, n)
+    hybrid = net_to_onnx(model.hybrid, n)
     state = io.BytesIO()
     torch.save(model.hybrid.state_dict(), state)  # quantized exports (vigil export) start here
     files = {
@@ -525,7 +527,17 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     return write_model(out_dir, files, manifest)
 
 
-def _torch_onnx(net: TabularNet, n: int) -> bytes:
+def finetune_net(
+    net: TabularNet, data: NetData, held: NetData, cfg: TabularConfig, say: Progress = print
+) -> None:
+    """``cfg.epochs`` more epochs on ``net`` as it is (the quantization-aware fine-tuning
+    of a fake-quantized NN), keeping the best on ``held``."""
+    with torch_threads():
+        _fit_net(net, data, held, cfg, say)
+
+
+def net_to_onnx(net: TabularNet, n: int) -> bytes:
+    """The hybrid NN graph: inputs ``features`` (n) and ``gbdt_prob``, output ``probability``."""
     from models.onnx_export import torch_to_onnx
 
     example = (torch.zeros(2, n), torch.full((2,), 0.5))

@@ -45,6 +45,7 @@ __all__ = [
     "auroc",
     "pick_threshold",
     "export_video",
+    "finetune_video",
     "load_video_net",
     "save_video_model",
     "make_clips",
@@ -243,12 +244,39 @@ def train_video(
 def _train_video(train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None]) -> VideoNet:
     torch.manual_seed(cfg.seed)
     net = VideoNet(cfg)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    _fit(net, train, cfg, cfg.epochs, cfg.lr, say)
+    return net
+
+
+def finetune_video(
+    net: VideoNet,
+    train: ClipDataset,
+    cfg: VideoConfig,
+    epochs: int,
+    lr: float,
+    say: Callable[[str], None] = print,
+) -> VideoNet:
+    """More epochs on ``net`` as it is, with the training loss and augmentation: the
+    quantization-aware fine-tuning of a fake-quantized classifier."""
+    with torch_threads():
+        _fit(net, train, cfg, epochs, lr, say)
+    return net
+
+
+def _fit(
+    net: VideoNet,
+    train: ClipDataset,
+    cfg: VideoConfig,
+    epochs: int,
+    lr: float,
+    say: Callable[[str], None],
+) -> None:
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     x = torch.from_numpy(train.clips)
     y = torch.from_numpy(train.labels.astype(np.float32))
     cells = torch.from_numpy(train.cells)
     gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         net.train()
         order = torch.randperm(len(y), generator=gen)
         total = 0.0
@@ -267,9 +295,8 @@ def _train_video(train: ClipDataset, cfg: VideoConfig, say: Callable[[str], None
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-        say(f"  epoch {epoch + 1}/{cfg.epochs}: loss {total / len(y):.4f}")
+        say(f"  epoch {epoch + 1}/{epochs}: loss {total / len(y):.4f}")
     net.eval()
-    return net
 
 
 def predict(net: VideoNet, clips: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:

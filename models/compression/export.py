@@ -25,7 +25,7 @@ from torch import nn
 from models.compression.fake_quant import FakeQuantize, QuantConfig, prepare_qat
 from models.onnx_export import torch_to_onnx
 
-__all__ = ["calibrate", "export_qdq", "optimized_ops", "quantizers"]
+__all__ = ["calibrate", "compact_names", "export_qdq", "optimized_ops", "quantizers"]
 
 
 def quantizers(model: nn.Module) -> list[FakeQuantize]:
@@ -120,3 +120,35 @@ def optimized_ops(graph: bytes) -> Counter[str]:
         opts.log_severity_level = 3
         ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         return Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+
+
+def compact_names(graph: bytes) -> bytes:
+    """The graph with short internal names: every tensor other than the graph's inputs and
+    outputs renamed ``t<n>``, node names and doc strings dropped. The exporter's names
+    (``/encoder/layers.0/self_attn/Concat_6_output_0``) otherwise outweigh a small
+    model's quantized weights."""
+    model = onnx.load_from_string(graph)
+    g = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
+        return graph  # subgraphs (If, Loop) see outer names: left as they are
+    keep = {v.name for v in (*g.input, *g.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for node in g.node:
+        node.name, node.doc_string = "", ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del g.value_info[:]
+    model.doc_string = ""
+    return model.SerializeToString()

@@ -11,6 +11,11 @@ and its weight through a weight ``FakeQuantize`` (per output channel, the curren
 own min/max on every call, since training moves it). Layers inside ``MultiheadAttention``
 are left alone (torch reads their weights directly, not through the module), and a
 ``TransformerEncoderLayer``'s inference fast path is turned off for the same reason.
+
+``activation: None`` is weight-only quantization (the 4- and 2-bit exports: ONNX Runtime
+runs MatMulNBits on packed weights and float activations). Then the attention projections
+are quantized too (through a parametrization of their weights, which torch does read), and
+``bake`` writes the fake-quantized weights into plain layers for a float export.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.nn.utils import parametrize
 
 from models.compression.observers import Observer, make_observer
 from models.compression.quantize import BITS, fake_quantize, qparams
@@ -30,6 +36,7 @@ __all__ = [
     "QuantConfig",
     "QuantSpec",
     "QuantWrapper",
+    "bake",
     "prepare_qat",
     "quant_config",
 ]
@@ -58,15 +65,18 @@ class ObserverSpec(BaseModel):
 class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    activation: QuantSpec = QuantSpec(bit_width=8, scheme="asymmetric", per_channel=False)
+    activation: QuantSpec | None = QuantSpec(bit_width=8, scheme="asymmetric", per_channel=False)
     weight: QuantSpec = QuantSpec(bit_width=8, scheme="symmetric", per_channel=True)
     observer: ObserverSpec = ObserverSpec()
 
 
-def quant_config(weight_bits: int, activation_bits: int = 8) -> QuantConfig:
-    """Symmetric per-channel weights of ``weight_bits``, asymmetric per-tensor activations."""
+def quant_config(weight_bits: int, activation_bits: int | None = 8) -> QuantConfig:
+    """Symmetric per-channel weights of ``weight_bits``, asymmetric per-tensor activations
+    of ``activation_bits`` (None: weight-only)."""
     return QuantConfig(
-        activation=QuantSpec(bit_width=activation_bits, scheme="asymmetric"),
+        activation=None
+        if activation_bits is None
+        else QuantSpec(bit_width=activation_bits, scheme="asymmetric"),
         weight=QuantSpec(bit_width=weight_bits, scheme="symmetric", per_channel=True),
     )
 
@@ -137,8 +147,9 @@ class QuantWrapper(nn.Module):
     def __init__(self, layer: nn.Module, config: QuantConfig) -> None:
         super().__init__()
         self.layer = layer
-        self.input_quant = FakeQuantize(
-            config.activation, make_observer(config.observer.model_dump())
+        act = config.activation
+        self.input_quant = (
+            None if act is None else FakeQuantize(act, make_observer(config.observer.model_dump()))
         )
         # weights: the current weight's own range on every call (axis 0: output channels)
         axis = 0 if config.weight.per_channel else None
@@ -147,13 +158,14 @@ class QuantWrapper(nn.Module):
         # convolutions also quantize their output: ONNX Runtime fuses DQ -> Conv -> Q
         # into QLinearConv only when the output is quantized right away
         self.output_quant = (
-            FakeQuantize(config.activation, make_observer(config.observer.model_dump()))
-            if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            FakeQuantize(act, make_observer(config.observer.model_dump()))
+            if act is not None and isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
             else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_quant(x)
+        if self.input_quant is not None:
+            x = self.input_quant(x)
         weight = self.layer.weight
         if self.weight_quant.frozen is None:
             self.weight_quant.observer.reset()  # the range of the weight as it is now
@@ -176,6 +188,14 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> list[str]:
     def visit(module: nn.Module, prefix: str) -> None:
         for name, child in list(module.named_children()):
             path = f"{prefix}{name}"
+            if isinstance(child, nn.MultiheadAttention) and config.activation is None:
+                for owner, weight in ((child, "in_proj_weight"), (child.out_proj, "weight")):
+                    if getattr(owner, weight, None) is not None:
+                        parametrize.register_parametrization(
+                            owner, weight, _WeightQuant(config.weight)
+                        )
+                        wrapped.append(f"{path}.{weight}")
+                continue
             if isinstance(child, nn.MultiheadAttention | QuantWrapper):
                 continue
             if isinstance(child, _WRAPPED):
@@ -190,3 +210,36 @@ def prepare_qat(model: nn.Module, config: QuantConfig) -> list[str]:
 
     visit(model, "")
     return wrapped
+
+
+class _WeightQuant(nn.Module):
+    """A weight's own per-channel range, fake-quantized: as a parametrization."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.quant = FakeQuantize(spec, Observer("minmax", 0 if spec.per_channel else None), 0)
+        self.quant.observing = False
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        self.quant.observer.reset()
+        self.quant.observer.observe(weight)
+        return self.quant(weight)
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Undo ``prepare_qat`` in place, keeping the fake-quantized weights: every wrapped
+    layer becomes its plain layer again, holding the dequantized weight it computed with
+    (weight-only models: the float export then has weights exactly on the grid)."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        for name, child in list(module.named_children()):
+            if isinstance(child, QuantWrapper):
+                layer = child.layer
+                with torch.no_grad():
+                    child.weight_quant.observer.reset()
+                    child.weight_quant.observer.observe(layer.weight)
+                    layer.weight.copy_(child.weight_quant(layer.weight))
+                setattr(module, name, layer)
+    return model

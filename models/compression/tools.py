@@ -1,23 +1,54 @@
 """``vigil export``: a trained model quantized, verified against its float original on a
-held-out set, and written only when it passes."""
+held-out set, and written only when it passes.
+
+Per bit width:
+
+- 16: float16 weights, cast to float32 on load (CPU kernels compute in float32).
+- 8: ONNX QDQ on integer kernels (QLinearConv, QGemm, MatMulInteger): weights per channel
+  and activations per tensor, calibrated on training data (post-training quantization).
+- 4 and 2: weight-only. Quantization-aware fine-tuning first (weights fake-quantized per
+  channel, a few epochs at a quarter of the training rate), then MatMulNBits for every
+  matrix product and packed convolution weights dequantized on load (weight_only.py).
+
+Every export's graph has its tensor names compacted (``compact_names``); its size is
+compared with the fp32 graph compacted the same way, and with the fp32 file as trained.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.compression.conv import slice_time
-from models.compression.export import calibrate, export_qdq, optimized_ops
-from models.compression.fake_quant import quant_config
+from models.compression.export import calibrate, compact_names, export_qdq, optimized_ops
+from models.compression.fake_quant import bake, prepare_qat, quant_config
+from models.compression.weight_only import weight_only
 
-__all__ = ["MAX_LOSS_POINTS", "export_inspection", "export_risk"]
+__all__ = ["EXPORT_BITS", "MAX_LOSS_POINTS", "export_inspection", "export_risk"]
 
-# the most a quantized model may lose against fp32 (AUROC points) and still be written
-MAX_LOSS_POINTS = {8: 0.5}
-INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat")
+EXPORT_BITS = (16, 8, 4, 2)
+# the most an export may lose against fp32 (metric points) and still be written by default;
+# 2 bits is supported with its loss measured, and refused beyond this
+MAX_LOSS_POINTS = {16: 0.1, 8: 0.5, 4: 1.0, 2: 10.0}
+INTEGER_KERNELS = (
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+)
+QAT_LR_SHARE = 0.25  # fine-tuning rate, as a share of the training rate
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in EXPORT_BITS:
+        raise ValueError(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}")
 
 
 def _integer_kernels(graph: bytes) -> dict[str, int]:
@@ -29,18 +60,38 @@ def _integer_kernels(graph: bytes) -> dict[str, int]:
     return kernels
 
 
+def _report(
+    bits: int, manifest: dict, metric: str, base: float, quantized: float, fp32: bytes, graph: bytes
+) -> dict:
+    compact_fp32 = len(compact_names(fp32))
+    return {
+        "bits": bits,
+        "parent_version": manifest["version"],
+        f"{metric}_fp32": round(base, 4),
+        f"{metric}_quantized": round(quantized, 4),
+        "loss_points": round((base - quantized) * 100, 3),
+        "size_fp32_file": len(fp32),
+        "size_fp32": compact_fp32,
+        "size_quantized": len(graph),
+        "smaller": round(compact_fp32 / len(graph), 2),
+        # float16 weights are cast back on load: float kernels, by design
+        "integer_kernels": {} if bits == 16 else _integer_kernels(graph),
+    }
+
+
 def _write_if_within(
-    out_dir: Path, files: dict[str, bytes], manifest: dict, report: dict, loss: float, metric: str
+    out_dir: Path, files: dict[str, bytes], manifest: dict, report: dict, max_loss: float | None
 ) -> tuple[Path, dict]:
     """Write the quantized model (its parent's manifest, plus bits, parent and the
-    verification) unless it lost more than its bit width allows."""
+    verification) unless it lost more than allowed."""
     from models.serving import write_model
 
-    bits = report["bits"]
-    if loss > MAX_LOSS_POINTS[bits]:
+    bits, loss = report["bits"], report["loss_points"]
+    allowed = MAX_LOSS_POINTS[bits] if max_loss is None else max_loss
+    if loss > allowed:
         raise ValueError(
-            f"{bits}-bit export loses {loss:.2f} {metric} points against fp32 (at most "
-            f"{MAX_LOSS_POINTS[bits]} allowed): not written"
+            f"{bits}-bit export loses {loss:.2f} points against fp32 (at most {allowed} "
+            "allowed; --max-loss to change): not written"
         )
     keep = {k: v for k, v in manifest.items() if k not in ("version", "created_ms", "files")}
     new = {**keep, "bits": bits, "parent_version": manifest["version"], "quantization": report}
@@ -53,55 +104,57 @@ def export_inspection(
     out_dir: Path,
     calibration_clips: int = 256,
     evaluation_clips: int = 400,
+    qat_clips: int = 800,
+    qat_epochs: int = 2,
+    max_loss: float | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[Path, dict]:
-    """Quantize the inspection classifier in ``model_dir`` to ``bits``: calibrate on
-    simulated clips of the training textures, export, compare AUROC with the fp32 model on
-    clips of the held-out textures, and write ``out_dir/<version>`` if it passes."""
+    """Quantize the inspection classifier in ``model_dir`` to ``bits``, compare AUROC with
+    the fp32 model on clips of the held-out textures, and write ``out_dir/<version>`` if
+    it passes. Calibration (8 bits) and fine-tuning (4, 2) use the training textures."""
     from models.serving import onnx_session, read_files
-    from models.video import auroc, load_video_net, make_clips
+    from models.video import (
+        auroc,
+        export_video,
+        finetune_video,
+        load_video_net,
+        make_clips,
+    )
     from streams.sources.camera import HELDOUT_TEXTURES, TRAIN_TEXTURES
 
-    if bits not in MAX_LOSS_POINTS:
-        raise NotImplementedError(
-            f"{bits}-bit export of the inspection model is not built yet (8 is)"
-        )
+    _check_bits(bits)
     net, cfg, manifest = load_video_net(model_dir)
-    fp32_graph = read_files(model_dir, manifest)["clip.onnx"]
-    slice_time(net)  # Conv3d as Conv2d: ORT's int8 Conv3d is slower than its fp32 one
-    say(f"calibrating on {calibration_clips} clips of the training textures")
-    cal = make_clips(calibration_clips, cfg, TRAIN_TEXTURES, seed=7000, belt=True)
-    batches = [(torch.from_numpy(cal.clips[i : i + 32]),) for i in range(0, len(cal.clips), 32)]
-    calibrate(net, quant_config(bits), batches)
-    example = (torch.from_numpy(cal.clips[:2]),)
-    graph = export_qdq(net, example, ["clip"], ["defect_logit", "location_logits"])
-    kernels = _integer_kernels(graph)
+    fp32 = read_files(model_dir, manifest)["clip.onnx"]
+    if bits == 16:
+        graph = weight_only(fp32, 16)
+    elif bits == 8:
+        slice_time(net)  # Conv3d as Conv2d: ORT's int8 Conv3d is slower than its fp32 one
+        say(f"calibrating on {calibration_clips} clips of the training textures")
+        cal = make_clips(calibration_clips, cfg, TRAIN_TEXTURES, seed=7000, belt=True)
+        batches = [(torch.from_numpy(cal.clips[i : i + 32]),) for i in range(0, len(cal.clips), 32)]
+        calibrate(net, quant_config(bits), batches)
+        example = (torch.from_numpy(cal.clips[:2]),)
+        graph = export_qdq(net, example, ["clip"], ["defect_logit", "location_logits"])
+    else:
+        say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {qat_clips} clips")
+        data = make_clips(qat_clips, cfg, TRAIN_TEXTURES, seed=7100, belt=True)
+        prepare_qat(net, quant_config(bits, activation_bits=None))
+        finetune_video(net, data, cfg, qat_epochs, cfg.lr * QAT_LR_SHARE, say)
+        graph = weight_only(export_video(bake(net), cfg), bits)
+    graph = compact_names(graph)
     say(f"verifying on {evaluation_clips} clips of the held-out textures")
     held = make_clips(evaluation_clips, cfg, HELDOUT_TEXTURES, seed=8000)
 
-    def score(g: bytes) -> np.ndarray:
+    def score(g: bytes) -> float:
         session = onnx_session(g)
-        return np.concatenate(
-            [
-                session.run(["defect_logit"], {"clip": held.clips[i : i + 64]})[0]
-                for i in range(0, len(held.clips), 64)
-            ]
-        )
+        logits = [
+            session.run(["defect_logit"], {"clip": held.clips[i : i + 64]})[0]
+            for i in range(0, len(held.clips), 64)
+        ]
+        return auroc(held.labels, np.concatenate(logits))
 
-    base, quantized = auroc(held.labels, score(fp32_graph)), auroc(held.labels, score(graph))
-    loss = (base - quantized) * 100
-    report = {
-        "bits": bits,
-        "parent_version": manifest["version"],
-        "auroc_fp32": round(base, 4),
-        "auroc_quantized": round(quantized, 4),
-        "loss_points": round(loss, 3),
-        "size_fp32": len(fp32_graph),
-        "size_quantized": len(graph),
-        "smaller": round(len(fp32_graph) / len(graph), 2),
-        "integer_kernels": kernels,
-    }
-    return _write_if_within(out_dir, {"clip.onnx": graph}, manifest, report, loss, "AUROC")
+    report = _report(bits, manifest, "auroc", score(fp32), score(graph), fp32, graph)
+    return _write_if_within(out_dir, {"clip.onnx": graph}, manifest, report, max_loss)
 
 
 def export_risk(
@@ -109,19 +162,26 @@ def export_risk(
     bits: int,
     out_dir: Path,
     days: int = 6,
+    qat_epochs: int = 3,
+    max_loss: float | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[Path, dict]:
-    """Quantize the risk model's NN (the LightGBM graph stays as it is): calibrate on the
-    first half of ``days`` of generated history, compare AUC-PR with the fp32 model on the
-    second half, and write ``out_dir/<version>`` (a complete risk model) if it passes."""
-    import io
-
+    """Quantize the risk model's NN (the LightGBM graph stays as it is). ``days`` of
+    generated history: the first half calibrates (8 bits) or fine-tunes (4, 2: the first
+    quarter trains, the second picks the epoch), the second half compares AUC-PR with the
+    fp32 model; writes ``out_dir/<version>`` (a complete risk model) if it passes."""
     from models.metrics import average_precision
     from models.serving import ModelError, onnx_session, read_files, read_manifest
-    from models.tabular import TabularNet, history_from_generator, temporal_split
+    from models.tabular import (
+        TabularConfig,
+        TabularNet,
+        finetune_net,
+        history_from_generator,
+        net_to_onnx,
+        temporal_split,
+    )
 
-    if bits not in MAX_LOSS_POINTS:
-        raise NotImplementedError(f"{bits}-bit export of the risk model is not built yet (8 is)")
+    _check_bits(bits)
     manifest = read_manifest(model_dir)
     files = read_files(model_dir, manifest)
     if "hybrid.pt" not in files:
@@ -129,9 +189,8 @@ def export_risk(
             f"{model_dir}: model {manifest['version']} has no torch weights (hybrid.pt)"
         )
     state = torch.load(io.BytesIO(files["hybrid.pt"]), weights_only=True)
-    net = TabularNet(
-        state["mean"].numpy(), state["std"].numpy(), manifest["config"]["hidden"], use_gbdt=True
-    )
+    cfg = TabularConfig(**manifest["config"])
+    net = TabularNet(state["mean"].numpy(), state["std"].numpy(), cfg.hidden, use_gbdt=True)
     net.load_state_dict(state)
     gbdt = onnx_session(files["gbdt.onnx"])
     say(f"generating {days} days of labelled history for calibration and verification")
@@ -140,18 +199,36 @@ def export_risk(
     def gbdt_prob(x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(gbdt.run(["probabilities"], {"features": x})[0][:, 1])
 
-    xc = fit.features.astype(np.float32)
-    pc = gbdt_prob(xc)
-    batches = [
-        (torch.from_numpy(xc[i : i + 1024]), torch.from_numpy(pc[i : i + 1024]))
-        for i in range(0, len(xc), 1024)
-    ]
-    calibrate(net, quant_config(bits), batches)
-    n = xc.shape[1]
-    graph = export_qdq(
-        net, (torch.zeros(2, n), torch.full((2,), 0.5)), ["features", "gbdt_prob"], ["probability"]
-    )
-    kernels = _integer_kernels(graph)
+    def gbdt_logit(x: np.ndarray) -> np.ndarray:
+        p = np.clip(gbdt_prob(x), 1e-7, 1 - 1e-7)
+        return np.log(p) - np.log1p(-p)
+
+    fp32 = files["hybrid.onnx"]
+    n = fit.features.shape[1]
+    if bits == 16:
+        graph = weight_only(fp32, 16)
+    elif bits == 8:
+        xc = fit.features.astype(np.float32)
+        pc = gbdt_prob(xc)
+        batches = [
+            (torch.from_numpy(xc[i : i + 1024]), torch.from_numpy(pc[i : i + 1024]))
+            for i in range(0, len(xc), 1024)
+        ]
+        calibrate(net, quant_config(bits), batches)
+        example = (torch.zeros(2, n), torch.full((2,), 0.5))
+        graph = export_qdq(net, example, ["features", "gbdt_prob"], ["probability"])
+    else:
+        train_part, pick_part = temporal_split(fit, days / 4)
+        say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {len(train_part.labels)} rows")
+        prepare_qat(net, quant_config(bits, activation_bits=None))
+        data, pick = (
+            (h.features, h.labels, gbdt_logit(h.features)) for h in (train_part, pick_part)
+        )
+        finetune_net(
+            net, data, pick, replace(cfg, epochs=qat_epochs, lr=cfg.lr * QAT_LR_SHARE), say
+        )
+        graph = weight_only(net_to_onnx(bake(net), n), bits)
+    graph = compact_names(graph)
     xh = held.features.astype(np.float32)
     ph = gbdt_prob(xh)
 
@@ -159,19 +236,7 @@ def export_risk(
         out = onnx_session(g).run(None, {"features": xh, "gbdt_prob": ph})[0]
         return average_precision(held.labels, out)
 
-    base, quantized = score(files["hybrid.onnx"]), score(graph)
-    loss = (base - quantized) * 100
-    report = {
-        "bits": bits,
-        "parent_version": manifest["version"],
-        "auc_pr_fp32": round(base, 4),
-        "auc_pr_quantized": round(quantized, 4),
-        "loss_points": round(loss, 3),
-        "size_fp32": len(files["hybrid.onnx"]),
-        "size_quantized": len(graph),
-        "smaller": round(len(files["hybrid.onnx"]) / len(graph), 2),
-        "integer_kernels": kernels,
-        "verified_rows": len(xh),
-    }
+    report = _report(bits, manifest, "auc_pr", score(fp32), score(graph), fp32, graph)
+    report["verified_rows"] = len(xh)
     out_files = {k: v for k, v in files.items() if k != "hybrid.pt"} | {"hybrid.onnx": graph}
-    return _write_if_within(out_dir, out_files, manifest, report, loss, "AUC-PR")
+    return _write_if_within(out_dir, out_files, manifest, report, max_loss)

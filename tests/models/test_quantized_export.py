@@ -67,11 +67,10 @@ def test_exporting_an_uncalibrated_model_is_refused():
         export_qdq(VideoNet(CFG), (torch.zeros(2, 1, 4, 32, 32),), ["clip"], ["a", "b"])
 
 
-def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path, monkeypatch):
+def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path):
     from typer.testing import CliRunner
 
     from apps.cli import app
-    from models.compression import tools
     from models.serving import ClipScorer, read_manifest
     from models.video import make_clips, save_video_model
     from streams.sources.camera import TRAIN_TEXTURES
@@ -92,12 +91,10 @@ def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path, monkeypa
         str(tmp_path / "out"),
         "--json",
     ]
-    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: -100.0})  # nothing can pass
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--max-loss", "-100"])  # nothing can pass
     assert result.exit_code == 1 and "not written" in result.output
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: 100.0})
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, [*args, "--max-loss", "100"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["bits"] == 8 and report["parent_version"] == src.name
@@ -110,8 +107,8 @@ def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path, monkeypa
     scorer = ClipScorer.load(out)  # the workers' loader takes it
     probs, cells = scorer.score(np.zeros((3, 1, 4, 32, 32), np.float32))
     assert probs.shape == (3,) and cells.shape == (3,)
-    four = runner.invoke(app, [*args, "--bits", "4"])
-    assert four.exit_code == 2 and "not built yet" in four.output
+    three = runner.invoke(app, [*args, "--bits", "3"])
+    assert three.exit_code == 2 and "one of 16, 8, 4, 2" in three.output
 
 
 @pytest.mark.parametrize("stride,padding,frames", [((1, 2, 2), 1, 8), (2, 1, 8), ((2, 1, 1), 0, 5)])
@@ -127,11 +124,10 @@ def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, fra
         TimeSlicedConv3d(nn.Conv3d(4, 4, 3, groups=2))
 
 
-def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path, monkeypatch):
+def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path):
     from typer.testing import CliRunner
 
     from apps.cli import app
-    from models.compression import tools
     from models.serving import HybridScorer, read_manifest
     from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
     from streams.features.library import FEATURE_SPEC
@@ -140,9 +136,9 @@ def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_pat
     train_set, test_set = temporal_split(history, 2)
     model = train(train_set, TabularConfig(seed=3, trees=30, epochs=3, folds=3), say=lambda _: None)
     src = export(model, tmp_path / "models", test_set.features[:200])
-    monkeypatch.setattr(tools, "MAX_LOSS_POINTS", {8: 100.0})  # the math, not the model, here
     args = ["export", "risk", "--model-dir", str(src), "--out", str(tmp_path / "out")]
-    result = CliRunner().invoke(app, [*args, "--days", "3", "--json"])
+    # the math, not the model, here: any loss is let through
+    result = CliRunner().invoke(app, [*args, "--days", "4", "--json", "--max-loss", "100"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["integer_kernels"] and report["smaller"] > 2
