@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from apps.broker import check_copartitioned, ensure_topics
+from apps.broker import check_copartitioned, ensure_all
 from apps.clients import publish, read_topic
 from apps.kafka import make_producer
 from apps.process import WorkerProcess
@@ -48,7 +48,7 @@ def _bench_namespace(
     topics = TopicNames(namespace)
     with broker_for(settings) as (bootstrap, embedded):
         say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
-        ensure_topics(bootstrap, topics.all(settings.partitions))
+        ensure_all(bootstrap, topics, settings.partitions)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         yield (
             bootstrap,

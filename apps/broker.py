@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from apps.settings import Settings
+from streams.topics import TopicNames
 
 __all__ = [
     "BrokerError",
@@ -73,12 +74,21 @@ def wait_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}")
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+def ensure_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    timeout_s: float = 15.0,
+    configs: dict[str, dict[str, str]] | None = None,
+    replication: int = 1,
+) -> list[str]:
+    """Create the topics that do not exist yet (with ``configs`` by name); returns the
+    names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(n, num_partitions=p, replication_factor=1)
+        NewTopic(
+            n, num_partitions=p, replication_factor=replication, config=(configs or {}).get(n, {})
+        )
         for n, p in topics.items()
         if n not in existing
     ]
@@ -93,6 +103,20 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerError(f"creating topic {name!r} failed: {exc}") from exc
     return created
+
+
+def ensure_all(
+    bootstrap: str, topics: TopicNames, partitions: int, replication: int = 1
+) -> list[str]:
+    """Every contract and internal topic of a namespace, the control topics kept forever."""
+    return ensure_topics(
+        bootstrap, topics.all(partitions), configs=topics.configs(), replication=replication
+    )
+
+
+def ensure_one(bootstrap: str, topics: TopicNames, name: str) -> list[str]:
+    """One single-partition control topic (``topics.models``, ``topics.rules``)."""
+    return ensure_topics(bootstrap, {name: 1}, configs=topics.configs())
 
 
 def check_copartitioned(bootstrap: str, names: list[str], timeout_s: float = 15.0) -> int:

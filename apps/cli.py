@@ -19,7 +19,8 @@ from apps.broker import (
     BrokerError,
     EmbeddedBroker,
     clear_runtime,
-    ensure_topics,
+    ensure_all,
+    ensure_one,
     resolve_bootstrap,
     wait_ready,
     write_runtime,
@@ -113,7 +114,7 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
     except BrokerError as exc:
         _fail(exc, 1)
     try:
-        created = ensure_topics(b.bootstrap, settings.topics.all(settings.partitions))
+        created = ensure_all(b.bootstrap, settings.topics, settings.partitions)
         write_runtime(settings, b)
         console.print(
             f"broker ready on [bold]{b.bootstrap}[/] (created {len(created)} topics); "
@@ -130,6 +131,26 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
     finally:
         clear_runtime(settings)
         b.stop()
+
+
+@app.command()
+def topics(
+    replication: int = typer.Option(1, min=1, help="replication factor of topics it creates"),
+) -> None:
+    """Create every topic of the namespace that does not exist yet (VIGIL_PARTITIONS
+    partitions; the control topics, models and rules, one partition, kept forever), then
+    list them. Idempotent: the deployment's topic initialisation."""
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    try:
+        created = ensure_all(bootstrap, settings.topics, settings.partitions, replication)
+    except BrokerError as exc:
+        _fail(exc, 1)
+    configs = settings.topics.configs()
+    for name, partitions in settings.topics.all(settings.partitions).items():
+        state = "created" if name in created else "exists"
+        kept = " (kept forever)" if name in configs else ""
+        out.print(f"{name}: {partitions} partition{'s' if partitions > 1 else ''}, {state}{kept}")
 
 
 @worker_app.command("risk")
@@ -695,7 +716,7 @@ def models_publish(
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    ensure_topics(bootstrap, {settings.topics.models: 1})
+    ensure_one(bootstrap, settings.topics, settings.topics.models)
     try:
         release = build_release(model_dir, _hmac_key(settings))
         n = publish_release(bootstrap, settings.topics.models, release)
@@ -779,12 +800,66 @@ def models_rollback(
         source = str(found)
     if release.name != name:
         _fail(f"{version} is a {release.name} model, not {name}", 1)
-    ensure_topics(bootstrap, {settings.topics.models: 1})
+    ensure_one(bootstrap, settings.topics, settings.topics.models)
     try:
         publish_release(bootstrap, settings.topics.models, release)
     except PublishError as exc:
         _fail(exc, 1)
     console.print(f"rolled {name} back to {version} (release from {source})")
+
+
+@bench_app.command("quantization")
+def bench_quantization_cmd(
+    models: str = typer.Option("risk,inspection", help="comma-separated: risk, inspection"),
+    bits: str = typer.Option("16,8,4,2", help="comma-separated bit widths"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Export the newest risk and inspection models at every bit width and measure each:
+    file size, ONNX Runtime latency at batch 1 and 64 on one core, metric against fp32."""
+    from models.compression.report import quantization_report
+    from models.compression.tools import EXPORT_BITS
+    from models.serving import latest_dir
+
+    settings = _settings()
+    _logging(settings)
+    widths = tuple(int(b) for b in bits.split(",") if b.strip())
+    if not widths or any(b not in EXPORT_BITS for b in widths):
+        _fail(f"--bits: comma-separated, each one of {', '.join(map(str, EXPORT_BITS))}", 2)
+    sources = {}
+    for name in (m.strip() for m in models.split(",") if m.strip()):
+        if name not in ("risk", "inspection"):
+            _fail(f"unknown model {name!r}: risk or inspection", 2)
+        root = settings.models_path / ("inspection" if name == "inspection" else "")
+        found = latest_dir(root, name)
+        if found is None:
+            _fail(f"no {name} model under {settings.models_path}: run `vigil train {name}`", 1)
+        sources[name] = found
+    try:
+        result = quantization_report(sources, widths, say=console.print)
+    except ValueError as exc:
+        _fail(exc, 1)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        "model", "bits", "bytes", "smaller", "batch 1 ms", "batch 64 ms", "metric", "loss"
+    )
+    for model, rows in result["models"].items():
+        for b, row in rows.items():
+            metric = row.get("auroc", row.get("auc_pr"))
+            table.add_row(
+                model,
+                b,
+                str(row["size_bytes"]),
+                str(row.get("smaller", 1.0)),
+                f"{row['batch1_ms']:.3f}",
+                f"{row['batch64_ms']:.2f}",
+                f"{metric}",
+                str(row.get("loss_points", 0.0)),
+            )
+    out.print(table)
+    for goal in result["goals"]:
+        out.print(f"{goal['model']} {goal['bits']}-bit goals {goal['goal']}: met {goal['met']}")
 
 
 @bench_app.command("inspection")
@@ -900,24 +975,22 @@ def train_inspection(
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
     ),
+    publish_: bool = typer.Option(
+        False,
+        "--publish",
+        help="the refresh job: compare with the serving model on clips of textures neither "
+        "trained on, publish to vigil.models if not worse",
+    ),
+    every: str | None = typer.Option(None, help="with --publish: run again every 10m, 1h, ..."),
+    bits: int = typer.Option(32, help="with --publish: the width published (32: float)"),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as JSON"),
 ) -> None:
     """Train the 3D-CNN + Transformer clip classifier on simulated, aligned clips; evaluate
     on clips of part textures it never saw (AUROC, location cell accuracy); export to ONNX
-    (checked against torch) under MODELS/inspection."""
-    import time
+    (checked against torch) under MODELS/inspection. With --publish: the refresh job."""
+    from models.video import VideoConfig, VideoNet
 
-    from models.video import (
-        VideoConfig,
-        auroc,
-        make_clips,
-        pick_threshold,
-        predict,
-        save_video_model,
-        train_video,
-    )
-    from streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
-
+    every_s = _publish_options_ok(publish_, every, bits)
     try:
         cfg = VideoConfig(
             size=size,
@@ -927,14 +1000,68 @@ def train_inspection(
             train_clips=clips,
             test_clips=test_clips,
         )
-        from models.video import VideoNet
-
         VideoNet(cfg)  # shape checks before the slow part
     except ValueError as exc:
         _fail(exc, 2)
     settings = _settings()
     _logging(settings)
     say = console.print
+    root = Path(out_dir) if out_dir else settings.models_path
+    if not publish_:
+        try:
+            path, report = _fit_inspection(cfg, root, say)
+        except ValueError as exc:  # the export does not match the trained model
+            _fail(exc, 1)
+        _report(report, as_json, width=24)
+        return
+
+    from dataclasses import replace
+
+    from apps.trainer import gate_and_publish
+    from models.compression.tools import export_inspection
+    from models.video import make_clips
+    from streams.sources.camera import HELDOUT_TEXTURES
+
+    bootstrap = _bootstrap(settings)
+
+    def round_(n: int) -> dict:
+        round_cfg = replace(cfg, seed=seed + n)  # scheduled rounds: other simulated clips
+        path, _report = _fit_inspection(round_cfg, root, say)
+        challenger = path
+        if bits != 32:
+            challenger, _q = export_inspection(path, bits, root / "exports" / "inspection", say=say)
+        clips_by_size: dict[tuple, object] = {}
+
+        def data_for(model: dict):  # type: ignore[no-untyped-def]
+            # the same parts and defects, in each model's own input size
+            c = VideoConfig(**model["config"])
+            key = (c.frames, c.size, c.camera_size)
+            if key not in clips_by_size:
+                clips_by_size[key] = make_clips(test_clips, c, HELDOUT_TEXTURES, seed + 5000 + n)
+            return clips_by_size[key]
+
+        decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)
+        return {"trained": path.name, **decision}
+
+    _refresh(settings, every_s, round_, as_json)
+
+
+def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+    """Train, evaluate (held-out, fresh and seen textures), pick the alert threshold and
+    export under ``root/inspection``: the model directory and the evaluation."""
+    import time
+
+    from models.video import (
+        auroc,
+        make_clips,
+        pick_threshold,
+        predict,
+        save_video_model,
+        train_video,
+    )
+    from streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
+
+    seed, clips, test_clips, size = cfg.seed, cfg.train_clips, cfg.test_clips, cfg.size
     began = time.perf_counter()
     say(f"simulating and aligning {clips} training clips ({size}x{size}, {cfg.frames} frames)")
     train_set = make_clips(clips, cfg, TRAIN_TEXTURES, seed=seed, belt=True)
@@ -948,8 +1075,8 @@ def train_inspection(
     report: dict = {
         "train_clips": clips,
         "size": size,
-        "camera_size": camera_size,
-        "epochs": epochs,
+        "camera_size": cfg.camera_size,
+        "epochs": cfg.epochs,
     }
     scored = {
         name: (data, *predict(net, data.clips))
@@ -978,15 +1105,51 @@ def train_inspection(
             },
         }
     report["train_s"] = round(time.perf_counter() - began, 1)
-    root = Path(out_dir) if out_dir else settings.models_path
-    try:
-        path = save_video_model(
-            net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
-        )
-    except ValueError as exc:  # the export does not match the trained model
-        _fail(exc, 1)
+    path = save_video_model(
+        net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
+    )
     report["model"] = str(path)
-    _report(report, as_json, width=24)
+    return path, report
+
+
+def _publish_options_ok(publish_: bool, every: str | None, bits: int) -> float | None:
+    """Check --publish/--every/--bits; returns the schedule in seconds (None: one round)."""
+    from apps.trainer import parse_every
+    from models.compression.tools import EXPORT_BITS
+
+    if every is not None and not publish_:
+        _fail("--every runs the refresh job: it goes with --publish", 2)
+    if bits not in (32, *EXPORT_BITS):
+        _fail(f"--bits must be 32 (the float model) or one of {EXPORT_BITS}, not {bits}", 2)
+    try:
+        return None if every is None else parse_every(every)
+    except ValueError as exc:
+        _fail(exc, 2)
+
+
+def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run the refresh job's rounds (apps.trainer) until SIGINT/SIGTERM when scheduled."""
+    from apps.trainer import run_schedule
+    from models.serving import ModelError
+
+    stop = threading.Event()
+    if every_s is not None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_a: stop.set())
+        console.print(f"refreshing every {every_s:g} s; Ctrl-C stops after the current round")
+
+    def report(result: dict) -> None:
+        if as_json:
+            print(json.dumps(result), flush=True)
+        else:
+            _report(result, False, width=18)
+
+    try:
+        failed = run_schedule(round_, every_s, stop, report)
+    except (ModelError, ValueError, LookupError, BrokerError) as exc:
+        _fail(exc, 1)
+    if failed:
+        raise typer.Exit(1)
 
 
 @train_app.command("risk")
@@ -1014,41 +1177,92 @@ def train_risk(
         1, min=1, help="> 1: fit the NNs data-parallel on the training engine, this many ranks"
     ),
     nodes: int = typer.Option(1, min=1, help="emulated nodes for --nproc"),
+    publish_: bool = typer.Option(
+        False,
+        "--publish",
+        help="the refresh job: quantize, compare with the serving model on recent labelled "
+        "data (the stream's, when it has enough), publish to vigil.models if not worse",
+    ),
+    every: str | None = typer.Option(None, help="with --publish: run again every 10m, 1h, ..."),
+    bits: int = typer.Option(8, help="with --publish: the width published (32: float)"),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
 ) -> None:
     """Train the GBDT+NN risk model, evaluate it against rules-only, LightGBM-only and
-    NN-only on the held-out days, export it to ONNX and write it where workers load it."""
+    NN-only on the held-out days, export it to ONNX and write it where workers load it.
+    With --publish: the refresh job (once, or --every)."""
     if nproc % nodes:
         _fail(f"{nproc} processes cannot be split evenly over {nodes} nodes", 2)
-    from models.tabular import (
-        TabularConfig,
-        evaluate,
-        export,
-        history_from_files,
-        history_from_generator,
-        temporal_split,
-        train,
-    )
+    if (input is None) != (labels is None):
+        _fail("--input and --labels go together", 2)
+    every_s = _publish_options_ok(publish_, every, bits)
+    from models.tabular import history_from_files, history_from_generator
 
     settings = _settings()
     say = (lambda _m: None) if as_json else (lambda m: console.print(m))
-    if (input is None) != (labels is None):
-        console.print("[red]error:[/] --input and --labels go together")
-        raise typer.Exit(2)
-    say("featurising the history through the risk pipeline ...")
-    try:
+    target = out_dir or settings.models_path
+
+    def history(round_n: int):  # type: ignore[no-untyped-def]
+        say("featurising the history through the risk pipeline ...")
         if input is not None and labels is not None:
-            history = history_from_files(str(input), str(labels))
-        else:
-            history = history_from_generator(
-                days,
-                seed=seed,
-                accounts=accounts,
-                typology_rate=typology_rate,
-                flow_typology_rate=flow_typology_rate,
+            return history_from_files(str(input), str(labels)), "files"
+        generated = history_from_generator(
+            days,
+            seed=seed + round_n,  # scheduled rounds: another stretch of synthetic history
+            accounts=accounts,
+            typology_rate=typology_rate,
+            flow_typology_rate=flow_typology_rate,
+        )
+        return generated, "generated"
+
+    if not publish_:
+        try:
+            path, report, _test = _fit_risk(
+                history(0)[0], holdout_days, seed, nproc, nodes, target, say
             )
-    except ValueError as exc:
-        _fail(exc, 1)
+        except ValueError as exc:
+            _fail(exc, 1)
+        _print_risk_report(path, report, holdout_days, as_json)
+        return
+
+    from apps.trainer import (
+        MIN_STREAM_POSITIVES,
+        MIN_STREAM_ROWS,
+        gate_and_publish,
+        history_from_stream,
+    )
+    from models.compression.tools import export_risk
+    from models.serving import ModelError
+    from streams.features import FEATURE_SPEC
+
+    bootstrap = _bootstrap(settings)
+    topics = settings.topics
+
+    def round_(n: int) -> dict:
+        data, source = history_from_stream(bootstrap, topics.transactions, topics.labels), "stream"
+        if data is None or len(data) < MIN_STREAM_ROWS or data.labels.sum() < MIN_STREAM_POSITIVES:
+            data, source = history(n)
+        say(f"round {n}: training on the {source} history ({len(data)} labelled transactions)")
+        path, report, test_set = _fit_risk(data, holdout_days, seed + n, nproc, nodes, target, say)
+        challenger = path
+        if bits != 32:
+            challenger, _q = export_risk(path, bits, target / "exports", say=say)
+
+        def data_for(model: dict):  # type: ignore[no-untyped-def]
+            if model.get("feature_spec") != FEATURE_SPEC.label:
+                raise ModelError(f"built for feature spec {model.get('feature_spec')!r}")
+            return test_set
+
+        decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)
+        return {"source": source, "trained": path.name, **decision}
+
+    _refresh(settings, every_s, round_, as_json)
+
+
+def _fit_risk(history, holdout_days, seed, nproc, nodes, target, say):  # type: ignore[no-untyped-def]
+    """Split, train, evaluate and export: the model directory, the evaluation and the
+    held-out set. ValueError when the held-out days cannot be evaluated on."""
+    from models.tabular import TabularConfig, evaluate, export, temporal_split, train
+
     train_set, test_set = temporal_split(history, holdout_days)
     say(
         f"{len(history)} labelled transactions: train {len(train_set)} "
@@ -1056,14 +1270,9 @@ def train_risk(
         f"({int(test_set.labels.sum())} positive)"
     )
     if not len(test_set) or not test_set.labels.sum():
-        console.print("[red]error:[/] the held-out days have no positive label to evaluate on")
-        raise typer.Exit(1)
-    try:
-        model = train(train_set, TabularConfig(seed=seed, nproc=nproc, nodes=nodes), say=say)
-    except ValueError as exc:
-        _fail(exc, 1)
+        raise ValueError("the held-out days have no positive label to evaluate on")
+    model = train(train_set, TabularConfig(seed=seed, nproc=nproc, nodes=nodes), say=say)
     report = evaluate(model, test_set)
-    target = out_dir or settings.models_path
     path = export(
         model,
         target,
@@ -1072,6 +1281,10 @@ def train_risk(
     )
     report["model"] = str(path)
     report["version"] = path.name
+    return path, report, test_set
+
+
+def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report))
         return

@@ -12,7 +12,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from apps.broker import clear_runtime, ensure_topics, write_runtime
+from apps.broker import clear_runtime, ensure_all, write_runtime
 from apps.clients import publish, read_topic
 from apps.process import WorkerProcess
 from apps.session import broker_for
@@ -138,7 +138,7 @@ def run_demo(
     stats = _Stats()
     topics = settings.topics
     with broker_for(settings) as (bootstrap, embedded):
-        ensure_topics(bootstrap, topics.all(settings.partitions))
+        ensure_all(bootstrap, topics, settings.partitions)
         if embedded is not None:
             write_runtime(settings, embedded)  # `vigil consume` in another terminal finds it
         log_path = settings.state_dir / "demo-worker.log"

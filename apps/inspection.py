@@ -24,7 +24,7 @@ from typing import Any
 
 import faust
 
-from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
+from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.kafka import make_producer
 from apps.settings import Settings
@@ -44,7 +44,7 @@ STATS_EVERY_S = 10.0
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
-    ensure_topics(bootstrap, topics.all(settings.partitions))
+    ensure_all(bootstrap, topics, settings.partitions)
     partitions = check_copartitioned(bootstrap, [topics.frames])
     # frames held for a pending clip are never acknowledged before a rebalance or shutdown:
     # do not wait for them (their offsets are not committed; they are redelivered)

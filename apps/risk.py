@@ -27,7 +27,7 @@ from typing import Any
 
 import faust
 
-from apps.broker import check_copartitioned, ensure_topics, resolve_bootstrap
+from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
@@ -49,7 +49,7 @@ STATS_EVERY_S = 10.0
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
-    ensure_topics(bootstrap, topics.all(settings.partitions))
+    ensure_all(bootstrap, topics, settings.partitions)
     # the topics' real partition count wins over settings (they may predate this worker)
     partitions = check_copartitioned(bootstrap, [topics.transactions, topics.inflows])
     app = faust_app(settings, bootstrap, "risk", partitions, settings.batch_size)

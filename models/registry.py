@@ -151,12 +151,14 @@ def build_release(
     directory: Path,
     key: bytes,
     golden_inputs: np.ndarray | None = None,
-    parent_version: str | None = None,
+    replaces: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Release:
     """A signed release of the model in ``directory`` (verified against its manifest first).
     The golden outputs come from this machine's ONNX Runtime on ``golden_inputs`` (uint8
-    clips or float32 feature rows; default: a deterministic synthetic batch)."""
+    clips or float32 feature rows; default: a deterministic synthetic batch). ``replaces``:
+    the version serving when it was published (``parent_version`` is the model's own
+    parent: the float model a quantized one was made from)."""
     model = read_manifest(directory)
     files = read_files(directory, model)
     scorer = scorer_for(files, model)
@@ -184,7 +186,8 @@ def build_release(
         "bits": model.get("bits", 32),
         "input_spec": _input_spec(model),
         "metrics": model.get("metrics", {}),
-        "parent_version": parent_version or model.get("parent_version"),
+        "parent_version": model.get("parent_version"),
+        "replaces": replaces,
         "files": index,
         "chunks": max(1, -(-len(body) // chunk_bytes)),
         "chunk_bytes": chunk_bytes,
@@ -383,5 +386,6 @@ def describe(release: Release) -> dict[str, Any]:
         "created_ms": m.get("created_ms"),
         "published_ms": release.published_ms,
         "parent_version": m.get("parent_version"),
+        "replaces": m.get("replaces"),
         "metrics": m.get("metrics", {}),
     }

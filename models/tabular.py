@@ -41,6 +41,7 @@ __all__ = [
     "TabularNet",
     "evaluate",
     "export",
+    "featurise",
     "finetune_net",
     "history_from_files",
     "history_from_generator",
@@ -79,7 +80,7 @@ class History:
         )
 
 
-def _featurise(
+def featurise(
     lines: Iterable[bytes], truth: dict[str, tuple[int, str | None]], batch: int = 100
 ) -> History:
     """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
@@ -139,7 +140,7 @@ def history_from_generator(
             break
         truth[g.tx["tx_id"]] = (g.label, g.typology)
         lines.append(g.value)
-    return _featurise(lines, truth)
+    return featurise(lines, truth)
 
 
 def history_from_files(tx_path: str, labels_path: str) -> History:
@@ -147,7 +148,7 @@ def history_from_files(tx_path: str, labels_path: str) -> History:
     from streams.sources import read_jsonl, read_labels
 
     truth = read_labels(labels_path)
-    return _featurise((line for _k, line in read_jsonl(tx_path)), truth)
+    return featurise((line for _k, line in read_jsonl(tx_path)), truth)
 
 
 def temporal_split(history: History, holdout_days: float) -> tuple[History, History]:

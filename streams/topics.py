@@ -13,6 +13,7 @@ class TopicSpec:
     key: str
     description: str
     partitioned: bool = True  # False: a single partition keeps a global order
+    retain_forever: bool = False  # the control topics: workers replay them from the start
 
 
 CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
@@ -22,8 +23,14 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("risk.alerts", "account_id", "alerts for transactions not allowed"),
     TopicSpec("frames", "camera_id", "encoded camera frames"),
     TopicSpec("inspection.alerts", "camera_id", "defect alerts"),
-    TopicSpec("models", "model name", "signed, chunked model releases", partitioned=False),
-    TopicSpec("rules", "ruleset name", "ruleset documents", partitioned=False),
+    TopicSpec(
+        "models",
+        "model name",
+        "signed, chunked model releases",
+        partitioned=False,
+        retain_forever=True,
+    ),
+    TopicSpec("rules", "ruleset name", "ruleset documents", partitioned=False, retain_forever=True),
     TopicSpec("dlq", "original key", "records that could not be processed, with the reason"),
 )
 # Vigil's own topics, not part of the contract (formats may change between versions).
@@ -90,6 +97,15 @@ class TopicNames:
     @property
     def inspection_clips(self) -> str:
         return self.name("inspection.clips")
+
+    def configs(self) -> dict[str, dict[str, str]]:
+        """Topic configs to create with: the control topics keep every record (a worker
+        replays them at start; releases and rulesets must not expire)."""
+        return {
+            self.name(t.suffix): {"retention.ms": "-1", "retention.bytes": "-1"}
+            for t in (*CONTRACT_TOPICS, *INTERNAL_TOPICS)
+            if t.retain_forever
+        }
 
     def all(self, partitions: int) -> dict[str, int]:
         """Every contract and internal topic with its partition count."""

@@ -124,9 +124,9 @@ def optimized_ops(graph: bytes) -> Counter[str]:
 
 def compact_names(graph: bytes) -> bytes:
     """The graph with short internal names: every tensor other than the graph's inputs and
-    outputs renamed ``t<n>``, node names and doc strings dropped. The exporter's names
-    (``/encoder/layers.0/self_attn/Concat_6_output_0``) otherwise outweigh a small
-    model's quantized weights."""
+    outputs renamed ``t<n>``, node names and doc strings dropped, ``Constant`` nodes made
+    initializers. The exporter's names (``/encoder/layers.0/self_attn/Concat_6_output_0``)
+    otherwise outweigh a small model's quantized weights."""
     model = onnx.load_from_string(graph)
     g = model.graph
     if any(
@@ -137,6 +137,13 @@ def compact_names(graph: bytes) -> bytes:
         return graph  # subgraphs (If, Loop) see outer names: left as they are
     keep = {v.name for v in (*g.input, *g.output)}
     names: dict[str, str] = {}
+    constants = [n for n in g.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
+    for node in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        g.initializer.append(tensor)
+        g.node.remove(node)
 
     def short(name: str) -> str:
         if not name or name in keep:

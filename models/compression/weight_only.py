@@ -8,13 +8,15 @@ weights QAT already put on the grid) so that the file stores packed weights:
   Quantization is per output channel and symmetric (``quantize.qrange``: -7..7 at 4 bits,
   -1..1 at 2), stored with MatMulNBits's implicit zero point ``2^(bits-1)``; the channel's
   scale is repeated in each block of ``block_size`` inputs, so the blocks change nothing.
+  Scales are stored as float16 (as GPTQ-style formats do) and cast back on load.
 - **Conv weights** are stored packed too and **dequantized on load, inside the graph**:
   ``BitShift -> Mod -> Cast -> Sub -> Mul`` on constants (ops of our graphs' opset 17),
   which ONNX Runtime's constant folding evaluates once when the session is created; the
   convolution then runs in float32. (ONNX's int4 ``DequantizeLinear`` would do for 4 bits,
   but ORT has no 2-bit type for it: one path for both.)
-- ``bits=16``: every float32 weight is stored as float16 and cast back on load (CPU
-  kernels compute in float32 either way; the file is half the size).
+- Every other float32 tensor of at least ``MIN_ELEMENTS`` (all weights at 16 bits;
+  embeddings, norms and biases at 4 and 2) is stored as float16 and cast back on load
+  (CPU kernels compute in float32 either way).
 """
 
 from __future__ import annotations
@@ -61,42 +63,56 @@ def _per_channel(w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.nd
     return q.astype(np.int32), scale.astype(np.float32)
 
 
-def _block_size(k: int, bits: int) -> int:
-    """The MatMulNBits block (a power of two, at least 16) that stores ``k`` inputs in the
-    fewest bytes, counting one float scale per block."""
+def _block_size(k: int) -> int:
+    """The MatMulNBits block (a power of two, at least 16) that pads ``k`` inputs least;
+    of those, the largest (scales are stored per channel, not per block)."""
     sizes = [2**p for p in range(4, max(5, int(np.ceil(np.log2(k))) + 1))]
-    return min(sizes, key=lambda b: -(-k // b) * (b * bits // 8 + 4))
+    return min(sizes, key=lambda b: (-(-k // b) * b, -b))
 
 
 def _matmul_nbits(
     name: str, x: str, out: str, w: np.ndarray, bits: int
-) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
-    """``x @ w`` (``w``: K x N) as MatMulNBits on per-output-channel ``bits``-bit weights."""
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``x @ w`` (``w``: K x N) as MatMulNBits on per-output-channel ``bits``-bit weights.
+    MatMulNBits takes a scale per block: the file stores one per channel, and a constant
+    Expand repeats it over the blocks when the session loads."""
     k, n = w.shape
     q, scale = _per_channel(w, bits, axis=1)
-    block = _block_size(k, bits)
+    block = _block_size(k)
     blocks = -(-k // block)
     zero = 2 ** (bits - 1)  # MatMulNBits's default zero point
     u = np.full((n, blocks * block), zero, np.int32)
     u[:, :k] = q.T + zero
-    b = pack(u.reshape(n, blocks, block), bits)
-    scales = np.repeat(scale, blocks).astype(np.float32)  # [n * blocks], n-major
+    p = f"{name}_q{bits}"
+    # scales travel as float16 (as in GPTQ-style formats) and are cast back on load
+    half = scale.astype(np.float16).reshape(n, 1) if blocks > 1 else scale.astype(np.float16)
     inits = [
-        numpy_helper.from_array(b, f"{name}_q{bits}"),
-        numpy_helper.from_array(scales, f"{name}_scale"),
+        numpy_helper.from_array(pack(u.reshape(n, blocks, block), bits), p),
+        numpy_helper.from_array(half, f"{p}_scale16"),
     ]
-    node = helper.make_node(
-        "MatMulNBits",
-        [x, inits[0].name, inits[1].name],
-        [out],
-        name=f"{name}_nbits",
-        domain="com.microsoft",
-        K=k,
-        N=n,
-        bits=bits,
-        block_size=block,
+    nodes = [helper.make_node("Cast", [f"{p}_scale16"], [f"{p}_scale"], to=TensorProto.FLOAT)]
+    scales = f"{p}_scale"
+    if blocks > 1:  # [n, 1] -> [n, blocks] -> [n * blocks], n-major
+        inits.append(numpy_helper.from_array(np.array([n, blocks], np.int64), f"{p}_blocks"))
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat"))
+        nodes += [
+            helper.make_node("Expand", [scales, f"{p}_blocks"], [f"{p}_s"]),
+            helper.make_node("Reshape", [f"{p}_s", f"{p}_flat"], [f"{p}_scales"]),
+        ]
+        scales = f"{p}_scales"
+    nodes.append(
+        helper.make_node(
+            "MatMulNBits",
+            [x, p, scales],
+            [out],
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=bits,
+            block_size=block,
+        )
     )
-    return node, inits
+    return nodes, inits
 
 
 def _dequantize_on_load(
@@ -121,7 +137,9 @@ def _dequantize_on_load(
         numpy_helper.from_array(np.array([count], np.int64), f"{p}_count"),
         numpy_helper.from_array(np.array(zero, np.float32), f"{p}_zero"),
         numpy_helper.from_array(np.array(w.shape, np.int64), f"{p}_shape"),
-        numpy_helper.from_array(scale.reshape([-1] + [1] * (w.ndim - 1)), f"{p}_scale"),
+        numpy_helper.from_array(
+            scale.astype(np.float16).reshape([-1] + [1] * (w.ndim - 1)), f"{p}_scale16"
+        ),
     ]
     nodes = [
         helper.make_node("Reshape", [p, f"{p}_col"], [f"{p}_c"]),  # one byte per row
@@ -132,6 +150,7 @@ def _dequantize_on_load(
         helper.make_node("Cast", [f"{p}_v"], [f"{p}_float"], to=TensorProto.FLOAT),
         helper.make_node("Sub", [f"{p}_float", f"{p}_zero"], [f"{p}_signed"]),
         helper.make_node("Reshape", [f"{p}_signed", f"{p}_shape"], [f"{p}_int"]),
+        helper.make_node("Cast", [f"{p}_scale16"], [f"{p}_scale"], to=TensorProto.FLOAT),
         helper.make_node("Mul", [f"{p}_int", f"{p}_scale"], [name]),
     ]
     return nodes, inits
@@ -168,24 +187,24 @@ def weight_only(graph: bytes, bits: int) -> bytes:
             mm, inits = _matmul_nbits(
                 node.name or w_name, node.input[0], mm_out, w.T if transposed else w, bits
             )
-            nodes.append(mm)
+            nodes += mm
             new_inits += inits
             if len(node.input) >= 3:  # Gemm's bias
                 nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]]))
             continue
         nodes.append(node)
     used = {i for n in nodes for i in n.input}
-    # integer widths: convolution weights only (embeddings, norms and the like stay float)
-    targets = (
-        set(weights)
-        if bits == 16
-        else {n.input[1] for n in nodes if n.op_type == "Conv" and n.input[1] in weights}
-    )
+    # integer widths: convolution weights; the other float tensors (embeddings, norms,
+    # biases) as float16, as at 16 bits
+    convs = set() if bits == 16 else {n.input[1] for n in nodes if n.op_type == "Conv"}
     restore: list[onnx.NodeProto] = []
     for name, w in weights.items():
-        if name not in used or name not in targets:
+        if name not in used:
             continue
-        sub, inits = _float16_on_load(name, w) if bits == 16 else _dequantize_on_load(name, w, bits)
+        if name in convs:
+            sub, inits = _dequantize_on_load(name, w, bits)
+        else:
+            sub, inits = _float16_on_load(name, w)
         restore += sub
         new_inits += inits
         rewritten.add(name)

@@ -16,7 +16,13 @@ COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 def test_every_service_runs_a_real_vigil_command_with_known_settings():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    assert "kafka" in services and {"risk-worker", "inspection-worker"} <= set(services)
+    assert "kafka" in services and {
+        "topics",
+        "risk-worker",
+        "inspection-worker",
+        "risk-trainer",
+        "inspection-trainer",
+    } <= set(services)
     known = {f"VIGIL_{name.upper()}" for name in Settings.model_fields}
     runner = CliRunner()
     for name, service in services.items():
@@ -30,3 +36,23 @@ def test_every_service_runs_a_real_vigil_command_with_known_settings():
         assert set(env) <= known, (name, set(env) - known)
         assert env["VIGIL_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+        if name != "topics":  # topics exist (control topics kept forever) before anything runs
+            assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+            assert env["VIGIL_HMAC_KEY"].startswith("${VIGIL_HMAC_KEY:?")  # no default secret
+
+
+def test_the_stack_initialises_topics_runs_both_workers_and_refreshes_both_models():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert services["topics"]["command"] == ["vigil", "topics"]
+    assert services["risk-worker"]["command"] == ["vigil", "worker", "risk"]
+    assert services["inspection-worker"]["command"] == ["vigil", "worker", "inspection"]
+    for model in ("risk", "inspection"):
+        command = services[f"{model}-trainer"]["command"]
+        assert command[:3] == ["vigil", "train", model] and "--publish" in command
+        assert "--every" in command
+    # one models volume and one partition count for all of them
+    vigil = [s for n, s in services.items() if n != "kafka"]
+    assert {s["environment"]["VIGIL_PARTITIONS"] for s in vigil} == {"8"}
+    assert all("models:/models" in s.get("volumes", ["models:/models"]) for s in vigil)
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"

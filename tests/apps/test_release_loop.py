@@ -29,9 +29,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory):
+def history():
+    return temporal_split(history_from_generator(days=6, seed=3, accounts=300), 2)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, history):
     """Two risk models (different seeds): A serves from disk at start, B is released."""
-    train_set, test_set = temporal_split(history_from_generator(days=6, seed=3, accounts=300), 2)
+    train_set, test_set = history
     out = []
     for seed, root in ((3, "a"), (8, "b")):
         cfg = TabularConfig(seed=seed, trees=30, epochs=3, folds=3)
@@ -150,3 +155,71 @@ def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monk
     assert missing.exit_code == 1 and "vigil models list" in missing.output
     wrong = runner.invoke(app, ["models", "rollback", "inspection", dir_a.name])
     assert wrong.exit_code == 1 and "is a risk model" in wrong.output
+
+
+def test_the_refresh_gate_publishes_a_challenger_only_when_it_is_not_worse(
+    settings, tmp_path, two_models, history
+):
+    from apps.trainer import gate_and_publish
+    from models.metrics import average_precision
+    from models.serving import HybridScorer
+    from streams.features import FEATURE_SPEC
+
+    (_strong_model, strong), _b = two_models
+    train_set, test_set = history
+    weak_model = train(
+        train_set,
+        TabularConfig(seed=1, trees=2, leaves=2, epochs=1, folds=2, hidden=2),
+        say=lambda _: None,
+    )
+    weak = export(weak_model, tmp_path / "weak", test_set.features[:200])
+    # the reference: each model directory's AUC-PR on the held-out days, as served (ONNX
+    # Runtime; its float32 sigmoid ties saturated rows, which moves AUC-PR off the
+    # Python model's)
+    ap = {
+        d.name: average_precision(
+            test_set.labels, HybridScorer.load(d, FEATURE_SPEC.label).score_batch(test_set.features)
+        )
+        for d in (strong, weak)
+    }
+    assert ap[strong.name] > ap[weak.name]
+    key = settings.hmac_key.get_secret_value().encode()
+    bootstrap = settings.kafka_bootstrap
+
+    def gate(challenger):
+        return gate_and_publish(settings, bootstrap, challenger, lambda _m: test_set, say=print)
+
+    def serving():
+        return read_releases(bootstrap, settings.topics.models, key).latest("risk").version
+
+    first = gate(weak)
+    assert first["published"] and first["champion"] is None and serving() == weak.name
+    better = gate(strong)
+    assert better["published"] and better["champion"] == weak.name and serving() == strong.name
+    assert better["challenger_score"] == pytest.approx(ap[strong.name], abs=1e-9)
+    assert better["champion_score"] == pytest.approx(ap[weak.name], abs=1e-9)
+    worse = gate(weak)
+    assert not worse["published"] and worse["reason"] == "worse than the champion"
+    assert serving() == strong.name
+    assert gate(strong)["reason"] == "already serving"
+    last = read_releases(bootstrap, settings.topics.models, key).releases[-1]
+    assert last.version == strong.name and last.manifest["replaces"] == weak.name
+
+
+def test_vigil_train_risk_publish_runs_one_refresh_round(settings, tmp_path, monkeypatch):
+    for name, value in worker_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIGIL_MODEL_DIR", str(tmp_path / "models"))
+    runner = CliRunner()
+    args = ["train", "risk", "--days", "6", "--holdout-days", "2", "--accounts", "300"]
+    assert runner.invoke(app, [*args, "--every", "10m"]).exit_code == 2  # needs --publish
+    assert runner.invoke(app, [*args, "--publish", "--every", "5s"]).exit_code == 2
+    result = runner.invoke(app, [*args, "--publish", "--json"])
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.stdout.strip().splitlines()[-1])
+    assert decision["published"] and decision["source"] == "generated"
+    assert decision["challenger_bits"] == 8
+    key = settings.hmac_key.get_secret_value().encode()
+    latest = read_releases(settings.kafka_bootstrap, settings.topics.models, key).latest("risk")
+    assert latest.version == decision["challenger"] and latest.manifest["bits"] == 8
+    assert latest.manifest["parent_version"] == decision["trained"]  # the fp32 model

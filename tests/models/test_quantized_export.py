@@ -124,18 +124,25 @@ def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, fra
         TimeSlicedConv3d(nn.Conv3d(4, 4, 3, groups=2))
 
 
-def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path):
-    from typer.testing import CliRunner
-
-    from apps.cli import app
-    from models.serving import HybridScorer, read_manifest
+@pytest.fixture(scope="module")
+def tiny_risk(tmp_path_factory):
     from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
-    from streams.features.library import FEATURE_SPEC
 
     history = history_from_generator(days=6, seed=3, accounts=300)
     train_set, test_set = temporal_split(history, 2)
     model = train(train_set, TabularConfig(seed=3, trees=30, epochs=3, folds=3), say=lambda _: None)
-    src = export(model, tmp_path / "models", test_set.features[:200])
+    src = export(model, tmp_path_factory.mktemp("models"), test_set.features[:200])
+    return model, src, test_set
+
+
+def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path, tiny_risk):
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+    from models.serving import HybridScorer, read_manifest
+    from streams.features.library import FEATURE_SPEC
+
+    model, src, test_set = tiny_risk
     args = ["export", "risk", "--model-dir", str(src), "--out", str(tmp_path / "out")]
     # the math, not the model, here: any loss is let through
     result = CliRunner().invoke(app, [*args, "--days", "4", "--json", "--max-loss", "100"])
@@ -152,3 +159,41 @@ def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_pat
     # 8 bits stay close to the float model; the calibrated sigmoid is steep, so a row on
     # the edge may flip: nearly every row, not every row
     assert np.mean(np.abs(got - want) < 0.05) > 0.99
+
+
+def test_bench_quantization_measures_every_width_of_both_models(tmp_path, monkeypatch, tiny_risk):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+    from models.video import make_clips, save_video_model
+    from streams.sources.camera import TRAIN_TEXTURES
+
+    _model, src, _test = tiny_risk
+    root = tmp_path / "models"
+    shutil.copytree(src, root / src.name)
+    torch.manual_seed(0)
+    cfg = VideoConfig(size=32, camera_size=32, frames=4, d=16)
+    clips = make_clips(4, cfg, TRAIN_TEXTURES, 1).clips
+    save_video_model(VideoNet(cfg).eval(), cfg, root / "inspection", clips, {})
+    monkeypatch.setenv("VIGIL_MODEL_DIR", str(root))
+    result = CliRunner().invoke(app, ["bench", "quantization", "--json", "--bits", "8,4,2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report["models"]) == {"risk_nn", "inspection"}
+    for rows in report["models"].values():
+        assert set(rows) == {"32", "8", "4", "2"}
+        for bits, row in rows.items():
+            assert row["size_bytes"] > 0 and row["batch1_ms"] > 0 and row["batch64_ms"] > 0
+            if bits != "32":
+                assert row["smaller"] == round(rows["32"]["size_bytes"] / row["size_bytes"], 2)
+                assert row["kernels"], bits  # integer kernels ran
+        assert rows["2"]["size_bytes"] < rows["4"]["size_bytes"] < rows["32"]["size_bytes"]
+    goals = {(g["model"], g["bits"]): g for g in report["goals"]}
+    assert set(goals) == {(m, b) for m in ("risk_nn", "inspection") for b in (8, 4)}
+    row = report["models"]["risk_nn"]["4"]
+    assert goals["risk_nn", 4]["met"]["smaller"] == (row["smaller"] >= 6.0)
+    assert not list(root.glob("exports*"))  # measured, not written among the models
+    bad = CliRunner().invoke(app, ["bench", "quantization", "--bits", "3"])
+    assert bad.exit_code == 2

@@ -1,7 +1,7 @@
 """Weight-only 4- and 2-bit (and float16) exports: packing, MatMulNBits, convolution
 weights dequantized on load, and the export computing what quantization-aware training
 computed. References are plain numpy: per-channel scale = max|w| / qmax, round half to
-even, clamp to the signed restricted range."""
+even, clamp to the signed restricted range, the scale stored as float16."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from models.video import VideoConfig, VideoNet, export_video
 
 
 def _reference_weights(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """Per-channel symmetric quantize-dequantize along ``axis`` (output channels)."""
+    """Per-channel symmetric quantize-dequantize along ``axis`` (output channels); the
+    file stores the scales as float16."""
     qmax = 2 ** (bits - 1) - 1
     other = tuple(i for i in range(w.ndim) if i != axis)
     scale = np.maximum(np.abs(w).max(axis=other, keepdims=True) / qmax, 1e-12)
-    return np.clip(np.round(w / scale), -qmax, qmax) * scale
+    stored = scale.astype(np.float16).astype(np.float32)
+    return np.clip(np.round(w / scale), -qmax, qmax) * stored
 
 
 @pytest.mark.parametrize("bits", [2, 4])

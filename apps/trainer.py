@@ -1,0 +1,180 @@
+"""The refresh job: history + labels -> train -> quantize -> export -> gate -> publish.
+
+``vigil train risk|inspection --publish [--every 10m]`` runs ``refresh`` once or on a
+schedule. Each round trains a challenger (apps.cli's training path, which runs the NNs on
+the training engine with ``--nproc``), quantizes it (``--bits``, verified against fp32 by
+the export), then scores champion and challenger on the same recent labelled data:
+
+- risk: the last ``holdout_days`` of the labelled stream (``vigil.transactions`` joined
+  with ``vigil.labels``) when it holds enough of it, else of the generated or file
+  history the challenger was trained on (it never saw those days);
+- inspection: simulated clips of part textures neither model trained on.
+
+The champion is what the workers serve: the newest valid release on ``vigil.models``
+(``apps.releases``). The challenger is published (signed, chunked) only when it is not
+worse; a round that fails is logged and the schedule goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.broker import ensure_one
+from apps.releases import publish_release, read_releases
+from apps.settings import Settings
+from models.registry import build_release, scorer_for
+from models.serving import ClipScorer, HybridScorer, ModelError, read_files, read_manifest
+
+__all__ = [
+    "MIN_STREAM_POSITIVES",
+    "gate_and_publish",
+    "history_from_stream",
+    "parse_every",
+    "run_schedule",
+]
+
+log = logging.getLogger("vigil.trainer")
+MIN_STREAM_ROWS, MIN_STREAM_POSITIVES = 2000, 10
+
+
+def parse_every(text: str) -> float:
+    """``90s``, ``10m``, ``2h`` -> seconds (at least 10 s)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", text)
+    if not found:
+        raise ValueError(f"--every {text!r}: a number and a unit, s, m or h (e.g. 10m)")
+    seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)]
+    if seconds < 10:
+        raise ValueError(f"--every {text!r}: at least 10s between rounds")
+    return seconds
+
+
+def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type: ignore[no-untyped-def]
+    """The labelled part of the stream: every transaction on ``transactions`` that has a
+    label on ``labels`` (the newest label of a tx_id wins), featurised in event-time order
+    as the workers computed them. None when either topic is missing."""
+    from apps.clients import read_messages
+    from models.tabular import featurise
+
+    try:
+        truth: dict[str, tuple[int, str | None]] = {}
+        for msg in read_messages(bootstrap, labels):
+            try:
+                rec = json.loads(msg.value())
+                truth[str(rec["tx_id"])] = (int(rec["label"]), rec.get("typology"))
+            except (ValueError, KeyError, TypeError):
+                continue  # not a label record: the dead-letter topic is the workers' job
+        if not truth:
+            return None
+        lines = []
+        for msg in read_messages(bootstrap, transactions):
+            try:
+                ts = int(json.loads(msg.value()).get("ts_ms", 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            lines.append((ts, msg.value()))
+    except LookupError:
+        return None
+    lines.sort(key=lambda t: t[0])
+    return featurise((v for _ts, v in lines), truth)
+
+
+def _metric(scorer: HybridScorer | ClipScorer, data: Any) -> float:
+    """AUC-PR of a risk scorer on a History; AUROC of a clip scorer on a ClipDataset."""
+    if isinstance(scorer, ClipScorer):
+        from models.video import auroc
+
+        probs = np.concatenate(
+            [scorer.score(data.clips[i : i + 64])[0] for i in range(0, len(data.clips), 64)]
+        )
+        return auroc(data.labels, probs)
+    from models.metrics import average_precision
+
+    return average_precision(data.labels, scorer.score_batch(data.features))
+
+
+def gate_and_publish(
+    settings: Settings,
+    bootstrap: str,
+    challenger_dir: Path,
+    data_for: Callable[[dict], Any],
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score the serving release (champion) and ``challenger_dir`` on the same data
+    (``data_for(model manifest)``: clips come in each model's input size); publish the
+    challenger when it is not worse. Returns what was decided and why."""
+    key = settings.hmac_key.get_secret_value().encode()
+    topic = settings.topics.models
+    manifest = read_manifest(challenger_dir)
+    name = manifest["name"]
+    challenger = scorer_for(read_files(challenger_dir, manifest), manifest)
+    metric_name = "auroc" if name == "inspection" else "auc_pr"
+    data = data_for(manifest)
+    out: dict[str, Any] = {
+        "model": name,
+        "metric": metric_name,
+        "challenger": manifest["version"],
+        "challenger_bits": manifest.get("bits", 32),
+        "challenger_score": _metric(challenger, data),
+        "rows": len(data.labels),
+        "positives": int(np.sum(data.labels)),
+    }
+    ensure_one(bootstrap, settings.topics, topic)
+    champion = read_releases(bootstrap, topic, key).latest(name)
+    if champion is None:
+        out |= {"champion": None, "published": True, "reason": "no model serves yet"}
+    elif champion.version == manifest["version"]:
+        out |= {"champion": champion.version, "published": False, "reason": "already serving"}
+    else:
+        out["champion"] = champion.version
+        try:
+            model = champion.manifest["model"]
+            scored = _metric(scorer_for(champion.files(), model), data_for(model))
+        except (ModelError, ValueError) as exc:  # another feature spec, say: not comparable
+            out |= {"published": True, "reason": f"the champion cannot be scored here: {exc}"}
+        else:
+            out["champion_score"] = scored
+            better = out["challenger_score"] >= scored
+            out["published"] = better
+            out["reason"] = "not worse than the champion" if better else "worse than the champion"
+    if out["published"]:
+        release = build_release(challenger_dir, key, replaces=out.get("champion"))
+        publish_release(bootstrap, topic, release)
+        say(f"published {name} {release.version}: {out['reason']}")
+    else:
+        say(f"kept {out['champion']}: challenger {out['challenger']} {out['reason']}")
+    return out
+
+
+def run_schedule(
+    round_: Callable[[int], dict[str, Any]],
+    every_s: float | None,
+    stop: threading.Event,
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run ``round_(n)`` once, or every ``every_s`` seconds until ``stop`` is set. A round
+    that raises is reported and the schedule goes on (a single run fails). Returns the
+    number of failed rounds."""
+    failed, n = 0, 0
+    while True:
+        began = time.monotonic()
+        try:
+            result = round_(n)
+        except Exception as exc:  # one bad round (broker away, no positives) is not the end
+            if every_s is None:
+                raise
+            log.exception("refresh round %d failed; the next one runs on schedule", n)
+            failed += 1
+            result = {"round": n, "error": str(exc)}
+        report({"round": n, **result})
+        n += 1
+        if every_s is None or stop.wait(max(0.0, every_s - (time.monotonic() - began))):
+            return failed
