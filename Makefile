@@ -23,6 +23,8 @@ bench: $(STAMP)
 	mkdir -p .vigil && $(BIN)/vigil train risk --json > .vigil/train-risk.json
 	$(BIN)/vigil bench scoring --json
 	$(BIN)/vigil bench risk --events 20000 --json
+	$(BIN)/vigil train inspection --json > .vigil/train-inspection.json
+	$(BIN)/vigil bench quantization --json
 
 lint: $(STAMP)
 	$(BIN)/ruff check apps streams models tests

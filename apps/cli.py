@@ -960,6 +960,15 @@ def train_nn(
     _report(result, as_json, width=16)
 
 
+PUBLISH = typer.Option(
+    False,
+    "--publish",
+    help="the refresh job: compare the new model with the serving one on the same recent "
+    "labelled data and publish it to vigil.models if it is not worse",
+)
+EVERY = typer.Option(None, help="with --publish: run again every 10m, 1h, ...")
+
+
 @train_app.command("inspection")
 def train_inspection(
     clips: int = typer.Option(1600, min=20, help="training clips (half with a defect)"),
@@ -975,13 +984,8 @@ def train_inspection(
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
     ),
-    publish_: bool = typer.Option(
-        False,
-        "--publish",
-        help="the refresh job: compare with the serving model on clips of textures neither "
-        "trained on, publish to vigil.models if not worse",
-    ),
-    every: str | None = typer.Option(None, help="with --publish: run again every 10m, 1h, ..."),
+    publish_: bool = PUBLISH,
+    every: str | None = EVERY,
     bits: int = typer.Option(32, help="with --publish: the width published (32: float)"),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as JSON"),
 ) -> None:
@@ -1177,13 +1181,8 @@ def train_risk(
         1, min=1, help="> 1: fit the NNs data-parallel on the training engine, this many ranks"
     ),
     nodes: int = typer.Option(1, min=1, help="emulated nodes for --nproc"),
-    publish_: bool = typer.Option(
-        False,
-        "--publish",
-        help="the refresh job: quantize, compare with the serving model on recent labelled "
-        "data (the stream's, when it has enough), publish to vigil.models if not worse",
-    ),
-    every: str | None = typer.Option(None, help="with --publish: run again every 10m, 1h, ..."),
+    publish_: bool = PUBLISH,
+    every: str | None = EVERY,
     bits: int = typer.Option(8, help="with --publish: the width published (32: float)"),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
 ) -> None:
