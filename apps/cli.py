@@ -766,7 +766,8 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON obj
             row["status"],
         )
     out.print(table)
-    out.print(f"* the newest valid release of each model: what workers serve ({len(rows)} rows)")
+    count = f"{len(rows)} row{'s' if len(rows) != 1 else ''}"
+    out.print(f"* the newest valid release of each model: what workers serve ({count})")
 
 
 @models_app.command("rollback")
