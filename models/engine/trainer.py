@@ -164,6 +164,7 @@ def train_rank(
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     start = 0
+    best_saved = None
     state = load_checkpoint(ckpt) if ckpt else None
     if state is not None:
         if state["world_size"] != world or state["config"] != asdict(cfg):
@@ -176,6 +177,7 @@ def train_rank(
         sched.load_state_dict(state["precision"])
         set_rng_state(state["rng"][rank])
         start = state["step"]
+        best_saved = state.get("best")
         if rank == 0:
             log.info("resumed from step %d (%s)", start, ckpt)
 
@@ -183,7 +185,9 @@ def train_rank(
     fault = spec.removesuffix(":always")
     armed = bool(spec) and (spec.endswith(":always") or os.environ.get(ATTEMPT_ENV) == "0")
     losses: list[float] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (metric, step, params)
+    # (metric, step, params), on rank 0: checkpointed, so a resumed job selects as an
+    # uninterrupted one would
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = best_saved if rank == 0 else None
 
     def select(done: int) -> None:
         nonlocal best
@@ -235,6 +239,7 @@ def train_rank(
                         "precision": sched.state_dict(),
                         "rng": rngs,
                         "data": {"next_step": done, "samples": len(task.x)},
+                        "best": best,
                     },
                 )
     elapsed_s = time.perf_counter() - begun

@@ -62,6 +62,21 @@ def test_a_rank_killed_mid_training_is_restarted_and_the_job_finishes_the_same(
     assert want["val_accuracy"] > 0.8
 
 
+def test_the_best_parameters_so_far_are_checkpointed_and_kept_on_resume(tmp_path):
+    cfg = TrainConfig(steps=20, batch_per_rank=32, checkpoint_every=10, select_every=5)
+    first = spawn(_job, nprocs=2, args=(cfg, str(tmp_path)))[0]
+    saved = load_checkpoint(tmp_path)
+    metric, step, params = saved["best"]
+    assert (step, metric) == (first["selected_step"], first["selected_accuracy"])
+    # a best that only the checkpoint knows: a resumed job must select it, not forget it
+    planted = {k: v + 0.5 if v.is_floating_point() else v for k, v in params.items()}
+    save_checkpoint(tmp_path, 20, {**saved, "best": (2.0, 5, planted)})
+    resumed = spawn(_job, nprocs=2, args=(cfg, str(tmp_path)))[0]
+    assert resumed["start_step"] == 20 and resumed["selected_step"] == 5
+    for name, value in planted.items():
+        torch.testing.assert_close(resumed["state"][name], value)
+
+
 def test_a_checkpoint_from_another_job_is_refused(tmp_path):
     other = TrainConfig(steps=20, batch_per_rank=32, checkpoint_every=10, lr=0.01)
     spawn(_job, nprocs=2, args=(other, str(tmp_path)))
