@@ -901,7 +901,9 @@ def train_nn(
     nodes: int = typer.Option(1, min=1, help="emulated nodes the processes are split over"),
     steps: int | None = typer.Option(None, min=1, help="training steps (default per task)"),
     precision: str = typer.Option("dynamic", help="dynamic, or fixed: fp32, bf16, fp16"),
-    algorithm: str = typer.Option("hierarchical", help="AllReduce: hierarchical, leader, flat"),
+    algorithm: str = typer.Option(
+        "hierarchical", help="AllReduce: hierarchical, leader, flat, hierarchical-bf16"
+    ),
     checkpoint_dir: Path | None = typer.Option(
         None, "--checkpoint-dir", help="checkpoints, resumed from when present"
     ),
@@ -1336,7 +1338,9 @@ def bench_allreduce_cmd(
     ),
     sizes: str = typer.Option("1MB,16MB,64MB", help="tensor sizes (binary units: 1MB = 2**20 B)"),
     iters: int = typer.Option(5, min=1, help="timed all-reduces per size and algorithm"),
-    algorithms: str = typer.Option("flat,hierarchical,leader", help="algorithms to compare"),
+    algorithms: str = typer.Option(
+        "flat,hierarchical,leader,hierarchical-bf16", help="algorithms to compare"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Flat vs hierarchical AllReduce across emulated nodes behind a shaped link: median

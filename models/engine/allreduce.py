@@ -9,6 +9,13 @@ torch.distributed process groups built from the machine topology.
 - ``leader``: reduce to each node's first rank, all-reduce among those leaders, broadcast
   inside the node. Same link volume as ``hierarchical`` but one rank does all the link work;
   it also works when nodes have different numbers of ranks.
+- ``hierarchical-bf16``: ``hierarchical`` with half the bytes on the link: each node's
+  partial sums cross it as bf16 and are added up in fp32 on arrival (an all-gather among
+  the peers, then a local sum in the same order everywhere). With an error-feedback key
+  (the DDP hook passes its bucket) the rounding error of each step is carried into the
+  next, so nothing is lost over training (the sum of what was sent telescopes to the sum of
+  the true partials, less one residual). The residual buffers are kept in bf16: they hold
+  the rounding error, 2^-8 of the values, so their own rounding is 2^-16 of a gradient.
 
 Reductions always run in fp32, whatever the tensor's dtype: low-precision sums lose the
 small gradients of large models (bf16 keeps 8 bits of mantissa).
@@ -35,7 +42,7 @@ __all__ = [
     "discover_topology",
 ]
 
-ALGORITHMS = ("flat", "hierarchical", "leader")
+ALGORITHMS = ("flat", "hierarchical", "leader", "hierarchical-bf16")
 
 # torch 2.13 renamed the single-tensor collectives; the old names warn there and are all
 # that older torch (the GPU machine's 2.11) has
@@ -94,6 +101,8 @@ class Communicator:
     node: tuple[int, ...] = field(init=False)
     peers: tuple[int, ...] = field(init=False)
     chunk_bytes: int = 2**20  # hierarchical: the pipeline's unit (fp32 bytes)
+    # hierarchical-bf16's error feedback: (key, padded size) -> this rank's residual shards
+    residuals: dict[tuple[object, int], torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         rank = dist.get_rank()
@@ -114,20 +123,26 @@ class Communicator:
                 self.inter, self.peers = group, ranks
 
     def all_reduce(
-        self, tensor: torch.Tensor, algorithm: str = "hierarchical", average: bool = False
+        self,
+        tensor: torch.Tensor,
+        algorithm: str = "hierarchical",
+        average: bool = False,
+        feedback: object = None,
     ) -> torch.Tensor:
         """Sum (or mean) of ``tensor`` over all ranks, written back into ``tensor``, reduced
-        in fp32. Returns ``tensor``."""
+        in fp32. Returns ``tensor``. ``feedback``: hierarchical-bf16's error-feedback key
+        (the same key for the same tensor step after step; None: no feedback)."""
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown AllReduce algorithm {algorithm!r}; one of {ALGORITHMS}")
-        if algorithm == "hierarchical" and not self.topology.uniform:
+        if algorithm.startswith("hierarchical") and not self.topology.uniform:
             algorithm = "leader"  # reduce-scatter needs the same rank count on every node
         flat = tensor.detach().reshape(-1)
         work = flat if flat.dtype == torch.float32 and flat.is_contiguous() else flat.float()
         if algorithm == "flat":
             dist.all_reduce(work)
-        elif algorithm == "hierarchical":
-            work = self._hierarchical(work)
+        elif algorithm.startswith("hierarchical"):
+            link_bf16 = algorithm == "hierarchical-bf16"
+            work = self._hierarchical(work, link_bf16, feedback if link_bf16 else None)
         else:
             self._leader(work)
         if average:
@@ -138,7 +153,9 @@ class Communicator:
             tensor.detach().copy_(flat.view_as(tensor))
         return tensor
 
-    def _hierarchical(self, work: torch.Tensor) -> torch.Tensor:
+    def _hierarchical(
+        self, work: torch.Tensor, link_bf16: bool = False, feedback: object = None
+    ) -> torch.Tensor:
         # Pipelined in chunks: chunk c's all-reduce over the link runs while chunk c+1 is
         # reduce-scattered inside the node, so the link does not wait for the local steps.
         local = len(self.node)
@@ -162,15 +179,30 @@ class Communicator:
         else:
             shards.copy_(parts)
             scattered = [None] * chunks
+        residual = None
+        if link_bf16 and feedback is not None:
+            residual = self.residuals.setdefault(
+                (feedback, padded),
+                torch.zeros(chunks, chunk // local, dtype=torch.bfloat16, device=work.device),
+            )
         reduced = []
         for c in range(chunks):
             if scattered[c] is not None:
                 scattered[c].wait()
             if len(self.peers) > 1:
-                reduced.append(dist.all_reduce(shards[c], group=self.inter, async_op=True))
+                if link_bf16:
+                    reduced.append(
+                        self._send_bf16(shards[c], None if residual is None else residual[c])
+                    )
+                else:
+                    reduced.append(dist.all_reduce(shards[c], group=self.inter, async_op=True))
         gathered = []
         for c in range(chunks):  # chunk c gathers while later chunks are on the link
-            if reduced:
+            if reduced and link_bf16:
+                handle, received = reduced[c]
+                handle.wait()  # every peer's bf16 partial: summed in fp32, in rank order
+                shards[c].copy_(received.view(torch.bfloat16).float().sum(0))
+            elif reduced:
                 reduced[c].wait()
             if local > 1:
                 gathered.append(_all_gather(parts[c], shards[c], group=self.intra, async_op=True))
@@ -179,6 +211,22 @@ class Communicator:
         for w in gathered:
             w.wait()
         return buf
+
+    def _send_bf16(
+        self, shard: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[object, torch.Tensor]:
+        """Start the all-gather of this node's partial ``shard`` as bf16 among the peers
+        (plus the residual carried from the last step, which then keeps this rounding)."""
+        value = shard if residual is None else shard + residual.float()
+        sent = value.to(torch.bfloat16)
+        if residual is not None:
+            residual.copy_((value - sent.float()).to(torch.bfloat16))
+        received = torch.empty(len(self.peers), 2 * sent.numel(), dtype=torch.uint8)
+        # bf16 travels as its two bytes (gloo gathers uint8, not bf16 or int16)
+        handle = _all_gather(
+            received.view(-1), sent.view(torch.uint8), group=self.inter, async_op=True
+        )
+        return handle, received
 
     def _leader(self, work: torch.Tensor) -> None:
         leader = self.node[0]
@@ -233,9 +281,10 @@ class HookState:
 
 def comm_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: DDP's gradient bucket averaged with ``state.algorithm``
-    (``ddp.register_comm_hook(HookState(comm), comm_hook)``)."""
+    (``ddp.register_comm_hook(HookState(comm), comm_hook)``); hierarchical-bf16 carries
+    each bucket's rounding error into its next step."""
     buf = bucket.buffer()
-    state.comm.all_reduce(buf, state.algorithm, average=True)
+    state.comm.all_reduce(buf, state.algorithm, average=True, feedback=bucket.index())
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(buf)
     return fut
