@@ -699,10 +699,6 @@ def export_model(
     _report(report, as_json, width=16)
 
 
-def _hmac_key(settings: Settings) -> bytes:
-    return settings.hmac_key.get_secret_value().encode()
-
-
 @models_app.command("publish")
 def models_publish(
     model_dir: Path = typer.Argument(..., help="a model directory (vigil train / vigil export)"),
@@ -718,7 +714,7 @@ def models_publish(
     bootstrap = _bootstrap(settings)
     ensure_one(bootstrap, settings.topics, settings.topics.models)
     try:
-        release = build_release(model_dir, _hmac_key(settings))
+        release = build_release(model_dir, settings.release_key())
         n = publish_release(bootstrap, settings.topics.models, release)
     except (ModelError, PublishError) as exc:
         _fail(exc, 1)
@@ -739,7 +735,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON obj
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    log = read_releases(bootstrap, settings.topics.models, _hmac_key(settings))
+    log = read_releases(bootstrap, settings.topics.models, settings.release_key())
     latest = {r.name: log.latest(r.name) for r in log.releases}
     rows = (
         [{**describe(r), "latest": latest[r.name] is r, "status": "ok"} for r in log.releases]
@@ -783,7 +779,7 @@ def models_rollback(
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    key = _hmac_key(settings)
+    key = settings.release_key()
     release = read_releases(bootstrap, settings.topics.models, key).find(name, version)
     source = settings.topics.models
     if release is None:

@@ -108,7 +108,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         bootstrap,
         topics.models,
         "inspection",
-        settings.hmac_key.get_secret_value().encode(),
+        settings.release_key(),
         check_spec=_check_clip_spec,
         install=install,  # type: ignore[arg-type]
         serving=lambda: pipeline.model.version if pipeline.model else "none",

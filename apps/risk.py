@@ -115,7 +115,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             bootstrap,
             topics.models,
             "risk",
-            settings.hmac_key.get_secret_value().encode(),
+            settings.release_key(),
             check_spec,
             # ModelHolder.swap is atomic: the next micro-batch reads the new model
             install=lambda scorer, _release: pipeline.model.swap(scorer),

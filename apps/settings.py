@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -9,7 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.topics import TopicNames
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["DEV_HMAC_KEY", "Settings", "load_settings"]
+
+DEV_HMAC_KEY = "vigil-dev-key-change-me"
+log = logging.getLogger("vigil.settings")
 
 
 class Settings(BaseSettings):
@@ -35,9 +39,7 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         default=50, ge=1, le=5000, description="longest a consumer fetch waits for data"
     )
-    hmac_key: SecretStr = Field(
-        default=SecretStr("vigil-dev-key-change-me"), description="signs model releases"
-    )
+    hmac_key: SecretStr = Field(default=SecretStr(DEV_HMAC_KEY), description="signs model releases")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
 
@@ -78,6 +80,17 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(default=3.0, gt=0)
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
+
+    def release_key(self) -> bytes:
+        """The key that signs and verifies model releases; warns while it is the
+        development default (anyone with this source could sign a release)."""
+        key = self.hmac_key.get_secret_value()
+        if key == DEV_HMAC_KEY:
+            log.warning(
+                "VIGIL_HMAC_KEY is the development default: set a secret of your own "
+                "before model releases cross a network you do not control"
+            )
+        return key.encode()
 
     @property
     def models_path(self) -> Path:

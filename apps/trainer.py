@@ -111,7 +111,7 @@ def gate_and_publish(
     """Score the serving release (champion) and ``challenger_dir`` on the same data
     (``data_for(model manifest)``: clips come in each model's input size); publish the
     challenger when it is not worse. Returns what was decided and why."""
-    key = settings.hmac_key.get_secret_value().encode()
+    key = settings.release_key()
     topic = settings.topics.models
     manifest = read_manifest(challenger_dir)
     name = manifest["name"]
