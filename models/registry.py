@@ -103,7 +103,8 @@ def signature(manifest: dict, key: bytes) -> str:
 
 
 def _as_input(x: np.ndarray) -> np.ndarray:
-    # clips travel as their grey levels (the pipeline feeds k/255); features as float32
+    # clips travel as float16 (or grey levels: k/255), features as float32; both sides
+    # score exactly these values
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
@@ -134,17 +135,23 @@ def _input_spec(model: dict) -> dict:
     return {"clip": model["input"]["clip"]}
 
 
-def _golden_inputs(model: dict, rows: int, seed: int = 0) -> np.ndarray:
-    """A deterministic parity batch when the publisher has no recorded one: features with
-    missing values, or grey-level clips of the model's input size."""
-    rng = np.random.default_rng(seed)
-    spec = _input_spec(model)
-    if "clip" in spec:
-        _b, c, t, h, w = spec["clip"]
-        return rng.integers(0, 256, size=(rows, c, t, h, w), dtype=np.uint8)
-    x = rng.lognormal(0.0, 1.5, size=(rows, spec["features"][1])).astype(np.float32)
-    x[rng.random(x.shape) < 0.1] = np.nan
-    return x
+def _golden_inputs(model: dict, rows: int, seed: int = 11) -> np.ndarray:
+    """A deterministic parity batch of realistic inputs when the publisher has no recorded
+    one: simulated clips in the model's input size (float16), or feature rows of generated
+    transactions, half of them positive. Random inputs would not do: a model's outputs
+    saturate on them, and two different models then agree."""
+    if model["format"] == "onnx:clip-classifier":
+        from models.video import VideoConfig, make_clips
+        from streams.sources.camera import TRAIN_TEXTURES
+
+        cfg = VideoConfig(**model["config"])
+        return make_clips(rows, cfg, TRAIN_TEXTURES, seed=seed).clips.astype(np.float16)
+    from models.tabular import history_from_generator
+
+    history = history_from_generator(days=2, seed=seed, accounts=60)
+    positive = np.flatnonzero(history.labels == 1)[: rows // 2]
+    negative = np.flatnonzero(history.labels == 0)[: rows - len(positive)]
+    return history.features[np.concatenate([positive, negative])].astype(np.float32)
 
 
 def build_release(
@@ -155,8 +162,9 @@ def build_release(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Release:
     """A signed release of the model in ``directory`` (verified against its manifest first).
-    The golden outputs come from this machine's ONNX Runtime on ``golden_inputs`` (uint8
-    clips or float32 feature rows; default: a deterministic synthetic batch). ``replaces``:
+    The golden outputs come from this machine's ONNX Runtime on ``golden_inputs`` (clips:
+    float16 or uint8 grey levels; feature rows: float32; default: a deterministic batch of
+    simulated, realistic inputs). ``replaces``:
     the version serving when it was published (``parent_version`` is the model's own
     parent: the float model a quantized one was made from)."""
     model = read_manifest(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,20 @@ def collect(
     ):
         got.append(value if isinstance(value, dict) else {"raw": value})
     return got
+
+
+def wait_for_log(
+    path: Path, pattern: str, alive: Callable[[], bool], timeout_s: float = 60.0
+) -> re.Match | None:
+    """The first match of ``pattern`` in a worker's log, once it is written (None: not
+    within the timeout, or the worker died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        found = re.search(pattern, path.read_text(errors="replace"))
+        if found:
+            return found
+        time.sleep(0.2)
+    return None
 
 
 def where_missing(bootstrap: str, topic: str, group: str, seen: set[str]) -> str:

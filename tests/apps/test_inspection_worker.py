@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-import time
 
 import pytest
 
@@ -22,7 +20,7 @@ from streams.frames import encode_frame
 from streams.inspection import InspectionPipeline
 from streams.schemas import RawRecord
 from streams.sources.camera import TRAIN_TEXTURES, CameraConfig, CameraSimulator
-from tests.apps.helpers import collect
+from tests.apps.helpers import collect, wait_for_log
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.integration
@@ -126,28 +124,17 @@ def _values(items):
     return (v for _k, v in items)
 
 
-def _wait_for(path, pattern: str, alive, timeout_s: float = 60.0) -> re.Match | None:
-    """The first match of ``pattern`` in the worker's log, once it is written."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and alive():
-        found = re.search(pattern, path.read_text(errors="replace"))
-        if found:
-            return found
-        time.sleep(0.2)
-    return None
-
-
 def test_a_worker_without_a_model_serves_one_released_on_the_topic(settings, tmp_path, model_dir):
     directory = next((model_dir / "inspection").iterdir())
     key = settings.hmac_key.get_secret_value().encode()
     env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(tmp_path / "no-models")}
     log = tmp_path / "worker.log"
     with WorkerProcess("inspection", env, log) as worker:
-        assert _wait_for(log, "clips are cut but not classified", lambda: worker.running)
+        assert wait_for_log(log, "clips are cut but not classified", lambda: worker.running)
         publish_release(
             settings.kafka_bootstrap, settings.topics.models, build_release(directory, key)
         )
-        served = _wait_for(
+        served = wait_for_log(
             log, rf"inspection release {directory.name} .* serving", lambda: worker.running
         )
         assert served, "the release was not installed"

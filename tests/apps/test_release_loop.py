@@ -22,8 +22,9 @@ from models.registry import build_release, release_messages
 from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
 from streams.partitioning import partition_for
 from streams.sources import GeneratorConfig, TransactionGenerator
-from tests.apps.helpers import collect
+from tests.apps.helpers import collect, wait_for_log
 from tests.conftest import worker_env
+from tests.releases import repacked
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,37 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
     listed = read_releases(bootstrap, topics.models, key)
     assert listed.latest("risk").version == dir_b.name
     assert sorted(f.reason.split()[0] for f in listed.refused) == ["bad", "truncated:"]
+
+
+def test_a_restarted_worker_serves_the_newest_release_that_passes(settings, tmp_path, two_models):
+    """The topic holds A, then B forged to fail parity (its golden outputs are A's): a
+    worker starting with no model on disk refuses B at catch-up and serves A."""
+    (_a, dir_a), (_b, dir_b) = two_models
+    key = settings.hmac_key.get_secret_value().encode()
+    bootstrap, topics = settings.kafka_bootstrap, settings.topics
+    good = build_release(dir_a, key)
+    golden_of_a = good.files()["golden.npz"]
+    forged = repacked(build_release(dir_b, key), key, **{"golden.npz": golden_of_a})
+    for release in (good, forged):
+        publish_release(bootstrap, topics.models, release)
+    env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(tmp_path / "empty")}
+    log = tmp_path / "worker.log"
+    with WorkerProcess("risk", env, log) as worker:
+        served = wait_for_log(
+            log, r"risk release (\S+) \(\d+-bit.* serving \d+ ms", lambda: worker.running
+        )
+        assert served and served.group(1) == dir_a.name
+        txs = [
+            (g.key, g.value)
+            for g in TransactionGenerator(GeneratorConfig(seed=6, accounts=50)).take(300)
+        ]
+        publish(bootstrap, topics.transactions, txs)
+        scores = collect(
+            bootstrap, topics.scores, lambda got: len(got) >= 300, alive=lambda: worker.running
+        )
+    text = log.read_text(errors="replace")
+    assert re.search(rf"risk release {dir_b.name} .* refused, .*: parity failed", text)
+    assert {s["model_version"] for s in scores} == {dir_a.name}
 
 
 def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monkeypatch):

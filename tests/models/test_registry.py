@@ -18,11 +18,11 @@ from models.registry import (
     build_release,
     release_messages,
     serve_release,
-    signature,
 )
 from models.serving import ClipScorer
 from models.video import VideoConfig, VideoNet, make_clips, save_video_model
 from streams.sources.camera import TRAIN_TEXTURES
+from tests.releases import repacked, resigned
 
 KEY = b"test-key"
 CFG = VideoConfig(size=32, camera_size=32, frames=4, d=16)
@@ -119,29 +119,9 @@ def test_an_unreadable_manifest_is_refused(model_dir):
     assert "unreadable" in refusal.reason
 
 
-def _resigned(release: Release, **changes) -> Release:
-    manifest = {**release.manifest, **changes}
-    manifest["signature"] = signature(manifest, KEY)
-    return Release(manifest, release.payload)
-
-
-def _repacked(release: Release, **replace: bytes) -> Release:
-    """The release with some files replaced, indexed, hashed and signed with the right key:
-    it passes every transport check, so only serving can refuse it."""
-    files = {**release.files(), **replace}
-    payload = b"".join(files.values())
-    index, offset = {}, 0
-    for name, data in files.items():
-        index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
-        offset += len(data)
-    sha = hashlib.sha256(payload).hexdigest()
-    manifest = _resigned(release, files=index, size=len(payload), sha256=sha).manifest
-    return Release(manifest, payload)
-
-
 def test_a_release_for_other_inputs_is_refused_before_loading(model_dir):
     release = build_release(model_dir, KEY)
-    wrong = _resigned(release, input_spec={"clip": [None, 3, 4, 32, 32]})
+    wrong = resigned(release, KEY, input_spec={"clip": [None, 3, 4, 32, 32]})
 
     def one_channel(spec):
         if spec["clip"][1] != 1:
@@ -158,12 +138,12 @@ def test_a_release_that_fails_parity_on_its_golden_batch_is_refused(model_dir, t
         VideoNet(CFG).eval(), CFG, tmp_path, make_clips(2, CFG, TRAIN_TEXTURES, 2).clips, {}
     )
     golden = build_release(other, KEY).files()["golden.npz"]
-    bad = _repacked(build_release(model_dir, KEY), **{"golden.npz": golden})
+    bad = repacked(build_release(model_dir, KEY), KEY, **{"golden.npz": golden})
     with pytest.raises(ReleaseError, match="parity failed"):
         serve_release(bad, _any_clip_spec)
 
 
 def test_a_release_onnx_runtime_cannot_load_is_refused(model_dir):
-    bad = _repacked(build_release(model_dir, KEY), **{"clip.onnx": b"not an onnx graph"})
+    bad = repacked(build_release(model_dir, KEY), KEY, **{"clip.onnx": b"not an onnx graph"})
     with pytest.raises(ReleaseError, match="ONNX Runtime cannot load"):
         serve_release(bad, _any_clip_spec)
