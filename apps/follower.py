@@ -138,13 +138,19 @@ class ModelFollower(TopicFollower):
             return False
         self.install(scorer, release)
         self.counters["model_swaps"] += 1
+        m = release.manifest
+        when = (
+            f"{time.time() * 1000 - release.published_ms:.0f} ms after it was published"
+            if self.caught_up.is_set()
+            else "after catching up with the topic"  # at start: an older release
+        )
         log.info(
-            "%s release %s (%d-bit, %d bytes in %d chunks) serving %.0f ms after it was published",
+            "%s release %s (%d-bit, %d bytes in %d chunks) serving %s",
             self.name,
             release.version,
-            release.manifest.get("bits", 32),
-            release.manifest["size"],
-            release.manifest["chunks"],
-            time.time() * 1000 - release.published_ms,
+            m.get("bits", 32),
+            m["size"],
+            m["chunks"],
+            when,
         )
         return True

@@ -145,7 +145,7 @@ def test_a_restarted_worker_serves_the_newest_release_that_passes(settings, tmp_
     log = tmp_path / "worker.log"
     with WorkerProcess("risk", env, log) as worker:
         served = wait_for_log(
-            log, r"risk release (\S+) \(\d+-bit.* serving \d+ ms", lambda: worker.running
+            log, r"risk release (\S+) \(\d+-bit.* serving after catching up", lambda: worker.running
         )
         assert served and served.group(1) == dir_a.name
         txs = [
