@@ -169,13 +169,24 @@ def build_release(
     parent: the float model a quantized one was made from)."""
     model = read_manifest(directory)
     files = read_files(directory, model)
+    if model.get("format") == "onnx:gbdt+nn":
+        from streams.features import FEATURE_SPEC
+
+        if model.get("feature_spec") != FEATURE_SPEC.label:
+            raise ModelError(
+                f"{directory}: model {model['version']} was built for feature spec "
+                f"{model.get('feature_spec')!r}; this version of Vigil computes "
+                f"{FEATURE_SPEC.label!r}, and so do its workers: retrain it"
+            )
     scorer = scorer_for(files, model)
     if golden_inputs is None:
         golden_inputs = _golden_inputs(model, GOLDEN_ROWS[model["format"]])
+    try:
+        expected = outputs(scorer, _as_input(golden_inputs))
+    except Exception as exc:  # ORT refusing the inputs: the model is not what it claims
+        raise ModelError(f"{directory}: the model does not score its golden batch: {exc}") from None
     golden = io.BytesIO()
-    np.savez_compressed(
-        golden, inputs=golden_inputs, outputs=outputs(scorer, _as_input(golden_inputs))
-    )
+    np.savez_compressed(golden, inputs=golden_inputs, outputs=expected)
     files = {**files, GOLDEN: golden.getvalue()}
     index, payload, offset = {}, io.BytesIO(), 0
     for name, data in files.items():

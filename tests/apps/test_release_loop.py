@@ -183,6 +183,14 @@ def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monk
     listed = read_releases(settings.kafka_bootstrap, settings.topics.models, key)
     assert listed.latest("risk").version == dir_a.name  # the same bytes, published again
     assert listed.releases[-1].payload == listed.releases[0].payload
+    nowhere = runner.invoke(app, ["models", "publish", str(tmp_path / "nowhere")])
+    assert nowhere.exit_code == 1 and "no manifest.json" in nowhere.output
+    stale = tmp_path / "stale" / dir_a.name
+    shutil.copytree(dir_a, stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    (stale / "manifest.json").write_text(json.dumps({**manifest, "feature_spec": "lib-0:0"}))
+    refused = runner.invoke(app, ["models", "publish", str(stale)])
+    assert refused.exit_code == 1 and "retrain it" in " ".join(refused.output.split())
     missing = runner.invoke(app, ["models", "rollback", "risk", "risk-000000000000"])
     assert missing.exit_code == 1 and "vigil models list" in missing.output
     wrong = runner.invoke(app, ["models", "rollback", "inspection", dir_a.name])
