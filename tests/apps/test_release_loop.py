@@ -24,7 +24,7 @@ from streams.partitioning import partition_for
 from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, wait_for_log
 from tests.conftest import worker_env
-from tests.releases import repacked
+from tests.releases import repacked, resigned
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +66,10 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
     ]
     first, rest = txs[:2000], txs[2000:]
     publish(bootstrap, topics.transactions, first)
-    other_spec = tmp_path / "other-spec" / dir_b.name
-    shutil.copytree(dir_b, other_spec)
-    manifest = json.loads((other_spec / "manifest.json").read_text())
-    manifest["feature_spec"] = "lib-0:0000000000000000"
-    (other_spec / "manifest.json").write_text(json.dumps(manifest))
+    # a release for another feature spec (a publisher on another version of Vigil)
+    release_b = build_release(dir_b, key)
+    spec = {**release_b.manifest["input_spec"], "feature_spec": "lib-0:0000000000000000"}
+    other_spec = resigned(release_b, key, input_spec=spec)
     env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(dir_a.parent)}
     with WorkerProcess("risk", env, tmp_path / "worker.log") as worker:
         collect(
@@ -85,7 +84,7 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
         truncated = release_messages(build_release(dir_b, key, chunk_bytes=64 * 1024))
         assert len(truncated) > 2
         publish(bootstrap, topics.models, truncated[:-1])
-        publish_release(bootstrap, topics.models, build_release(other_spec, key))
+        publish_release(bootstrap, topics.models, other_spec)
         publish_release(bootstrap, topics.models, build_release(dir_b, key))
         stream.join()
         scores = collect(
