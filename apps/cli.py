@@ -1056,6 +1056,7 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
 
     from models.video import (
         auroc,
+        auroc_ci95,
         make_clips,
         pick_threshold,
         predict,
@@ -1098,7 +1099,10 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
         positive = data.labels.astype(bool)
         report[name] = {
             "clips": len(data.labels),
-            "auroc": round(auroc(data.labels, probs), 4),
+            "auroc": round(auc := auroc(data.labels, probs), 4),
+            "auroc_ci95": [
+                round(v, 4) for v in auroc_ci95(auc, int(positive.sum()), int((~positive).sum()))
+            ],
             "location_accuracy": round(float((cells[located] == data.cells[located]).mean()), 4),
             "recall_at_threshold": round(float(alerted[positive].mean()), 4),
             "false_positive_rate_at_threshold": round(float(alerted[~positive].mean()), 4),

@@ -43,6 +43,7 @@ __all__ = [
     "VideoConfig",
     "VideoNet",
     "auroc",
+    "auroc_ci95",
     "pick_threshold",
     "export_video",
     "finetune_video",
@@ -208,6 +209,19 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
         ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auroc_ci95(auc: float, positives: int, negatives: int) -> tuple[float, float]:
+    """A 95 % interval for an AUROC measured on ``positives`` + ``negatives`` clips
+    (Hanley & McNeil's standard error): how far two evaluations may differ by chance."""
+    if math.isnan(auc) or not positives or not negatives:
+        return (math.nan, math.nan)
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    half = 1.96 * math.sqrt(max(var, 0.0))
+    return (max(0.0, auc - half), min(1.0, auc + half))
 
 
 def pick_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> float:

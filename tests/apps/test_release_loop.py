@@ -262,3 +262,23 @@ def test_vigil_train_risk_publish_runs_one_refresh_round(settings, tmp_path, mon
     latest = read_releases(settings.kafka_bootstrap, settings.topics.models, key).latest("risk")
     assert latest.version == decision["challenger"] and latest.manifest["bits"] == 8
     assert latest.manifest["parent_version"] == decision["trained"]  # the fp32 model
+
+
+def test_vigil_train_inspection_publish_runs_one_refresh_round(settings, tmp_path, monkeypatch):
+    for name, value in worker_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VIGIL_MODEL_DIR", str(tmp_path / "models"))
+    args = ["train", "inspection", "--clips", "40", "--test-clips", "20", "--epochs", "1"]
+    args += ["--size", "32", "--camera-size", "32", "--publish", "--json"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    decision = json.loads(first.stdout.strip().splitlines()[-1])
+    assert decision["published"] and decision["reason"] == "no model serves yet"
+    assert decision["challenger_bits"] == 32 and decision["challenger"] == decision["trained"]
+    # the same seed trains the same model: it already serves, nothing is published again
+    again = json.loads(runner.invoke(app, args).stdout.strip().splitlines()[-1])
+    assert not again["published"] and again["reason"] == "already serving"
+    key = settings.hmac_key.get_secret_value().encode()
+    log = read_releases(settings.kafka_bootstrap, settings.topics.models, key)
+    assert [r.version for r in log.releases] == [decision["trained"]]

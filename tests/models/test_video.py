@@ -34,6 +34,24 @@ def clips():
     return make_clips(240, CFG, TRAIN_TEXTURES, seed=3)
 
 
+def test_the_auroc_interval_matches_the_spread_of_repeated_evaluations():
+    from models.video import auroc_ci95
+
+    # the reference: the spread of AUROC over 1,000 simulated evaluations of 50 + 50
+    # clips (binormal scores, true AUROC 0.80)
+    rng = np.random.default_rng(0)
+    d = 2**0.5 * 0.8416  # Phi(d / sqrt 2) = 0.80
+    sims = [
+        auroc(np.r_[np.ones(50), np.zeros(50)], np.r_[rng.normal(d, 1, 50), rng.normal(0, 1, 50)])
+        for _ in range(1000)
+    ]
+    lo, hi = auroc_ci95(0.8, 50, 50)
+    assert (hi - lo) / (2 * 1.96) == pytest.approx(float(np.std(sims)), rel=0.15)
+    wide, narrow = auroc_ci95(0.9, 100, 100), auroc_ci95(0.9, 1000, 1000)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 3 and narrow[0] < 0.9 < narrow[1]
+    assert auroc_ci95(1.0, 10, 10) == (1.0, 1.0)
+
+
 def test_auroc_equals_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(20):
