@@ -1233,7 +1233,7 @@ def train_risk(
         history_from_stream,
     )
     from models.compression.tools import export_risk
-    from models.serving import ModelError
+    from models.serving import check_feature_spec
     from streams.features import FEATURE_SPEC
 
     bootstrap = _bootstrap(settings)
@@ -1250,8 +1250,7 @@ def train_risk(
             challenger, _q = export_risk(path, bits, target / "exports", say=say)
 
         def data_for(model: dict):  # type: ignore[no-untyped-def]
-            if model.get("feature_spec") != FEATURE_SPEC.label:
-                raise ModelError(f"built for feature spec {model.get('feature_spec')!r}")
+            check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label)
             return test_set
 
         decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)

@@ -33,8 +33,7 @@ from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
-from models.registry import ReleaseError
-from models.serving import ModelError, load_latest
+from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
 from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
@@ -103,11 +102,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         pipeline.counters["ruleset_rejected"] += 1
 
     def check_spec(spec: dict) -> None:
-        if spec.get("feature_spec") != FEATURE_SPEC.label:
-            raise ReleaseError(
-                f"built for feature spec {spec.get('feature_spec')!r}, this worker computes "
-                f"{FEATURE_SPEC.label!r}"
-            )
+        check_feature_spec(spec.get("feature_spec"), FEATURE_SPEC.label, "the release")
 
     followers = (
         RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),

@@ -31,8 +31,15 @@ import numpy as np
 from apps.broker import ensure_one
 from apps.releases import publish_release, read_releases
 from apps.settings import Settings
-from models.registry import build_release, scorer_for
-from models.serving import ClipScorer, HybridScorer, ModelError, read_files, read_manifest
+from models.registry import build_release
+from models.serving import (
+    ClipScorer,
+    HybridScorer,
+    ModelError,
+    read_files,
+    read_manifest,
+    scorer_for,
+)
 
 __all__ = [
     "MIN_STREAM_POSITIVES",

@@ -23,6 +23,7 @@ parity fails. Rollback is publishing an older release again (same bytes, same si
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -39,8 +40,10 @@ from models.serving import (
     ClipScorer,
     HybridScorer,
     ModelError,
+    check_feature_spec,
     read_files,
     read_manifest,
+    scorer_for,
 )
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "Release",
     "ReleaseError",
     "build_release",
+    "pack_files",
     "release_messages",
     "serve_release",
 ]
@@ -83,6 +87,11 @@ class Release:
         return self.manifest["version"]
 
     def files(self) -> dict[str, bytes]:
+        """The files, each checked against its sha256 (once: the result is kept)."""
+        return dict(self._files)
+
+    @functools.cached_property
+    def _files(self) -> dict[str, bytes]:
         out = {}
         for name, (offset, size, digest) in self.manifest["files"].items():
             data = self.payload[offset : offset + size]
@@ -96,6 +105,16 @@ class Release:
             return _as_input(npz["inputs"]), npz["outputs"]
 
 
+def pack_files(files: dict[str, bytes]) -> tuple[dict[str, list], bytes]:
+    """The payload of a release (the files concatenated) and its index: name -> offset,
+    size, sha256."""
+    index, offset = {}, 0
+    for name, data in files.items():
+        index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
+        offset += len(data)
+    return index, b"".join(files.values())
+
+
 def signature(manifest: dict, key: bytes) -> str:
     body = {k: v for k, v in manifest.items() if k != "signature"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -106,18 +125,6 @@ def _as_input(x: np.ndarray) -> np.ndarray:
     # clips travel as float16 (or grey levels: k/255), features as float32; both sides
     # score exactly these values
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-
-
-def scorer_for(files: dict[str, bytes], model: dict) -> HybridScorer | ClipScorer:
-    """The serving scorer of a model's files, by its manifest's format."""
-    fmt = model.get("format")
-    if fmt == "onnx:gbdt+nn":
-        return HybridScorer.from_bytes(files, model["version"])
-    if fmt == "onnx:clip-classifier":
-        if "clip.onnx" not in files:
-            raise ModelError(f"model {model['version']} lacks clip.onnx")
-        return ClipScorer(files["clip.onnx"], model)
-    raise ModelError(f"model {model.get('version')}: unknown format {fmt!r}")
 
 
 def outputs(scorer: HybridScorer | ClipScorer, inputs: np.ndarray) -> np.ndarray:
@@ -172,12 +179,8 @@ def build_release(
     if model.get("format") == "onnx:gbdt+nn":
         from streams.features import FEATURE_SPEC
 
-        if model.get("feature_spec") != FEATURE_SPEC.label:
-            raise ModelError(
-                f"{directory}: model {model['version']} was built for feature spec "
-                f"{model.get('feature_spec')!r}; this version of Vigil computes "
-                f"{FEATURE_SPEC.label!r}, and so do its workers: retrain it"
-            )
+        what = f"{directory}: model {model['version']}"
+        check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label, what)
     scorer = scorer_for(files, model)
     if golden_inputs is None:
         golden_inputs = _golden_inputs(model, GOLDEN_ROWS[model["format"]])
@@ -187,13 +190,7 @@ def build_release(
         raise ModelError(f"{directory}: the model does not score its golden batch: {exc}") from None
     golden = io.BytesIO()
     np.savez_compressed(golden, inputs=golden_inputs, outputs=expected)
-    files = {**files, GOLDEN: golden.getvalue()}
-    index, payload, offset = {}, io.BytesIO(), 0
-    for name, data in files.items():
-        index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
-        payload.write(data)
-        offset += len(data)
-    body = payload.getvalue()
+    index, body = pack_files({**files, GOLDEN: golden.getvalue()})
     manifest = {
         "release_format": RELEASE_FORMAT,
         "name": model["name"],
@@ -372,10 +369,10 @@ def serve_release(
     release: Release, check_spec: Callable[[dict], None]
 ) -> HybridScorer | ClipScorer:
     """Load a verified release into ONNX Runtime for serving: the worker's input spec check
-    (``check_spec`` raises ReleaseError), then parity on the golden batch."""
+    (``check_spec`` raises ReleaseError or ModelError), then parity on the golden batch."""
     m = release.manifest
-    check_spec(m["input_spec"])
     try:
+        check_spec(m["input_spec"])
         scorer = scorer_for(release.files(), m["model"])
     except ModelError as exc:
         raise ReleaseError(str(exc)) from None

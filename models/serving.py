@@ -26,11 +26,13 @@ __all__ = [
     "ModelError",
     "ModelHolder",
     "RulesOnly",
+    "check_feature_spec",
     "latest_dir",
     "load_latest",
     "load_latest_clip",
     "onnx_session",
     "read_files",
+    "scorer_for",
     "write_model",
 ]
 
@@ -84,12 +86,7 @@ class HybridScorer:
         manifest = read_manifest(directory)
         if manifest.get("format") != "onnx:gbdt+nn":
             raise ModelError(f"{directory}: unknown model format {manifest.get('format')!r}")
-        if manifest.get("feature_spec") != expected_spec:
-            raise ModelError(
-                f"{directory}: model {manifest.get('version')} was trained on feature spec "
-                f"{manifest.get('feature_spec')!r}, this worker computes {expected_spec!r}; "
-                "retrain it (vigil train risk)"
-            )
+        check_feature_spec(manifest.get("feature_spec"), expected_spec, f"{directory}: model")
         return cls.from_bytes(read_files(directory, manifest), manifest["version"])
 
     def score_batch(self, features: np.ndarray) -> np.ndarray:
@@ -135,19 +132,42 @@ class ClipScorer:
         self.manifest = manifest
 
     @classmethod
+    def from_bytes(cls, files: dict[str, bytes], manifest: dict, threads: int = 1) -> ClipScorer:
+        if "clip.onnx" not in files:
+            raise ModelError(f"model {manifest['version']} lacks clip.onnx")
+        return cls(files["clip.onnx"], manifest, threads)
+
+    @classmethod
     def load(cls, directory: Path, threads: int = 1) -> ClipScorer:
         manifest = read_manifest(directory)
         if manifest.get("format") != "onnx:clip-classifier":
             raise ModelError(f"{directory}: not a clip classifier ({manifest.get('format')!r})")
-        files = read_files(directory, manifest)
-        if "clip.onnx" not in files:
-            raise ModelError(f"{directory}: model {manifest['version']} lacks clip.onnx")
-        return cls(files["clip.onnx"], manifest, threads)
+        return cls.from_bytes(read_files(directory, manifest), manifest, threads)
 
     def score(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, 1, T, H, W) clips in [0, 1] -> defect probability (B,), location cell (B,)."""
         logit, where = self.session.run(None, {"clip": np.ascontiguousarray(clips, np.float32)})
         return 1.0 / (1.0 + np.exp(-logit.astype(np.float64))), where.argmax(1)
+
+
+def check_feature_spec(found: str | None, expected: str, what: str = "model") -> None:
+    """ModelError unless a risk model was built for the feature spec this code computes:
+    one check for model directories, releases, publishing and the refresh job."""
+    if found != expected:
+        raise ModelError(
+            f"{what} was built for feature spec {found!r}, this worker computes "
+            f"{expected!r}; retrain it (vigil train risk)"
+        )
+
+
+def scorer_for(files: dict[str, bytes], manifest: dict) -> HybridScorer | ClipScorer:
+    """The serving scorer of a model's files, by its manifest's format."""
+    fmt = manifest.get("format")
+    if fmt == "onnx:gbdt+nn":
+        return HybridScorer.from_bytes(files, manifest["version"])
+    if fmt == "onnx:clip-classifier":
+        return ClipScorer.from_bytes(files, manifest)
+    raise ModelError(f"model {manifest.get('version')}: unknown format {fmt!r}")
 
 
 def read_files(directory: Path, manifest: dict) -> dict[str, bytes]:
