@@ -40,11 +40,11 @@ class ReleaseLog:
     def latest(self, name: str) -> Release | None:
         """The newest complete, verified release of ``name``: what workers serve unless
         it fails their own checks (input spec, parity)."""
-        found = [r for r in self.releases if r.name == name]
-        return found[-1] if found else None
+        return self.find(name)
 
-    def find(self, name: str, version: str) -> Release | None:
-        found = [r for r in self.releases if r.name == name and r.version == version]
+    def find(self, name: str, version: str | None = None) -> Release | None:
+        """The newest release of ``name`` (of that ``version``, if given)."""
+        found = [r for r in self.releases if r.name == name and version in (None, r.version)]
         return found[-1] if found else None
 
 
@@ -66,7 +66,8 @@ def read_releases(bootstrap: str, topic: str, key: bytes) -> ReleaseLog:
 
 def find_model_dir(models_path: Path, version: str) -> Path | None:
     """A model directory named ``version`` where `vigil train` and `vigil export` write."""
-    for parent in (models_path, models_path / "inspection", models_path / "exports"):
+    exports = models_path / "exports"
+    for parent in (models_path, models_path / "inspection", exports, exports / "inspection"):
         if (parent / version / "manifest.json").exists():
             return parent / version
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from models.registry import Release, signature
+from models.registry import Release, pack_files, signature
 
 
 def resigned(release: Release, key: bytes, **changes) -> Release:
@@ -17,12 +17,7 @@ def resigned(release: Release, key: bytes, **changes) -> Release:
 
 def repacked(release: Release, key: bytes, **replace: bytes) -> Release:
     """The release with some files replaced: indexed, hashed and signed again."""
-    files = {**release.files(), **replace}
-    payload = b"".join(files.values())
-    index, offset = {}, 0
-    for name, data in files.items():
-        index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
-        offset += len(data)
+    index, payload = pack_files({**release.files(), **replace})
     sha = hashlib.sha256(payload).hexdigest()
     manifest = resigned(release, key, files=index, size=len(payload), sha256=sha).manifest
     return Release(manifest, payload)

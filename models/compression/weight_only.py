@@ -177,7 +177,6 @@ def weight_only(graph: bytes, bits: int) -> bytes:
     }
     nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
-    rewritten: set[str] = set()  # weights now restored by a subgraph
     for node in g.node:
         w_name = node.input[1] if len(node.input) > 1 else None
         w = weights.get(w_name) if w_name else None
@@ -207,8 +206,9 @@ def weight_only(graph: bytes, bits: int) -> bytes:
             sub, inits = _float16_on_load(name, w)
         restore += sub
         new_inits += inits
-        rewritten.add(name)
-    keep = [t for t in g.initializer if t.name not in rewritten and t.name in used]
+    # every used weight is now restored by a subgraph; unused ones (rewritten into
+    # MatMulNBits) go
+    keep = [t for t in g.initializer if t.name in used and t.name not in weights]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     del g.node[:]

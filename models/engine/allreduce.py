@@ -141,8 +141,7 @@ class Communicator:
         if algorithm == "flat":
             dist.all_reduce(work)
         elif algorithm.startswith("hierarchical"):
-            link_bf16 = algorithm == "hierarchical-bf16"
-            work = self._hierarchical(work, link_bf16, feedback if link_bf16 else None)
+            work = self._hierarchical(work, algorithm == "hierarchical-bf16", feedback)
         else:
             self._leader(work)
         if average:
@@ -156,6 +155,7 @@ class Communicator:
     def _hierarchical(
         self, work: torch.Tensor, link_bf16: bool = False, feedback: object = None
     ) -> torch.Tensor:
+        # feedback: the error-feedback key, used only when the link carries bf16
         # Pipelined in chunks: chunk c's all-reduce over the link runs while chunk c+1 is
         # reduce-scattered inside the node, so the link does not wait for the local steps.
         local = len(self.node)
@@ -181,10 +181,12 @@ class Communicator:
             scattered = [None] * chunks
         residual = None
         if link_bf16 and feedback is not None:
-            residual = self.residuals.setdefault(
-                (feedback, padded),
-                torch.zeros(chunks, chunk // local, dtype=torch.bfloat16, device=work.device),
-            )
+            residual = self.residuals.get((feedback, padded))
+            if residual is None:  # the first step of this bucket: nothing carried yet
+                residual = torch.zeros(
+                    chunks, chunk // local, dtype=torch.bfloat16, device=work.device
+                )
+                self.residuals[(feedback, padded)] = residual
         reduced = []
         for c in range(chunks):
             if scattered[c] is not None:
