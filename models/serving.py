@@ -155,7 +155,7 @@ def check_feature_spec(found: str | None, expected: str, what: str = "model") ->
     one check for model directories, releases, publishing and the refresh job."""
     if found != expected:
         raise ModelError(
-            f"{what} was built for feature spec {found!r}, this worker computes "
+            f"{what} was trained on feature spec {found!r}, this worker computes "
             f"{expected!r}; retrain it (vigil train risk)"
         )
 
