@@ -970,9 +970,9 @@ EVERY = typer.Option(None, help="with --publish: run again every 10m, 1h, ...")
 
 @train_app.command("inspection")
 def train_inspection(
-    clips: int = typer.Option(1600, min=20, help="training clips (half with a defect)"),
-    test_clips: int = typer.Option(400, min=20, help="held-out clips, unseen textures"),
-    epochs: int = typer.Option(10, min=1),
+    clips: int = typer.Option(6400, min=20, help="training clips (half with a defect)"),
+    test_clips: int = typer.Option(1000, min=20, help="held-out clips, unseen textures"),
+    epochs: int = typer.Option(16, min=1, help="epochs (learning rate decays to 0 over them)"),
     size: int = typer.Option(
         128, min=16, help="the classifier's input height and width (multiple of 16)"
     ),
@@ -1062,13 +1062,14 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
         predict,
         save_video_model,
         train_video,
+        training_clips,
     )
     from streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
 
     seed, clips, test_clips, size = cfg.seed, cfg.train_clips, cfg.test_clips, cfg.size
     began = time.perf_counter()
     say(f"simulating and aligning {clips} training clips ({size}x{size}, {cfg.frames} frames)")
-    train_set = make_clips(clips, cfg, TRAIN_TEXTURES, seed=seed, belt=True)
+    train_set = training_clips(clips, cfg, seed=seed)
     say(f"and {test_clips} held-out clips with unseen textures {list(HELDOUT_TEXTURES)}")
     test_set = make_clips(test_clips, cfg, HELDOUT_TEXTURES, seed=seed + 1000)
     fresh_set = make_clips(test_clips, cfg, FRESH_TEXTURES, seed=seed + 3000)

@@ -19,7 +19,14 @@ Input: (B, 1, T, H, W) aligned grey clips in [0, 1] (T = 8, H = W = 128 by defau
 Training data: clips cut from the camera simulator, aligned to their middle frame; a clip
 is positive when a defect is fully in view in that frame (negative when none is; a defect
 cut by the frame's edge is left out), and its location cell is the one
-holding the defect box's centre.
+holding the defect box's centre. A share of the training parts (``regions``) is two-tone:
+large light and dark regions over the texture. Without them the classifier had never seen
+large-scale structure, and on unseen textures made of it (bands, blobs) it took the
+structure for defects and missed pits on it; with them, and 4x the clips, held-out AUROC
+rose from about 0.90 to 0.96-0.97 (see the README).
+
+Training: Adam, the learning rate decaying to 0 over the run (cosine, per step), flips and
+contrast jitter as augmentation.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = [
     "make_clips",
     "predict",
     "train_video",
+    "training_clips",
 ]
 
 GRID = 4  # location cells per side
@@ -72,6 +80,9 @@ class VideoConfig:
     train_clips: int = 1600
     test_clips: int = 400
     align: str = "dis"
+    # share of two-tone parts in the training clips (streams.sources.camera): a defect is
+    # learned as a small local anomaly, not as any large change of brightness
+    regions: float = 0.35
 
 
 class VideoNet(nn.Module):
@@ -135,6 +146,7 @@ def make_clips(
     seed: int,
     positive_share: float = 0.5,
     belt: bool = False,
+    regions: float = 0.0,
 ) -> ClipDataset:
     """``n`` aligned clips from simulated cameras (balanced positives and negatives), cut
     as the worker cuts them (every ``frames // 2``).
@@ -142,7 +154,8 @@ def make_clips(
     A clip is labelled by its reference (middle) frame: positive with a defect fully in
     view, negative with none in view. A defect cut by the frame's edge is neither (a
     "don't care" clip, left out). ``belt``: also clips with bare belt under the camera's
-    centre (negatives the worker sees between parts; for training)."""
+    centre (negatives the worker sees between parts; for training). ``regions``: the share
+    of two-tone parts (training data; see ``training_clips``)."""
     from streams.alignment import prepare_clip
     from streams.sources.camera import CameraConfig, CameraSimulator
 
@@ -154,10 +167,13 @@ def make_clips(
             gap_px=cfg.camera_size * 3 // 8,
             defect_rate=0.5,
             textures=textures,
+            regions=regions,
         )
     )
     want_pos = int(round(n * positive_share))
-    clips, labels, cells, boxes, kinds, textures = [], [], [], [], [], []
+    # filled in place: thousands of 128x128 clips are gigabytes, a list to stack twice that
+    clips = np.empty((n, 1, cfg.frames, cfg.size, cfg.size), np.float32)
+    labels, cells, boxes, kinds, textures = [], [], [], [], []
     pos = neg = 0
     for camera in itertools.count():
         shots = list(itertools.islice(sim.frames(f"cam-{camera}", camera), 600))
@@ -169,7 +185,7 @@ def make_clips(
             label = int(ref.defect is not None)
             if (label and pos >= want_pos) or (not label and neg >= n - want_pos):
                 continue
-            clips.append(prepare_clip([s.frame.image for s in window], cfg.size, cfg.align))
+            clips[pos + neg] = prepare_clip([s.frame.image for s in window], cfg.size, cfg.align)
             labels.append(label)
             if label:
                 x, y, w, h = ref.defect.bbox
@@ -185,10 +201,16 @@ def make_clips(
             textures.append(ref.texture)
             pos, neg = pos + label, neg + (1 - label)
             if pos + neg >= n:
-                return ClipDataset(
-                    np.stack(clips), np.array(labels), np.array(cells), boxes, kinds, textures
-                )
+                return ClipDataset(clips, np.array(labels), np.array(cells), boxes, kinds, textures)
     raise AssertionError("unreachable")
+
+
+def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:
+    """Clips as the classifier is trained on them: training textures, ``cfg.regions`` of
+    the parts two-tone, bare belt included."""
+    from streams.sources.camera import TRAIN_TEXTURES
+
+    return make_clips(n, cfg, TRAIN_TEXTURES, seed, belt=True, regions=cfg.regions)
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -286,6 +308,9 @@ def _fit(
     say: Callable[[str], None],
 ) -> None:
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    # cosine decay from ``lr`` to 0 over the run, per step
+    steps = epochs * math.ceil(len(train.labels) / cfg.batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     x = torch.from_numpy(train.clips)
     y = torch.from_numpy(train.labels.astype(np.float32))
     cells = torch.from_numpy(train.cells)
@@ -308,6 +333,7 @@ def _fit(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
             total += float(loss.detach()) * len(idx)
         say(f"  epoch {epoch + 1}/{epochs}: loss {total / len(y):.4f}")
     net.eval()

@@ -111,7 +111,7 @@ def export_inspection(
 ) -> tuple[Path, dict]:
     """Quantize the inspection classifier in ``model_dir`` to ``bits``, compare AUROC with
     the fp32 model on clips of the held-out textures, and write ``out_dir/<version>`` if
-    it passes. Calibration (8 bits) and fine-tuning (4, 2) use the training textures."""
+    it passes. Calibration (8 bits) and fine-tuning (4, 2) use ``training_clips``."""
     from models.serving import onnx_session, read_files
     from models.video import (
         auroc,
@@ -119,8 +119,9 @@ def export_inspection(
         finetune_video,
         load_video_net,
         make_clips,
+        training_clips,
     )
-    from streams.sources.camera import HELDOUT_TEXTURES, TRAIN_TEXTURES
+    from streams.sources.camera import HELDOUT_TEXTURES
 
     _check_bits(bits)
     net, cfg, manifest = load_video_net(model_dir)
@@ -130,14 +131,14 @@ def export_inspection(
     elif bits == 8:
         slice_time(net)  # Conv3d as Conv2d: ORT's int8 Conv3d is slower than its fp32 one
         say(f"calibrating on {calibration_clips} clips of the training textures")
-        cal = make_clips(calibration_clips, cfg, TRAIN_TEXTURES, seed=7000, belt=True)
+        cal = training_clips(calibration_clips, cfg, seed=7000)
         batches = [(torch.from_numpy(cal.clips[i : i + 32]),) for i in range(0, len(cal.clips), 32)]
         calibrate(net, quant_config(bits), batches)
         example = (torch.from_numpy(cal.clips[:2]),)
         graph = export_qdq(net, example, ["clip"], ["defect_logit", "location_logits"])
     else:
         say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {qat_clips} clips")
-        data = make_clips(qat_clips, cfg, TRAIN_TEXTURES, seed=7100, belt=True)
+        data = training_clips(qat_clips, cfg, seed=7100)
         prepare_qat(net, quant_config(bits, activation_bits=None))
         finetune_video(net, data, cfg, qat_epochs, cfg.lr * QAT_LR_SHARE, say)
         graph = weight_only(export_video(bake(net), cfg), bits)

@@ -13,6 +13,12 @@ for evaluation, and ``FRESH_TEXTURES``, added without ever being looked at while
 was developed (the held-out ones were: their errors led to the nuisance textures), for an
 unbiased evaluation.
 
+Two-tone parts: with ``regions`` > 0, that share of parts has its texture overlaid with
+large light and dark regions (uneven coatings, two-tone finishes, shading), 16-64 px
+across with edges from soft to sharp. Training clips use it, so that a defect is learned
+as a small local anomaly rather than as any large change of brightness; evaluation clips
+keep the plain textures.
+
 >>> sim = CameraSimulator(CameraConfig(seed=1, size=64, part_px=56))
 >>> shot = next(sim.frames("cam-0"))
 >>> shot.frame.image.shape, shot.frame.image.dtype.name, shot.frame.seq
@@ -40,6 +46,7 @@ __all__ = [
     "Defect",
     "Shot",
     "texture",
+    "two_tone",
 ]
 
 DEFECTS = ("scratch", "crack", "stain", "pit")
@@ -137,8 +144,31 @@ def texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         t = 0.5 + 0.4 * np.sin(x / 9 + 4 * turb) + 0.1 * noise
     else:
         raise ValueError(f"unknown texture {kind!r}")
+    return _grey(t)
+
+
+def _grey(t: np.ndarray) -> np.ndarray:
+    """Stretched to the textures' grey range, about [60, 200]."""
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     return (60 + 140 * t).astype(np.float32)
+
+
+def two_tone(tex: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``tex`` overlaid with large light and dark regions: a smooth random field 16-64 px
+    across through a sigmoid of random steepness (soft shading to sharp-edged patches),
+    blended in or multiplied, at 30-80 % strength."""
+    h, w = tex.shape
+    scale = rng.uniform(16, 64)
+    coarse = rng.standard_normal((int(h / scale) + 2, int(w / scale) + 2)).astype(np.float32)
+    f = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    f = 1 / (1 + np.exp(-rng.uniform(0.5, 6) * (f - f.mean()) / (f.std() + 1e-6)))
+    strength = rng.uniform(0.3, 0.8)
+    u = (tex - 60) / 140
+    if rng.random() < 0.5:
+        u = (1 - strength) * u + strength * f
+    else:
+        u = u * ((1 - strength) + strength * f)
+    return _grey(u)
 
 
 @dataclass(frozen=True)
@@ -203,6 +233,7 @@ class CameraConfig:
     light_period_s: float = 20.0
     defect_rate: float = 0.3  # share of parts with a defect
     textures: tuple[str, ...] = TRAIN_TEXTURES
+    regions: float = 0.0  # share of parts made two-tone (see the module notes)
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
     def __post_init__(self) -> None:
@@ -210,6 +241,8 @@ class CameraConfig:
             raise ValueError(f"part_px must be between 8 and the frame size {self.size}")
         if self.fps <= 0 or self.speed_px < 0:
             raise ValueError("fps must be positive and speed_px not negative")
+        if not 0 <= self.regions <= 1:
+            raise ValueError(f"regions is a share of parts, between 0 and 1: {self.regions}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +289,10 @@ class CameraSimulator:
                     prng = np.random.default_rng([cfg.seed, index, k])
                     kind = cfg.textures[int(prng.integers(len(cfg.textures)))]
                     tex = texture(kind, cfg.part_px, cfg.part_px, prng)
+                    if cfg.regions:  # its own stream: the parts' defects stay as they were
+                        trng = np.random.default_rng([cfg.seed, index, k, 1])
+                        if trng.random() < cfg.regions:
+                            tex = two_tone(tex, trng)
                     defect = None
                     if prng.random() < cfg.defect_rate:
                         defect = _draw_defect(tex, DEFECTS[int(prng.integers(len(DEFECTS)))], prng)

@@ -17,6 +17,7 @@ from streams.sources.camera import (
     CameraConfig,
     CameraSimulator,
     texture,
+    two_tone,
 )
 
 
@@ -75,3 +76,28 @@ def test_held_out_textures_are_not_the_training_ones():
         assert t.shape == (40, 50) and t.min() >= 59 and t.max() <= 201 and t.std() > 5
     with pytest.raises(ValueError, match="unknown texture 'fur'"):
         texture("fur", 4, 4, rng)
+
+
+def _block_means(img: np.ndarray, block: int = 16) -> np.ndarray:
+    h, w = (d // block * block for d in img.shape)
+    return img[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+
+
+def test_two_tone_parts_add_large_regions_and_keep_their_defects():
+    rng = np.random.default_rng(3)
+    grain = texture("grain", 112, 112, rng)  # fine grain: 16 px blocks all alike
+    toned = [two_tone(grain, np.random.default_rng(s)) for s in range(20)]
+    assert all(t.shape == grain.shape and t.min() >= 59 and t.max() <= 201 for t in toned)
+    # large light and dark regions: the spread of 16 px block means grows many-fold
+    flat = _block_means(grain).std()
+    assert np.median([_block_means(t).std() for t in toned]) > 5 * flat
+
+    # with regions, the same parts carry the same defects (only their texture changes)
+    cfg = CameraConfig(seed=4, defect_rate=0.5)
+    plain, mixed = _shots(cfg, 400), _shots(dataclasses.replace(cfg, regions=1.0), 400)
+    assert [s.defect for s in plain] == [s.defect for s in mixed]
+    assert any(s.defect for s in plain)
+    on_part = [i for i, s in enumerate(plain) if s.part is not None]
+    assert not any(np.array_equal(plain[i].frame.image, mixed[i].frame.image) for i in on_part)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        CameraConfig(regions=1.5)
