@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.threads import torch_threads
+from models.threads import keep_freed_memory, torch_threads
 
 __all__ = [
     "ClipDataset",
@@ -307,6 +307,7 @@ def _fit(
     lr: float,
     say: Callable[[str], None],
 ) -> None:
+    keep_freed_memory()  # large activations every step: reuse them, do not fault them in
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     # cosine decay from ``lr`` to 0 over the run, per step
     steps = epochs * math.ceil(len(train.labels) / cfg.batch)
