@@ -970,7 +970,7 @@ EVERY = typer.Option(None, help="with --publish: run again every 10m, 1h, ...")
 
 @train_app.command("inspection")
 def train_inspection(
-    clips: int = typer.Option(6400, min=20, help="training clips (half with a defect)"),
+    clips: int = typer.Option(9600, min=20, help="training clips (half with a defect)"),
     test_clips: int = typer.Option(1000, min=20, help="held-out clips, unseen textures"),
     epochs: int = typer.Option(16, min=1, help="epochs (learning rate decays to 0 over them)"),
     size: int = typer.Option(

@@ -22,8 +22,8 @@ cut by the frame's edge is left out), and its location cell is the one
 holding the defect box's centre. A share of the training parts (``regions``) is two-tone:
 large light and dark regions over the texture. Without them the classifier had never seen
 large-scale structure, and on unseen textures made of it (bands, blobs) it took the
-structure for defects and missed pits on it; with them, and 4x the clips, held-out AUROC
-rose from about 0.90 to 0.96-0.97 (see the README).
+structure for defects and missed pits on it; with them, and 4-6x the clips, held-out
+AUROC rose from about 0.90 to 0.97 (see the README).
 
 Training: Adam, the learning rate decaying to 0 over the run (cosine, per step), flips and
 contrast jitter as augmentation.
