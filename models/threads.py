@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import os
 from collections.abc import Iterator
 
@@ -20,7 +19,6 @@ import torch
 
 __all__ = ["keep_freed_memory", "torch_threads"]
 
-log = logging.getLogger("vigil.threads")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 
@@ -42,9 +40,6 @@ def keep_freed_memory() -> bool:
     library is not glibc (nothing changes there)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
-        log.debug("no glibc mallopt here: allocator left as it is")
+    except (OSError, AttributeError):  # not glibc: the allocator is left as it is
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))

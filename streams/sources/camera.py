@@ -147,10 +147,13 @@ def texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return _grey(t)
 
 
+GREY_LOW, GREY_SPAN = 60.0, 140.0  # the textures' grey range: [60, 200]
+
+
 def _grey(t: np.ndarray) -> np.ndarray:
-    """Stretched to the textures' grey range, about [60, 200]."""
+    """Stretched to the textures' grey range."""
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    return (60 + 140 * t).astype(np.float32)
+    return (GREY_LOW + GREY_SPAN * t).astype(np.float32)
 
 
 def two_tone(tex: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +166,7 @@ def two_tone(tex: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     f = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     f = 1 / (1 + np.exp(-rng.uniform(0.5, 6) * (f - f.mean()) / (f.std() + 1e-6)))
     strength = rng.uniform(0.3, 0.8)
-    u = (tex - 60) / 140
+    u = (tex - GREY_LOW) / GREY_SPAN  # back to [0, 1], as ``f``
     if rng.random() < 0.5:
         u = (1 - strength) * u + strength * f
     else:
