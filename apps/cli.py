@@ -979,6 +979,11 @@ def train_inspection(
     camera_size: int = typer.Option(
         128, min=16, help="the simulated cameras' frame size (frames are resized to SIZE)"
     ),
+    views: int = typer.Option(
+        2,
+        help="flips averaged at inference, inside the model: 1 (none), 2 (and upside down) "
+        "or 4 (all); each view costs one more classifier pass in the worker",
+    ),
     seed: int = typer.Option(0, help="simulator and training seed"),
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
@@ -1002,6 +1007,7 @@ def train_inspection(
             epochs=epochs,
             train_clips=clips,
             test_clips=test_clips,
+            views=views,
         )
         VideoNet(cfg)  # shape checks before the slow part
     except ValueError as exc:

@@ -18,7 +18,9 @@ from models.compression.export import calibrate, export_qdq, optimized_ops
 from models.serving import onnx_session
 from models.video import VideoConfig, VideoNet, export_video
 
-CFG = VideoConfig(size=32, camera_size=32, frames=4, d=16)
+# one view: the bounds below are on a single pass (averaged views shrink the output
+# range of this untrained net more than its rounding error)
+CFG = VideoConfig(size=32, camera_size=32, frames=4, d=16, views=1)
 
 
 @pytest.fixture(scope="module")

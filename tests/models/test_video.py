@@ -3,6 +3,8 @@ learns, and ONNX Runtime against torch at other batch sizes than the export's.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -125,3 +127,43 @@ def test_training_is_reproducible_whatever_thread_count_it_finds(clips):
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(first, second)
+
+
+def test_evaluation_averages_the_clip_and_its_flips(tmp_path, clips):
+    # the reference: a one-view net with the same weights, run on clips flipped with numpy,
+    # its location logits flipped back the same way
+    x = clips.clips[:5]
+    torch.manual_seed(3)
+    one = VideoNet(VideoConfig(size=64, views=1)).eval()
+    with torch.no_grad():
+        single = [
+            [t.numpy() for t in one(torch.from_numpy(np.ascontiguousarray(np.flip(x, axes))))]
+            for axes in ((), (3,), (4,), (3, 4))
+        ]
+    for views in (2, 4):
+        net = VideoNet(VideoConfig(size=64, views=views)).eval()
+        net.load_state_dict(one.state_dict())
+        with torch.no_grad():
+            logit, where = (t.numpy() for t in net(torch.from_numpy(x)))
+        back = [
+            np.flip(w.reshape(-1, GRID, GRID), [a - 2 for a in axes]).reshape(-1, GRID * GRID)
+            for (_l, w), axes in zip(single[:views], ((), (3,), (4,), (3, 4)), strict=False)
+        ]
+        np.testing.assert_allclose(logit, np.mean([s[0] for s in single[:views]], 0), atol=1e-5)
+        np.testing.assert_allclose(where, np.mean(back, 0), atol=1e-5)
+        net.train()  # training runs one view
+        assert torch.equal(net(torch.from_numpy(x))[0], one(torch.from_numpy(x))[0])
+    # the views are in the exported graph, and a model written before views existed
+    # loads as one view
+    path = save_video_model(net.eval(), VideoConfig(size=64, views=4), tmp_path, x[:2], {})
+    session = ort.InferenceSession(str(path / "clip.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"clip": x})[0], logit, rtol=1e-4, atol=1e-4)
+    manifest = read_manifest(path)
+    del manifest["config"]["views"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_video_net(path)[1].views == 1
+
+
+def test_train_inspection_refuses_views_it_cannot_flip():
+    result = CliRunner().invoke(app, ["train", "inspection", "--views", "3"])
+    assert result.exit_code == 2 and "views must be one of 1, 2, 4" in result.output
