@@ -86,6 +86,10 @@ class Outputs:
         for partition, value in items:
             self._send(topic, value, None, partition)
 
+    def produce_at(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """One keyed record to an explicit partition."""
+        self._send(topic, value, key, partition)
+
     def _send(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
         while True:
             try:
