@@ -26,7 +26,6 @@ import faust
 
 from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
-from apps.kafka import make_producer
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
 from models.registry import Release, ReleaseError
@@ -91,7 +90,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 model.size,
                 pipeline.threshold,
             )
-    outputs = Outputs(make_producer(bootstrap))
+    outputs = Outputs(bootstrap)
     lock = asyncio.Lock()
     streams: list[faust.StreamT] = []  # the agent's stream, for the idle timer's acks
     loops: list[asyncio.AbstractEventLoop] = []  # the app's loop, for the follower's swaps

@@ -32,7 +32,6 @@ from faust.serializers import codecs
 
 from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
-from apps.kafka import make_producer
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
@@ -99,7 +98,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         FEATURE_SPEC.label,
         len(FEATURE_SPEC.names),
     )
-    outputs = Outputs(make_producer(bootstrap))
+    outputs = Outputs(bootstrap)
 
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1

@@ -1,0 +1,54 @@
+"""The workers' output path (apps.worker.Outputs) on the embedded broker: it reports
+delivery failures only, and a batch the broker refused ends the process without committing
+(exit 75), so the batch is redelivered, never dropped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from apps.broker import ensure_topics
+from apps.kafka import make_reader, read_from_start
+from apps.worker import EXIT_OUTPUT_LOST
+
+
+def _run(bootstrap: str, body: str) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(
+        f"""
+        import asyncio
+        from apps.worker import Outputs
+        outputs = Outputs({bootstrap!r})
+        {body}
+        asyncio.run(outputs.flush())
+        print("flushed")
+        """
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_flush_returns_once_the_broker_has_every_record(bootstrap, namespace):
+    topic = f"{namespace}-outputs"
+    ensure_topics(bootstrap, {topic: 2})
+    body = f"outputs.produce({topic!r}, [(str(i).encode(), b'v%d' % i) for i in range(500)])"
+    done = _run(bootstrap, body)
+    assert done.returncode == 0 and "flushed" in done.stdout, done.stderr
+    reader = make_reader(bootstrap)
+    read_from_start(reader, topic)
+    got = []
+    while len(got) < 500 and (msgs := reader.consume(500, timeout=5)):
+        got += [m.value() for m in msgs if m.error() is None]
+    reader.close()
+    assert sorted(got) == sorted(b"v%d" % i for i in range(500))
+
+
+def test_a_refused_record_ends_the_process_without_returning(bootstrap, namespace):
+    topic = f"{namespace}-outputs-refused"
+    ensure_topics(bootstrap, {topic: 2})
+    # partition 7 of a 2-partition topic: librdkafka's delivery report fails it
+    body = f"outputs.produce_to({topic!r}, [(0, b'fine'), (7, b'nowhere')])"
+    refused = _run(bootstrap, body)
+    assert refused.returncode == EXIT_OUTPUT_LOST, refused.stderr
+    assert "flushed" not in refused.stdout and "broker refused 1 output records" in refused.stderr
