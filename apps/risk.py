@@ -2,8 +2,8 @@
 
 Per micro-batch: decode + features + rules + model (streams.pipeline), produce scores,
 alerts and dead letters, wait until the broker has them, then write per-account feature
-state to the faust table's changelog, wait until the broker has that too, and only then
-store it in the table and acknowledge the batch (faust commits acknowledged offsets). A
+state to the faust table's changelog (and the table's store), wait until the broker has
+that too, and only then acknowledge the batch (faust commits acknowledged offsets). A
 crash at any point redelivers events and never loses one; the pipeline's per-account
 offsets make redelivery harmless.
 
@@ -164,7 +164,6 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             t2 = time.perf_counter()
             await outputs.flush()  # outputs durable before state: see module notes
             t3 = time.perf_counter()
-            saved = []
             for account_id, i in result.last_index.items():
                 account = result.states[account_id]
                 snapshot = account.snapshot()
@@ -172,11 +171,11 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 # changelog partition = the source partition (co-partitioned)
                 value = codecs.dumps(state.value_serializer, snapshot)
                 outputs.produce_at(changelog, events[i].message.partition, key, value)
-                saved.append((key, snapshot, account_id, account))
-            await outputs.flush()  # the state durable before the source offsets
-            for key, snapshot, account_id, account in saved:
-                state.data[key] = snapshot  # the table's store; its changelog is written
+                state.data[key] = snapshot  # the table's store: we wrote its changelog
                 pipeline.remember(account_id, snapshot, account)
+            # the state durable before the source offsets: a failed flush ends the process,
+            # taking the in-memory state with it, before any event of the batch is acked
+            await outputs.flush()
             t4 = time.perf_counter()
             for ev in events:
                 await stream.ack(ev)

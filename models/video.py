@@ -127,11 +127,11 @@ class VideoNet(nn.Module):
         location logits flipped back first."""
         if self.training or self.views == 1:
             return self._view(clip)
-        ops = range(self.views)  # _flip's ops: 0 as is, 1 upside down, 2 and 3 mirrored
+        ops = range(self.views)  # _flip_clips's ops: 0 as is, 1 upside down, 2 and 3 mirrored
         logit, where = self._view(torch.cat([_flip_clips(clip, op) for op in ops]))
         logit = logit.view(self.views, -1).mean(0)
-        where = where.view(self.views, -1, 1, GRID, GRID)
-        where = torch.stack([_flip_clips(where[op], op)[:, 0] for op in ops]).mean(0)
+        where = where.view(self.views, -1, GRID, GRID)
+        where = torch.stack([_flip_clips(where[op], op) for op in ops]).mean(0)
         return logit, where.flatten(1)
 
     def _view(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
