@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, Message
 
 from apps.compat import (
     install_faust_end_offset_fix,
+    install_faust_fast_delivery,
     install_faust_fetch_wait,
     install_faust_safe_resume,
 )
@@ -40,6 +41,7 @@ def faust_app(
     install_faust_end_offset_fix(bootstrap)
     install_faust_fetch_wait(settings.fetch_max_wait_ms)
     install_faust_safe_resume()
+    install_faust_fast_delivery()
     datadir = settings.state_dir / "workers"
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
