@@ -30,6 +30,7 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
+from apps.batching import linger_batches
 from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
@@ -143,10 +144,10 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
-        # noack_take: we ack a batch only once it is fully handled. take_events acks in a
-        # `finally`, so a worker stopped mid-batch (SIGTERM cancels the agent while it awaits
-        # the output flush) would commit events whose state was never saved.
-        async for events in stream.noack_take(settings.batch_size, within=within_s):
+        # we ack a batch only once it is fully handled (faust's take_events acks in a
+        # `finally`, so a worker stopped mid-batch would commit events whose state was never
+        # saved); the linger counts from a batch's first event (apps/batching.py)
+        async for events in linger_batches(stream, settings.batch_size, within_s):
             consumed_ms = now_ms()
             records = [
                 RawRecord(

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     )
     partitions: int = Field(default=4, ge=1, le=1024)
     batch_size: int = Field(default=4000, ge=1, description="micro-batch size (stream.take)")
-    batch_wait_ms: int = Field(default=50, ge=1, description="max wait to fill a micro-batch")
+    batch_wait_ms: int = Field(
+        default=20, ge=1, description="longest a micro-batch's first event waits for more"
+    )
     fetch_max_wait_ms: int = Field(
         default=50, ge=1, le=5000, description="longest a consumer fetch waits for data"
     )
