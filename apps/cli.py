@@ -1303,9 +1303,24 @@ def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: b
     table.add_column("model")
     table.add_column("AUC-PR", justify="right")
     table.add_column("recall @ 1 %", justify="right")
+    table.add_column("hybrid minus it [95 % CI]", justify="right")
+    table.add_column("hybrid ahead", justify="right")
     for name, m in report["models"].items():
-        table.add_row(name, f"{m['auc_pr']:.4f}", f"{m['recall_at_rate']:.4f}")
+        vs = report.get("hybrid_vs", {}).get(name)
+        ahead = (
+            ("", "")
+            if vs is None
+            else (
+                f"{vs['difference']:+.4f} [{vs['low']:+.3f}, {vs['high']:+.3f}]",
+                f"{vs['ahead_share']:.0%}",
+            )
+        )
+        table.add_row(name, f"{m['auc_pr']:.4f}", f"{m['recall_at_rate']:.4f}", *ahead)
     out.print(table)
+    out.print(
+        "AUC-PR differences: paired bootstrap over the held-out hours; 'hybrid ahead': "
+        "share of resamples in which the hybrid ranked better"
+    )
     typ = Table(title="recall @ 1 % by typology")
     typ.add_column("typology")
     for name in report["models"]:

@@ -192,6 +192,7 @@ def export_risk(
     state = torch.load(io.BytesIO(files["hybrid.pt"]), weights_only=True)
     cfg = TabularConfig(**manifest["config"])
     net = TabularNet(state["mean"].numpy(), state["std"].numpy(), cfg.hidden, use_gbdt=True)
+    state.setdefault("keep", net.keep)  # models from before TabularConfig.ignored use all
     net.load_state_dict(state)
     gbdt = onnx_session(files["gbdt.onnx"])
     say(f"generating {days} days of labelled history for calibration and verification")

@@ -123,11 +123,18 @@ class _HybridLogit(nn.Module):
     """``TabularNet`` taking its input as one tensor: the features, then (hybrid) the
     GBDT logit as the last column."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, hidden: int, use_gbdt: bool) -> None:
+    def __init__(
+        self,
+        mean: np.ndarray,
+        std: np.ndarray,
+        hidden: int,
+        use_gbdt: bool,
+        keep: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         from models.tabular import TabularNet
 
-        self.net = TabularNet(mean, std, hidden, use_gbdt)
+        self.net = TabularNet(mean, std, hidden, use_gbdt, keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.net.use_gbdt:
@@ -141,7 +148,7 @@ def risk_net_task(path: str) -> Task:
     d = torch.load(path, weights_only=False)
     return Task(
         "risk-hybrid-nn" if d["use_gbdt"] else "risk-nn",
-        lambda: _HybridLogit(d["mean"], d["std"], d["hidden"], d["use_gbdt"]),
+        lambda: _HybridLogit(d["mean"], d["std"], d["hidden"], d["use_gbdt"], d.get("keep")),
         d["x"],
         d["y"],
         d["x_val"],

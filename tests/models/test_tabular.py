@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from models.metrics import average_precision, recall_at_rate
+from models.metrics import ap_difference, average_precision, recall_at_rate
 from models.serving import HybridScorer, ModelError, load_latest, read_manifest
 from models.tabular import (
     PARITY_TOLERANCE,
@@ -47,6 +47,25 @@ def test_recall_at_rate_shares_ties_fairly():
     assert recall_at_rate(y, s, 0.2) == pytest.approx((1 + 0.25) / 2)
 
 
+def test_ap_difference_resamples_whole_blocks_of_paired_rows():
+    rng = np.random.default_rng(5)
+    y = (rng.random(4000) < 0.1).astype(int)
+    blocks = np.arange(4000) // 40  # 100 blocks
+    noisy = y + rng.normal(0, 0.8, 4000)  # a fair model
+    worse = y + rng.normal(0, 1.6, 4000)  # a clearly worse one
+    got = ap_difference(y, noisy, worse, blocks, rounds=300)
+    assert got["difference"] == pytest.approx(
+        average_precision_score(y, noisy) - average_precision_score(y, worse), abs=1e-4
+    )
+    assert 0 < got["low"] < got["difference"] < got["high"]
+    assert got["ahead_share"] == 1.0
+    same = ap_difference(y, noisy, noisy, blocks, rounds=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "ahead_share": 0.0}
+    # one block holding everything: every resample is the data itself, no spread
+    one = ap_difference(y, noisy, worse, np.zeros(4000), rounds=20)
+    assert one["low"] == one["high"] == one["difference"]
+
+
 @pytest.fixture(scope="module")
 def data():
     history = history_from_generator(days=8, seed=3, accounts=400)
@@ -73,6 +92,12 @@ def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
         assert 0 < m["auc_pr"] <= 1 and 0 <= m["recall_at_rate"] <= 1
     # the models learn something the rules' coarse score does not rank
     assert report["models"]["lightgbm"]["auc_pr"] > report["models"]["rules_only"]["auc_pr"]
+    models = report["models"]
+    assert set(report["hybrid_vs"]) == {"rules_only", "lightgbm", "nn"}
+    for name, vs in report["hybrid_vs"].items():
+        gap = models["hybrid"]["auc_pr"] - models[name]["auc_pr"]
+        assert vs["difference"] == pytest.approx(gap, abs=2e-4)  # both rounded to 4 places
+        assert vs["low"] <= vs["high"] and 0 <= vs["ahead_share"] <= 1
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +115,29 @@ def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, expo
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["version"] == exported.name == scorer.version
     assert manifest["feature_spec"] == FEATURE_SPEC.label
+
+
+def test_the_history_length_features_move_no_score(data, model, exported):
+    # HISTORY_LENGTH_FEATURES: values served later lie outside the training range, so the
+    # models must not depend on them at all (the reference: the same rows unchanged)
+    x = data[1].features[:1000]
+    shifted = x.copy()
+    for name in TabularConfig().ignored:
+        shifted[:, FEATURE_SPEC.names.index(name)] *= 50  # far past anything in training
+    scorer = HybridScorer.load(exported, FEATURE_SPEC.label)
+    assert np.array_equal(scorer.score_batch(shifted), scorer.score_batch(x))
+    assert np.array_equal(model.booster.predict(shifted), model.booster.predict(x))
+    assert np.array_equal(model.predict(shifted), model.predict(x))
+    assert set(TabularConfig().ignored) == {"account_age_days", "hist_count"}
+    # and a feature the models do use does move scores (the check above can fail)
+    moved = x.copy()
+    moved[:, FEATURE_SPEC.names.index("sum_1h")] *= 50
+    assert not np.array_equal(scorer.score_batch(moved), scorer.score_batch(x))
+
+
+def test_ignoring_a_feature_the_spec_does_not_have_is_refused(data):
+    with pytest.raises(ValueError, match="not in the feature spec: \\['no_such'\\]"):
+        train(data[0], TabularConfig(seed=3, ignored=("no_such",)), say=lambda _m: None)
 
 
 def test_the_newest_model_is_loaded_and_alerts_can_be_explained(data, exported):
