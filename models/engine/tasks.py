@@ -123,18 +123,11 @@ class _HybridLogit(nn.Module):
     """``TabularNet`` taking its input as one tensor: the features, then (hybrid) the
     GBDT logit as the last column."""
 
-    def __init__(
-        self,
-        mean: np.ndarray,
-        std: np.ndarray,
-        hidden: int,
-        use_gbdt: bool,
-        keep: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, *net_args: object) -> None:  # TabularNet's
         super().__init__()
         from models.tabular import TabularNet
 
-        self.net = TabularNet(mean, std, hidden, use_gbdt, keep)
+        self.net = TabularNet(*net_args)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.net.use_gbdt:
