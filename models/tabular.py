@@ -32,7 +32,7 @@ from torch import nn
 
 from models.metrics import ap_difference, average_precision, flagged_share, recall_at_rate
 from models.threads import torch_threads
-from streams.features.library import DAY_MS, FEATURE_SPEC
+from streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
 
 __all__ = [
     "History",
@@ -294,10 +294,10 @@ def keep_mask(cfg: TabularConfig) -> np.ndarray:
     return np.array([0.0 if n in cfg.ignored else 1.0 for n in FEATURE_SPEC.names])
 
 
-def _fit_gbdt(x: np.ndarray, y: np.ndarray, cfg: TabularConfig) -> lgb.Booster:
+def _fit_gbdt(x: np.ndarray, y: np.ndarray, cfg: TabularConfig, keep: np.ndarray) -> lgb.Booster:
     # an ignored feature is constant in training, so no tree splits on it: the booster
     # takes the full feature vector and never looks at those columns
-    x = np.where(keep_mask(cfg) == 0, np.float32(0), x)
+    x = np.where(keep == 0, np.float32(0), x)
     return lgb.train(_lgb_params(cfg), lgb.Dataset(x, y, free_raw_data=False), cfg.trees)
 
 
@@ -450,21 +450,21 @@ def _train(history: History, cfg: TabularConfig, say: Progress) -> HybridModel:
             "calibration): use more days or a higher typology rate"
         )
 
+    keep = keep_mask(cfg)  # refuses an ignored name the spec does not have, before any fit
     say(f"out-of-fold GBDT logits over {cfg.folds} time blocks of {n_fit} rows")
     oof = np.zeros(n_fit)
     blocks = np.array_split(np.arange(n_fit), cfg.folds)
     for k, block in enumerate(blocks):
         rest = np.setdiff1d(np.arange(n_fit), block)
-        oof[block] = _fit_gbdt(xf[rest], yf[rest], cfg).predict(xf[block], raw_score=True)
+        oof[block] = _fit_gbdt(xf[rest], yf[rest], cfg, keep).predict(xf[block], raw_score=True)
         say(f"  block {k + 1}/{cfg.folds} done")
     say(f"GBDT: {cfg.trees} trees x {cfg.leaves} leaves on {n_fit} rows")
-    booster = _fit_gbdt(xf, yf, cfg)
+    booster = _fit_gbdt(xf, yf, cfg, keep)
     mean, std = _normaliser(xf)
 
     say(f"hybrid NN: up to {cfg.epochs} epochs")
     gc = _gbdt_logit(booster, xc)
     fit = _fit_net if cfg.nproc == 1 else _fit_net_engine
-    keep = keep_mask(cfg)
     hybrid = TabularNet(mean, std, cfg.hidden, use_gbdt=True, keep=keep)
     fit(hybrid, (xf, yf, oof), (xc, yc, gc), cfg, say)
     say(f"NN-only baseline: up to {cfg.epochs} epochs")
@@ -511,7 +511,7 @@ def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int 
             "recall_at_rate": round(recall_at_rate(y, s, rate), 4),
             "recall_by_typology": per_typology,
         }
-    hours = test.ts_ms // 3_600_000
+    hours = test.ts_ms // HOUR_MS
     out["hybrid_vs"] = {
         name: ap_difference(y, scores["hybrid"], s, hours, rounds, seed=model.config.seed)
         for name, s in scores.items()
