@@ -222,6 +222,8 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         for flag in ("round", "night", "weekend", "cross_border", "high_risk_country"):
             f[f"is_{flag}"] = float(flags[flag](tx))
         f["hour_of_day"] = float(hour(tx))
+        for ch in L.CHANNELS:
+            f[f"is_channel_{ch}"] = float(tx["channel"] == ch)
         earlier = history[:i]
         gap = float(max(0, ts - max(t["ts_ms"] for t in earlier))) if earlier else None
         f["time_since_prev_ms"] = gap

@@ -202,6 +202,10 @@ def _build() -> dict[str, Operator]:
     for flag in ("round", "night", "weekend", "cross_border", "high_risk_country"):
         f[f"is_{flag}"] = Current(flag)
     f["hour_of_day"] = Current("hour")
+    # its channel (lib-3): the shares above move by one event in a week's, too little to
+    # tell a cash deposit or a wire from the account's usual card payments
+    for ch in CHANNELS:
+        f[f"is_channel_{ch}"] = Current(f"channel_{ch}")
     # running per-account history (arrival order)
     for kind in (
         "time_since_prev_ms",
@@ -270,4 +274,4 @@ def _digest() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-2", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-3", tuple(FEATURES), _digest())
