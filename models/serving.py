@@ -2,7 +2,7 @@
 
 A model directory holds ``manifest.json`` plus the files it lists with their sha256. The
 risk model (``format: onnx:gbdt+nn``) is two ONNX Runtime sessions called once each per
-micro-batch: LightGBM's probability feeds the hybrid NN graph. Its LightGBM text model is
+micro-batch: LightGBM's raw margin feeds the hybrid NN graph. Its LightGBM text model is
 loaded too, only to explain alerts (per-feature contributions, ``pred_contrib``).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "BatchScorer",
+    "GBDT_OUTPUT",
     "ClipScorer",
     "HybridScorer",
     "ModelError",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
+# The risk model's LightGBM graph output: rows x 2, column 1 the raw margin (the hybrid's
+# ``gbdt_logit`` input), column 0 its negative
+GBDT_OUTPUT = "margins"
 
 
 class ModelError(Exception):
@@ -93,8 +97,8 @@ class HybridScorer:
         x = np.ascontiguousarray(features, dtype=np.float32)
         if not len(x):
             return np.zeros(0, dtype=np.float32)
-        prob = self.gbdt.run(["probabilities"], {"features": x})[0][:, 1]
-        return self.hybrid.run(None, {"features": x, "gbdt_prob": np.ascontiguousarray(prob)})[0]
+        margin = np.ascontiguousarray(self.gbdt.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
+        return self.hybrid.run(None, {"features": x, "gbdt_logit": margin})[0]
 
     def explain(self, features: np.ndarray, names: Sequence[str], top: int = 3) -> list[list]:
         """The GBDT's largest positive feature contributions (log-odds) per row: only for

@@ -43,6 +43,8 @@ __all__ = [
     "export",
     "featurise",
     "finetune_net",
+    "float32_thresholds",
+    "gbdt_to_onnx",
     "history_from_files",
     "history_from_generator",
     "net_to_onnx",
@@ -230,15 +232,11 @@ class TabularNet(nn.Module):
             z = z + self.gbdt_weight * gbdt_logit
         return z
 
-    def forward(self, x: torch.Tensor, gbdt_prob: torch.Tensor | None = None) -> torch.Tensor:
-        """Calibrated probability; the GBDT enters as its probability (what the exported
-        LightGBM graph outputs), turned back into a logit here."""
-        g = None
-        if self.use_gbdt:
-            p = torch.clamp(gbdt_prob, 1e-7, 1 - 1e-7)
-            g = torch.log(p) - torch.log1p(-p)
+    def forward(self, x: torch.Tensor, gbdt_logit: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probability; the GBDT enters as its raw margin (what the exported
+        LightGBM graph outputs)."""
         a, b = self.calibration[0], self.calibration[1]
-        return torch.sigmoid(a * self.logit(x, g) + b)
+        return torch.sigmoid(a * self.logit(x, gbdt_logit if self.use_gbdt else None) + b)
 
 
 @dataclass
@@ -255,8 +253,7 @@ class HybridModel:
         """Hybrid probability per row (float32 features, NaN = missing)."""
         with torch.no_grad():
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            p = torch.from_numpy(np.asarray(self.booster.predict(x), dtype=np.float32))
-            return self.hybrid(xt, p).numpy()
+            return self.hybrid(xt, torch.from_numpy(_gbdt_logit(self.booster, x))).numpy()
 
 
 def _calibrated(z: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -298,7 +295,33 @@ def _fit_gbdt(x: np.ndarray, y: np.ndarray, cfg: TabularConfig, keep: np.ndarray
     # an ignored feature is constant in training, so no tree splits on it: the booster
     # takes the full feature vector and never looks at those columns
     x = np.where(keep == 0, np.float32(0), x)
-    return lgb.train(_lgb_params(cfg), lgb.Dataset(x, y, free_raw_data=False), cfg.trees)
+    booster = lgb.train(_lgb_params(cfg), lgb.Dataset(x, y, free_raw_data=False), cfg.trees)
+    return float32_thresholds(booster)
+
+
+def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
+    """The booster with every split threshold lowered to the largest float32 at or below it.
+
+    LightGBM splits ``x <= t`` on a double ``t`` (often a midpoint between two float32
+    values); ONNX's tree ensemble holds ``t`` as the nearest float32, which can round up onto
+    the next value: that value then takes the other branch in the exported graph (one
+    trained booster put a row 2.8e-5 apart). For a float32 ``x`` (every feature vector is
+    one), ``x <= t`` holds exactly when ``x <= floor32(t)``, so the booster predicts the
+    same on all of them, and the export holds its thresholds exactly.
+    """
+    # without the header's tree byte sizes, which the new numbers' lengths would break,
+    # LightGBM reads the trees one after the other
+    lines = [
+        line for line in booster.model_to_string().split("\n") if not line.startswith("tree_sizes=")
+    ]
+    for i, line in enumerate(lines):
+        if line.startswith("threshold="):
+            t = np.array(line[len("threshold=") :].split(), dtype=np.float64)
+            down = t.astype(np.float32)
+            up = down.astype(np.float64) > t
+            down[up] = np.nextafter(down[up], np.float32(-np.inf))
+            lines[i] = "threshold=" + " ".join(repr(float(v)) for v in down)
+    return lgb.Booster(model_str="\n".join(lines))
 
 
 def _platt(z: np.ndarray, y: np.ndarray, steps: int = 500) -> tuple[float, float]:
@@ -420,9 +443,8 @@ def _logits(net: TabularNet, x: np.ndarray, g: np.ndarray | None) -> np.ndarray:
 
 
 def _gbdt_logit(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
-    """The GBDT logit as serving derives it: from the float32 probability, clamped."""
-    p = np.clip(np.asarray(booster.predict(x), dtype=np.float32), 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
+    """The GBDT's raw margin in float32, as the exported graph hands it on."""
+    return np.asarray(booster.predict(x, raw_score=True), dtype=np.float32)
 
 
 def _normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -529,19 +551,10 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     a manifest. Before anything is written, ONNX Runtime must reproduce the Python model on
     the ``check`` rows within ``PARITY_TOLERANCE``. Returns the model's directory
     (``out_dir/<version>``)."""
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
-
     from models.serving import HybridScorer, write_model
 
     n = len(FEATURE_SPEC.names)
-    graph = onnxmltools.convert_lightgbm(
-        model.booster,
-        initial_types=[("features", FloatTensorType([None, n]))],
-        zipmap=False,
-    )
-    graph.graph.name = "risk_gbdt"  # the converter names it with a random uuid
-    gbdt = graph.SerializeToString()
+    gbdt = gbdt_to_onnx(model.booster, n)
     hybrid = net_to_onnx(model.hybrid, n)
     state = io.BytesIO()
     torch.save(model.hybrid.state_dict(), state)  # quantized exports (vigil export) start here
@@ -580,9 +593,43 @@ def finetune_net(
         _fit_net(net, data, held, cfg, say)
 
 
+def gbdt_to_onnx(booster: lgb.Booster, n: int) -> bytes:
+    """The LightGBM graph: input ``features`` (n), output ``margins`` (rows x 2, column 1
+    the raw margin, column 0 its negative). The same booster gives the same bytes in every
+    process.
+
+    Raw margins, not probabilities: ONNX Runtime's float sigmoid takes ``1 - v`` for a
+    negative margin, which leaves a probability of 1e-3 only four significant digits (and
+    one of 1e-8 none), and the hybrid needs the margin back. Summed in float32 the margin
+    is within a few 1e-6 of LightGBM's double one."""
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from models.serving import GBDT_OUTPUT
+
+    graph = onnxmltools.convert_lightgbm(
+        booster, initial_types=[("features", FloatTensorType([None, n]))], zipmap=False
+    )
+    graph.graph.name = "risk_gbdt"  # the converter names it with a random uuid
+    (trees,) = (node for node in graph.graph.node if node.op_type == "TreeEnsembleClassifier")
+    (post,) = (a for a in trees.attribute if a.name == "post_transform")
+    post.s = b"NONE"
+    for node in graph.graph.node:
+        node.output[:] = [GBDT_OUTPUT if o == "probabilities" else o for o in node.output]
+    for value in graph.graph.output:
+        if value.name == "probabilities":
+            value.name = GBDT_OUTPUT
+    # and lists the opsets in set order, which changes with the process's string hashing
+    opsets = sorted(graph.opset_import, key=lambda o: o.domain)
+    del graph.opset_import[:]
+    graph.opset_import.extend(opsets)
+    return graph.SerializeToString()
+
+
 def net_to_onnx(net: TabularNet, n: int) -> bytes:
-    """The hybrid NN graph: inputs ``features`` (n) and ``gbdt_prob``, output ``probability``."""
+    """The hybrid NN graph: inputs ``features`` (n) and ``gbdt_logit``, output
+    ``probability``."""
     from models.onnx_export import torch_to_onnx
 
-    example = (torch.zeros(2, n), torch.full((2,), 0.5))
-    return torch_to_onnx(net, example, ["features", "gbdt_prob"], ["probability"], "rows")
+    example = (torch.zeros(2, n), torch.zeros(2))
+    return torch_to_onnx(net, example, ["features", "gbdt_logit"], ["probability"], "rows")

@@ -51,7 +51,7 @@ def _feeds(model: str, manifest: dict, batch: int) -> dict[str, np.ndarray]:
 
     x = rng.lognormal(0, 1.5, (batch, len(FEATURE_SPEC.names))).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = np.nan
-    return {"features": x, "gbdt_prob": rng.random(batch, dtype=np.float32)}
+    return {"features": x, "gbdt_logit": rng.normal(-4, 3, batch).astype(np.float32)}
 
 
 def _measure(model: str, graph: bytes, manifest: dict) -> dict[str, float]:

@@ -172,7 +172,14 @@ def export_risk(
     quarter trains, the second picks the epoch), the second half compares AUC-PR with the
     fp32 model; writes ``out_dir/<version>`` (a complete risk model) if it passes."""
     from models.metrics import average_precision
-    from models.serving import ModelError, onnx_session, read_files, read_manifest
+    from models.serving import (
+        GBDT_OUTPUT,
+        ModelError,
+        check_feature_spec,
+        onnx_session,
+        read_files,
+        read_manifest,
+    )
     from models.tabular import (
         TabularConfig,
         TabularNet,
@@ -181,9 +188,12 @@ def export_risk(
         net_to_onnx,
         temporal_split,
     )
+    from streams.features.library import FEATURE_SPEC
 
     _check_bits(bits)
     manifest = read_manifest(model_dir)
+    # one trained on another feature spec (and before lib-3, on the GBDT's probability)
+    check_feature_spec(manifest.get("feature_spec"), FEATURE_SPEC.label, f"model {model_dir}")
     files = read_files(model_dir, manifest)
     if "hybrid.pt" not in files:
         raise ModelError(
@@ -198,12 +208,8 @@ def export_risk(
     say(f"generating {days} days of labelled history for calibration and verification")
     fit, held = temporal_split(history_from_generator(days=days, seed=4242), days / 2)
 
-    def gbdt_prob(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(gbdt.run(["probabilities"], {"features": x})[0][:, 1])
-
     def gbdt_logit(x: np.ndarray) -> np.ndarray:
-        p = np.clip(gbdt_prob(x), 1e-7, 1 - 1e-7)
-        return np.log(p) - np.log1p(-p)
+        return np.ascontiguousarray(gbdt.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
 
     fp32 = files["hybrid.onnx"]
     n = fit.features.shape[1]
@@ -211,14 +217,14 @@ def export_risk(
         graph = weight_only(fp32, 16)
     elif bits == 8:
         xc = fit.features.astype(np.float32)
-        pc = gbdt_prob(xc)
+        pc = gbdt_logit(xc)
         batches = [
             (torch.from_numpy(xc[i : i + 1024]), torch.from_numpy(pc[i : i + 1024]))
             for i in range(0, len(xc), 1024)
         ]
         calibrate(net, quant_config(bits), batches)
-        example = (torch.zeros(2, n), torch.full((2,), 0.5))
-        graph = export_qdq(net, example, ["features", "gbdt_prob"], ["probability"])
+        example = (torch.zeros(2, n), torch.zeros(2))
+        graph = export_qdq(net, example, ["features", "gbdt_logit"], ["probability"])
     else:
         train_part, pick_part = temporal_split(fit, days / 4)
         say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {len(train_part.labels)} rows")
@@ -232,10 +238,10 @@ def export_risk(
         graph = weight_only(net_to_onnx(bake(net), n), bits)
     graph = compact_names(graph)
     xh = held.features.astype(np.float32)
-    ph = gbdt_prob(xh)
+    ph = gbdt_logit(xh)
 
     def score(g: bytes) -> float:
-        out = onnx_session(g).run(None, {"features": xh, "gbdt_prob": ph})[0]
+        out = onnx_session(g).run(None, {"features": xh, "gbdt_logit": ph})[0]
         return average_precision(held.labels, out)
 
     report = _report(bits, manifest, "auc_pr", score(fp32), score(graph), fp32, graph)

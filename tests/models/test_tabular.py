@@ -2,7 +2,10 @@
 parity, and model files that must be refused."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,12 +14,21 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
 from models.metrics import ap_difference, average_precision, recall_at_rate
-from models.serving import HybridScorer, ModelError, load_latest, read_manifest
+from models.serving import (
+    GBDT_OUTPUT,
+    HybridScorer,
+    ModelError,
+    load_latest,
+    onnx_session,
+    read_manifest,
+)
 from models.tabular import (
     PARITY_TOLERANCE,
     TabularConfig,
     evaluate,
     export,
+    float32_thresholds,
+    gbdt_to_onnx,
     history_from_generator,
     temporal_split,
     train,
@@ -114,6 +126,12 @@ def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, expo
     assert np.isnan(x).any()  # missing values took the same path in both
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["version"] == exported.name == scorer.version
+    # the tree graph hands on LightGBM's raw margin, also where a float32 probability
+    # would have lost its digits (1 - 0.9999...)
+    margin = onnx_session((exported / "gbdt.onnx").read_bytes()).run([GBDT_OUTPUT], {"features": x})
+    want_margin = model.booster.predict(x, raw_score=True)
+    assert (want_margin < -5).mean() > 0.5  # most rows: p < 0.007
+    np.testing.assert_allclose(margin[0][:, 1], want_margin, rtol=1e-6, atol=1e-5)
     assert manifest["feature_spec"] == FEATURE_SPEC.label
 
 
@@ -180,6 +198,62 @@ def test_the_same_training_exports_the_same_files_and_version(data, model, expor
     assert again.name == exported.name
     for name in ("gbdt.onnx", "hybrid.onnx", "booster.txt"):
         assert (again / name).read_bytes() == (exported / name).read_bytes(), name
+
+
+def test_tree_thresholds_between_two_float32_values_export_exactly():
+    """LightGBM splits two adjacent float32 values at their midpoint in double, which ONNX's
+    float thresholds round onto the upper value: the graph sends it down the other branch.
+    ``float32_thresholds`` lowers the threshold so both agree, and LightGBM's predictions on
+    float32 inputs do not change."""
+    import lightgbm as lgb
+
+    lo = np.float32(13.39)  # the value one trained booster split on
+    while True:  # the next value up at which the midpoint rounds onto the upper value
+        hi = np.nextafter(lo, np.float32(np.inf))
+        if np.float32((np.float64(lo) + np.float64(hi)) / 2) == hi:
+            break
+        lo = hi
+    x = np.repeat(np.array([lo, hi], dtype=np.float32), 50).reshape(-1, 1)
+    y = np.repeat([0.0, 1.0], 50)
+    params = {"objective": "binary", "num_leaves": 2, "min_data_in_leaf": 1, "verbosity": -1}
+    raw = lgb.train({**params, "min_data_in_bin": 1}, lgb.Dataset(x, y), 1)
+    fixed = float32_thresholds(raw)
+    probe = np.concatenate(
+        [np.array([lo, hi]), np.random.default_rng(0).normal(13.39, 1e-5, 500)]
+    ).astype(np.float32)[:, None]
+
+    def graph(booster):  # noqa: ANN001, ANN202
+        session = onnx_session(gbdt_to_onnx(booster, 1))
+        return session.run([GBDT_OUTPUT], {"features": probe})[0][:, 1]
+
+    want = raw.predict(probe, raw_score=True)
+    assert want[1] > 0 > want[0]  # lightgbm told the two apart
+    assert graph(raw)[1] < 0  # the plain export did not (the defect this guards)
+    np.testing.assert_array_equal(fixed.predict(probe, raw_score=True), want)
+    np.testing.assert_allclose(graph(fixed), want, atol=1e-6)
+
+
+def test_the_tree_graph_is_the_same_bytes_in_every_process(model):
+    """The converter lists its opsets in set order, which follows the process's string
+    hashing: two processes with different hash seeds must write the same graph."""
+    script = (
+        "import sys, hashlib, lightgbm as lgb; from models.tabular import gbdt_to_onnx; "
+        "b = lgb.Booster(model_str=sys.stdin.read()); "
+        f"print(hashlib.sha256(gbdt_to_onnx(b, {len(FEATURE_SPEC.names)})).hexdigest())"
+    )
+    text = model.booster.model_to_string()
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("0", "20", "22", "37")  # 20, 22, 37 put the ML opset first
+    }
+    assert len(digests) == 1
 
 
 def test_the_nns_train_data_parallel_on_the_engine(data, model, tmp_path):
