@@ -16,10 +16,16 @@ __all__ = ["publish", "read_messages", "read_topic", "Published", "Pacer"]
 
 
 class Pacer:
-    """Keeps a loop at ``rate`` iterations per second (0 = as fast as possible)."""
+    """Keeps a loop at ``rate`` iterations per second (0 = as fast as possible).
 
-    def __init__(self, rate: float) -> None:
+    It sleeps once the loop is ``granularity_s`` ahead, not after every iteration: at
+    5,000/s a sleep per record cost the publisher 16 % of a core in wake-ups (0.48 s of CPU
+    per 3 s against 0.07 s), on a machine whose two cores the pipeline under test shares.
+    The producer batches for ``linger.ms`` (5 ms) anyway, so the broker sees the same."""
+
+    def __init__(self, rate: float, granularity_s: float = 0.001) -> None:
         self.rate = rate
+        self.granularity_s = granularity_s
         self._start = time.monotonic()
         self._n = 0
 
@@ -27,7 +33,7 @@ class Pacer:
         self._n += 1
         if self.rate > 0:
             ahead_s = self._n / self.rate - (time.monotonic() - self._start)
-            if ahead_s > 0:
+            if ahead_s >= self.granularity_s:
                 time.sleep(ahead_s)
 
 
