@@ -21,8 +21,8 @@ import numpy as np
 
 __all__ = [
     "BatchScorer",
-    "GBDT_OUTPUT",
     "ClipScorer",
+    "GBDT_OUTPUT",
     "HybridScorer",
     "ModelError",
     "ModelHolder",

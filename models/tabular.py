@@ -307,13 +307,15 @@ def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
     the next value: that value then takes the other branch in the exported graph (one
     trained booster put a row 2.8e-5 apart). For a float32 ``x`` (every feature vector is
     one), ``x <= t`` holds exactly when ``x <= floor32(t)``, so the booster predicts the
-    same on all of them, and the export holds its thresholds exactly.
+    same on all of them, and the export holds its thresholds exactly. Numerical splits only
+    (a categorical split's threshold is an index): the feature vector has no categories.
     """
+    text = booster.model_to_string()
+    if "cat_boundaries=" in text:
+        raise ValueError("float32_thresholds: the booster has categorical splits")
     # without the header's tree byte sizes, which the new numbers' lengths would break,
     # LightGBM reads the trees one after the other
-    lines = [
-        line for line in booster.model_to_string().split("\n") if not line.startswith("tree_sizes=")
-    ]
+    lines = [line for line in text.split("\n") if not line.startswith("tree_sizes=")]
     for i, line in enumerate(lines):
         if line.startswith("threshold="):
             t = np.array(line[len("threshold=") :].split(), dtype=np.float64)
