@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,7 @@ __all__ = [
     "BatchScorer",
     "ClipScorer",
     "GBDT_OUTPUT",
+    "gbdt_margin",
     "HybridScorer",
     "ModelError",
     "ModelHolder",
@@ -41,6 +42,12 @@ MANIFEST = "manifest.json"
 # The risk model's LightGBM graph output: rows x 2, column 1 the raw margin (the hybrid's
 # ``gbdt_logit`` input), column 0 its negative
 GBDT_OUTPUT = "margins"
+
+
+def gbdt_margin(session: Any, x: np.ndarray) -> np.ndarray:
+    """The risk model's tree graph (an ONNX Runtime session) on float32 rows: the raw margin
+    per row, contiguous, as the hybrid graph takes it."""
+    return np.ascontiguousarray(session.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
 
 
 class ModelError(Exception):
@@ -97,7 +104,7 @@ class HybridScorer:
         x = np.ascontiguousarray(features, dtype=np.float32)
         if not len(x):
             return np.zeros(0, dtype=np.float32)
-        margin = np.ascontiguousarray(self.gbdt.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
+        margin = gbdt_margin(self.gbdt, x)
         return self.hybrid.run(None, {"features": x, "gbdt_logit": margin})[0]
 
     def explain(self, features: np.ndarray, names: Sequence[str], top: int = 3) -> list[list]:

@@ -173,9 +173,9 @@ def export_risk(
     fp32 model; writes ``out_dir/<version>`` (a complete risk model) if it passes."""
     from models.metrics import average_precision
     from models.serving import (
-        GBDT_OUTPUT,
         ModelError,
         check_feature_spec,
+        gbdt_margin,
         onnx_session,
         read_files,
         read_manifest,
@@ -208,16 +208,13 @@ def export_risk(
     say(f"generating {days} days of labelled history for calibration and verification")
     fit, held = temporal_split(history_from_generator(days=days, seed=4242), days / 2)
 
-    def gbdt_logit(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(gbdt.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
-
     fp32 = files["hybrid.onnx"]
     n = fit.features.shape[1]
     if bits == 16:
         graph = weight_only(fp32, 16)
     elif bits == 8:
         xc = fit.features.astype(np.float32)
-        pc = gbdt_logit(xc)
+        pc = gbdt_margin(gbdt, xc)
         batches = [
             (torch.from_numpy(xc[i : i + 1024]), torch.from_numpy(pc[i : i + 1024]))
             for i in range(0, len(xc), 1024)
@@ -230,7 +227,7 @@ def export_risk(
         say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {len(train_part.labels)} rows")
         prepare_qat(net, quant_config(bits, activation_bits=None))
         data, pick = (
-            (h.features, h.labels, gbdt_logit(h.features)) for h in (train_part, pick_part)
+            (h.features, h.labels, gbdt_margin(gbdt, h.features)) for h in (train_part, pick_part)
         )
         finetune_net(
             net, data, pick, replace(cfg, epochs=qat_epochs, lr=cfg.lr * QAT_LR_SHARE), say
@@ -238,7 +235,7 @@ def export_risk(
         graph = weight_only(net_to_onnx(bake(net), n), bits)
     graph = compact_names(graph)
     xh = held.features.astype(np.float32)
-    ph = gbdt_logit(xh)
+    ph = gbdt_margin(gbdt, xh)
 
     def score(g: bytes) -> float:
         out = onnx_session(g).run(None, {"features": xh, "gbdt_logit": ph})[0]

@@ -15,9 +15,9 @@ from sklearn.metrics import average_precision_score
 
 from models.metrics import ap_difference, average_precision, recall_at_rate
 from models.serving import (
-    GBDT_OUTPUT,
     HybridScorer,
     ModelError,
+    gbdt_margin,
     load_latest,
     onnx_session,
     read_manifest,
@@ -128,10 +128,10 @@ def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, expo
     assert manifest["version"] == exported.name == scorer.version
     # the tree graph hands on LightGBM's raw margin, also where a float32 probability
     # would have lost its digits (1 - 0.9999...)
-    margin = onnx_session((exported / "gbdt.onnx").read_bytes()).run([GBDT_OUTPUT], {"features": x})
+    margin = gbdt_margin(onnx_session((exported / "gbdt.onnx").read_bytes()), x)
     want_margin = model.booster.predict(x, raw_score=True)
     assert (want_margin < -5).mean() > 0.5  # most rows: p < 0.007
-    np.testing.assert_allclose(margin[0][:, 1], want_margin, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(margin, want_margin, rtol=1e-6, atol=1e-5)
     assert manifest["feature_spec"] == FEATURE_SPEC.label
 
 
@@ -223,8 +223,7 @@ def test_tree_thresholds_between_two_float32_values_export_exactly():
     ).astype(np.float32)[:, None]
 
     def graph(booster):  # noqa: ANN001, ANN202
-        session = onnx_session(gbdt_to_onnx(booster, 1))
-        return session.run([GBDT_OUTPUT], {"features": probe})[0][:, 1]
+        return gbdt_margin(onnx_session(gbdt_to_onnx(booster, 1)), probe)
 
     want = raw.predict(probe, raw_score=True)
     assert want[1] > 0 > want[0]  # lightgbm told the two apart
