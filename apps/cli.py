@@ -160,6 +160,9 @@ def worker_risk() -> None:
 
     settings = _settings()
     _bootstrap(settings)  # clear error before faust starts
+    # before the app is built: it logs which model and rules it loaded (or that it scores
+    # with rules only), and faust configures logging only once its worker starts
+    _logging(settings)
     run_worker(settings)
 
 
@@ -170,6 +173,9 @@ def worker_inspection() -> None:
 
     settings = _settings()
     _bootstrap(settings)  # clear error before faust starts
+    # before the app is built: it logs which model and rules it loaded (or that it scores
+    # with rules only), and faust configures logging only once its worker starts
+    _logging(settings)
     run_worker(settings)
 
 

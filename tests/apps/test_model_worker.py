@@ -50,7 +50,8 @@ def test_the_worker_scores_with_the_newest_model_and_stamps_its_version(
     settings, tmp_path, trained
 ):
     model, path = trained
-    scores, alerts, _log = _run(settings, tmp_path, path.parent)
+    scores, alerts, log = _run(settings, tmp_path, path.parent)
+    assert f"model {path.name} loaded from" in log  # said at start
     assert len({s["tx_id"] for s in scores}) == 1500
     assert {s["model_version"] for s in scores} == {path.name}
     x = np.array(
