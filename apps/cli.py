@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from enum import StrEnum
@@ -1354,6 +1355,54 @@ def bench_scoring_cmd(
     except (LookupError, ValueError) as exc:
         _fail(exc, 1)
     _report(result, as_json, width=16)
+
+
+@bench_app.command("hybrid")
+def bench_hybrid_cmd(
+    histories: int = typer.Option(10, min=1, help="independent synthetic histories"),
+    seed: int = typer.Option(7, help="the first history's seed (then seed+1, ...)"),
+    days: int = typer.Option(21, min=2, help="days per history"),
+    holdout_days: float = typer.Option(6, min=0.5, help="the last days, held out"),
+    accounts: int = typer.Option(1000, min=10, help="generated account population"),
+    jobs: int = typer.Option(
+        min(2, os.cpu_count() or 1), min=1, help="histories trained at once (processes)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """The risk model's evaluation on several independent histories: the four models'
+    held-out AUC-PR per history and the hybrid's mean lead over each baseline."""
+    from apps.bench import bench_hybrid
+
+    def say(message: str) -> None:  # progress on stderr, with --json too: minutes of work
+        console.print(message)
+
+    if days <= holdout_days:
+        _fail(f"--days {days} leaves nothing to train on before {holdout_days:g} held-out days", 2)
+    try:
+        result = bench_hybrid(histories, seed, days, holdout_days, accounts, jobs, say)
+    except ValueError as exc:
+        _fail(exc, 1)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"held-out AUC-PR on {histories} histories of {days} days")
+    table.add_column("seed", justify="right")
+    models = list(result["runs"][0]["auc_pr"])
+    for name in models:
+        table.add_column(name, justify="right")
+    table.add_column("hybrid - lightgbm", justify="right")
+    for run in result["runs"]:
+        table.add_row(
+            str(run["seed"]),
+            *(f"{run['auc_pr'][m]:.4f}" for m in models),
+            f"{run['hybrid_vs']['lightgbm']:+.4f}",
+        )
+    out.print(table)
+    for name, s in result["hybrid_vs"].items():
+        out.print(
+            f"hybrid vs {name}: mean {s['mean']:+.5f} (95 % {s['low']:+.5f} .. {s['high']:+.5f}), "
+            f"ahead in {s['wins']}, level in {s['ties']}, behind in {s['losses']}"
+        )
 
 
 @bench_app.command("allreduce")

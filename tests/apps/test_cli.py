@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -295,3 +296,32 @@ def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkey
     assert "no inspection model" in result.output and "vigil train inspection" in result.output
     result = runner.invoke(app, ["bench", "inspection", "--codec", "gif"])
     assert result.exit_code == 2 and "unknown codec 'gif'" in result.output
+
+
+def test_bench_hybrid_evaluates_each_history_as_training_would():
+    """Two small histories in two spawned processes: each row is what training and
+    evaluating that history's seed gives in this process, and the summary is their mean."""
+    from models.tabular import TabularConfig, evaluate, history_from_generator, temporal_split
+    from models.tabular import train as train_model
+
+    args = ["--days", "6", "--holdout-days", "2", "--accounts", "300", "--seed", "3"]
+    result = runner.invoke(
+        app, ["bench", "hybrid", "--histories", "2", "--jobs", "2", *args, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "history 4 (" in result.stderr  # progress, beside the JSON on stdout
+    report = json.loads(result.stdout)
+    assert [r["seed"] for r in report["runs"]] == [3, 4]
+    train_set, test_set = temporal_split(history_from_generator(6, seed=4, accounts=300), 2)
+    want = evaluate(train_model(train_set, TabularConfig(seed=4), say=lambda _m: None), test_set)
+    run = report["runs"][1]
+    assert run["auc_pr"] == {name: m["auc_pr"] for name, m in want["models"].items()}
+    assert run["hybrid_vs"] == {name: d["difference"] for name, d in want["hybrid_vs"].items()}
+    leads = [r["hybrid_vs"]["lightgbm"] for r in report["runs"]]
+    assert report["hybrid_vs"]["lightgbm"]["mean"] == pytest.approx(np.mean(leads), abs=1e-5)
+
+
+def test_bench_hybrid_refuses_a_hold_out_as_long_as_the_history():
+    result = runner.invoke(app, ["bench", "hybrid", "--days", "4", "--holdout-days", "4"])
+    assert result.exit_code == 2
+    assert "nothing to train on" in result.output

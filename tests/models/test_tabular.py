@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score
 
-from models.metrics import ap_difference, average_precision, recall_at_rate
+from models.metrics import ap_difference, average_precision, paired_summary, recall_at_rate
 from models.serving import (
     HybridScorer,
     ModelError,
@@ -76,6 +76,32 @@ def test_ap_difference_resamples_whole_blocks_of_paired_rows():
     # one block holding everything: every resample is the data itself, no spread
     one = ap_difference(y, noisy, worse, np.zeros(4000), rounds=20)
     assert one["low"] == one["high"] == one["difference"]
+
+
+def test_paired_summary_counts_runs_and_bootstraps_the_mean():
+    rng = np.random.default_rng(11)
+    d = rng.normal(0.002, 0.01, 400)
+    got = paired_summary(list(d), rounds=4000, seed=1)
+    assert got["mean"] == pytest.approx(d.mean(), abs=1e-5)
+    # the bootstrap interval of a mean of 400 runs is close to the normal one
+    half = 1.96 * d.std() / np.sqrt(len(d))
+    assert got["low"] == pytest.approx(d.mean() - half, abs=2.5e-4)
+    assert got["high"] == pytest.approx(d.mean() + half, abs=2.5e-4)
+    counts = paired_summary([0.001, 0.0, -0.0002, 0.0, 0.013])
+    assert (counts["wins"], counts["ties"], counts["losses"]) == (2, 2, 1)
+    assert counts["mean"] == pytest.approx(0.00276)
+    assert counts["low"] <= counts["mean"] <= counts["high"]
+    # every run the same: no spread; no run: refused
+    assert paired_summary([0.0005] * 3) == {
+        "mean": 0.0005,
+        "low": 0.0005,
+        "high": 0.0005,
+        "wins": 3,
+        "ties": 0,
+        "losses": 0,
+    }
+    with pytest.raises(ValueError):
+        paired_summary([])
 
 
 @pytest.fixture(scope="module")
