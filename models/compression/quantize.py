@@ -35,22 +35,24 @@ Scheme = Literal["symmetric", "asymmetric"]
 _TINY = 1e-12  # scale floor: an all-zero tensor still gets a usable scale
 
 
-def qrange(bits: int, scheme: Scheme) -> tuple[int, int]:
-    """The integer range ``(qmin, qmax)`` of ``bits`` in ``scheme``."""
+def qrange(bits: int, scheme: Scheme, reduce_range: bool = False) -> tuple[int, int]:
+    """The integer range ``(qmin, qmax)`` of ``bits`` in ``scheme``; ``reduce_range``: the
+    range of one bit less, stored in ``bits`` (int8 weights of -63..63)."""
     if bits not in BITS:
         raise ValueError(f"bit width must be one of {BITS}, not {bits}")
+    b = bits - 1 if reduce_range else bits
     if scheme == "symmetric":
-        q = 2 ** (bits - 1) - 1
+        q = 2 ** (b - 1) - 1
         return -q, q
     if scheme == "asymmetric":
-        return 0, 2**bits - 1
+        return 0, 2**b - 1
     raise ValueError(f"scheme must be 'symmetric' or 'asymmetric', not {scheme!r}")
 
 
-def qparams(lo, hi, bits: int, scheme: Scheme):  # type: ignore[no-untyped-def]
+def qparams(lo, hi, bits: int, scheme: Scheme, reduce_range: bool = False):  # type: ignore[no-untyped-def]
     """``(scale, zero_point)`` for the range ``[lo, hi]`` (scalars or per-channel arrays,
     numpy or torch alike); zero points are integers in ``[qmin, qmax]``."""
-    qmin, qmax = qrange(bits, scheme)
+    qmin, qmax = qrange(bits, scheme, reduce_range)
     xp = torch if isinstance(lo, torch.Tensor) else np
     if scheme == "symmetric":
         amax = xp.maximum(xp.abs(lo), xp.abs(hi))
@@ -71,10 +73,12 @@ def _along(v, x, axis: int | None):  # type: ignore[no-untyped-def]
     return v.reshape(shape)
 
 
-def quantize(x, scale, zero_point, bits: int, scheme: Scheme, axis: int | None = None):  # type: ignore[no-untyped-def]
+def quantize(  # type: ignore[no-untyped-def]
+    x, scale, zero_point, bits: int, scheme: Scheme, axis: int | None = None, reduce_range=False
+):
     """The integers (in a float array) that ``x`` maps to: round(x / scale) + zero point,
     clamped to the range."""
-    qmin, qmax = qrange(bits, scheme)
+    qmin, qmax = qrange(bits, scheme, reduce_range)
     xp = torch if isinstance(x, torch.Tensor) else np
     s, z = _along(scale, x, axis), _along(zero_point, x, axis)
     return xp.clip(xp.round(x / s) + z, qmin, qmax)
@@ -86,8 +90,8 @@ def dequantize(q, scale, zero_point, axis: int | None = None):  # type: ignore[n
 
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale, zero_point, bits, scheme, axis):  # type: ignore[no-untyped-def]
-        qmin, qmax = qrange(bits, scheme)
+    def forward(ctx, x, scale, zero_point, bits, scheme, axis, reduce_range):  # type: ignore[no-untyped-def]
+        qmin, qmax = qrange(bits, scheme, reduce_range)
         s, z = _along(scale, x, axis), _along(zero_point, x, axis)
         unclamped = torch.round(x / s) + z
         ctx.save_for_backward((unclamped >= qmin) & (unclamped <= qmax))
@@ -97,7 +101,7 @@ class _FakeQuant(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         (inside,) = ctx.saved_tensors
         # straight through where x is in range; nothing flows where it was clamped
-        return grad * inside, None, None, None, None, None
+        return grad * inside, None, None, None, None, None, None
 
 
 def fake_quantize(
@@ -107,7 +111,8 @@ def fake_quantize(
     bits: int,
     scheme: Scheme,
     axis: int | None = None,
+    reduce_range: bool = False,
 ) -> torch.Tensor:
     """Quantize then dequantize in float; the gradient passes straight through inside the
     range and is zero where ``x`` was clamped."""
-    return _FakeQuant.apply(x, scale, zero_point, bits, scheme, axis)
+    return _FakeQuant.apply(x, scale, zero_point, bits, scheme, axis, reduce_range)

@@ -165,8 +165,11 @@ def test_prepared_layers_compute_on_quantized_inputs_and_weights():
         s, z = qparams(a_lo.numpy(), a_hi.numpy(), 8, "asymmetric")
         qi = dequantize(quantize(inp.numpy(), s[0], z[0], 8, "asymmetric"), s[0], z[0])
         w = head.layer.weight.detach().numpy()
-        ws, wz = qparams(w.min(axis=1), w.max(axis=1), 8, "symmetric")
-        qw = dequantize(quantize(w, ws, wz, 8, "symmetric", axis=0), ws, wz, axis=0)
+        # 8-bit weights beside 8-bit activations keep the 7-bit range (quant_config)
+        assert head.weight_quant.spec.reduce_range
+        ws, wz = qparams(w.min(axis=1), w.max(axis=1), 8, "symmetric", reduce_range=True)
+        qw = dequantize(quantize(w, ws, wz, 8, "symmetric", 0, True), ws, wz, axis=0)
+        assert np.abs(np.round(w / ws[:, None])).max() == 63
         want = qi @ qw.T + head.layer.bias.detach().numpy()
         head.input_quant.observing = False  # the range the forward pass above observed
         got = head(inp).numpy()

@@ -48,6 +48,11 @@ def test_weights_are_stored_as_int8(exported):
     arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     weights = [n for n, a in arrays.items() if "weight_quant" in n and a.dtype == np.int8]
     assert len(weights) == 2 + 1 + 2 * CFG.layers + 2  # stem convs, mix, FFNs, two heads
+    # in the 7-bit range, which ONNX Runtime's uint8 x int8 kernels add without saturating
+    # on CPUs without VNNI (quant_config); every channel uses all of it
+    for n in weights:
+        w = arrays[n].reshape(arrays[n].shape[0], -1)
+        assert np.array_equal(np.abs(w).max(axis=1), np.full(len(w), 63)), n
     assert "stem.0.layer.weight" not in arrays  # the float weight is gone from the file
     assert len(graph) < len(fp32)
 
@@ -61,7 +66,8 @@ def test_the_export_computes_what_the_fake_quantized_model_computes(exported):
     spread = float(np.ptp(base)) or 1.0
     # integer kernels re-round biases and intermediate sums: within 2 % of the output range
     assert np.max(np.abs(got - fake)) <= 0.02 * spread
-    assert np.max(np.abs(got - base)) <= 0.05 * spread  # and 8 bits stay close to fp32
+    # and 8 bits stay close to fp32 (weights in 7 bits' range: 5.2 % of it on this net)
+    assert np.max(np.abs(got - base)) <= 0.06 * spread
 
 
 def test_exporting_an_uncalibrated_model_is_refused():
