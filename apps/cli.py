@@ -76,8 +76,9 @@ def _report(result: dict, as_json: bool, width: int = 16) -> None:
 
 
 def _fail(exc: BaseException | str, code: int) -> NoReturn:
-    """Print ``error: ...`` on stderr and exit with ``code`` (2: usage, 1: failure)."""
-    console.print(f"[red]error:[/] {exc}")
+    """Print ``error: ...`` on stderr and exit with ``code`` (2: usage, 1: failure). On one
+    line however long (a path in it stays whole, to copy)."""
+    console.print(f"[red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code) from None
 
 
