@@ -178,12 +178,23 @@ class TabularConfig:
     trees: int = 100
     leaves: int = 15
     learning_rate: float = 0.05
+    # LightGBM's min_sum_hessian_in_leaf. At its default (1e-3) a leaf of a few near-certain
+    # rows (hessian p(1-p) ~ 0) is allowed; one history's booster put benign transactions
+    # above most frauds through such leaves (seed 12: AUC-PR 0.9659; 0.9802 at 1.0). Over
+    # 10 histories (`vigil bench hybrid`) LightGBM's mean went from 0.9805 to 0.9820, none
+    # worse by more than 0.0003.
+    min_leaf_hessian: float = 1.0
     folds: int = 4  # time blocks for the out-of-fold GBDT logits
     calibration_share: float = 0.2  # last part of the training period, for Platt scaling
     hidden: int = 64
     epochs: int = 20
     batch: int = 256
     lr: float = 1e-3
+    # Adam's L2 on the NNs. At 1e-5 the hybrid's correction overfit within a few epochs
+    # (held-out AUC-PR 0.007 below the GBDT's over epochs 5-20, averaged over 10 histories;
+    # the epoch choice hid it); at 1e-3 it stays level, and the NN-only baseline gains
+    # (mean 0.9696 -> 0.9737). At 3e-3 the correction stays at zero.
+    weight_decay: float = 1e-3
     # > 1: fit the NNs data-parallel on the training engine (models.engine), this many ranks
     # over `nodes` emulated nodes; the global batch stays `batch`
     nproc: int = 1
@@ -272,6 +283,7 @@ def _lgb_params(cfg: TabularConfig) -> dict:
         "num_leaves": cfg.leaves,
         "learning_rate": cfg.learning_rate,
         "min_data_in_leaf": 20,
+        "min_sum_hessian_in_leaf": cfg.min_leaf_hessian,
         "feature_fraction": 0.8,
         "bagging_fraction": 0.8,
         "bagging_freq": 1,
@@ -353,7 +365,7 @@ def _fit_net(
     block (``held``), which for the hybrid includes the start: the GBDT alone."""
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y, g = (None if a is None else torch.from_numpy(np.asarray(a, np.float32)) for a in data)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def held_ap() -> float:
@@ -404,7 +416,7 @@ def _fit_net_engine(
         batch_per_rank=max(1, cfg.batch // cfg.nproc),
         optimizer="adam",
         lr=cfg.lr,
-        weight_decay=1e-5,
+        weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         checkpoint_every=0,
         precision="fp32",
