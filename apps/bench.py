@@ -316,7 +316,7 @@ def bench_hybrid(
                 f"({lead:+.4f}), NN {row['auc_pr']['nn']:.4f}"
             )
     ordered = [rows[s] for s in seeds]
-    baselines = [name for name in ordered[0]["hybrid_vs"]]
+    baselines = list(ordered[0]["hybrid_vs"])
     return {
         "histories": histories,
         "days": days,
@@ -331,18 +331,17 @@ def bench_hybrid(
 
 
 def _evaluate_history(seed: int, days: int, holdout_days: float, accounts: int) -> dict:
-    """One history of ``bench_hybrid``: generate, split, train, evaluate."""
-    from models.tabular import TabularConfig, evaluate, history_from_generator, temporal_split
-    from models.tabular import train as train_model
+    """One history of ``bench_hybrid``: generate, then train and evaluate as `vigil train
+    risk` does."""
+    from models.tabular import TabularConfig, fit_and_evaluate, history_from_generator
 
-    train_set, test_set = temporal_split(
-        history_from_generator(days, seed=seed, accounts=accounts), holdout_days
-    )
-    if not test_set.labels.sum():
-        raise ValueError(f"history {seed}: the held-out days have no positive label")
-    report = evaluate(
-        train_model(train_set, TabularConfig(seed=seed), say=lambda _m: None), test_set
-    )
+    history = history_from_generator(days, seed=seed, accounts=accounts)
+    try:
+        _model, report, _test = fit_and_evaluate(
+            history, holdout_days, TabularConfig(seed=seed), say=lambda _m: None
+        )
+    except ValueError as exc:
+        raise ValueError(f"history {seed}: {exc}") from None
     return {
         "seed": seed,
         "rows": report["rows"],

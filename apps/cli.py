@@ -1277,23 +1277,19 @@ def train_risk(
 def _fit_risk(history, holdout_days, seed, nproc, nodes, target, say):  # type: ignore[no-untyped-def]
     """Split, train, evaluate and export: the model directory, the evaluation and the
     held-out set. ValueError when the held-out days cannot be evaluated on."""
-    from models.tabular import TabularConfig, evaluate, export, temporal_split, train
+    from models.tabular import TabularConfig, export, fit_and_evaluate
 
-    train_set, test_set = temporal_split(history, holdout_days)
-    say(
-        f"{len(history)} labelled transactions: train {len(train_set)} "
-        f"({int(train_set.labels.sum())} positive), hold-out {len(test_set)} "
-        f"({int(test_set.labels.sum())} positive)"
-    )
-    if not len(test_set) or not test_set.labels.sum():
-        raise ValueError("the held-out days have no positive label to evaluate on")
-    model = train(train_set, TabularConfig(seed=seed, nproc=nproc, nodes=nodes), say=say)
-    report = evaluate(model, test_set)
+    cfg = TabularConfig(seed=seed, nproc=nproc, nodes=nodes)
+    model, report, test_set = fit_and_evaluate(history, holdout_days, cfg, say)
     path = export(
         model,
         target,
         test_set.features[:2048],
-        {"metrics": report, "train_rows": len(train_set), "holdout_days": holdout_days},
+        {
+            "metrics": report,
+            "train_rows": len(history) - len(test_set),
+            "holdout_days": holdout_days,
+        },
     )
     report["model"] = str(path)
     report["version"] = path.name

@@ -43,6 +43,7 @@ __all__ = [
     "export",
     "featurise",
     "finetune_net",
+    "fit_and_evaluate",
     "float32_thresholds",
     "gbdt_to_onnx",
     "history_from_files",
@@ -554,6 +555,24 @@ def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int 
         if name != "hybrid"
     }
     return out
+
+
+def fit_and_evaluate(
+    history: History, holdout_days: float, cfg: TabularConfig, say: Progress = print
+) -> tuple[HybridModel, dict, History]:
+    """Split ``history`` in time, train on the earlier part and evaluate on the last
+    ``holdout_days``: the model, the evaluation and the held-out set. ValueError when the
+    held-out days cannot be evaluated on."""
+    train_set, test_set = temporal_split(history, holdout_days)
+    say(
+        f"{len(history)} labelled transactions: train {len(train_set)} "
+        f"({int(train_set.labels.sum())} positive), hold-out {len(test_set)} "
+        f"({int(test_set.labels.sum())} positive)"
+    )
+    if not len(test_set) or not test_set.labels.sum():
+        raise ValueError("the held-out days have no positive label to evaluate on")
+    model = train(train_set, cfg, say=say)
+    return model, evaluate(model, test_set), test_set
 
 
 PARITY_TOLERANCE = 1e-5
