@@ -1325,6 +1325,18 @@ def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: b
         "AUC-PR differences: paired bootstrap over the held-out hours; 'hybrid ahead': "
         "share of resamples in which the hybrid ranked better"
     )
+    cal = Table(title="calibration on the held-out days (the scores that are probabilities)")
+    for column in ("model", "log-loss", "Brier", "expected / actual positives"):
+        cal.add_column(column, justify="left" if column == "model" else "right")
+    for name, m in report["models"].items():
+        if (c := m.get("calibration")) is not None:
+            cal.add_row(
+                name,
+                f"{c['log_loss']:.5f}",
+                f"{c['brier']:.6f}",
+                f"{c['expected_over_actual']:.3f}",
+            )
+    out.print(cal)
     typ = Table(title="recall @ 1 % by typology")
     typ.add_column("typology")
     for name in report["models"]:
@@ -1395,11 +1407,13 @@ def bench_hybrid_cmd(
             f"{run['hybrid_vs']['lightgbm']:+.4f}",
         )
     out.print(table)
-    for name, s in result["hybrid_vs"].items():
-        out.print(
-            f"hybrid vs {name}: mean {s['mean']:+.5f} (95 % {s['low']:+.5f} .. {s['high']:+.5f}), "
-            f"ahead in {s['wins']}, level in {s['ties']}, behind in {s['losses']}"
-        )
+    for metric, key in (("AUC-PR", "hybrid_vs"), ("log-loss", "hybrid_log_loss_vs")):
+        for name, s in result[key].items():
+            out.print(
+                f"{metric}, hybrid vs {name}: mean lead {s['mean']:+.5f} "
+                f"(95 % {s['low']:+.5f} .. {s['high']:+.5f}), "
+                f"ahead in {s['wins']}, level in {s['ties']}, behind in {s['losses']}"
+            )
 
 
 @bench_app.command("allreduce")

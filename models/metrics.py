@@ -1,6 +1,12 @@
-"""Ranking metrics for alerting models: AUC-PR (average precision) and recall at an alert
-rate. Ties are handled as a random tie-break would on average, so a coarse score (the
-rules' few distinct values) is not flattered or punished by the order of its ties."""
+"""Metrics for alerting models.
+
+Ranking: AUC-PR (average precision) and recall at an alert rate. Ties are handled as a
+random tie-break would on average, so a coarse score (the rules' few distinct values) is
+not flattered or punished by the order of its ties.
+
+Calibration, for scores that claim to be probabilities (the decision thresholds read them
+as such): log-loss, Brier score, and the expected number of positives against the actual
+one."""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ import numpy as np
 __all__ = [
     "average_precision",
     "ap_difference",
+    "brier_score",
+    "calibration",
     "flagged_share",
+    "log_loss",
     "paired_summary",
     "recall_at_rate",
 ]
@@ -32,6 +41,38 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     recall = tp / positives
     precision = tp / flagged
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+PROBABILITY_FLOOR = 1e-15  # log-loss of a certain, wrong score: -log(1e-15) = 34.5
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels; probabilities are kept within
+    ``PROBABILITY_FLOOR`` of 0 and 1, so one confident mistake costs 34.5, not infinity."""
+    y = np.asarray(labels, dtype=float)
+    p = np.clip(np.asarray(probs, dtype=float), PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean squared difference between probability and outcome."""
+    y, p = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+    return float(np.mean((p - y) ** 2))
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """How well a probability score is calibrated: log-loss, Brier score, and the sum of
+    the probabilities over the number of positives (``expected_over_actual``: 1.0 when the
+    score predicts as many positives as there are; above, it over-alerts)."""
+    if not np.all((np.asarray(probs) >= 0) & (np.asarray(probs) <= 1)):
+        raise ValueError("calibration needs probabilities in [0, 1]")
+    positives = float(np.asarray(labels, dtype=float).sum())
+    expected = float(np.asarray(probs, dtype=float).sum())
+    return {
+        "log_loss": round(log_loss(labels, probs), 5),
+        "brier": round(brier_score(labels, probs), 6),
+        "expected_over_actual": round(expected / positives, 4) if positives else float("nan"),
+    }
 
 
 def flagged_share(scores: np.ndarray, rate: float) -> np.ndarray:

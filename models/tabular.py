@@ -30,7 +30,13 @@ import orjson
 import torch
 from torch import nn
 
-from models.metrics import ap_difference, average_precision, flagged_share, recall_at_rate
+from models.metrics import (
+    ap_difference,
+    average_precision,
+    calibration,
+    flagged_share,
+    recall_at_rate,
+)
 from models.threads import torch_threads
 from streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
 
@@ -517,7 +523,8 @@ def _train(history: History, cfg: TabularConfig, say: Progress) -> HybridModel:
 
 def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int = 1000) -> dict:
     """AUC-PR and recall at an alert rate for rules-only, LightGBM-only, NN-only and the
-    hybrid on a held-out period, each one's recall per typology at that rate, and how far
+    hybrid on a held-out period, each one's recall per typology at that rate, the
+    calibration of the three probability models (``models.metrics.calibration``), and how far
     the hybrid's AUC-PR is ahead of each of the others (paired bootstrap over hours of the
     held-out period, ``rounds`` resamples: ``hybrid_vs``)."""
     # Ranked by float64 probabilities: in float32 the confident end saturates at 1.0, and
@@ -547,6 +554,8 @@ def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int 
             "auc_pr": round(average_precision(y, s), 4),
             "recall_at_rate": round(recall_at_rate(y, s, rate), 4),
             "recall_by_typology": per_typology,
+            # the rules' score ranks but is no probability
+            "calibration": None if name == "rules_only" else calibration(y, s),
         }
     hours = test.ts_ms // HOUR_MS
     out["hybrid_vs"] = {

@@ -317,8 +317,18 @@ def test_bench_hybrid_evaluates_each_history_as_training_would():
     run = report["runs"][1]
     assert run["auc_pr"] == {name: m["auc_pr"] for name, m in want["models"].items()}
     assert run["hybrid_vs"] == {name: d["difference"] for name, d in want["hybrid_vs"].items()}
+    assert run["log_loss"] == {
+        name: m["calibration"]["log_loss"]
+        for name, m in want["models"].items()
+        if name != "rules_only"
+    }
     leads = [r["hybrid_vs"]["lightgbm"] for r in report["runs"]]
     assert report["hybrid_vs"]["lightgbm"]["mean"] == pytest.approx(np.mean(leads), abs=1e-5)
+    # log-loss: lower is better, so the lead is LightGBM's minus the hybrid's
+    leads = [r["log_loss"]["lightgbm"] - r["log_loss"]["hybrid"] for r in report["runs"]]
+    got = report["hybrid_log_loss_vs"]["lightgbm"]
+    assert got["mean"] == pytest.approx(np.mean(leads), abs=1e-5)
+    assert set(report["hybrid_log_loss_vs"]) == {"lightgbm", "nn"}
 
 
 def test_bench_hybrid_refuses_a_hold_out_as_long_as_the_history():

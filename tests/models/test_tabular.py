@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, brier_score_loss
+from sklearn.metrics import log_loss as sklearn_log_loss
 
-from models.metrics import ap_difference, average_precision, paired_summary, recall_at_rate
+from models.metrics import (
+    ap_difference,
+    average_precision,
+    calibration,
+    log_loss,
+    paired_summary,
+    recall_at_rate,
+)
 from models.serving import (
     HybridScorer,
     ModelError,
@@ -50,6 +58,24 @@ def test_average_precision_equals_scikit_learn_with_ties(pairs):
     if y.sum() == 0:
         return
     assert average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_calibration_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(4)
+    p = rng.beta(0.3, 8, 5000)  # skewed low, like fraud scores
+    y = (rng.random(5000) < p).astype(int)  # drawn from p itself: calibrated
+    got = calibration(y, p)
+    assert got["log_loss"] == pytest.approx(sklearn_log_loss(y, p), abs=1e-5)
+    assert got["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-6)
+    assert got["expected_over_actual"] == pytest.approx(p.sum() / y.sum(), abs=1e-4)
+    assert 0.9 < got["expected_over_actual"] < 1.1
+    # twice the odds: over-alerts, and costs log-loss
+    doubled = calibration(y, 2 * p / (1 + p))
+    assert doubled["expected_over_actual"] > 1.5 and doubled["log_loss"] > got["log_loss"]
+    # a certain, wrong score costs -log(1e-15), not infinity
+    assert log_loss(np.array([1]), np.array([0.0])) == pytest.approx(-np.log(1e-15))
+    with pytest.raises(ValueError, match="probabilities"):
+        calibration(y, p * 20)
 
 
 def test_recall_at_rate_shares_ties_fairly():
@@ -132,6 +158,16 @@ def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
     assert report["models"]["lightgbm"]["auc_pr"] > report["models"]["rules_only"]["auc_pr"]
     models = report["models"]
     assert set(report["hybrid_vs"]) == {"rules_only", "lightgbm", "nn"}
+    # the three probability models are calibrated on the last training rows: they expect
+    # about as many positives on the held-out days as there are (the rules' score is no
+    # probability)
+    assert models["rules_only"]["calibration"] is None
+    y = data[1].labels
+    hybrid_cal = models["hybrid"]["calibration"]
+    want = calibration(y, model.predict(data[1].features).astype(np.float64))
+    assert hybrid_cal == pytest.approx(want, abs=2e-5)  # float32 served vs float64 ranked
+    for name in ("lightgbm", "nn", "hybrid"):
+        assert 0.7 < models[name]["calibration"]["expected_over_actual"] < 1.3, name
     for name, vs in report["hybrid_vs"].items():
         gap = models["hybrid"]["auc_pr"] - models[name]["auc_pr"]
         assert vs["difference"] == pytest.approx(gap, abs=2e-4)  # both rounded to 4 places
