@@ -1337,14 +1337,18 @@ def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: b
                 f"{c['expected_over_actual']:.3f}",
             )
     out.print(cal)
-    typ = Table(title="recall @ 1 % by typology")
-    typ.add_column("typology")
-    for name in report["models"]:
-        typ.add_column(name, justify="right")
-    first = next(iter(report["models"].values()))
-    for t in first["recall_by_typology"]:
-        typ.add_row(t, *(f"{m['recall_by_typology'][t]:.2f}" for m in report["models"].values()))
-    out.print(typ)
+    for key, title, digits in (
+        ("recall_by_typology", "recall @ 1 % by typology", 2),
+        ("auc_pr_by_typology", "AUC-PR by typology (its positives against all negatives)", 4),
+    ):
+        typ = Table(title=title)
+        typ.add_column("typology")
+        for name in report["models"]:
+            typ.add_column(name, justify="right")
+        first = next(iter(report["models"].values()))
+        for t in first[key]:
+            typ.add_row(t, *(f"{m[key][t]:.{digits}f}" for m in report["models"].values()))
+        out.print(typ)
     out.print(f"model {path.name} written to {path} (workers load the newest at start)")
 
 

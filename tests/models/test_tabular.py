@@ -168,6 +168,14 @@ def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
     assert hybrid_cal == pytest.approx(want, abs=2e-5)  # float32 served vs float64 ranked
     for name in ("lightgbm", "nn", "hybrid"):
         assert 0.7 < models[name]["calibration"]["expected_over_actual"] < 1.3, name
+    # AUC-PR per typology: that typology's positives against every negative
+    typologies = np.array([t or "" for t in data[1].typologies])
+    rules = data[1].rule_scores
+    by_typology = models["rules_only"]["auc_pr_by_typology"]
+    assert set(by_typology) == set(typologies[y == 1]) and len(by_typology) > 3
+    for t, got in by_typology.items():
+        rows = (y == 0) | (typologies == t)
+        assert got == pytest.approx(average_precision_score(y[rows], rules[rows]), abs=1e-4), t
     for name, vs in report["hybrid_vs"].items():
         gap = models["hybrid"]["auc_pr"] - models[name]["auc_pr"]
         assert vs["difference"] == pytest.approx(gap, abs=2e-4)  # both rounded to 4 places
