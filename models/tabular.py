@@ -539,11 +539,11 @@ def _train(history: History, cfg: TabularConfig, say: Progress) -> HybridModel:
 
 def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int = 1000) -> dict:
     """AUC-PR and recall at an alert rate for rules-only, LightGBM-only, NN-only and the
-    hybrid on a held-out period, each one's recall per typology at that rate and AUC-PR per
-    typology (its positives against all negatives), the
-    calibration of the three probability models (``models.metrics.calibration``), and how far
-    the hybrid's AUC-PR is ahead of each of the others (paired bootstrap over hours of the
-    held-out period, ``rounds`` resamples: ``hybrid_vs``)."""
+    hybrid on a held-out period; each one's recall per typology at that rate and AUC-PR per
+    typology (its positives against all negatives); the calibration of the three
+    probability models (``models.metrics.calibration``); and how far the hybrid's AUC-PR is
+    ahead of each of the others (paired bootstrap over hours of the held-out period,
+    ``rounds`` resamples: ``hybrid_vs``)."""
     # Ranked by float64 probabilities: in float32 the confident end saturates at 1.0, and
     # the ties would blur the ranking AUC-PR measures (decisions are unaffected).
     x = test.features

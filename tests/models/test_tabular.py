@@ -141,6 +141,29 @@ def model(data):
     return train(data[0], SMALL, say=lambda _m: None)
 
 
+def test_the_nn_standardises_present_values_and_puts_missing_ones_at_the_mean():
+    import torch
+
+    from models.tabular import TabularNet, _normaliser
+
+    rng = np.random.default_rng(2)
+    x = rng.lognormal(8, 2, (500, 3))
+    x[:490, 1] = np.nan  # mostly missing, like the inflow features
+    x[:, 2] = np.nan  # never present
+    mean, std = _normaliser(x)
+    signed_log = np.sign(x) * np.log1p(np.abs(x))
+    assert mean[:2] == pytest.approx(np.nanmean(signed_log[:, :2], axis=0))
+    assert std[:2] == pytest.approx(np.nanstd(signed_log[:, :2], axis=0))
+    assert (mean[2], std[2]) == (0.0, 1.0)
+    net = TabularNet(mean, std, 4, use_gbdt=False)
+    seen = []
+    net.mlp.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    row = np.array([[np.exp(mean[0]) - 1, np.nan, np.nan]], dtype=np.float32)
+    net.logit(torch.from_numpy(row))
+    # the first feature at its mean standardises to 0; missing ones sit at 0, flagged
+    assert seen[0].numpy() == pytest.approx(np.array([[0, 0, 0, 0, 1, 1]]), abs=1e-4)
+
+
 def test_training_is_deterministic_under_a_seed(data, model):
     again = train(data[0], SMALL, say=lambda _m: None)
     x = data[1].features
