@@ -23,6 +23,7 @@ Design notes:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -35,10 +36,10 @@ from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
-from apps.worker import Outputs, faust_app, run_app
+from apps.worker import EXIT_SOFTWARE, Outputs, faust_app, run_app
 from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
-from streams.pipeline import RULE_NAMES, RiskPipeline, now_ms
+from streams.pipeline import RULE_NAMES, BatchResult, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
 from streams.schemas import RawRecord
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
         inflow_topic=topics.inflows,
         partitions=partitions,
+        max_record_bytes=settings.max_record_bytes,
     )
     try:
         model = load_latest(settings.models_path, FEATURE_SPEC.label)
@@ -99,7 +101,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         FEATURE_SPEC.label,
         len(FEATURE_SPEC.names),
     )
-    outputs = Outputs(bootstrap)
+    outputs = Outputs(bootstrap, settings.max_record_bytes)
 
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1
@@ -141,6 +143,69 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
     phases: Counter[str] = Counter()  # seconds per phase of the batch loop, and batches
 
+    def save(result: BatchResult, saved: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        """Put a result's account states in the table's store (the next part of a batch
+        reads them there); ``saved`` collects them for the changelog."""
+        for account_id, partition in result.partition.items():
+            account = result.states[account_id]
+            snapshot = account.snapshot()
+            state.data[account_id.encode()] = snapshot
+            pipeline.remember(account_id, snapshot, account)
+            saved[account_id] = (partition, snapshot)
+
+    async def handle(stream: faust.StreamT, events: list[faust.EventT]) -> None:
+        consumed_ms = now_ms()
+        records = [
+            RawRecord(
+                ev.message.topic,
+                ev.message.partition,
+                ev.message.offset,
+                ev.key,
+                ev.value,
+                tuple(ev.message.headers or ()) or None,  # kept by dead letters
+            )
+            for ev in events
+        ]
+        t0 = time.perf_counter()
+        saved: dict[str, tuple[int, dict[str, Any]]] = {}  # account -> (partition, snapshot)
+        produce_s = 0.0
+        failed = 0
+        # one result, or where anything raised, one per part, the failing records
+        # dead-lettered (streams.pipeline): each part's states are stored before the next
+        for result in pipeline.process_isolated(records, load_state, consumed_ms):
+            failed += result.failed
+            t = time.perf_counter()
+            outputs.produce(topics.scores, result.scores)
+            outputs.produce(topics.alerts, result.alerts)
+            outputs.produce(topics.dlq, result.dead)
+            outputs.produce_to(topics.inflows, result.inflows)
+            produce_s += time.perf_counter() - t
+            save(result, saved)
+        if failed:
+            log.error(
+                "%d of %d records dead-lettered: processing them raised", failed, len(records)
+            )
+        t2 = time.perf_counter()
+        await outputs.flush()  # outputs durable before state: see module notes
+        t3 = time.perf_counter()
+        for account_id, (partition, snapshot) in saved.items():
+            # changelog partition = the source partition (co-partitioned)
+            value = codecs.dumps(state.value_serializer, snapshot)
+            outputs.produce_at(changelog, partition, account_id.encode(), value)
+        # the state durable before the source offsets: a failed flush ends the process,
+        # taking the in-memory state with it, before any event of the batch is acked
+        await outputs.flush()
+        t4 = time.perf_counter()
+        for ev in events:
+            await stream.ack(ev)
+        spent = phases
+        spent["pipeline"] += t2 - t0 - produce_s
+        spent["produce"] += produce_s
+        spent["flush"] += t3 - t2
+        spent["save"] += t4 - t3
+        spent["ack"] += time.perf_counter() - t4
+        spent["batches"] += 1
+
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
@@ -148,45 +213,19 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         # `finally`, so a worker stopped mid-batch would commit events whose state was never
         # saved); the linger counts from a batch's first event (apps/batching.py)
         async for events in linger_batches(stream, settings.batch_size, within_s):
-            consumed_ms = now_ms()
-            records = [
-                RawRecord(
-                    ev.message.topic, ev.message.partition, ev.message.offset, ev.key, ev.value
+            try:
+                await handle(stream, events)
+            except Exception:
+                # Records that raise are isolated in the pipeline; this is the rest (a bug in
+                # the loop itself). faust would restart the agent in this process and drop
+                # the batch: exit instead, unacknowledged, so it is redelivered.
+                log.critical(
+                    "a batch of %d events could not be handled; exiting without acknowledging "
+                    "it, so it is redelivered",
+                    len(events),
+                    exc_info=True,
                 )
-                for ev in events
-            ]
-            t0 = time.perf_counter()
-            result = pipeline.process(records, load_state, consumed_ms)
-            t1 = time.perf_counter()
-            outputs.produce(topics.scores, result.scores)
-            outputs.produce(topics.alerts, result.alerts)
-            outputs.produce(topics.dlq, result.dead)
-            outputs.produce_to(topics.inflows, result.inflows)
-            t2 = time.perf_counter()
-            await outputs.flush()  # outputs durable before state: see module notes
-            t3 = time.perf_counter()
-            for account_id, i in result.last_index.items():
-                account = result.states[account_id]
-                snapshot = account.snapshot()
-                key = account_id.encode()
-                # changelog partition = the source partition (co-partitioned)
-                value = codecs.dumps(state.value_serializer, snapshot)
-                outputs.produce_at(changelog, events[i].message.partition, key, value)
-                state.data[key] = snapshot  # the table's store: we wrote its changelog
-                pipeline.remember(account_id, snapshot, account)
-            # the state durable before the source offsets: a failed flush ends the process,
-            # taking the in-memory state with it, before any event of the batch is acked
-            await outputs.flush()
-            t4 = time.perf_counter()
-            for ev in events:
-                await stream.ack(ev)
-            spent = phases
-            spent["pipeline"] += t1 - t0
-            spent["produce"] += t2 - t1
-            spent["flush"] += t3 - t2
-            spent["save"] += t4 - t3
-            spent["ack"] += time.perf_counter() - t4
-            spent["batches"] += 1
+                os._exit(EXIT_SOFTWARE)
 
     @app.timer(STATS_EVERY_S)
     async def report() -> None:

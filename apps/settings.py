@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.schemas import MAX_RECORD_BYTES
 from streams.topics import TopicNames
 
 __all__ = ["DEV_HMAC_KEY", "Settings", "load_settings"]
@@ -40,6 +41,13 @@ class Settings(BaseSettings):
     )
     fetch_max_wait_ms: int = Field(
         default=50, ge=1, le=5000, description="longest a consumer fetch waits for data"
+    )
+    max_record_bytes: int = Field(
+        default=MAX_RECORD_BYTES,
+        ge=16_384,
+        le=100_000_000,
+        description="largest record (key + value) a worker produces: dead letters are cut "
+        "to fit, larger outputs are dead-lettered; at most the topics' max.message.bytes",
     )
     hmac_key: SecretStr = Field(default=SecretStr(DEV_HMAC_KEY), description="signs model releases")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")

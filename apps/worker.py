@@ -19,12 +19,15 @@ from apps.compat import (
 )
 from apps.kafka import make_producer
 from apps.settings import Settings
+from streams.schemas import MAX_RECORD_BYTES
 
-__all__ = ["EXIT_OUTPUT_LOST", "Outputs", "faust_app", "run_app"]
+__all__ = ["EXIT_OUTPUT_LOST", "EXIT_SOFTWARE", "Outputs", "faust_app", "run_app"]
 
 log = logging.getLogger("vigil.worker")
 FLUSH_POLL_S = 0.001
+RECORD_OVERHEAD_BYTES = 512  # librdkafka counts a record's framing against its size limit
 EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
+EXIT_SOFTWARE = 70  # a batch could not be handled (sysexits EX_SOFTWARE): exit unacknowledged
 
 
 def faust_app(
@@ -83,10 +86,15 @@ class Outputs:
     needs the GIL in librdkafka's thread, queued behind the event loop's thread, and made a
     flush of one batch take ~130 ms at 5,000 tx/s instead of a few."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         # no linger: a batch's records are produced at once, then flushed
-        only_errors = {"delivery.report.only.error": True, "linger.ms": 0}
-        self.producer = make_producer(bootstrap, **only_errors)
+        conf = {
+            "delivery.report.only.error": True,
+            "linger.ms": 0,
+            # the pipelines fit every record to this; librdkafka refuses larger ones
+            "message.max.bytes": max_record_bytes + RECORD_OVERHEAD_BYTES,
+        }
+        self.producer = make_producer(bootstrap, **conf)
         self.errors: list[KafkaError] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:

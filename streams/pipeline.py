@@ -11,6 +11,17 @@ Exactly-once *effects* on at-least-once delivery: each account's state remembers
 source offset applied per partition, and an event at or below it is skipped, so a worker
 restart that redelivers events does not count them twice. The worker makes outputs durable
 before it saves state, so a skipped event's score record was already delivered.
+
+No exception loses an event: ``process_isolated`` runs a batch and, where anything raises
+(a rule, a reason template, the model, an output over the record size, a bug), splits it
+in halves until the records that fail stand alone; each of those is dead-lettered with the
+exception and every other record is scored. A failed attempt changes nothing the caller
+keeps (its states and counts are thrown away), so offsets and per-account positions move
+only past what was scored or dead-lettered.
+
+A score the pipeline cannot stand behind is never ``allow``: where a feature is infinite
+or the model's score is not a number in [0, 1], the transaction is scored ``review`` (at
+least) with the reason ``INVALID_SCORE``, and the model's part is left out of its score.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +59,15 @@ from streams.rules import (
     decide,
     default_ruleset,
 )
-from streams.schemas import DeadLetter, RawRecord, Transaction, decode_transactions
+from streams.schemas import (
+    MAX_RECORD_BYTES,
+    DeadLetter,
+    RawRecord,
+    Transaction,
+    decode_transactions,
+)
 
-__all__ = ["AccountState", "BatchResult", "RiskPipeline", "RULE_NAMES", "now_ms"]
+__all__ = ["AccountState", "BatchResult", "OutputTooLarge", "RiskPipeline", "RULE_NAMES", "now_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +78,10 @@ STATE_VERSION = FEATURE_SPEC.label
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class OutputTooLarge(ValueError):
+    """An output record is over the record size the broker takes."""
 
 
 @dataclass
@@ -103,7 +124,10 @@ class BatchResult:
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     inflows: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, inflow batch)
     states: dict[str, AccountState] = field(default_factory=dict)  # touched accounts
-    last_index: dict[str, int] = field(default_factory=dict)  # account -> last record index
+    # account -> source partition of its last record (its changelog partition)
+    partition: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)  # added to the pipeline's counters
+    failed: int = 0  # records dead-lettered because processing them raised
 
 
 class RiskPipeline:
@@ -117,6 +141,7 @@ class RiskPipeline:
         live_states: int = 100_000,
         inflow_topic: str = "vigil.risk.inflows",
         partitions: int = 1,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
         self.shadow: Ruleset | None = None
@@ -132,6 +157,52 @@ class RiskPipeline:
         self.partitions = partitions  # of the transaction and inflow topics
         self._fed_back: list[tuple[int, bytes]] = []  # process_local: next batch's inflows
         self._fed_offset = 0
+        self.max_record_bytes = max_record_bytes  # key + value of any output record
+
+    def process_isolated(
+        self,
+        records: Sequence[RawRecord],
+        load_state: Callable[[str], dict[str, Any] | None],
+        consumed_ms: int | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> Iterator[BatchResult]:
+        """``process`` on ``records``, or, where it raises, on halves of them in order,
+        down to single records, which are dead-lettered with the exception.
+
+        A generator: the caller must save each result's states (so that ``load_state``
+        returns them) before it asks for the next, which may read them."""
+        try:
+            result = self.process(records, load_state, consumed_ms, clock)
+        except Exception as exc:  # anything: a record must never be lost to it
+            if len(records) > 1:
+                log.warning(
+                    "a batch of %d records raised %s: %s; isolating the records that fail",
+                    len(records),
+                    type(exc).__name__,
+                    _short(exc),
+                )
+                mid = len(records) // 2
+                yield from self.process_isolated(records[:mid], load_state, consumed_ms, clock)
+                yield from self.process_isolated(records[mid:], load_state, consumed_ms, clock)
+                return
+            record = records[0]
+            log.error(
+                "record %s:%s@%s dead-lettered: processing it raised",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc_info=exc,
+            )
+            error = f"processing raised {type(exc).__name__}: {_short(exc)}"
+        else:
+            yield result
+            return
+        out = BatchResult(failed=1)
+        self._dead(out, record, DeadLetter.of(record, error, clock()))
+        out.counts["events"] += 1
+        out.counts["failed"] += 1
+        self.counters.update(out.counts)
+        yield out
 
     def process(
         self,
@@ -143,18 +214,17 @@ class RiskPipeline:
         consumed_ms = clock() if consumed_ms is None else consumed_ms
         out = BatchResult()
         t0 = time.perf_counter()
-        index = {id(r): i for i, r in enumerate(records)}
         inflow_records = [r for r in records if r.topic == self.inflow_topic]
         if inflow_records:
             records = [r for r in records if r.topic != self.inflow_topic]
-        self._check_routing(records)
+        self._check_routing(out, records)
         valid, dead = decode_transactions(records, clock())
         t1 = time.perf_counter()
-        self.counters["events"] += len(records)
+        out.counts["events"] += len(records)
         for record, letter in dead:
             self._dead(out, record, letter)
         if inflow_records:
-            self._fold_inflows(out, inflow_records, index, load_state, clock)
+            self._fold_inflows(out, inflow_records, load_state, clock)
 
         # The events these states have not applied yet, in partition order.
         fresh: list[Transaction] = []
@@ -169,7 +239,7 @@ class RiskPipeline:
                 self._dead(out, record, DeadLetter.of(record, error, clock()))
                 continue
             if state.applied(record):
-                self.counters["redelivered"] += 1
+                out.counts["redelivered"] += 1
                 continue
             fresh.append(tx)
             sources.append(record)
@@ -177,12 +247,14 @@ class RiskPipeline:
             if len(state.inflows):
                 inflows[tx.account_id] = state.inflows
             state.offsets[record.partition] = record.offset
-            out.last_index[tx.account_id] = index[id(record)]
+            out.partition[tx.account_id] = record.partition
 
         t2 = time.perf_counter()
         accounts = [tx.account_id for tx in fresh]
         rows = event_rows(fresh)
-        matrix = self.engine.compute(accounts, rows, logs, inflows)
+        # extreme amounts may overflow a ratio: an infinite feature is caught below
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            matrix = self.engine.compute(accounts, rows, logs, inflows)
         self._publish_inflows(out, fresh, sources, rows, inflows)
         t3 = time.perf_counter()
         spec_label = FEATURE_SPEC.label
@@ -197,11 +269,17 @@ class RiskPipeline:
         shadow_firings = shadow.evaluate_batch(cols, len(fresh)) if shadow else None
         t4 = time.perf_counter()
         processed_ms = clock()
+        invalid = self._invalid_rows(matrix, model_scores)
         for i, tx in enumerate(fresh):
             firings = all_firings[i]
             model_score = None if model_scores is None else float(model_scores[i])
+            if invalid is not None and invalid[i]:
+                model_score, firings = None, [*firings, self._invalid_score(matrix[i], model_score)]
+                out.counts["invalid_scores"] += 1
             score = combine(firings, model_score)
             decision = decide(score, self.thresholds)
+            if invalid is not None and invalid[i] and decision == "allow":
+                decision = "review"
             hits = [{"rule": f.rule, "typology": f.typology, "score": f.score} for f in firings]
             key = tx.account_id.encode()
             record = {
@@ -219,8 +297,9 @@ class RiskPipeline:
                 "features": matrix[i],  # spec order; NaN (no value) is written as null
             }
             if shadow_firings is not None:
-                record["shadow"] = self._shadow(shadow, shadow_firings[i], model_score)
-            out.scores.append((key, orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)))
+                record["shadow"] = self._shadow(out, shadow, shadow_firings[i], model_score)
+            value = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+            out.scores.append((key, self._fits("score", tx, key, value)))
             if decision != "allow":
                 alert = {
                     "alert_id": alert_id(tx.tx_id, decision, firings, scorer.version),
@@ -240,9 +319,13 @@ class RiskPipeline:
                 alerts.append((i, key, alert))
         if alerts and model_scores is not None and hasattr(scorer, "explain"):
             self._explain(alerts, scorer, matrix, model_scores)
-        out.alerts = [(key, orjson.dumps(alert)) for _i, key, alert in alerts]
-        self.counters["scored"] += len(out.scores)
-        self.counters["alerts"] += len(out.alerts)
+        out.alerts = [
+            (key, self._fits("alert", fresh[i], key, orjson.dumps(alert)))
+            for i, key, alert in alerts
+        ]
+        out.counts["scored"] += len(out.scores)
+        out.counts["alerts"] += len(out.alerts)
+        self.counters.update(out.counts)  # only now: a batch that raised counts nothing
         spent = self.stage_seconds
         spent["decode"] += t1 - t0
         spent["state"] += t2 - t1
@@ -251,7 +334,42 @@ class RiskPipeline:
         spent["outputs"] += time.perf_counter() - t4
         return out
 
-    def _check_routing(self, records: Sequence[RawRecord]) -> None:
+    def _fits(self, what: str, tx: Transaction, key: bytes, value: bytes) -> bytes:
+        size = len(key) + len(value)
+        if size > self.max_record_bytes:
+            raise OutputTooLarge(
+                f"the {what} record of transaction {tx.tx_id!r} is {size} bytes, over the "
+                f"{self.max_record_bytes}-byte record limit"
+            )
+        return value
+
+    @staticmethod
+    def _invalid_rows(matrix: np.ndarray, model_scores: np.ndarray | None) -> np.ndarray | None:
+        """Rows whose features are infinite or whose model score is not in [0, 1] (None:
+        no such row, the usual case)."""
+        bad = np.isinf(matrix).any(axis=1)
+        if model_scores is not None:
+            scores = np.asarray(model_scores, dtype=float)
+            with np.errstate(invalid="ignore"):
+                bad |= ~((scores >= 0) & (scores <= 1))  # NaN fails both
+        return bad if bad.any() else None
+
+    def _invalid_score(self, row: np.ndarray, model_score: float | None) -> Firing:
+        """The reason a transaction whose score cannot be trusted is reviewed."""
+        infinite = [FEATURE_SPEC.names[j] for j in np.flatnonzero(np.isinf(row))]
+        if infinite:
+            what = f"features {', '.join(infinite[:5])} are infinite"
+        else:
+            what = f"the model scored {model_score!r}"
+        return Firing(
+            "invalid_score",
+            "invalid_score",
+            self.thresholds.review,
+            "INVALID_SCORE",
+            f"{what}: the model's score is left out and the transaction reviewed, not allowed",
+        )
+
+    def _check_routing(self, out: BatchResult, records: Sequence[RawRecord]) -> None:
         """Spot-check (one record per partition and batch) that producers place keys with
         Kafka's default partitioner: the inflow repartition relies on it."""
         if self.partitions < 2:
@@ -263,7 +381,7 @@ class RiskPipeline:
             checked.add(r.partition)
             expected = partition_for(r.key, self.partitions)
             if expected != r.partition:
-                if not self.counters["misrouted"]:
+                if not self.counters["misrouted"] and not out.counts["misrouted"]:
                     log.warning(
                         "transaction key %r arrived on partition %d, Kafka's default "
                         "partitioner puts it on %d: producers must use it (librdkafka: "
@@ -272,13 +390,12 @@ class RiskPipeline:
                         r.partition,
                         expected,
                     )
-                self.counters["misrouted"] += 1
+                out.counts["misrouted"] += 1
 
     def _fold_inflows(
         self,
         out: BatchResult,
         records: list[RawRecord],
-        index: dict[int, int],
         load_state: Callable[[str], dict[str, Any] | None],
         clock: Callable[[], int],
     ) -> None:
@@ -296,15 +413,14 @@ class RiskPipeline:
                 )
                 continue
             received += len(inflows)
-            at = index[id(record)]
             for inflow in inflows:
                 by_payee.setdefault(inflow.payee, []).append(inflow)
-                out.last_index[inflow.payee] = at  # records come in order: the latest wins
+                out.partition[inflow.payee] = record.partition  # co-partitioned
         folded = 0
         for payee, batch in by_payee.items():
             folded += out.states[payee].inflows.fold(batch)
-        self.counters["inflows"] += folded
-        self.counters["inflows_redelivered"] += received - folded
+        out.counts["inflows"] += folded
+        out.counts["inflows_redelivered"] += received - folded
 
     def _publish_inflows(
         self,
@@ -343,7 +459,18 @@ class RiskPipeline:
             partition = partition_for(payee.encode(), self.partitions)
             by_partition.setdefault(partition, []).append(inflow)
         for partition, batch in sorted(by_partition.items()):
-            out.inflows.append((partition, encode_inflows(batch)))
+            out.inflows.extend((partition, value) for value in self._inflow_values(batch))
+
+    def _inflow_values(self, batch: list[InflowRecord]) -> Iterator[bytes]:
+        """``batch`` as inflow records, in halves where one would be over the record size
+        (a row is at most a few hundred bytes: ids are at most 128 characters)."""
+        value = encode_inflows(batch)
+        if len(value) <= self.max_record_bytes or len(batch) == 1:
+            yield value
+            return
+        mid = len(batch) // 2
+        yield from self._inflow_values(batch[:mid])
+        yield from self._inflow_values(batch[mid:])
 
     @staticmethod
     def _explain(alerts: list[tuple[int, bytes, dict]], scorer, matrix, model_scores) -> None:
@@ -361,11 +488,13 @@ class RiskPipeline:
                 }
             )
 
-    def _shadow(self, shadow: Ruleset, firings: list[Firing], model_score: float | None) -> dict:
+    def _shadow(
+        self, out: BatchResult, shadow: Ruleset, firings: list[Firing], model_score: float | None
+    ) -> dict:
         """What the shadow ruleset would have decided: recorded, never alerted."""
         score = combine(firings, model_score)
         if firings:
-            self.counters["shadow_hits"] += 1
+            out.counts["shadow_hits"] += 1
         return {
             "ruleset_version": shadow.label,
             "score": score,
@@ -449,8 +578,13 @@ class RiskPipeline:
         return state
 
     def _dead(self, out: BatchResult, record: RawRecord, letter: DeadLetter) -> None:
-        self.counters["dlq"] += 1
+        out.counts["dlq"] += 1
         log.debug(
             "dead letter %s:%s@%s: %s", record.topic, record.partition, record.offset, letter.error
         )
-        out.dead.append((record.key, letter.model_dump_json().encode()))
+        out.dead.append(letter.encode(record, self.max_record_bytes))
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,6 +7,7 @@ and the value that was seen; nothing is dropped silently.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = [
     "ScoreRecord",
     "Alert",
     "DeadLetter",
+    "MAX_AMOUNT",
+    "MAX_RECORD_BYTES",
     "ClipScore",
     "InspectionAlert",
     "RawRecord",
@@ -42,6 +45,13 @@ __all__ = [
 # timestamp is almost certainly seconds, microseconds or garbage.
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
+
+# Largest record a worker produces (key + value), below librdkafka's and Kafka's default
+# message.max.bytes (1,000,000); the setting VIGIL_MAX_RECORD_BYTES overrides it.
+MAX_RECORD_BYTES = 1_000_000
+# Largest amount accepted (in currency units): above any real payment in any currency,
+# and far enough below float64's range that sums over a window stay finite.
+MAX_AMOUNT = 1e15
 
 TsMs = Annotated[int, Field(ge=MIN_TS_MS, lt=MAX_TS_MS)]
 Channel = Literal["card", "wire", "ach", "cash", "crypto", "p2p"]
@@ -56,7 +66,7 @@ class Transaction(BaseModel):
     ts_ms: TsMs
     account_id: str = Field(min_length=1, max_length=128)
     counterparty_id: str = Field(min_length=1, max_length=128)
-    amount: float = Field(gt=0, allow_inf_nan=False)
+    amount: float = Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217")
     channel: Channel
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO-3166 alpha-2 of the counterparty")
@@ -200,11 +210,17 @@ class DeadLetter(BaseModel):
     # (left out of the JSON when it had none)
     headers: list[tuple[str, str | None]] | None = None
 
+    # extends contract v1: set when the letter had to be cut to fit the broker's record
+    # size: the original's sizes and SHA-256 digests (hex), the value and key cut to a
+    # prefix, headers left out (left out of the JSON when nothing was cut)
+    truncated: dict[str, int | str] | None = None
+
     @model_serializer(mode="wrap")
-    def _without_empty_headers(self, handler: Any) -> dict[str, Any]:
+    def _without_empty_fields(self, handler: Any) -> dict[str, Any]:
         doc = handler(self)
-        if doc.get("headers") is None:
-            doc.pop("headers", None)
+        for name in ("headers", "truncated"):
+            if doc.get(name) is None:
+                doc.pop(name, None)
         return doc
 
     @classmethod
@@ -215,10 +231,52 @@ class DeadLetter(BaseModel):
             offset=record.offset,
             key_b64=_b64(record.key),
             value_b64=_b64(record.value),
-            error=error,
+            error=_cut(error, MAX_ERROR_CHARS),
             ts_ms=now_ms,
             headers=[(k, _b64(v)) for k, v in record.headers] if record.headers else None,
         )
+
+    def encode(
+        self, record: RawRecord, max_bytes: int = MAX_RECORD_BYTES
+    ) -> tuple[bytes | None, bytes]:
+        """The DLQ record (Kafka key, JSON value) of this letter about ``record``, together
+        at most ``max_bytes``: as is where it fits, else with the original's value and key
+        cut to prefixes beside their sizes and digests, so the reason and the source
+        coordinates always reach the DLQ. The Kafka key is the original key, or
+        ``sha256:<hex>`` of it where it is over an eighth of ``max_bytes``."""
+        value = self.model_dump_json().encode()
+        key = record.key
+        if len(value) + len(key or b"") <= max_bytes:
+            return key, value
+        if key is not None and len(key) > max_bytes // 8:
+            key = b"sha256:" + hashlib.sha256(key).hexdigest().encode()
+        truncated: dict[str, int | str] = {"headers": len(record.headers or ())}
+        for name, data in (("value", record.value), ("key", record.key)):
+            if data is not None:
+                truncated[f"{name}_bytes"] = len(data)
+                truncated[f"{name}_sha256"] = hashlib.sha256(data).hexdigest()
+        cut = self.model_copy(
+            update={"key_b64": None, "value_b64": None, "headers": None, "truncated": truncated}
+        )
+        # what is left for the two prefixes, in base64 (4 characters per 3 bytes)
+        room = max_bytes - len(key or b"") - len(cut.model_dump_json()) - 64
+        room_bytes = max(0, room // 4 * 3)
+        key_prefix = (record.key or b"")[: room_bytes // 8]
+        value_prefix = (record.value or b"")[: room_bytes - len(key_prefix)]
+        cut = cut.model_copy(
+            update={
+                "key_b64": None if record.key is None else _b64(key_prefix),
+                "value_b64": None if record.value is None else _b64(value_prefix),
+            }
+        )
+        return key, cut.model_dump_json().encode()
+
+
+MAX_ERROR_CHARS = 2000  # of a dead letter's error: an exception's text can be any length
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
 
 
 def _b64(data: bytes | None) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 
 import pytest
@@ -136,3 +138,54 @@ def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_ru
     for s in scores:  # duplicates from redelivery, if any, must be identical
         assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
         assert s["decision"] == expected_decision(by_id[s["tx_id"]], ref[s["tx_id"]])[0]
+
+
+def test_records_that_raise_or_are_too_large_are_dead_lettered_and_nothing_else_is_lost(
+    settings, bootstrap, tmp_path
+):
+    """The loss triggers of issue 21 on the real worker: a bug that raises on some records
+    (injected: tests/apps/faults), a 900 KB malformed record and a 400 KB key whose dead
+    letters are over the broker's record size."""
+    gen = TransactionGenerator(GeneratorConfig(seed=21, accounts=60)).take(1500)
+    txs = [g.tx for g in gen]
+    poisoned = {t["tx_id"] for t in txs[50:1450:70]}
+    for t in txs:
+        if t["tx_id"] in poisoned:
+            t["note"] = "poison"  # unknown fields are kept and ignored by the contract
+    topic = settings.topics.transactions
+    publish(bootstrap, topic, [(t["account_id"], json.dumps(t).encode()) for t in txs[:700]])
+    huge_key = b"k" * 400_000
+    oversized = [
+        (b"big", b"{" + b"x" * 900_000),  # malformed, 900 KB
+        (huge_key, json.dumps(txs[0] | {"account_id": "a" * 400_000}).encode()),
+    ]
+    raw = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2_000_000})
+    for key, value in oversized:
+        raw.produce(topic, value, key)
+    raw.flush(10)
+    publish(bootstrap, topic, [(t["account_id"], json.dumps(t).encode()) for t in txs[700:]])
+
+    clean = [t for t in txs if t["tx_id"] not in poisoned]
+    faults = {"VIGIL_FAULT_RAISE_ON": '"poison"'}
+    with _worker(settings, tmp_path, faults=faults) as worker:
+        scores = collect(
+            bootstrap,
+            settings.topics.scores,
+            lambda got: len({s["tx_id"] for s in got}) >= len(clean),
+            alive=lambda: worker.running,
+        )
+        n_dead = len(poisoned) + len(oversized)
+        dead = collect(bootstrap, settings.topics.dlq, lambda got: len(got) >= n_dead)
+        assert worker.running, _log(tmp_path)
+
+    assert {s["tx_id"] for s in scores} == {t["tx_id"] for t in clean}, _log(tmp_path)
+    ref = features_by_tx(clean)  # the failed records never touched any state
+    for s in scores:
+        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+    assert len(dead) == n_dead
+    raised = [d for d in dead if "processing raised RuntimeError: injected fault" in d["error"]]
+    assert {json.loads(base64.b64decode(d["value_b64"]))["tx_id"] for d in raised} == poisoned
+    cut = {d["truncated"]["value_sha256"]: d for d in dead if "truncated" in d}
+    malformed, long_key = (cut[hashlib.sha256(v).hexdigest()] for _, v in oversized)
+    assert "invalid JSON" in malformed["error"] and "account_id" in long_key["error"]
+    assert long_key["truncated"]["key_sha256"] == hashlib.sha256(huge_key).hexdigest()

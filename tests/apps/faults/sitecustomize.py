@@ -4,7 +4,9 @@ Put this directory on a worker's PYTHONPATH and set:
 
 - ``VIGIL_FAULT_SLOW_SEEK_S``: the consumer's seek to committed offsets returns that much later;
 - ``VIGIL_FAULT_SLOW_FLUSH_S``: every flush of a micro-batch's outputs waits that much longer
-  (like a slow broker); meanwhile the fetcher fills the stream queue.
+  (like a slow broker); meanwhile the fetcher fills the stream queue;
+- ``VIGIL_FAULT_RAISE_ON``: the risk pipeline raises (a bug) on any batch holding a record
+  whose value contains these bytes.
 
 Together they widen a faust race that is otherwise a few milliseconds wide (apps/compat.py,
 ``install_faust_safe_resume``): without that fix a restarted worker drops the records
@@ -18,6 +20,7 @@ import sys
 
 _slow_seek_s = float(os.environ.get("VIGIL_FAULT_SLOW_SEEK_S") or 0)
 _slow_flush_s = float(os.environ.get("VIGIL_FAULT_SLOW_FLUSH_S") or 0)
+_raise_on = os.environ.get("VIGIL_FAULT_RAISE_ON", "").encode()
 
 
 def _slow_seek(module) -> None:
@@ -46,6 +49,17 @@ def _slow_flush(module) -> None:
     module.Outputs.flush = flush
 
 
+def _raise_on_bytes(module) -> None:
+    original = module.RiskPipeline.process
+
+    def process(self, records, *args, **kwargs):
+        if any(_raise_on in (r.value or b"") for r in records):
+            raise RuntimeError("injected fault: a bug in the batch path")
+        return original(self, records, *args, **kwargs)
+
+    module.RiskPipeline.process = process
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
     def __init__(self, patches) -> None:
         self.patches = patches
@@ -70,5 +84,7 @@ if _slow_seek_s > 0:
     _patches["faust.transport.drivers.aiokafka"] = _slow_seek
 if _slow_flush_s > 0:
     _patches["apps.worker"] = _slow_flush
+if _raise_on:
+    _patches["streams.pipeline"] = _raise_on_bytes
 if _patches:
     sys.meta_path.insert(0, _PatchOnImport(_patches))
