@@ -442,7 +442,7 @@ def rules_validate(
     try:
         ruleset = load_ruleset(file, RULE_NAMES)
     except RuleError as exc:
-        console.print(f"[red]invalid:[/] {exc}")
+        console.print(f"[red]invalid:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     table = Table("rule", "typology", "code", "bands", title=f"{ruleset.name} {ruleset.version}")
     for r in ruleset.rules:
@@ -460,19 +460,17 @@ def rules_publish(
 ) -> None:
     """Validate a ruleset, then publish it: running workers switch to it between
     micro-batches (``mode: shadow`` documents run beside the live rules, without alerting)."""
-    import yaml
-
     from streams.pipeline import RULE_NAMES
-    from streams.rules import RuleError, load_ruleset
+    from streams.rules import RuleError, load_ruleset, read_document
 
     try:
         ruleset = load_ruleset(file, RULE_NAMES)
     except RuleError as exc:
-        console.print(f"[red]invalid, not published:[/] {exc}")
+        console.print(f"[red]invalid, not published:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    document = yaml.safe_load(file.read_text(encoding="utf-8"))
+    document = read_document(file.read_bytes())  # validated above
     result = publish(
         bootstrap, settings.topics.rules, [(ruleset.name, json.dumps(document).encode())]
     )
@@ -516,7 +514,7 @@ def rules_backtest(
     try:
         ruleset = load_ruleset(file, RULE_NAMES)
     except RuleError as exc:
-        console.print(f"[red]invalid:[/] {exc}")
+        console.print(f"[red]invalid:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     truth = _read_labels(labels)
     pipeline = RiskPipeline(

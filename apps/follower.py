@@ -30,6 +30,7 @@ class TopicFollower(threading.Thread):
         self.bootstrap, self.topic = bootstrap, topic
         self.stopping = threading.Event()
         self.caught_up = threading.Event()  # the topic's backlog has been applied
+        self.skipped = 0  # records whose handling raised
 
     def run(self) -> None:
         reader = make_reader(self.bootstrap)
@@ -39,7 +40,7 @@ class TopicFollower(threading.Thread):
                 for msg in reader.consume(100, 0.2):
                     err = msg.error()
                     if err is None:
-                        self.handle(msg)
+                        self._handle_one(msg)
                     elif err.code() != KafkaError._PARTITION_EOF:
                         log.error("reading %s: %s", self.topic, err)
                     elif not self.caught_up.is_set():
@@ -50,6 +51,24 @@ class TopicFollower(threading.Thread):
             log.exception("following %s stopped; the current %s stay", self.topic, self.what)
         finally:
             reader.close()
+
+    def _handle_one(self, msg: Message) -> None:
+        """``handle``, surviving whatever one record does to it: a control topic keeps its
+        records for ever, so a record that stopped the follower would stop it again after
+        every restart, and every later release or ruleset would be ignored."""
+        try:
+            self.handle(msg)
+        except Exception as exc:
+            self.skipped += 1
+            log.error(
+                "%s@%d: record skipped, the current %s stay (%s: %.300s)",
+                self.topic,
+                msg.offset(),
+                self.what,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, RecursionError),  # its traceback is 1,000 lines
+            )
 
     def handle(self, msg: Message) -> None:
         raise NotImplementedError

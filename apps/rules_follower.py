@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import yaml
 from confluent_kafka import Message
 
 from apps.follower import TopicFollower
-from streams.rules import RuleError, Ruleset, parse_ruleset
+from streams.rules import RuleError, Ruleset, parse_ruleset, read_document
 
 __all__ = ["RulesFollower"]
 
@@ -37,8 +36,8 @@ class RulesFollower(TopicFollower):
     def handle(self, msg: Message) -> None:
         raw, offset = msg.value() or b"", msg.offset()
         try:
-            ruleset = parse_ruleset(yaml.safe_load(raw.decode("utf-8")), self.names)
-        except (RuleError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            ruleset = parse_ruleset(read_document(raw, "ruleset record"), self.names)
+        except RuleError as exc:
             log.error("ruleset at %s@%d refused, current rules stay: %s", self.topic, offset, exc)
             self.rejected(str(exc))
             return

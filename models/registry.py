@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
+MAX_MANIFEST_BYTES = 256 * 1024  # read before anything is parsed (real ones: a few KB)
 RELEASE_FORMAT = 1
 GOLDEN = "golden.npz"
 GOLDEN_ROWS = {"onnx:gbdt+nn": 256, "onnx:clip-classifier": 4}
@@ -315,7 +316,9 @@ class Assembler:
         if before is not None:  # the publisher moved on: that one will never complete
             out.append(self._truncated(before))
         try:
-            manifest = json.loads(value)
+            if len(value) > MAX_MANIFEST_BYTES:
+                raise ReleaseError(f"manifest is {len(value)} bytes, at most {MAX_MANIFEST_BYTES}")
+            manifest = json.loads(value)  # too deep a nesting: RecursionError, refused
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
             given = str(manifest.get("signature", ""))
@@ -328,7 +331,7 @@ class Assembler:
                 raise ReleaseError("manifest does not match its record's key and headers")
             if int(manifest["chunks"]) < 1:
                 raise ReleaseError("manifest announces no chunks")
-        except (ValueError, ReleaseError) as exc:
+        except (ValueError, RecursionError, ReleaseError) as exc:
             self.ignored.add((name, version))
             reason = str(exc) if isinstance(exc, ReleaseError) else f"unreadable manifest: {exc}"
             out.append(Refusal(name, version, reason, offset))
@@ -378,9 +381,12 @@ def serve_release(
         raise ReleaseError(str(exc)) from None
     except Exception as exc:  # ORT refusing the graph: InvalidGraph, Fail, ...
         raise ReleaseError(f"ONNX Runtime cannot load it: {exc}") from None
-    inputs, expected = release.golden()
-    got = outputs(scorer, inputs)
-    worst = float(np.max(np.abs(got - expected))) if len(expected) else 0.0
+    try:
+        inputs, expected = release.golden()
+        got = outputs(scorer, inputs)
+        worst = float(np.max(np.abs(got - expected))) if len(expected) else 0.0
+    except Exception as exc:  # a golden batch that is not an npz of the model's inputs
+        raise ReleaseError(f"golden batch unusable: {type(exc).__name__}: {exc}") from None
     tolerance = float(m.get("golden", {}).get("tolerance", GOLDEN_TOLERANCE))
     if not worst <= tolerance:  # NaN fails too
         raise ReleaseError(

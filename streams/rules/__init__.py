@@ -4,16 +4,19 @@ decision."""
 from streams.rules.base import Firing, RuleError
 from streams.rules.language import BOOL, NUM, STR, ExpressionError, compile_expression
 from streams.rules.ruleset import (
+    LIMITS,
     TX_FIELDS,
     CompiledRule,
     Ruleset,
     default_ruleset,
     load_ruleset,
     parse_ruleset,
+    read_document,
 )
 from streams.rules.scoring import Decision, Thresholds, alert_id, combine, decide
 
 __all__ = [
+    "LIMITS",
     "BOOL",
     "NUM",
     "STR",
@@ -32,4 +35,5 @@ __all__ = [
     "default_ruleset",
     "load_ruleset",
     "parse_ruleset",
+    "read_document",
 ]

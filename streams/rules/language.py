@@ -18,6 +18,12 @@ Names are features or transaction fields. Missing numbers are NaN, and so is a d
 by zero: every comparison with a missing value is false, so a rule never fires on data it
 does not have.
 
+Whatever compiles, a worker can evaluate: an expression is at most ``MAX_EXPRESSION_CHARS``
+long and ``MAX_TOKENS`` tokens, nests at most ``MAX_NESTING`` parentheses, ``not``, ``-`` or
+calls deep, and its tree is at most ``MAX_DEPTH`` deep (chains of ``and``/``or`` are one
+node, so a long flat list of conditions is fine). Beyond, it is a clear error with the
+column, never a ``RecursionError``.
+
 >>> ctx = Context({"amount": NUM, "country": STR}, {"risky": frozenset({"KP", "IR"})})
 >>> e = compile_expression("amount * 2 > 100 and country in lists.risky", ctx)
 >>> e.type
@@ -38,6 +44,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_EXPRESSION_CHARS",
+    "MAX_NESTING",
+    "MAX_TOKENS",
     "NUM",
     "STR",
     "BOOL",
@@ -50,6 +60,11 @@ __all__ = [
 
 NUM, STR, BOOL = "num", "str", "bool"
 Columns = Mapping[str, np.ndarray]
+
+MAX_EXPRESSION_CHARS = 8_192
+MAX_TOKENS = 2_000
+MAX_NESTING = 32  # parentheses, calls, not, unary minus
+MAX_DEPTH = 64  # of the expression tree (an a + b + c ... chain is one level per term)
 
 
 class ExpressionError(ValueError):
@@ -117,6 +132,7 @@ class Expr:
 
     type: str
     names: frozenset[str] = frozenset()
+    depth: int = 1  # of the tree below and including this node
 
     def eval(self, cols: Columns, n: int) -> Any:
         raise NotImplementedError
@@ -150,12 +166,15 @@ class _Op(Expr):
     args: tuple[Expr, ...]
     type: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", 1 + max((a.depth for a in self.args), default=0))
+
     @property
     def names(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset().union(*(a.names for a in self.args))
 
     def eval(self, cols: Columns, n: int) -> Any:
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(all="ignore"):  # overflow is inf, 0/0 NaN: defined, not errors
             return self.fn(*(a.eval(cols, n) for a in self.args))
 
 
@@ -165,6 +184,9 @@ class _In(Expr):
     members: frozenset[Any]
     negate: bool
     type: str = BOOL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", 1 + self.item.depth)
 
     @property
     def names(self) -> frozenset[str]:  # type: ignore[override]
@@ -196,6 +218,14 @@ def _cmp(op: str) -> Callable[[Any, Any], Any]:
     return ops[op]
 
 
+def _all(*xs: Any) -> Any:
+    return np.logical_and.reduce(np.broadcast_arrays(*xs))
+
+
+def _any(*xs: Any) -> Any:
+    return np.logical_or.reduce(np.broadcast_arrays(*xs))
+
+
 def _divide(x: Any, y: Any) -> Any:
     return np.where(np.asarray(y) == 0, np.nan, np.divide(x, y))
 
@@ -223,8 +253,29 @@ _FUNCTIONS: dict[str, tuple[tuple[str, ...], str, Callable[..., Any]]] = {
 class _Parser:
     def __init__(self, text: str, ctx: Context) -> None:
         self.toks = _tokenize(text)
+        if len(self.toks) > MAX_TOKENS:
+            raise ExpressionError(
+                f"expression too long: {len(self.toks) - 1} tokens, at most {MAX_TOKENS}",
+                self.toks[MAX_TOKENS].col,
+            )
         self.i = 0
         self.ctx = ctx
+        self.nesting = 0
+
+    def nest(self, col: int) -> None:
+        """Enter a nested construct (parentheses, a call, not, unary minus)."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExpressionError(f"expression nested too deeply (over {MAX_NESTING} levels)", col)
+
+    def node(self, node: Expr, col: int) -> Expr:
+        if node.depth > MAX_DEPTH:
+            raise ExpressionError(
+                f"expression too deep (its tree is over {MAX_DEPTH} levels): split it into "
+                "several rules or use 'in [...]'",
+                col,
+            )
+        return node
 
     @property
     def tok(self) -> _Tok:
@@ -248,28 +299,32 @@ class _Parser:
         return node
 
     def _bools(self, op: str, sub: Callable[[], Expr], fn: Callable[..., Any]) -> Expr:
+        """``a op b op c ...`` as one n-ary node (a flat chain adds one level, not n)."""
         col = self.tok.col
-        node = sub()
+        items = [sub()]
         while self.at(op):
             self.take()
-            right = sub()
-            for side in (node, right):
-                _expect(side, BOOL, f"'{op}'", col)
-            node = _Op(fn, (node, right), BOOL)
-        return node
+            items.append(sub())
+        if len(items) == 1:
+            return items[0]
+        for side in items:
+            _expect(side, BOOL, f"'{op}'", col)
+        return self.node(_Op(fn, tuple(items), BOOL), col)
 
     def or_(self) -> Expr:
-        return self._bools("or", self.and_, np.logical_or)
+        return self._bools("or", self.and_, _any)
 
     def and_(self) -> Expr:
-        return self._bools("and", self.not_, np.logical_and)
+        return self._bools("and", self.not_, _all)
 
     def not_(self) -> Expr:
         if self.at("not"):
             col = self.take().col
+            self.nest(col)
             inner = self.not_()
+            self.nesting -= 1
             _expect(inner, BOOL, "'not'", col)
-            return _Op(np.logical_not, (inner,), BOOL)
+            return self.node(_Op(np.logical_not, (inner,), BOOL), col)
         return self.compare()
 
     def compare(self) -> Expr:
@@ -286,7 +341,7 @@ class _Parser:
             else:
                 _expect(left, NUM, repr(tok.text), tok.col)
                 _expect(right, NUM, repr(tok.text), tok.col)
-            return _Op(_cmp(tok.text), (left, right), BOOL)
+            return self.node(_Op(_cmp(tok.text), (left, right), BOOL), tok.col)
         negate = False
         if self.at("not") and self.toks[self.i + 1].text == "in":
             self.take()
@@ -294,7 +349,7 @@ class _Parser:
         if self.at("in"):
             self.take()
             members = self.members()
-            return _In(left, members, negate)
+            return self.node(_In(left, members, negate), tok.col)
         if negate:
             raise ExpressionError("expected 'in' after 'not'", tok.col)
         return left
@@ -330,7 +385,7 @@ class _Parser:
             right = sub()
             _expect(node, NUM, repr(tok.text), tok.col)
             _expect(right, NUM, repr(tok.text), tok.col)
-            node = _Op(ops[tok.text], (node, right), NUM)
+            node = self.node(_Op(ops[tok.text], (node, right), NUM), tok.col)
         return node
 
     def sum_(self) -> Expr:
@@ -342,11 +397,13 @@ class _Parser:
     def unary(self) -> Expr:
         if self.at("-"):
             tok = self.take()
+            self.nest(tok.col)
             inner = self.unary()
+            self.nesting -= 1
             _expect(inner, NUM, "'-'", tok.col)
             if isinstance(inner, _Const):
                 return _Const(-inner.value, NUM)
-            return _Op(np.negative, (inner,), NUM)
+            return self.node(_Op(np.negative, (inner,), NUM), tok.col)
         return self.primary()
 
     def primary(self) -> Expr:
@@ -361,8 +418,10 @@ class _Parser:
         if tok.kind == "kw" and tok.text == "null":
             return _Const(None, "null")
         if tok.text == "(":
+            self.nest(tok.col)
             node = self.or_()
             self.take(")")
+            self.nesting -= 1
             return node
         if tok.kind == "name":
             if self.at("("):
@@ -386,12 +445,14 @@ class _Parser:
             )
         arg_types, result, fn = spec
         self.take("(")
+        self.nest(name.col)
         args: list[Expr] = []
         while not self.at(")"):
             args.append(self.or_())
             if not self.at(")"):
                 self.take(",")
         self.take(")")
+        self.nesting -= 1
         if len(args) != len(arg_types):
             raise ExpressionError(
                 f"{name.text}() takes {len(arg_types)} argument(s), got {len(args)}", name.col
@@ -399,7 +460,7 @@ class _Parser:
         for arg, want in zip(args, arg_types, strict=True):
             if want != "any":
                 _expect(arg, want, f"{name.text}()", name.col)
-        return _Op(fn, tuple(args), result)
+        return self.node(_Op(fn, tuple(args), result), name.col)
 
 
 def _expect(node: Expr, kind: str, where: str, col: int) -> None:
@@ -416,6 +477,10 @@ def compile_expression(text: str, ctx: Context) -> Expr:
     """Parse and type-check ``text``; raises :class:`ExpressionError` with the column."""
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError("empty expression")
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(
+            f"expression too long: {len(text)} characters, at most {MAX_EXPRESSION_CHARS}"
+        )
     return _Parser(text, ctx).parse()
 
 

@@ -15,16 +15,23 @@ A document::
 
 A ruleset evaluates a whole micro-batch at once: each rule's condition is one numpy
 expression over the batch's columns; reasons are rendered only for the rows that fired.
+
+Documents come from users and from a topic anyone with write access can append to, so
+what ``read_document`` and ``parse_ruleset`` accept is bounded (``LIMITS``): its size, its
+nesting, the number of rules, lists and list items, expression size (see
+``streams.rules.language``), reason length and format widths. Whatever they accept, a
+worker can evaluate: no document reaches a ``RecursionError`` or an unbounded output.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -42,11 +49,13 @@ from streams.rules.language import (
 )
 
 __all__ = [
+    "LIMITS",
     "TX_FIELDS",
     "Ruleset",
     "CompiledRule",
     "load_ruleset",
     "parse_ruleset",
+    "read_document",
     "default_ruleset",
 ]
 
@@ -64,6 +73,24 @@ TX_FIELDS: dict[str, str] = {
 }
 
 
+class Limits:
+    """What a ruleset document may hold at most."""
+
+    document_bytes = 1_048_576
+    nesting = 16  # YAML/JSON collections inside each other (a ruleset needs 5)
+    nodes = 1_000_000  # scalars and collections in the document
+    rules = 1_000
+    bands = 32  # per rule
+    lists = 256
+    list_items = 100_000  # per list
+    item_chars = 256  # per list item
+    reason_chars = 1_000
+    format_width = 64  # width and precision in a reason's {name:spec}
+
+
+LIMITS = Limits()
+
+
 class _Band(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     when: str | None = None
@@ -73,11 +100,11 @@ class _Band(BaseModel):
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
-    typology: str = Field(min_length=1)
+    typology: str = Field(min_length=1, max_length=64)
     when: str
     score: float | None = Field(default=None, ge=0, le=1)
-    bands: list[_Band] | None = Field(default=None, min_length=1)
-    reason: str
+    bands: list[_Band] | None = Field(default=None, min_length=1, max_length=LIMITS.bands)
+    reason: str = Field(max_length=LIMITS.reason_chars)
     code: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]*$")
     enabled: bool = True
 
@@ -93,8 +120,20 @@ class _Document(BaseModel):
     ruleset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: str = Field(min_length=1, max_length=64)
     mode: Literal["live", "shadow"] = "live"  # shadow: evaluated and recorded, never alerts
-    lists: dict[str, list[str | float]] = Field(default_factory=dict)
-    rules: list[_Rule] = Field(min_length=1)
+    lists: dict[
+        str,
+        list[Annotated[str, Field(max_length=LIMITS.item_chars)] | float],
+    ] = Field(default_factory=dict, max_length=LIMITS.lists)
+    rules: list[_Rule] = Field(min_length=1, max_length=LIMITS.rules)
+
+    @model_validator(mode="after")
+    def _list_sizes(self) -> _Document:
+        for name, items in self.lists.items():
+            if len(items) > LIMITS.list_items:
+                raise ValueError(
+                    f"list {name!r} has {len(items)} items, at most {LIMITS.list_items}"
+                )
+        return self
 
 
 class _Reason:
@@ -114,6 +153,12 @@ class _Reason:
                     hint = "" if name in names else " (unknown name)"
                     raise RuleError(f"{where}, field 'reason': bad placeholder {{{name}}}{hint}")
                 sample = 1234.5 if names[name] == NUM else "X"
+                widths = [int(n) for n in re.findall(r"\d+", spec or "")]
+                if any(w > LIMITS.format_width for w in widths):
+                    raise RuleError(
+                        f"{where}, field 'reason': format {{{name}:{spec}}}: width and "
+                        f"precision are at most {LIMITS.format_width}"
+                    )
                 try:
                     format(sample, spec or "")
                 except ValueError as exc:
@@ -258,16 +303,51 @@ def parse_ruleset(doc: Any, names: Mapping[str, str]) -> Ruleset:
     return Ruleset(parsed.ruleset, parsed.version, tuple(rules), parsed.mode)
 
 
+def read_document(data: bytes | str, where: str = "ruleset") -> Any:
+    """A YAML or JSON document (JSON is YAML), within ``LIMITS``: its size, and its nesting
+    and node count checked on the parser's event stream before anything is built (PyYAML
+    builds nested collections recursively). Anchors and aliases are refused: they can make
+    a small document expand without bound."""
+    size = len(data.encode("utf-8") if isinstance(data, str) else data)
+    if size > LIMITS.document_bytes:
+        raise RuleError(f"{where} is {size} bytes, at most {LIMITS.document_bytes}")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise RuleError(f"{where} is not UTF-8 text: {exc}") from None
+    try:
+        depth = 0
+        for nodes, event in enumerate(yaml.parse(text, Loader=yaml.SafeLoader), 1):
+            at = event.start_mark
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise RuleError(
+                    f"{where}, line {at.line + 1} column {at.column + 1}: YAML anchors and "
+                    "aliases are not allowed in rule documents"
+                )
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > LIMITS.nesting:
+                    raise RuleError(
+                        f"{where}, line {at.line + 1} column {at.column + 1}: nested over "
+                        f"{LIMITS.nesting} levels deep"
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            if nodes > LIMITS.nodes:
+                raise RuleError(f"{where}: over {LIMITS.nodes} YAML nodes")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleError(f"{where} is not valid YAML/JSON: {exc}") from None
+
+
 def load_ruleset(source: str | Path, names: Mapping[str, str]) -> Ruleset:
     """Read a YAML or JSON ruleset file (JSON is YAML) and compile it."""
     path = Path(source)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except OSError as exc:
         raise RuleError(f"cannot read ruleset {str(path)!r}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise RuleError(f"ruleset {str(path)!r} is not valid YAML/JSON: {exc}") from None
-    return parse_ruleset(doc, names)
+    return parse_ruleset(read_document(data, f"ruleset {str(path)!r}"), names)
 
 
 DEFAULT_RULESET = "aml"

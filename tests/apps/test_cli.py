@@ -335,3 +335,28 @@ def test_bench_hybrid_refuses_a_hold_out_as_long_as_the_history():
     result = runner.invoke(app, ["bench", "hybrid", "--days", "4", "--holdout-days", "4"])
     assert result.exit_code == 2
     assert "nothing to train on" in result.output
+
+
+@pytest.mark.parametrize(
+    ("when", "reason", "message"),
+    [
+        (" + ".join(["amount"] * 490) + " > 1", "r", "too deep"),
+        ("(" * 90 + "amount > 1" + ")" * 90, "r", "nested too deeply"),
+        ("amount > 1", "{amount:>1500000}", "width and precision are at most 64"),
+    ],
+)
+def test_rules_validate_refuses_bombs_in_one_line_without_a_traceback(
+    tmp_path, when, reason, message
+):
+    doc = {"ruleset": "x", "version": "1", "rules": [{"name": "bomb", "typology": "t",
+           "when": when, "score": 0.5, "reason": reason}]}  # fmt: skip
+    path = tmp_path / "bomb.json"
+    path.write_text(json.dumps(doc))
+    result = runner.invoke(app, ["rules", "validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "rule 'bomb'" in result.output
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("[" * 5000 + "]" * 5000)
+    result = runner.invoke(app, ["rules", "validate", str(nested)])
+    assert result.exit_code == 1 and "nested over 16 levels" in result.output, result.output

@@ -60,6 +60,11 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
         refused = runner.invoke(app, ["rules", "publish", str(bad)])
         assert refused.exit_code == 1 and "did you mean 'channel'" in refused.output
         publish(bootstrap, settings.topics.rules, [("seed", bad.read_bytes())])
+        # records that used to stop the followers for good (and again after each restart)
+        bombs = [("seed", b"[" * 5000 + b"]" * 5000), ("seed", b"[" * 100_000)]
+        publish(bootstrap, settings.topics.rules, bombs)
+        manifest = [("vigil-release", b"x"), ("vigil-part", b"manifest")]
+        publish(bootstrap, settings.topics.models, [("risk", b"[" * 100_000, manifest)])
         for doc, name in ((V2, "v2.yaml"), (SHADOW, "shadow.yaml")):
             path = tmp_path / name
             path.write_text(yaml.safe_dump(doc))
@@ -92,3 +97,6 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
     assert not any(h["rule"] == "mid_amount" for a in alerts for h in a["rule_hits"])
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert "refused, current rules stay" in log and "did you mean 'channel'" in log
+    assert log.count("nested over 16 levels") == 2
+    assert "unreadable manifest: maximum recursion depth" in log
+    assert "stopped" not in log and "RecursionError" not in log
