@@ -22,6 +22,7 @@ Design notes:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -39,7 +40,9 @@ from apps.settings import Settings
 from apps.worker import EXIT_SOFTWARE, Outputs, faust_app, run_app
 from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
-from streams.pipeline import RULE_NAMES, BatchResult, RiskPipeline, now_ms
+from streams.features.library import DAY_MS
+from streams.partitioning import partition_for
+from streams.pipeline import RULE_NAMES, BatchResult, IdleSweep, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
 from streams.schemas import RawRecord
 
@@ -206,9 +209,34 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         spent["ack"] += time.perf_counter() - t4
         spent["batches"] += 1
 
+    sweep = IdleSweep(int(settings.state_ttl_days * DAY_MS))
+
+    async def forget_idle() -> None:
+        """Forget idle account states of the partitions this worker owns: out of the
+        table's store, and a tombstone on its changelog, so recovery forgets them too."""
+        owned = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == topics.transactions
+        }
+        keys = sweep.due(state.data, pipeline.watermark_ms)
+        forgotten = 0
+        for key in keys:
+            partition = partition_for(key, partitions)
+            if partition not in owned:
+                continue  # another worker's now: its own sweep decides
+            state.data.pop(key, None)
+            pipeline.forget(key.decode())
+            outputs.produce_tombstone(changelog, partition, key)
+            forgotten += 1
+        if forgotten:
+            await outputs.flush()
+            pipeline.counters["forgotten"] += forgotten
+            log.info("forgot %d idle account states (%d kept)", forgotten, len(state.data))
+
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
+        loop = asyncio.get_running_loop()
+        sweep_at = loop.time() + settings.state_sweep_s
         # we ack a batch only once it is fully handled (faust's take_events acks in a
         # `finally`, so a worker stopped mid-batch would commit events whose state was never
         # saved); the linger counts from a batch's first event (apps/batching.py)
@@ -226,6 +254,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                     exc_info=True,
                 )
                 os._exit(EXIT_SOFTWARE)
+            if loop.time() >= sweep_at:  # between batches: no batch is half-saved now
+                sweep_at = loop.time() + settings.state_sweep_s
+                await forget_idle()
 
     @app.timer(STATS_EVERY_S)
     async def report() -> None:

@@ -49,6 +49,16 @@ class Settings(BaseSettings):
         description="largest record (key + value) a worker produces: dead letters are cut "
         "to fit, larger outputs are dead-lettered; at most the topics' max.message.bytes",
     )
+    state_ttl_days: float = Field(
+        default=400.0,
+        gt=7.05,
+        description="an account idle this long in event time (no payment made or received) "
+        "is forgotten and its running statistics (age, dormancy) restart; accounts that only "
+        "received money are forgotten once the longest feature window (7 days) has passed",
+    )
+    state_sweep_s: float = Field(
+        default=60.0, gt=0, description="how often a risk worker looks for idle account state"
+    )
     hmac_key: SecretStr = Field(default=SecretStr(DEV_HMAC_KEY), description="signs model releases")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")

@@ -115,7 +115,13 @@ class Outputs:
         """One keyed record to an explicit partition."""
         self._send(topic, value, key, partition)
 
-    def _send(self, topic: str, value: bytes, key: bytes | None, partition: int = -1) -> None:
+    def produce_tombstone(self, topic: str, partition: int, key: bytes) -> None:
+        """A null value for ``key``: a compacted topic (a table's changelog) forgets it."""
+        self._send(topic, None, key, partition)
+
+    def _send(
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1
+    ) -> None:
         while True:
             try:
                 self.producer.produce(

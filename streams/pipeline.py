@@ -19,6 +19,9 @@ exception and every other record is scored. A failed attempt changes nothing the
 keeps (its states and counts are thrown away), so offsets and per-account positions move
 only past what was scored or dead-lettered.
 
+Memory is bounded: per key by the feature library (a horizon and a row cap), and in keys
+by ``IdleSweep``, which picks the states idle for longer than a TTL in event time.
+
 A score the pipeline cannot stand behind is never ``allow``: where a feature is infinite
 or the model's score is not a number in [0, 1], the transaction is scored ``review`` (at
 least) with the reason ``INVALID_SCORE``, and the model's part is left out of its score.
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +41,7 @@ import orjson
 
 from models.serving import ModelHolder
 from streams.features import FeatureError
-from streams.features.engine import TS, AccountLog, FeatureEngine, event_rows, key_hash
+from streams.features.engine import TS, WM, AccountLog, FeatureEngine, event_rows, key_hash
 from streams.features.inflows import (
     InflowLog,
     InflowRecord,
@@ -46,7 +49,7 @@ from streams.features.inflows import (
     encode_inflows,
     funds_sources,
 )
-from streams.features.library import FEATURE_SPEC, TRANSFER_CHANNELS
+from streams.features.library import FEATURE_SPEC, GRACE_MS, HORIZON_MS, TRANSFER_CHANNELS
 from streams.partitioning import partition_for
 from streams.rules import (
     NUM,
@@ -67,7 +70,15 @@ from streams.schemas import (
     decode_transactions,
 )
 
-__all__ = ["AccountState", "BatchResult", "OutputTooLarge", "RiskPipeline", "RULE_NAMES", "now_ms"]
+__all__ = [
+    "AccountState",
+    "BatchResult",
+    "IdleSweep",
+    "OutputTooLarge",
+    "RiskPipeline",
+    "RULE_NAMES",
+    "now_ms",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +106,14 @@ class AccountState:
     def applied(self, record: RawRecord) -> bool:
         return record.offset <= self.offsets.get(record.partition, -1)
 
+    def last_ms(self) -> int | None:
+        """Event time of the newest payment this account made or received."""
+        times = [float(self.features.scalars[WM])]
+        if len(self.inflows):
+            times.append(float(self.inflows.rows[-1, TS]))
+        newest = np.nanmax(times) if not np.isnan(times).all() else None
+        return None if newest is None else int(newest)
+
     def snapshot(self) -> dict[str, Any]:
         state = {
             "v": STATE_VERSION,
@@ -103,6 +122,9 @@ class AccountState:
         }
         if self.inflows.folded:
             state["inflows"] = self.inflows.snapshot()
+        last_ms = self.last_ms()
+        if last_ms is not None:
+            state["last_ms"] = last_ms  # read by IdleSweep without decoding the logs
         return state
 
     @classmethod
@@ -128,6 +150,46 @@ class BatchResult:
     partition: dict[str, int] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)  # added to the pipeline's counters
     failed: int = 0  # records dead-lettered because processing them raised
+    watermark_ms: int = 0  # the median event time of the batch's scored transactions
+
+
+class IdleSweep:
+    """Which account states to forget: those whose newest payment (made or received) is
+    older than ``ttl_ms`` behind the event-time watermark, and those that only ever
+    received money (their features are inflow windows) once it is older than the longest
+    window. Forgetting an account restarts its running statistics (age, dormancy, history
+    mean), so ``ttl_ms`` should be longer than the dormancy that matters.
+
+    Two phases: a state picked by one sweep is forgotten by the next only if it is still
+    the very same object, so it was not written in between, and its source offsets had
+    all that time to be committed (a redelivered event never meets a forgotten state)."""
+
+    def __init__(self, ttl_ms: int, payee_ttl_ms: int = HORIZON_MS + GRACE_MS) -> None:
+        if ttl_ms < HORIZON_MS + GRACE_MS:
+            raise ValueError(
+                f"state TTL {ttl_ms} ms is shorter than the longest feature window "
+                f"({HORIZON_MS + GRACE_MS} ms with its grace)"
+            )
+        self.ttl_ms, self.payee_ttl_ms = ttl_ms, payee_ttl_ms
+        self._picked: dict[Any, dict[str, Any]] = {}
+
+    def due(self, store: Mapping[Any, dict[str, Any]], watermark_ms: int) -> list[Any]:
+        """The keys of ``store`` to forget now (and picks the ones for the next sweep)."""
+        due = [k for k, snap in self._picked.items() if store.get(k) is snap]
+        forgotten = set(due)
+        self._picked = {}
+        for key, snap in store.items():
+            if key in forgotten or not isinstance(snap, dict):
+                continue
+            last_ms = snap.get("last_ms")
+            if last_ms is None:
+                continue  # no event time yet (or a snapshot from before last_ms): kept
+            wm = snap["features"]["s"][WM]  # NaN in memory, null once through JSON
+            paid = wm is not None and wm == wm
+            ttl = self.ttl_ms if paid else self.payee_ttl_ms
+            if last_ms < watermark_ms - ttl:
+                self._picked[key] = snap
+        return due
 
 
 class RiskPipeline:
@@ -158,6 +220,9 @@ class RiskPipeline:
         self._fed_back: list[tuple[int, bytes]] = []  # process_local: next batch's inflows
         self._fed_offset = 0
         self.max_record_bytes = max_record_bytes  # key + value of any output record
+        # event-time watermark: the highest median event time of a batch (a few records
+        # with far-future times do not move it, so they cannot make every state look idle)
+        self.watermark_ms = 0
 
     def process_isolated(
         self,
@@ -250,6 +315,8 @@ class RiskPipeline:
             out.partition[tx.account_id] = record.partition
 
         t2 = time.perf_counter()
+        if fresh:
+            out.watermark_ms = int(np.median([tx.ts_ms for tx in fresh]))
         accounts = [tx.account_id for tx in fresh]
         rows = event_rows(fresh)
         # extreme amounts may overflow a ratio: an infinite feature is caught below
@@ -326,6 +393,7 @@ class RiskPipeline:
         out.counts["scored"] += len(out.scores)
         out.counts["alerts"] += len(out.alerts)
         self.counters.update(out.counts)  # only now: a batch that raised counts nothing
+        self.watermark_ms = max(self.watermark_ms, out.watermark_ms)
         spent = self.stage_seconds
         spent["decode"] += t1 - t0
         spent["state"] += t2 - t1
@@ -560,6 +628,10 @@ class RiskPipeline:
         self._live.move_to_end(account_id)
         if len(self._live) > self.live_states:
             self._live.popitem(last=False)
+
+    def forget(self, account_id: str) -> None:
+        """Drop an account forgotten by the store from the live-state cache."""
+        self._live.pop(account_id, None)
 
     def _state(
         self, out: BatchResult, account_id: str, load: Callable[[str], dict[str, Any] | None]

@@ -40,6 +40,7 @@ from streams.features.library import (
     HIGH_RISK_MCC,
     HORIZON_MS,
     HOUR_MS,
+    MAX_ACCOUNT_ROWS,
     MCC_NONE_RISK,
     MCC_RISK,
     MCC_UNKNOWN_RISK,
@@ -389,7 +390,8 @@ class FeatureEngine:
 
     @staticmethod
     def _keep(names, key, rows, owner, scal, logs) -> None:
-        """Write back each account's log, minus what fell behind horizon + grace."""
+        """Write back each account's log, minus what fell behind horizon + grace, and at
+        most its ``MAX_ACCOUNT_ROWS`` newest events."""
         bounds = np.searchsorted(owner, np.arange(len(names) + 1))
         oldest = scal[:, WM].astype(np.int64) - HORIZON_MS - GRACE_MS
         cut = np.searchsorted(
@@ -397,7 +399,8 @@ class FeatureEngine:
         )
         for j, a in enumerate(names):
             log = logs[a]
-            log.rows = rows[:, max(cut[j], bounds[j]) : bounds[j + 1]].T.copy()
+            start = max(cut[j], bounds[j], bounds[j + 1] - MAX_ACCOUNT_ROWS)
+            log.rows = rows[:, start : bounds[j + 1]].T.copy()
             log.scalars = scal[j]
 
 

@@ -76,6 +76,10 @@ CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
 # cash payments go to merchants and tills, whose inflows would only make hot keys.
 TRANSFER_CHANNELS = ("wire", "ach", "p2p", "crypto")
 MAX_INFLOW_ROWS = 4096  # an entity keeps at most its latest this many inflows
+# an account keeps at most its latest this many own events within the horizon (one a
+# minute for a week and a half): a bound on memory per key; windowed features of an account
+# busier than that count only these
+MAX_ACCOUNT_ROWS = 16_384
 # FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
 # havens; a ruleset's own list can differ, this one feeds the behaviour features.
 HIGH_RISK_COUNTRIES = frozenset(

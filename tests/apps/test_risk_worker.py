@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import time
 
 import pytest
 from confluent_kafka import Producer
@@ -15,7 +17,7 @@ from streams.features.library import FEATURE_SPEC
 from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
-from tests.reference import expected_decision, features_by_tx
+from tests.reference import expected_decision, features_by_tx, wire
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +191,44 @@ def test_records_that_raise_or_are_too_large_are_dead_lettered_and_nothing_else_
     malformed, long_key = (cut[hashlib.sha256(v).hexdigest()] for _, v in oversized)
     assert "invalid JSON" in malformed["error"] and "account_id" in long_key["error"]
     assert long_key["truncated"]["key_sha256"] == hashlib.sha256(huge_key).hexdigest()
+
+
+def test_idle_account_state_is_forgotten_and_stays_forgotten_after_a_restart(
+    settings, bootstrap, tmp_path
+):
+    day_min = 24 * 60
+    topic = settings.topics.transactions
+    old = [wire(f"old{i}", "sleeper", "payee", i, 100.0 + i) for i in range(5)]
+    # 40 days later, enough traffic to move the watermark past the 8-day TTL
+    busy = [wire(f"b{i}", f"busy{i % 7}", "shop", 40 * day_min + i, 50.0) for i in range(200)]
+    faults = {"VIGIL_STATE_TTL_DAYS": "8", "VIGIL_STATE_SWEEP_S": "0.5", "VIGIL_BATCH_SIZE": "50"}
+    publish(bootstrap, topic, [(t["account_id"], json.dumps(t).encode()) for t in old + busy])
+    with _worker(settings, tmp_path, "first", faults) as worker:
+        got = collect(bootstrap, settings.topics.scores, lambda s: len(s) >= 205,
+                      alive=lambda: worker.running)  # fmt: skip
+        assert len(got) == 205, _log(tmp_path, "first")
+
+        # sweeps run between batches: keep batches coming until both idle keys are gone
+        def forgotten() -> int:
+            text = (tmp_path / "first.log").read_text(errors="replace")
+            return sum(int(n) for n in re.findall(r"forgot (\d+) idle account states", text))
+
+        for i in range(120):
+            if forgotten() >= 2:
+                break
+            t = wire(f"k{i}", "busy0", "shop", 40 * day_min + 300 + i, 50.0)
+            publish(bootstrap, topic, [("busy0", json.dumps(t).encode())])
+            time.sleep(0.5)
+        assert forgotten() == 2, _log(tmp_path, "first")  # the sleeper and its payee
+    back = wire("back", "sleeper", "payee", 41 * day_min, 7.0)
+    publish(bootstrap, topic, [("sleeper", json.dumps(back).encode())])
+    with _worker(settings, tmp_path, "second", faults) as worker:  # recovers the changelog
+        got = collect(
+            bootstrap,
+            settings.topics.scores,
+            lambda s: any(r["tx_id"] == "back" for r in s),
+            alive=lambda: worker.running,
+        )
+    score = next(s for s in got if s["tx_id"] == "back")
+    # forgotten: the account starts again, as if "back" were its first payment
+    assert FEATURE_SPEC.as_dict(score["features"]) == pytest.approx(features_by_tx([back])["back"])
