@@ -28,6 +28,7 @@ from apps.broker import (
 )
 from apps.clients import publish, read_topic
 from apps.settings import Settings, load_settings
+from models.signing import SignatureError, SigningKey
 
 app = typer.Typer(
     help="Vigil: real-time risk and inspection on Kafka streams.",
@@ -48,6 +49,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(help="Release signing keys (Ed25519).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -80,6 +83,13 @@ def _fail(exc: BaseException | str, code: int) -> NoReturn:
     line however long (a path in it stays whole, to copy)."""
     console.print(f"[red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(code) from None
+
+
+def _signer(settings: Settings) -> SigningKey:
+    try:
+        return settings.release_signer()
+    except SignatureError as exc:
+        _fail(exc, 2)
 
 
 def _settings() -> Settings:
@@ -705,6 +715,26 @@ def export_model(
     _report(report, as_json, width=16)
 
 
+@keys_app.command("generate")
+def keys_generate(
+    out_dir: Path = typer.Option(Path("keys"), "--out", help="where to write the key pair"),
+) -> None:
+    """Make a release signing key pair: release.key (private, mode 0600) for whoever
+    publishes models, release.pub for the workers."""
+    from models.signing import generate_keypair
+
+    try:
+        private, public = generate_keypair(out_dir)
+    except SignatureError as exc:
+        _fail(exc, 1)
+    console.print(
+        f"wrote {private} (keep it with the publishers) and {public}\n"
+        f"publishers (vigil train, vigil models): VIGIL_RELEASE_SIGNING_KEY={private}\n"
+        f"workers: VIGIL_RELEASE_PUBLIC_KEYS={public}",
+        soft_wrap=True,
+    )
+
+
 @models_app.command("publish")
 def models_publish(
     model_dir: Path = typer.Argument(..., help="a model directory (vigil train / vigil export)"),
@@ -717,10 +747,11 @@ def models_publish(
     from models.serving import ModelError
 
     settings = _settings()
+    signer = _signer(settings)  # a key problem is said before the broker is reached
     bootstrap = _bootstrap(settings)
     ensure_one(bootstrap, settings.topics, settings.topics.models)
     try:
-        release = build_release(model_dir, settings.release_key())
+        release = build_release(model_dir, signer)
         n = publish_release(bootstrap, settings.topics.models, release)
     except (ModelError, PublishError) as exc:
         _fail(exc, 1)
@@ -741,7 +772,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON obj
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    log = read_releases(bootstrap, settings.topics.models, settings.release_key())
+    log = read_releases(bootstrap, settings.topics.models, settings.release_trusted())
     latest = {r.name: log.latest(r.name) for r in log.releases}
     rows = (
         [{**describe(r), "latest": latest[r.name] is r, "status": "ok"} for r in log.releases]
@@ -777,16 +808,19 @@ def models_rollback(
     name: str = typer.Argument(..., help="model name: risk or inspection"),
     version: str = typer.Argument(..., help="the version to serve again (vigil models list)"),
 ) -> None:
-    """Serve an older version again: its release is published anew, byte for byte (from
-    the topic, or built from its directory under MODELS when the topic no longer has it)."""
+    """Serve an older version again: its payload is published anew under a new signed
+    manifest (a new sequence, ``rollback: true``; workers refuse a plain replay of an old
+    release), from the topic or built from its directory under MODELS."""
     from apps.releases import PublishError, find_model_dir, publish_release, read_releases
-    from models.registry import build_release
+    from models.registry import build_release, resign
     from models.serving import ModelError
 
     settings = _settings()
+    signer = _signer(settings)
     bootstrap = _bootstrap(settings)
-    key = settings.release_key()
-    release = read_releases(bootstrap, settings.topics.models, key).find(name, version)
+    log = read_releases(bootstrap, settings.topics.models, settings.release_trusted())
+    serving = log.latest(name)
+    release = log.find(name, version)
     source = settings.topics.models
     if release is None:
         found = find_model_dir(settings.models_path, version)
@@ -797,12 +831,13 @@ def models_rollback(
                 1,
             )
         try:
-            release = build_release(found, key)
+            release = build_release(found, signer)
         except ModelError as exc:
             _fail(exc, 1)
         source = str(found)
     if release.name != name:
         _fail(f"{version} is a {release.name} model, not {name}", 1)
+    release = resign(release, signer, rollback=True, replaces=serving and serving.version)
     ensure_one(bootstrap, settings.topics, settings.topics.models)
     try:
         publish_release(bootstrap, settings.topics.models, release)

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, Message
 
 from apps.kafka import make_reader, read_from_start
 from models.registry import Assembler, Refusal, Release, ReleaseError, serve_release
+from models.signing import TrustedKeys
 
 __all__ = ["ModelFollower", "TopicFollower"]
 
@@ -100,7 +101,7 @@ class ModelFollower(TopicFollower):
         bootstrap: str,
         topic: str,
         name: str,
-        key: bytes,
+        trusted: TrustedKeys,
         check_spec: Callable[[dict], None],
         install: Callable[[object, Release], None],
         serving: Callable[[], str],
@@ -109,7 +110,7 @@ class ModelFollower(TopicFollower):
     ) -> None:
         super().__init__(bootstrap, topic)
         self.name = name
-        self.assembler = Assembler(key, {name}, timeout_s)
+        self.assembler = Assembler(trusted, {name}, timeout_s)
         self.check_spec, self.install, self.serving = check_spec, install, serving
         self.counters = counters
         self.backlog: list[Release] = []

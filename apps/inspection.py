@@ -107,7 +107,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         bootstrap,
         topics.models,
         "inspection",
-        settings.release_key(),
+        settings.release_trusted(),
         check_spec=_check_clip_spec,
         install=install,  # type: ignore[arg-type]
         serving=lambda: pipeline.model.version if pipeline.model else "none",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from apps.clients import publish, read_messages
 from models.registry import Assembler, Refusal, Release, release_messages
+from models.signing import TrustedKeys
 
 __all__ = ["PublishError", "ReleaseLog", "find_model_dir", "publish_release", "read_releases"]
 
@@ -48,10 +49,10 @@ class ReleaseLog:
         return found[-1] if found else None
 
 
-def read_releases(bootstrap: str, topic: str, key: bytes) -> ReleaseLog:
+def read_releases(bootstrap: str, topic: str, trusted: TrustedKeys) -> ReleaseLog:
     """Read the whole topic (as a worker does at start) and verify every release."""
     out = ReleaseLog()
-    assembler = Assembler(key)
+    assembler = Assembler(trusted)
     try:
         for msg in read_messages(bootstrap, topic):
             for got in assembler.add(

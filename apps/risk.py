@@ -118,7 +118,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             bootstrap,
             topics.models,
             "risk",
-            settings.release_key(),
+            settings.release_trusted(),
             check_spec,
             # ModelHolder.swap is atomic: the next micro-batch reads the new model
             install=lambda scorer, _release: pipeline.model.swap(scorer),

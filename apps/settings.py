@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.signing import SigningKey, TrustedKeys, dev_signing_key
 from streams.schemas import MAX_RECORD_BYTES
 from streams.topics import TopicNames
 
-__all__ = ["DEV_HMAC_KEY", "Settings", "load_settings"]
-
-DEV_HMAC_KEY = "vigil-dev-key-change-me"
+__all__ = ["Settings", "load_settings"]
 log = logging.getLogger("vigil.settings")
 
 
@@ -59,7 +58,17 @@ class Settings(BaseSettings):
     state_sweep_s: float = Field(
         default=60.0, gt=0, description="how often a risk worker looks for idle account state"
     )
-    hmac_key: SecretStr = Field(default=SecretStr(DEV_HMAC_KEY), description="signs model releases")
+    release_signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that signs model releases, for publishers "
+        "only: `vigil keys generate` makes one (unset: a development key under "
+        "STATE_DIR/keys, made on first use)",
+    )
+    release_public_keys: str = Field(
+        default="",
+        description="comma-separated Ed25519 public keys (PEM files) whose releases workers "
+        "serve; several during a key rotation (unset: the signing key's public half)",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
 
@@ -101,16 +110,25 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
 
-    def release_key(self) -> bytes:
-        """The key that signs and verifies model releases; warns while it is the
-        development default (anyone with this source could sign a release)."""
-        key = self.hmac_key.get_secret_value()
-        if key == DEV_HMAC_KEY:
-            log.warning(
-                "VIGIL_HMAC_KEY is the development default: set a secret of your own "
-                "before model releases cross a network you do not control"
-            )
-        return key.encode()
+    def release_signer(self) -> SigningKey:
+        """The key that signs model releases; a development key (warned about) when
+        ``release_signing_key`` is unset."""
+        if self.release_signing_key is not None:
+            return SigningKey.load(self.release_signing_key)
+        log.warning(
+            "VIGIL_RELEASE_SIGNING_KEY is unset: releases are signed with a development key "
+            "under %s; make a key pair of your own (vigil keys generate) before model "
+            "releases cross a network you do not control",
+            self.state_dir / "keys",
+        )
+        return dev_signing_key(self.state_dir / "keys")
+
+    def release_trusted(self) -> TrustedKeys:
+        """The public keys whose releases this process accepts."""
+        paths = [Path(p.strip()) for p in self.release_public_keys.split(",") if p.strip()]
+        if paths:
+            return TrustedKeys.load(paths)
+        return TrustedKeys([self.release_signer().public_key()])
 
     @property
     def models_path(self) -> Path:

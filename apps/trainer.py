@@ -118,7 +118,7 @@ def gate_and_publish(
     """Score the serving release (champion) and ``challenger_dir`` on the same data
     (``data_for(model manifest)``: clips come in each model's input size); publish the
     challenger when it is not worse. Returns what was decided and why."""
-    key = settings.release_key()
+    signer = settings.release_signer()
     topic = settings.topics.models
     manifest = read_manifest(challenger_dir)
     name = manifest["name"]
@@ -135,7 +135,7 @@ def gate_and_publish(
         "positives": int(np.sum(data.labels)),
     }
     ensure_one(bootstrap, settings.topics, topic)
-    champion = read_releases(bootstrap, topic, key).latest(name)
+    champion = read_releases(bootstrap, topic, settings.release_trusted()).latest(name)
     if champion is None:
         out |= {"champion": None, "published": True, "reason": "no model serves yet"}
     elif champion.version == manifest["version"]:
@@ -153,7 +153,7 @@ def gate_and_publish(
             out["published"] = better
             out["reason"] = "not worse than the champion" if better else "worse than the champion"
     if out["published"]:
-        release = build_release(challenger_dir, key, replaces=out.get("champion"))
+        release = build_release(challenger_dir, signer, replaces=out.get("champion"))
         publish_release(bootstrap, topic, release)
         say(f"published {name} {release.version}: {out['reason']}")
     else:

@@ -10,22 +10,37 @@ Wire format (one partition, key = the model name, in this order):
 2. ``chunks`` records of the **payload**: the files concatenated in manifest order, the
    golden batch (``golden.npz``) last. Headers: ``vigil-release``, ``vigil-part: <index>``.
 
-``signature`` is HMAC-SHA256, keyed with ``VIGIL_HMAC_KEY``, over the manifest's canonical
-JSON without it (sorted keys, no spaces); the manifest holds the payload's sha256, so the
-signature covers every byte. The golden batch holds inputs and the outputs the publisher's
-ONNX Runtime computed: a worker serves a release only if it reproduces them.
+``signature`` is Ed25519 (``models.signing``: ``{"alg", "key_id", "value"}``) over the
+manifest's canonical JSON without it (sorted keys, no spaces); the manifest holds the
+payload's sha256 and each chunk's, so the signature covers every byte. Only publishers
+hold the private key; workers hold public keys. The golden batch holds inputs and the
+outputs the publisher's ONNX Runtime computed: a worker serves a release only if it
+reproduces them.
 
-A worker reads the topic in order through an ``Assembler``; a release is refused when its
-signature or hash is wrong, a chunk is missing (the next manifest of the same model came
-first, or it stayed incomplete past the timeout), its input spec is not the worker's, or
-parity fails. Rollback is publishing an older release again (same bytes, same signature).
+Replay and downgrade: a manifest carries ``sequence`` (the publisher's clock in ms when it
+signed), and a reader refuses a release of a model whose sequence is not above the highest
+it has accepted for that model, so an old release appended again, byte for byte, is
+refused. A rollback is a new signed manifest (a new sequence, ``rollback: true``) over the
+older version's payload.
+
+A reader (``Assembler``) takes the topic in order. Before anything is assembled it checks
+the manifest's size, its signature, its sequence and the release's announced size and
+chunk count (``Limits``). A record that fails those is refused alone: it does not displace
+a release whose chunks are still arriving, and a chunk whose hash is not the manifest's is
+skipped, so records injected between a release's own cannot spoil it. A release is then
+refused when a chunk is missing (a newer valid manifest of the same model came first, or it
+stayed incomplete past the timeout), its input spec is not the worker's, or parity fails.
+
+Migration from release format 1 (HMAC-SHA256 with ``VIGIL_HMAC_KEY``): such releases are
+refused ("not an ed25519 signature"); generate a key pair (``vigil keys generate``), give
+the private key to the publishers and the public key to the workers, and publish the
+serving models again (``vigil models publish``).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import io
 import json
 import time
@@ -45,22 +60,27 @@ from models.serving import (
     read_manifest,
     scorer_for,
 )
+from models.signing import SignatureError, SigningKey, TrustedKeys
 
 __all__ = [
     "CHUNK_BYTES",
     "Assembler",
+    "Limits",
     "Refusal",
     "Release",
     "ReleaseError",
     "build_release",
+    "chunk_index",
     "pack_files",
     "release_messages",
+    "resign",
     "serve_release",
+    "sign_manifest",
 ]
 
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 MAX_MANIFEST_BYTES = 256 * 1024  # read before anything is parsed (real ones: a few KB)
-RELEASE_FORMAT = 1
+RELEASE_FORMAT = 2  # 1: HMAC-signed, no sequence (refused)
 GOLDEN = "golden.npz"
 GOLDEN_ROWS = {"onnx:gbdt+nn": 256, "onnx:clip-classifier": 4}
 # the outputs are probabilities; the same graph on another ORT build or CPU may differ in
@@ -71,6 +91,15 @@ HEADER_RELEASE, HEADER_PART = "vigil-release", "vigil-part"
 
 class ReleaseError(Exception):
     """A release that must not serve: the reason is logged and counted by the worker."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a reader accepts before it assembles anything (a release is held in memory
+    until verified, and ONNX Runtime needs several times its size to load it)."""
+
+    release_bytes: int = 256 * 1024 * 1024
+    chunk_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -116,10 +145,46 @@ def pack_files(files: dict[str, bytes]) -> tuple[dict[str, list], bytes]:
     return index, b"".join(files.values())
 
 
-def signature(manifest: dict, key: bytes) -> str:
+def canonical(manifest: dict) -> bytes:
+    """What a release signature is over: the manifest without it, sorted, no spaces."""
     body = {k: v for k, v in manifest.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_manifest(manifest: dict, signer: SigningKey) -> dict:
+    """``manifest`` with its ``signature``."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return {**body, "signature": signer.sign(canonical(body))}
+
+
+def resign(release: Release, signer: SigningKey, **changes: Any) -> Release:
+    """The same payload under a new manifest (fields changed, a new sequence unless given),
+    signed by ``signer``: how a rollback republishes an older version."""
+    manifest = {**release.manifest, "sequence": _sequence(), **changes}
+    return Release(sign_manifest(manifest, signer), release.payload)
+
+
+_last_sequence = 0
+
+
+def _sequence() -> int:
+    """The publisher's clock in ms, strictly increasing within a process."""
+    global _last_sequence
+    _last_sequence = max(time.time_ns() // 1_000_000, _last_sequence + 1)
+    return _last_sequence
+
+
+def chunk_index(payload: bytes, chunk_bytes: int) -> dict[str, Any]:
+    """The manifest fields that cut ``payload`` into chunks: count, size and each hash."""
+    chunks = max(1, -(-len(payload) // chunk_bytes))
+    return {
+        "chunks": chunks,
+        "chunk_bytes": chunk_bytes,
+        "chunk_sha256": [
+            hashlib.sha256(payload[i * chunk_bytes : (i + 1) * chunk_bytes]).hexdigest()
+            for i in range(chunks)
+        ],
+    }
 
 
 def _as_input(x: np.ndarray) -> np.ndarray:
@@ -164,7 +229,7 @@ def _golden_inputs(model: dict, rows: int, seed: int = 11) -> np.ndarray:
 
 def build_release(
     directory: Path,
-    key: bytes,
+    signer: SigningKey,
     golden_inputs: np.ndarray | None = None,
     replaces: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
@@ -192,11 +257,13 @@ def build_release(
     golden = io.BytesIO()
     np.savez_compressed(golden, inputs=golden_inputs, outputs=expected)
     index, body = pack_files({**files, GOLDEN: golden.getvalue()})
+    created_ms = _sequence()
     manifest = {
         "release_format": RELEASE_FORMAT,
         "name": model["name"],
         "version": model["version"],
-        "created_ms": time.time_ns() // 1_000_000,
+        "created_ms": created_ms,
+        "sequence": created_ms,
         "sha256": hashlib.sha256(body).hexdigest(),
         "size": len(body),
         "format": model["format"],
@@ -206,13 +273,11 @@ def build_release(
         "parent_version": model.get("parent_version"),
         "replaces": replaces,
         "files": index,
-        "chunks": max(1, -(-len(body) // chunk_bytes)),
-        "chunk_bytes": chunk_bytes,
+        **chunk_index(body, chunk_bytes),
         "golden": {"rows": len(golden_inputs), "tolerance": GOLDEN_TOLERANCE},
         "model": model,
     }
-    manifest["signature"] = signature(manifest, key)
-    return Release(manifest, body)
+    return Release(sign_manifest(manifest, signer), body)
 
 
 def release_messages(release: Release) -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
@@ -263,10 +328,19 @@ class Assembler:
     """Turns the records of ``vigil.models``, in topic order, into verified releases and
     refusals. ``names``: the models this reader serves (others are skipped unread)."""
 
-    def __init__(self, key: bytes, names: set[str] | None = None, timeout_s: float = 30.0):
-        self.key, self.names, self.timeout_s = key, names, timeout_s
+    def __init__(
+        self,
+        trusted: TrustedKeys,
+        names: set[str] | None = None,
+        timeout_s: float = 30.0,
+        limits: Limits | None = None,
+    ):
+        self.trusted, self.names, self.timeout_s = trusted, names, timeout_s
+        self.limits = limits or Limits()
         self.pending: dict[str, _Pending] = {}
         self.ignored: set[tuple[str, str]] = set()  # refused releases: their chunks are skipped
+        self.sequence: dict[str, int] = {}  # model -> highest sequence accepted
+        self.skipped = 0  # records skipped: chunks that are not the manifest's
 
     def add(
         self,
@@ -285,60 +359,99 @@ class Assembler:
         now_s = time.monotonic() if now_s is None else now_s
         if part == "manifest":
             return self._manifest(name, version, value or b"", offset, now_s)
-        if (name, version) in self.ignored:
-            return []
         pending = self.pending.get(name)
         if pending is None or pending.manifest["version"] != version:
+            if (name, version) in self.ignored:
+                return []  # of a refused release
             self.ignored.add((name, version))
             return [Refusal(name, version, f"chunk {part} without its manifest", offset)]
         try:
             index = int(part or "")
         except ValueError:
             index = -1
-        if not 0 <= index < pending.manifest["chunks"]:
-            del self.pending[name]
-            self.ignored.add((name, version))
-            return [Refusal(name, version, f"record with part {part!r} is not a chunk", offset)]
-        pending.chunks[index] = value or b""
-        if len(pending.chunks) < pending.manifest["chunks"]:
+        m = pending.manifest
+        data = value or b""
+        if (
+            not 0 <= index < m["chunks"]
+            or hashlib.sha256(data).hexdigest() != (m["chunk_sha256"][index])
+        ):
+            self.skipped += 1  # not this release's: injected, or a stray copy
+            return []
+        pending.chunks[index] = data
+        if len(pending.chunks) < m["chunks"]:
             return []
         del self.pending[name]
         try:
-            return [self._verify(pending, ts_ms)]
+            release = self._verify(pending, ts_ms)
         except ReleaseError as exc:
             return [Refusal(name, version, str(exc), pending.offset)]
+        self.sequence[name] = max(self.sequence.get(name, 0), m["sequence"])
+        return [release]
 
     def _manifest(
         self, name: str, version: str, value: bytes, offset: int, now_s: float
     ) -> list[Release | Refusal]:
+        try:
+            manifest = self._checked(name, version, value)
+        except (ValueError, RecursionError, ReleaseError, SignatureError) as exc:
+            # refused alone: a release whose chunks are arriving is not displaced by it
+            known = isinstance(exc, ReleaseError | SignatureError)
+            reason = str(exc) if known else f"unreadable manifest: {exc}"
+            self.ignored.add((name, version))  # its chunks are skipped unread
+            return [Refusal(name, version, reason, offset)]
         out: list[Release | Refusal] = []
         before = self.pending.pop(name, None)
         if before is not None:  # the publisher moved on: that one will never complete
             out.append(self._truncated(before))
-        try:
-            if len(value) > MAX_MANIFEST_BYTES:
-                raise ReleaseError(f"manifest is {len(value)} bytes, at most {MAX_MANIFEST_BYTES}")
-            manifest = json.loads(value)  # too deep a nesting: RecursionError, refused
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-            given = str(manifest.get("signature", ""))
-            if not hmac.compare_digest(given, signature(manifest, self.key)):
-                raise ReleaseError("bad signature (tampered, or signed with another key)")
-            for k in ("name", "version", "sha256", "size", "chunks", "files", "format", "model"):
-                if k not in manifest:
-                    raise ReleaseError(f"manifest lacks {k!r}")
-            if manifest["name"] != name or manifest["version"] != version:
-                raise ReleaseError("manifest does not match its record's key and headers")
-            if int(manifest["chunks"]) < 1:
-                raise ReleaseError("manifest announces no chunks")
-        except (ValueError, RecursionError, ReleaseError) as exc:
-            self.ignored.add((name, version))
-            reason = str(exc) if isinstance(exc, ReleaseError) else f"unreadable manifest: {exc}"
-            out.append(Refusal(name, version, reason, offset))
-            return out
-        self.ignored.discard((name, version))  # a republished release (rollback) is new
+        self.ignored.discard((name, version))  # a rollback republishes a version
         self.pending[name] = _Pending(manifest, offset, now_s)
         return out
+
+    def _checked(self, name: str, version: str, value: bytes) -> dict:
+        """The manifest, if it is signed by a trusted key, newer than anything accepted
+        for this model and within the limits; else ReleaseError or SignatureError."""
+        if len(value) > MAX_MANIFEST_BYTES:
+            raise ReleaseError(f"manifest is {len(value)} bytes, at most {MAX_MANIFEST_BYTES}")
+        manifest = json.loads(value)  # too deep a nesting: RecursionError, refused
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        self.trusted.verify(canonical(manifest), manifest.get("signature"))
+        for k in (
+            "name", "version", "sequence", "sha256", "size", "chunks", "chunk_bytes",
+            "chunk_sha256", "files", "format", "model",
+        ):  # fmt: skip
+            if k not in manifest:
+                raise ReleaseError(f"manifest lacks {k!r}")
+        if manifest["name"] != name or manifest["version"] != version:
+            raise ReleaseError("manifest does not match its record's key and headers")
+        sequence = manifest["sequence"]
+        highest = self._highest(name)
+        if not isinstance(sequence, int) or sequence <= highest:
+            raise ReleaseError(
+                f"replayed or older release: sequence {sequence}, this reader is at {highest} "
+                "(to serve an older version, roll back: a new signed release of it)"
+            )
+        size, chunks, chunk_bytes = manifest["size"], manifest["chunks"], manifest["chunk_bytes"]
+        limits = self.limits
+        if not all(isinstance(v, int) for v in (size, chunks, chunk_bytes)):
+            raise ReleaseError("manifest size, chunks and chunk_bytes must be integers")
+        if not 0 < size <= limits.release_bytes:
+            raise ReleaseError(f"release is {size} bytes, at most {limits.release_bytes}")
+        if not 0 < chunk_bytes <= limits.chunk_bytes or chunks != -(-size // chunk_bytes):
+            raise ReleaseError(
+                f"{chunks} chunks of {chunk_bytes} bytes cannot hold {size} bytes "
+                f"(chunks of at most {limits.chunk_bytes})"
+            )
+        hashes = manifest["chunk_sha256"]
+        if not isinstance(hashes, list) or len(hashes) != chunks:
+            raise ReleaseError("manifest needs one chunk_sha256 per chunk")
+        return manifest
+
+    def _highest(self, name: str) -> int:
+        """The sequence a new manifest of ``name`` must be above: the highest accepted,
+        or the release still assembling."""
+        pending = self.pending.get(name)
+        return max(self.sequence.get(name, 0), pending.manifest["sequence"] if pending else 0)
 
     def _truncated(self, pending: _Pending) -> Refusal:
         m = pending.manifest

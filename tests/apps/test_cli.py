@@ -360,3 +360,26 @@ def test_rules_validate_refuses_bombs_in_one_line_without_a_traceback(
     nested.write_text("[" * 5000 + "]" * 5000)
     result = runner.invoke(app, ["rules", "validate", str(nested)])
     assert result.exit_code == 1 and "nested over 16 levels" in result.output, result.output
+
+
+def test_keys_generate_makes_a_pair_workers_trust_without_the_private_half(tmp_path):
+    from apps.settings import Settings
+    from models.registry import canonical, sign_manifest
+    from models.signing import SigningKey
+
+    out = tmp_path / "keys"
+    made = runner.invoke(app, ["keys", "generate", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    assert (out / "release.key").stat().st_mode & 0o777 == 0o600
+    assert f"VIGIL_RELEASE_PUBLIC_KEYS={out / 'release.pub'}" in made.output
+    again = runner.invoke(app, ["keys", "generate", "--out", str(out)])
+    assert again.exit_code == 1 and "not overwritten" in again.output
+    # a worker configured with the public key alone: no development key is made anywhere
+    worker = Settings(state_dir=tmp_path / "state", release_public_keys=str(out / "release.pub"))
+    trusted = worker.release_trusted()
+    assert not (tmp_path / "state").exists()
+    signed = sign_manifest({"name": "risk"}, SigningKey.load(out / "release.key"))
+    trusted.verify(canonical(signed), signed["signature"])
+    wrong_half = {"VIGIL_RELEASE_SIGNING_KEY": str(out / "release.pub")}
+    result = runner.invoke(app, ["models", "publish", str(tmp_path)], env=wrong_half)
+    assert result.exit_code == 2 and "is not a PEM private key" in result.output

@@ -39,7 +39,12 @@ def test_every_service_runs_a_real_vigil_command_with_known_settings():
 
         if name != "topics":  # topics exist (control topics kept forever) before anything runs
             assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-            assert env["VIGIL_HMAC_KEY"].startswith("${VIGIL_HMAC_KEY:?")  # no default secret
+            # workers hold only the public key; trainers sign (no development key anywhere)
+            assert env["VIGIL_RELEASE_PUBLIC_KEYS"] == "/run/secrets/release_pub"
+            assert "release_pub" in service["secrets"]
+            signs = name.endswith("-trainer")
+            assert ("VIGIL_RELEASE_SIGNING_KEY" in env) == signs, name
+            assert ("release_key" in service["secrets"]) == signs, name
 
 
 def test_the_stack_initialises_topics_runs_both_workers_and_refreshes_both_models():

@@ -126,7 +126,7 @@ def _values(items):
 
 def test_a_worker_without_a_model_serves_one_released_on_the_topic(settings, tmp_path, model_dir):
     directory = next((model_dir / "inspection").iterdir())
-    key = settings.hmac_key.get_secret_value().encode()
+    key = settings.release_signer()
     env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(tmp_path / "no-models")}
     log = tmp_path / "worker.log"
     with WorkerProcess("inspection", env, log) as worker:

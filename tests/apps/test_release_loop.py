@@ -19,6 +19,7 @@ from apps.clients import publish
 from apps.process import WorkerProcess
 from apps.releases import publish_release, read_releases
 from models.registry import build_release, release_messages
+from models.signing import SigningKey
 from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
 from streams.partitioning import partition_for
 from streams.sources import GeneratorConfig, TransactionGenerator
@@ -58,7 +59,7 @@ def _model_score(model, score: dict) -> float:
 
 def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_path, two_models):
     (model_a, dir_a), (model_b, dir_b) = two_models
-    key = settings.hmac_key.get_secret_value().encode()
+    key = settings.release_signer()
     bootstrap, topics = settings.kafka_bootstrap, settings.topics
     txs = [
         (g.key, g.value)
@@ -66,10 +67,6 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
     ]
     first, rest = txs[:2000], txs[2000:]
     publish(bootstrap, topics.transactions, first)
-    # a release for another feature spec (a publisher on another version of Vigil)
-    release_b = build_release(dir_b, key)
-    spec = {**release_b.manifest["input_spec"], "feature_spec": "lib-0:0000000000000000"}
-    other_spec = resigned(release_b, key, input_spec=spec)
     env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(dir_a.parent)}
     with WorkerProcess("risk", env, tmp_path / "worker.log") as worker:
         collect(
@@ -80,11 +77,14 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
             target=publish, args=(bootstrap, topics.transactions, rest), kwargs={"rate": 1000}
         )
         stream.start()
-        publish_release(bootstrap, topics.models, build_release(dir_b, b"not-the-key"))
+        publish_release(bootstrap, topics.models, build_release(dir_b, SigningKey.generate()))
         truncated = release_messages(build_release(dir_b, key, chunk_bytes=64 * 1024))
         assert len(truncated) > 2
         publish(bootstrap, topics.models, truncated[:-1])
-        publish_release(bootstrap, topics.models, other_spec)
+        # a release for another feature spec (a publisher on another version of Vigil)
+        release_b = build_release(dir_b, key)
+        spec = {**release_b.manifest["input_spec"], "feature_spec": "lib-0:0000000000000000"}
+        publish_release(bootstrap, topics.models, resigned(release_b, key, input_spec=spec))
         publish_release(bootstrap, topics.models, build_release(dir_b, key))
         stream.join()
         scores = collect(
@@ -119,21 +119,21 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
     # every bad release was refused with its reason, while A kept serving
     refusals = re.findall(r"risk release \S+ \(.*?\) refused, (\S+) keeps serving: (.*)", log)
     reasons = " | ".join(r for _serving, r in refusals)
-    assert "bad signature" in reasons and "truncated" in reasons and "feature spec" in reasons
+    assert "does not trust" in reasons and "truncated" in reasons and "feature spec" in reasons
     assert {serving for serving, _r in refusals} == {dir_a.name}
     assert re.search(rf"risk release {dir_b.name} .* serving \d+ ms after it was published", log)
 
     # the registry's view (transport checks only: the feature spec is the worker's concern)
-    listed = read_releases(bootstrap, topics.models, key)
+    listed = read_releases(bootstrap, topics.models, settings.release_trusted())
     assert listed.latest("risk").version == dir_b.name
-    assert sorted(f.reason.split()[0] for f in listed.refused) == ["bad", "truncated:"]
+    assert sorted(f.reason.split()[0] for f in listed.refused) == ["signed", "truncated:"]
 
 
 def test_a_restarted_worker_serves_the_newest_release_that_passes(settings, tmp_path, two_models):
     """The topic holds A, then B forged to fail parity (its golden outputs are A's): a
     worker starting with no model on disk refuses B at catch-up and serves A."""
     (_a, dir_a), (_b, dir_b) = two_models
-    key = settings.hmac_key.get_secret_value().encode()
+    key = settings.release_signer()
     bootstrap, topics = settings.kafka_bootstrap, settings.topics
     good = build_release(dir_a, key)
     golden_of_a = good.files()["golden.npz"]
@@ -178,10 +178,27 @@ def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monk
     assert [(r["version"], r["latest"]) for r in rows] == [(dir_a.name, False), (dir_b.name, True)]
     back = runner.invoke(app, ["models", "rollback", "risk", dir_a.name])
     assert back.exit_code == 0, back.output
-    key = settings.hmac_key.get_secret_value().encode()
-    listed = read_releases(settings.kafka_bootstrap, settings.topics.models, key)
-    assert listed.latest("risk").version == dir_a.name  # the same bytes, published again
+    listed = read_releases(
+        settings.kafka_bootstrap, settings.topics.models, settings.release_trusted()
+    )
+    # the same payload under a new signed manifest (a plain replay would be refused)
+    assert listed.latest("risk").version == dir_a.name
     assert listed.releases[-1].payload == listed.releases[0].payload
+    assert listed.releases[-1].manifest["rollback"] is True
+    assert listed.releases[-1].manifest["replaces"] == dir_b.name
+    # an attacker without the key appends B's records again, byte for byte: refused
+    from apps.clients import read_messages
+
+    b_records = [
+        (m.key(), m.value(), m.headers())
+        for m in read_messages(settings.kafka_bootstrap, settings.topics.models)
+        if dict(m.headers())["vigil-release"] == dir_b.name.encode()
+    ]
+    publish(settings.kafka_bootstrap, settings.topics.models, b_records)
+    trusted = settings.release_trusted()
+    again = read_releases(settings.kafka_bootstrap, settings.topics.models, trusted)
+    assert again.latest("risk").version == dir_a.name
+    assert "replayed or older release" in again.refused[-1].reason
     nowhere = runner.invoke(app, ["models", "publish", str(tmp_path / "nowhere")])
     assert nowhere.exit_code == 1 and "no manifest.json" in nowhere.output
     stale = tmp_path / "stale" / dir_a.name
@@ -222,14 +239,17 @@ def test_the_refresh_gate_publishes_a_challenger_only_when_it_is_not_worse(
         for d in (strong, weak)
     }
     assert ap[strong.name] > ap[weak.name]
-    key = settings.hmac_key.get_secret_value().encode()
     bootstrap = settings.kafka_bootstrap
 
     def gate(challenger):
         return gate_and_publish(settings, bootstrap, challenger, lambda _m: test_set, say=print)
 
     def serving():
-        return read_releases(bootstrap, settings.topics.models, key).latest("risk").version
+        return (
+            read_releases(bootstrap, settings.topics.models, settings.release_trusted())
+            .latest("risk")
+            .version
+        )
 
     first = gate(weak)
     assert first["published"] and first["champion"] is None and serving() == weak.name
@@ -241,7 +261,7 @@ def test_the_refresh_gate_publishes_a_challenger_only_when_it_is_not_worse(
     assert not worse["published"] and worse["reason"] == "worse than the champion"
     assert serving() == strong.name
     assert gate(strong)["reason"] == "already serving"
-    last = read_releases(bootstrap, settings.topics.models, key).releases[-1]
+    last = read_releases(bootstrap, settings.topics.models, settings.release_trusted()).releases[-1]
     assert last.version == strong.name and last.manifest["replaces"] == weak.name
 
 
@@ -258,8 +278,9 @@ def test_vigil_train_risk_publish_runs_one_refresh_round(settings, tmp_path, mon
     decision = json.loads(result.stdout.strip().splitlines()[-1])
     assert decision["published"] and decision["source"] == "generated"
     assert decision["challenger_bits"] == 8
-    key = settings.hmac_key.get_secret_value().encode()
-    latest = read_releases(settings.kafka_bootstrap, settings.topics.models, key).latest("risk")
+    latest = read_releases(
+        settings.kafka_bootstrap, settings.topics.models, settings.release_trusted()
+    ).latest("risk")
     assert latest.version == decision["challenger"] and latest.manifest["bits"] == 8
     assert latest.manifest["parent_version"] == decision["trained"]  # the fp32 model
 
@@ -279,6 +300,7 @@ def test_vigil_train_inspection_publish_runs_one_refresh_round(settings, tmp_pat
     # the same seed trains the same model: it already serves, nothing is published again
     again = json.loads(runner.invoke(app, args).stdout.strip().splitlines()[-1])
     assert not again["published"] and again["reason"] == "already serving"
-    key = settings.hmac_key.get_secret_value().encode()
-    log = read_releases(settings.kafka_bootstrap, settings.topics.models, key)
+    log = read_releases(
+        settings.kafka_bootstrap, settings.topics.models, settings.release_trusted()
+    )
     assert [r.version for r in log.releases] == [decision["trained"]]

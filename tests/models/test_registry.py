@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -9,22 +10,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.registry import (
     Assembler,
+    Limits,
     Refusal,
     Release,
     ReleaseError,
     build_release,
     release_messages,
+    resign,
     serve_release,
 )
 from models.serving import ClipScorer
+from models.signing import SigningKey, TrustedKeys
 from models.video import VideoConfig, VideoNet, make_clips, save_video_model
 from streams.sources.camera import TRAIN_TEXTURES
 from tests.releases import repacked, resigned
 
-KEY = b"test-key"
+KEY = SigningKey.generate()  # the publisher's
+TRUSTED = TrustedKeys([KEY.public_key()])  # what the workers hold
 CFG = VideoConfig(size=32, camera_size=32, frames=4, d=16)
 
 
@@ -56,66 +62,72 @@ def test_a_release_round_trips_through_its_records_and_serves(model_dir):
     assert all(len(v) <= 4096 for _k, v, _h in messages[1:])
     # the manifest's digest is the payload's, computed here independently
     assert release.manifest["sha256"] == hashlib.sha256(release.payload).hexdigest()
-    (got,) = _feed(Assembler(KEY), messages, ts_ms=1234)
+    (got,) = _feed(Assembler(TRUSTED), messages, ts_ms=1234)
     assert isinstance(got, Release) and got.published_ms == 1234
     assert got.version == model_dir.name and got.payload == release.payload
     scorer = serve_release(got, _any_clip_spec)
     # it scores what the model directory's own scorer scores
     x = np.random.default_rng(1).random((3, 1, 4, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(scorer.score(x)[0], ClipScorer.load(model_dir).score(x)[0])
-    # the signature is plain HMAC-SHA256 over the canonical manifest: an outside check
+    # the signature is plain Ed25519 over the canonical manifest: an outside check
     body = {k: v for k, v in got.manifest.items() if k != "signature"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    assert got.manifest["signature"] == hmac.new(KEY, canonical, hashlib.sha256).hexdigest()
+    sig = got.manifest["signature"]
+    assert sig["alg"] == "ed25519" and sig["key_id"] == KEY.key_id
+    raw = KEY.public_key().public_bytes_raw()
+    Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(sig["value"]), canonical)
 
 
 def test_releases_of_other_models_are_skipped(model_dir):
     messages = release_messages(build_release(model_dir, KEY))
-    assert _feed(Assembler(KEY, names={"risk"}), messages) == []
+    assert _feed(Assembler(TRUSTED, names={"risk"}), messages) == []
 
 
 def test_a_release_signed_with_another_key_is_refused(model_dir):
-    messages = release_messages(build_release(model_dir, b"someone-else"))
-    (refusal,) = _feed(Assembler(KEY), messages)  # the chunks are then skipped silently
-    assert isinstance(refusal, Refusal) and "signature" in refusal.reason
+    messages = release_messages(build_release(model_dir, SigningKey.generate()))
+    (refusal,) = _feed(Assembler(TRUSTED), messages)  # the chunks are then skipped silently
+    assert isinstance(refusal, Refusal) and "does not trust" in refusal.reason
 
 
 def test_a_tampered_manifest_is_refused(model_dir):
     key, value, headers = release_messages(build_release(model_dir, KEY))[0]
     manifest = json.loads(value)
     manifest["golden"]["tolerance"] = 1.0  # anything changed breaks the signature
-    (refusal,) = _feed(Assembler(KEY), [(key, json.dumps(manifest).encode(), headers)])
+    (refusal,) = _feed(Assembler(TRUSTED), [(key, json.dumps(manifest).encode(), headers)])
     assert "signature" in refusal.reason
 
 
-def test_a_tampered_chunk_is_refused(model_dir):
+def test_a_tampered_chunk_is_skipped_and_the_release_never_completes(model_dir):
     messages = release_messages(build_release(model_dir, KEY, chunk_bytes=4096))
     key, value, headers = messages[2]
     messages[2] = (key, bytes([value[0] ^ 1]) + value[1:], headers)
-    (refusal,) = _feed(Assembler(KEY), messages)
-    assert "sha256" in refusal.reason
+    assembler = Assembler(TRUSTED, timeout_s=30)
+    assert _feed(assembler, messages) == [] and assembler.skipped == 1
+    (late,) = assembler.expire(now_s=31.0)
+    assert "truncated" in late.reason
 
 
 def test_a_truncated_release_is_refused_when_the_next_one_starts_or_it_times_out(model_dir):
     first = release_messages(build_release(model_dir, KEY, chunk_bytes=4096))
     second = release_messages(build_release(model_dir, KEY, chunk_bytes=8192))
-    assembler = Assembler(KEY, timeout_s=30)
+    assembler = Assembler(TRUSTED, timeout_s=30)
     got = _feed(assembler, first[:-1] + second)
     assert isinstance(got[0], Refusal) and "truncated" in got[0].reason
     assert f"{len(first) - 2} of {len(first) - 1} chunks" in got[0].reason
     assert isinstance(got[1], Release)  # the next one still assembles
+    assembler = Assembler(TRUSTED, timeout_s=30)
     assert _feed(assembler, first[:-1]) == []  # waiting for its last chunk...
     assert assembler.expire(now_s=10.0) == []
     (late,) = assembler.expire(now_s=31.0)  # ... until the timeout
     assert "truncated" in late.reason
     assert _feed(assembler, first[-1:]) == []  # refused already: counted once
-    (orphan,) = _feed(Assembler(KEY), first[-1:])
+    (orphan,) = _feed(Assembler(TRUSTED), first[-1:])
     assert "without its manifest" in orphan.reason
 
 
 def test_an_unreadable_manifest_is_refused(model_dir):
     key, _value, headers = release_messages(build_release(model_dir, KEY))[0]
-    (refusal,) = _feed(Assembler(KEY), [(key, b"{not json", headers)])
+    (refusal,) = _feed(Assembler(TRUSTED), [(key, b"{not json", headers)])
     assert "unreadable" in refusal.reason
 
 
@@ -147,3 +159,68 @@ def test_a_release_onnx_runtime_cannot_load_is_refused(model_dir):
     bad = repacked(build_release(model_dir, KEY), KEY, **{"clip.onnx": b"not an onnx graph"})
     with pytest.raises(ReleaseError, match="ONNX Runtime cannot load"):
         serve_release(bad, _any_clip_spec)
+
+
+# ------------------------------------------------ replay, downgrade, injection, size, format
+
+
+def test_a_release_replayed_byte_for_byte_is_refused(model_dir):
+    messages = release_messages(build_release(model_dir, KEY))
+    assembler = Assembler(TRUSTED)
+    (got,) = _feed(assembler, messages)
+    assert isinstance(got, Release)
+    (refusal, *rest) = _feed(assembler, messages)  # appended again by someone without a key
+    assert "replayed or older release" in refusal.reason and rest == []
+
+
+def test_an_older_release_after_a_newer_is_refused_unless_it_is_a_signed_rollback(model_dir):
+    old = build_release(model_dir, KEY)
+    new = build_release(model_dir, KEY, chunk_bytes=8192)
+    assembler = Assembler(TRUSTED)
+    assert isinstance(_feed(assembler, release_messages(new))[0], Release)
+    (refusal,) = _feed(assembler, release_messages(old)[:1])
+    assert "replayed or older release" in refusal.reason
+    rollback = resign(old, KEY, rollback=True)
+    (got,) = _feed(assembler, release_messages(rollback))
+    assert isinstance(got, Release) and got.manifest["rollback"] is True
+    assert got.payload == old.payload
+
+
+def test_records_injected_into_a_release_do_not_spoil_it(model_dir):
+    messages = release_messages(build_release(model_dir, KEY, chunk_bytes=4096))
+    key, value, headers = messages[0]
+    unsigned = json.loads(value)
+    del unsigned["signature"]
+    garbage_chunk = (key, b"x" * 4096, messages[1][2])  # the right headers, other bytes
+    injected = [messages[0], (key, json.dumps(unsigned).encode(), headers), garbage_chunk]
+    assembler = Assembler(TRUSTED)
+    got = _feed(assembler, injected + messages[1:])
+    assert [type(g) for g in got] == [Refusal, Release]  # the unsigned one, then the real one
+    assert "not an ed25519 signature" in got[0].reason and assembler.skipped == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"size": 10**12}, "at most"),
+        ({"chunk_bytes": 10**8}, "chunks of at most"),
+        ({"chunks": 10**6}, "cannot hold"),
+        ({"chunk_sha256": []}, "one chunk_sha256 per chunk"),
+        ({"sequence": "9"}, "replayed or older"),
+    ],
+)
+def test_a_release_over_the_limits_is_refused_from_its_manifest(model_dir, changes, reason):
+    release = resign(build_release(model_dir, KEY), KEY, **changes)  # signed: only limits bite
+    limits = Limits(release_bytes=10**9)
+    (refusal,) = _feed(Assembler(TRUSTED, limits=limits), release_messages(release)[:1])
+    assert reason in refusal.reason
+
+
+def test_a_format_1_hmac_release_is_refused(model_dir):
+    key, value, headers = release_messages(build_release(model_dir, KEY))[0]
+    manifest = json.loads(value)
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    manifest["signature"] = hmac.new(b"vigil-dev-key-change-me", canonical, "sha256").hexdigest()
+    (refusal,) = _feed(Assembler(TRUSTED), [(key, json.dumps(manifest).encode(), headers)])
+    assert "not an ed25519 signature" in refusal.reason
