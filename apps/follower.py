@@ -13,7 +13,7 @@ from collections.abc import Callable, MutableMapping
 from confluent_kafka import KafkaError, Message
 
 from apps.kafka import make_reader, read_from_start
-from models.registry import Assembler, Refusal, Release, ReleaseError, serve_release
+from models.registry import Assembler, Limits, Refusal, Release, ReleaseError, serve_release
 from models.signing import TrustedKeys
 
 __all__ = ["ModelFollower", "TopicFollower"]
@@ -107,10 +107,11 @@ class ModelFollower(TopicFollower):
         serving: Callable[[], str],
         counters: MutableMapping[str, int],
         timeout_s: float = 30.0,
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(bootstrap, topic)
         self.name = name
-        self.assembler = Assembler(trusted, {name}, timeout_s)
+        self.assembler = Assembler(trusted, {name}, timeout_s, limits)
         self.check_spec, self.install, self.serving = check_spec, install, serving
         self.counters = counters
         self.backlog: list[Release] = []

@@ -28,7 +28,7 @@ from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.settings import Settings
 from apps.worker import Outputs, faust_app, run_app
-from models.registry import Release, ReleaseError
+from models.registry import Limits, Release, ReleaseError
 from models.serving import ClipScorer, ModelError, load_latest_clip
 from streams.inspection import InspectionPipeline, InspectionResult
 from streams.pipeline import now_ms
@@ -112,6 +112,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         install=install,  # type: ignore[arg-type]
         serving=lambda: pipeline.model.version if pipeline.model else "none",
         counters=pipeline.counters,
+        limits=Limits(release_bytes=settings.max_release_bytes),
     )
 
     @app.task

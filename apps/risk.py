@@ -38,6 +38,7 @@ from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
 from apps.worker import EXIT_SOFTWARE, Outputs, faust_app, run_app
+from models.registry import Limits
 from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
 from streams.features.library import DAY_MS
@@ -124,6 +125,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             install=lambda scorer, _release: pipeline.model.swap(scorer),
             serving=lambda: pipeline.model.current.version,
             counters=pipeline.counters,
+            limits=Limits(release_bytes=settings.max_release_bytes),
         ),
     )
 

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         "only: `vigil keys generate` makes one (unset: a development key under "
         "STATE_DIR/keys, made on first use)",
     )
+    max_release_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="largest model release a worker assembles (checked from its signed "
+        "manifest before any chunk is kept): ONNX Runtime needs several times it to load",
+    )
     release_public_keys: str = Field(
         default="",
         description="comma-separated Ed25519 public keys (PEM files) whose releases workers "
