@@ -26,6 +26,7 @@ from streams.sources import GeneratorConfig, TransactionGenerator
 from streams.topics import TopicNames
 
 __all__ = [
+    "scratch_namespace",
     "bench_features",
     "bench_hybrid",
     "bench_inspection",
@@ -45,7 +46,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _bench_namespace(
+def scratch_namespace(
     settings: Settings, say: Callable[..., None]
 ) -> Iterator[tuple[str, TopicNames, dict[str, str]]]:
     """A broker, a fresh namespace on it (counts are not mixed with earlier runs) and the
@@ -101,7 +102,7 @@ def bench_risk(
     console: Console | None = None,
 ) -> dict[str, Any]:
     say = console.print if console else (lambda *_a, **_k: None)
-    with _bench_namespace(settings, say) as (bootstrap, topics, env):
+    with scratch_namespace(settings, say) as (bootstrap, topics, env):
         log_path = settings.state_dir / f"{topics.namespace}-worker.log"
         with contextlib.ExitStack() as stack:
             group = [
@@ -402,7 +403,7 @@ def bench_inspection(
     del shots
     stride = settings.inspection_stride
     want_clips = cameras * ((per_camera - model.frames) // stride + 1)
-    with _bench_namespace(settings, say) as (bootstrap, topics, env):
+    with scratch_namespace(settings, say) as (bootstrap, topics, env):
         log_path = settings.state_dir / f"{topics.namespace}-inspection.log"
         with WorkerProcess("inspection", env, log_path) as worker:
             producer = make_producer(bootstrap)

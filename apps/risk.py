@@ -51,6 +51,7 @@ __all__ = ["create_app", "run_worker"]
 
 log = logging.getLogger("vigil.risk")
 STATS_EVERY_S = 10.0
+CATCH_UP_S = 15.0  # longest the first batch waits for the control topics' backlog
 
 
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
@@ -234,10 +235,24 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             pipeline.counters["forgotten"] += forgotten
             log.info("forgot %d idle account states (%d kept)", forgotten, len(state.data))
 
+    async def caught_up() -> None:
+        """Before the first batch: the newest ruleset and model release on the control
+        topics are in force (a restarted worker would otherwise score its first batches
+        with what it loaded from disk)."""
+        for follower in followers:
+            done = await asyncio.to_thread(follower.caught_up.wait, CATCH_UP_S)
+            if not done:
+                log.warning(
+                    "%s not caught up after %.0f s: scoring with what serves now",
+                    follower.topic,
+                    CATCH_UP_S,
+                )
+
     @app.agent(source)
     async def score(stream: faust.StreamT) -> None:
         within_s = settings.batch_wait_ms / 1000
         loop = asyncio.get_running_loop()
+        await caught_up()
         sweep_at = loop.time() + settings.state_sweep_s
         # we ack a batch only once it is fully handled (faust's take_events acks in a
         # `finally`, so a worker stopped mid-batch would commit events whose state was never

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     # Group membership timings. Tansu only completes a join after the rebalance timeout,
     # so keep these low for development; raise them for a production cluster.
     rebalance_timeout_s: float = Field(default=3.0, gt=0)
-    session_timeout_s: float = Field(default=10.0, gt=0)
+    session_timeout_s: float = Field(default=3.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
 
     def release_signer(self) -> SigningKey:

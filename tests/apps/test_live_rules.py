@@ -54,6 +54,14 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
     topic = settings.topics.transactions
     with WorkerProcess("risk", worker_env(settings), tmp_path / "worker.log") as worker:
         publish(bootstrap, topic, [(g.key, g.value) for g in gen[:3000]], rate=3000)
+        # the worker scores under seed:1 (the rules topic is empty when it starts)...
+        started = collect(
+            bootstrap,
+            settings.topics.scores,
+            lambda got: len(got) >= 1000,
+            alive=lambda: worker.running,
+        )
+        assert {s["ruleset_version"] for s in started} == {"seed:1"}
         # an invalid document is refused by the CLI, and by the worker if sent anyway
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({**V2, "rules": [{**V2["rules"][0], "when": "chanel == 1"}]}))
