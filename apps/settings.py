@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # Group membership timings. Tansu only completes a join after the rebalance timeout,
     # so keep these low for development; raise them for a production cluster.
     rebalance_timeout_s: float = Field(default=3.0, gt=0)
+    group_instance_id: str | None = Field(
+        default=None,
+        description="a stable, unique name per worker process (e.g. the pod name): static "
+        "group membership, so a restarted worker gets its partitions back without a "
+        "rebalance or waiting out its predecessor's session",
+    )
     session_timeout_s: float = Field(default=3.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
 

@@ -86,6 +86,9 @@ def faust_app(
         stream_buffer_maxsize=2 * batch_size,
         stream_wait_empty=wait_empty,
         TableManager=PromptTableManager,
+        # static membership (KIP-345): a restarted worker takes its partitions back at
+        # once instead of waiting for its dead predecessor's session to time out
+        consumer_group_instance_id=settings.group_instance_id,
     )
 
 
