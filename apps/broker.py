@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from apps.settings import Settings
 from streams.topics import TopicNames
@@ -27,6 +27,8 @@ __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "check_copartitioned",
+    "check_record_limit",
+    "record_limit_problems",
     "ensure_topics",
     "resolve_bootstrap",
     "wait_ready",
@@ -131,6 +133,44 @@ def check_copartitioned(bootstrap: str, names: list[str], timeout_s: float = 15.
             "add partitions to the smaller ones (kafka-topics --alter --partitions N)"
         )
     return counts[names[0]]
+
+
+RECORD_OVERHEAD_BYTES = 512  # a record's framing inside a batch, on top of key + value
+
+
+def record_limit_problems(limits: dict[str, int | None], max_record_bytes: int) -> list[str]:
+    """Topics whose ``max.message.bytes`` (None: not reported) is below the largest record
+    a worker produces, with the fix."""
+    need = max_record_bytes + RECORD_OVERHEAD_BYTES
+    return [
+        f"{topic} takes records of at most {limit} bytes, the workers produce up to "
+        f"{need} (VIGIL_MAX_RECORD_BYTES={max_record_bytes} plus framing): lower "
+        f"VIGIL_MAX_RECORD_BYTES or raise the topic's max.message.bytes"
+        for topic, limit in sorted(limits.items())
+        if limit is not None and limit < need
+    ]
+
+
+def check_record_limit(
+    bootstrap: str, topics: list[str], max_record_bytes: int, timeout_s: float = 10.0
+) -> None:
+    """Refuse to start when an output topic takes smaller records than the workers make
+    (they would be refused at the first large dead letter). A broker that reports no
+    ``max.message.bytes`` (the embedded Tansu) is taken to accept them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    limits: dict[str, int | None] = {}
+    for resource, future in admin.describe_configs(
+        [ConfigResource("topic", t) for t in topics]
+    ).items():
+        try:
+            entry = future.result(timeout=timeout_s).get("max.message.bytes")
+        except KafkaException as exc:
+            log.warning("cannot read %s's max.message.bytes: %s", resource.name, exc)
+            continue
+        limits[resource.name] = None if entry is None or entry.value is None else int(entry.value)
+    problems = record_limit_problems(limits, max_record_bytes)
+    if problems:
+        raise BrokerError("; ".join(problems))
 
 
 @dataclass

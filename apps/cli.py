@@ -175,7 +175,10 @@ def worker_risk() -> None:
     # before the app is built: it logs which model and rules it loaded (or that it scores
     # with rules only), and faust configures logging only once its worker starts
     _logging(settings)
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except BrokerError as exc:  # the topics do not fit the worker: said before it starts
+        _fail(exc, 2)
 
 
 @worker_app.command("inspection")

@@ -33,7 +33,12 @@ import faust
 from faust.serializers import codecs
 
 from apps.batching import linger_batches
-from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
+from apps.broker import (
+    check_copartitioned,
+    check_record_limit,
+    ensure_all,
+    resolve_bootstrap,
+)
 from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
@@ -60,6 +65,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     ensure_all(bootstrap, topics, settings.partitions)
     # the topics' real partition count wins over settings (they may predate this worker)
     partitions = check_copartitioned(bootstrap, [topics.transactions, topics.inflows])
+    outputs_to = [topics.scores, topics.alerts, topics.dlq, topics.inflows]
+    check_record_limit(bootstrap, outputs_to, settings.max_record_bytes)
     app = faust_app(settings, bootstrap, "risk", partitions, settings.batch_size)
     # One stream over transactions and the inflows this worker group republishes keyed by
     # payee (streams.features.inflows): co-partitioned, so partition p of both goes to the

@@ -12,6 +12,7 @@ import faust
 from confluent_kafka import KafkaError, Message
 from faust.tables import TableManager
 
+from apps.broker import RECORD_OVERHEAD_BYTES
 from apps.compat import (
     install_faust_end_offset_fix,
     install_faust_fast_delivery,
@@ -33,7 +34,6 @@ __all__ = [
 
 log = logging.getLogger("vigil.worker")
 FLUSH_POLL_S = 0.001
-RECORD_OVERHEAD_BYTES = 512  # librdkafka counts a record's framing against its size limit
 EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
 EXIT_SOFTWARE = 70  # a batch could not be handled (sysexits EX_SOFTWARE): exit unacknowledged
 

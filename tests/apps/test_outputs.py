@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from apps.broker import ensure_topics
 from apps.kafka import make_reader, read_from_start
 from apps.worker import EXIT_OUTPUT_LOST
@@ -52,3 +54,24 @@ def test_a_refused_record_ends_the_process_without_returning(bootstrap, namespac
     refused = _run(bootstrap, body)
     assert refused.returncode == EXIT_OUTPUT_LOST, refused.stderr
     assert "flushed" not in refused.stdout and "broker refused 1 output records" in refused.stderr
+
+
+def test_topics_that_take_smaller_records_than_the_workers_make_are_named():
+    from apps.broker import record_limit_problems
+
+    problems = record_limit_problems(
+        {"vigil.dlq": 1_048_588, "vigil.risk.scores": 500_000, "vigil.risk.alerts": None},
+        max_record_bytes=1_000_000,
+    )
+    assert len(problems) == 1 and problems[0].startswith("vigil.risk.scores takes records")
+    assert "VIGIL_MAX_RECORD_BYTES" in problems[0]
+    assert record_limit_problems({"t": 1_000_511}, 1_000_000) != []  # framing counts
+    assert record_limit_problems({"t": 1_000_512}, 1_000_000) == []
+
+
+@pytest.mark.integration
+def test_the_embedded_broker_reports_no_limit_and_the_check_passes(settings, bootstrap):
+    from apps.broker import check_record_limit
+
+    topics = settings.topics
+    check_record_limit(bootstrap, [topics.scores, topics.dlq], settings.max_record_bytes)
