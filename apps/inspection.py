@@ -27,7 +27,7 @@ import faust
 from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.settings import Settings
-from apps.worker import Outputs, faust_app, run_app
+from apps.worker import Outputs, exit_on_error, faust_app, run_app
 from models.registry import Limits, Release, ReleaseError
 from models.serving import ClipScorer, ModelError, load_latest_clip
 from streams.inspection import InspectionPipeline, InspectionResult
@@ -151,7 +151,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
                 )
                 for ev in events
             ]
-            async with lock:
+            async with lock, exit_on_error(len(events)):
                 result = await loop.run_in_executor(
                     None, pipeline.process, records, consumed_ms, events
                 )
@@ -161,7 +161,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     async def release_idle() -> None:
         if not streams:
             return
-        async with lock:
+        async with lock, exit_on_error(0):
             result = await asyncio.get_running_loop().run_in_executor(
                 None, pipeline.expire, settings.inspection_idle_ms / 1000, now_ms()
             )

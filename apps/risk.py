@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any
@@ -42,7 +41,7 @@ from apps.broker import (
 from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
-from apps.worker import EXIT_SOFTWARE, Outputs, faust_app, run_app
+from apps.worker import Outputs, exit_on_error, faust_app, run_app
 from models.registry import Limits
 from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
@@ -265,19 +264,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         # `finally`, so a worker stopped mid-batch would commit events whose state was never
         # saved); the linger counts from a batch's first event (apps/batching.py)
         async for events in linger_batches(stream, settings.batch_size, within_s):
-            try:
+            # records that raise are isolated in the pipeline; this is for the rest
+            async with exit_on_error(len(events)):
                 await handle(stream, events)
-            except Exception:
-                # Records that raise are isolated in the pipeline; this is the rest (a bug in
-                # the loop itself). faust would restart the agent in this process and drop
-                # the batch: exit instead, unacknowledged, so it is redelivered.
-                log.critical(
-                    "a batch of %d events could not be handled; exiting without acknowledging "
-                    "it, so it is redelivered",
-                    len(events),
-                    exc_info=True,
-                )
-                os._exit(EXIT_SOFTWARE)
             if loop.time() >= sweep_at:  # between batches: no batch is half-saved now
                 sweep_at = loop.time() + settings.state_sweep_s
                 await forget_idle()

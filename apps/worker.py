@@ -4,9 +4,11 @@ and the output path (confluent-kafka, acknowledged before source offsets are com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
+from collections.abc import AsyncIterator
 
 import faust
 from confluent_kafka import KafkaError, Message
@@ -28,6 +30,7 @@ __all__ = [
     "EXIT_SOFTWARE",
     "Outputs",
     "PromptTableManager",
+    "exit_on_error",
     "faust_app",
     "run_app",
 ]
@@ -36,6 +39,23 @@ log = logging.getLogger("vigil.worker")
 FLUSH_POLL_S = 0.001
 EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
 EXIT_SOFTWARE = 70  # a batch could not be handled (sysexits EX_SOFTWARE): exit unacknowledged
+
+
+@contextlib.asynccontextmanager
+async def exit_on_error(events: int) -> AsyncIterator[None]:
+    """Around a batch's handling: anything that escapes it ends the worker (exit 70)
+    before the batch is acknowledged, so it is redelivered to the restarted worker. faust
+    would restart the agent in this process instead and drop the batch in hand."""
+    try:
+        yield
+    except Exception:
+        log.critical(
+            "a batch of %d events could not be handled; exiting without acknowledging it, "
+            "so it is redelivered",
+            events,
+            exc_info=True,
+        )
+        os._exit(EXIT_SOFTWARE)
 
 
 class PromptTableManager(TableManager):

@@ -75,3 +75,25 @@ def test_the_embedded_broker_reports_no_limit_and_the_check_passes(settings, boo
 
     topics = settings.topics
     check_record_limit(bootstrap, [topics.scores, topics.dlq], settings.max_record_bytes)
+
+
+def test_an_error_escaping_a_batch_ends_the_process_with_exit_70_not_a_silent_restart():
+    code = textwrap.dedent(
+        """
+        import asyncio
+        from apps.worker import exit_on_error
+
+        async def batch():
+            async with exit_on_error(3):
+                raise KeyError("a bug outside the per-record isolation")
+            print("went on")
+
+        asyncio.run(batch())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 70 and "went on" not in done.stdout
+    assert "a batch of 3 events could not be handled" in done.stderr
+    assert "KeyError" in done.stderr  # with its traceback
