@@ -153,7 +153,7 @@ class ModelFollower(TopicFollower):
             log.info("%s release %s is already serving", self.name, release.version)
             return True
         try:
-            scorer = serve_release(release, self.check_spec)
+            scorer = serve_release(release, self.check_spec, self.assembler.limits)
         except ReleaseError as exc:
             self._refused(release.version, str(exc), -1)
             return False

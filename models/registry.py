@@ -70,6 +70,7 @@ __all__ = [
     "Release",
     "ReleaseError",
     "build_release",
+    "check_onnx",
     "chunk_index",
     "pack_files",
     "release_messages",
@@ -481,15 +482,48 @@ class Assembler:
         return release
 
 
+def check_onnx(files: dict[str, bytes], limit_bytes: int) -> None:
+    """Before ONNX Runtime sees a release's graphs: each parses, refers to no external data
+    (a path on the worker's disk), and its initializers and constants declare at most
+    ``limit_bytes`` together (what loading it would allocate for them)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    for name, data in files.items():
+        if not name.endswith(".onnx"):
+            continue
+        try:
+            graph = onnx.load_model_from_string(data).graph
+        except Exception as exc:  # protobuf's DecodeError and kin
+            raise ReleaseError(f"{name} is not an ONNX model: {exc}") from None
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            tensors += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+        declared = 0
+        for t in tensors:
+            if t.data_location == TensorProto.EXTERNAL:
+                raise ReleaseError(f"{name}: tensor {t.name!r} refers to external data")
+            size = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            declared += int(np.prod(t.dims, dtype=np.float64)) * size
+        if declared > limit_bytes:
+            raise ReleaseError(
+                f"{name} declares {declared} bytes of initializers, at most {limit_bytes}"
+            )
+
+
 def serve_release(
-    release: Release, check_spec: Callable[[dict], None]
+    release: Release, check_spec: Callable[[dict], None], limits: Limits | None = None
 ) -> HybridScorer | ClipScorer:
     """Load a verified release into ONNX Runtime for serving: the worker's input spec check
-    (``check_spec`` raises ReleaseError or ModelError), then parity on the golden batch."""
+    (``check_spec`` raises ReleaseError or ModelError), the graphs' declared sizes
+    (``check_onnx``), then parity on the golden batch."""
     m = release.manifest
     try:
         check_spec(m["input_spec"])
+        check_onnx(release.files(), (limits or Limits()).release_bytes)
         scorer = scorer_for(release.files(), m["model"])
+    except ReleaseError:
+        raise
     except ModelError as exc:
         raise ReleaseError(str(exc)) from None
     except Exception as exc:  # ORT refusing the graph: InvalidGraph, Fail, ...

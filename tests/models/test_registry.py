@@ -157,8 +157,28 @@ def test_a_release_that_fails_parity_on_its_golden_batch_is_refused(model_dir, t
 
 def test_a_release_onnx_runtime_cannot_load_is_refused(model_dir):
     bad = repacked(build_release(model_dir, KEY), KEY, **{"clip.onnx": b"not an onnx graph"})
-    with pytest.raises(ReleaseError, match="ONNX Runtime cannot load"):
+    with pytest.raises(ReleaseError, match="clip.onnx is not an ONNX model"):
         serve_release(bad, _any_clip_spec)
+
+
+def test_a_release_whose_graph_declares_too_much_is_refused_before_onnx_runtime(model_dir):
+    import onnx
+    from onnx import numpy_helper
+
+    release = build_release(model_dir, KEY)
+    graph = onnx.load_model_from_string(release.files()["clip.onnx"]).graph
+    constants = [a.t for n in graph.node for a in n.attribute if a.type == a.TENSOR]
+    tensors = [*graph.initializer, *constants]
+    declared = sum(numpy_helper.to_array(t).nbytes for t in tensors)  # the arrays themselves
+    with pytest.raises(ReleaseError, match=f"declares {declared} bytes of initializers"):
+        serve_release(release, _any_clip_spec, Limits(release_bytes=declared - 1))
+    serve_release(release, _any_clip_spec, Limits(release_bytes=declared + 10_000))
+    graph = onnx.load_model_from_string(release.files()["clip.onnx"])
+    onnx.external_data_helper.set_external_data(graph.graph.initializer[0], "/etc/passwd")
+    graph.graph.initializer[0].data_location = onnx.TensorProto.EXTERNAL
+    external = repacked(release, KEY, **{"clip.onnx": graph.SerializeToString()})
+    with pytest.raises(ReleaseError, match="refers to external data"):
+        serve_release(external, _any_clip_spec)
 
 
 # ------------------------------------------------ replay, downgrade, injection, size, format
