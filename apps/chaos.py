@@ -123,6 +123,17 @@ class Follower(threading.Thread):
         self.join(10)
 
 
+def _following(bootstrap: str, **lists: list[dict[str, Any]]) -> list[Follower]:
+    """Started followers, one per topic: ``scores=...`` fills that list with the decoded
+    records of the namespace's scores topic as they arrive (a topic name per keyword)."""
+    followers = []
+    for topic, into in lists.items():
+        follower = Follower(bootstrap, topic, lambda m, into=into: into.append(_json(m)))
+        follower.start()
+        followers.append(follower)
+    return followers
+
+
 def _json(msg: Message) -> dict[str, Any]:
     try:
         value = json.loads(msg.value() or b"")
@@ -222,13 +233,9 @@ def _kills(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
         scores: list[dict[str, Any]] = []
         alerts: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
-        followers = [
-            Follower(bootstrap, topics.scores, lambda m: scores.append(_json(m))),
-            Follower(bootstrap, topics.alerts, lambda m: alerts.append(_json(m))),
-            Follower(bootstrap, topics.dlq, lambda m: dead.append(_json(m))),
-        ]
-        for f in followers:
-            f.start()
+        followers = _following(
+            bootstrap, **{topics.scores: scores, topics.alerts: alerts, topics.dlq: dead}
+        )
         worker = Worker(env, settings.state_dir / f"{topics.namespace}-worker.log")
         worker.start()
         rss: list[float | None] = []
@@ -333,15 +340,9 @@ def _fuzz(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
     with scratch_namespace(settings, say) as (bootstrap, topics, env):
         scores: list[dict[str, Any]] = []
         dead: list[dict[str, Any]] = []
-        followers = [
-            Follower(bootstrap, topics.scores, lambda m: scores.append(_json(m))),
-            Follower(bootstrap, topics.dlq, lambda m: dead.append(_json(m))),
-        ]
-        for f in followers:
-            f.start()
+        followers = _following(bootstrap, **{topics.scores: scores, topics.dlq: dead})
         worker = Worker(env, settings.state_dir / f"{topics.namespace}-worker.log")
         worker.start()
-        rss_start = None
         coords = produce_all(make_producer(bootstrap), topics.transactions, mixed, cfg.rate)
         _wait(lambda: len(scores) + len(dead) >= len(mixed), followers, cfg.idle_timeout_s)
         time.sleep(1.0)
@@ -472,8 +473,7 @@ def _rules(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
     ]
     with scratch_namespace(settings, say) as (bootstrap, topics, env):
         scores: list[dict[str, Any]] = []
-        followers = [Follower(bootstrap, topics.scores, lambda m: scores.append(_json(m)))]
-        followers[0].start()
+        followers = _following(bootstrap, **{topics.scores: scores})
         worker = Worker(env, settings.state_dir / f"{topics.namespace}-worker.log")
         worker.start()
         producer = make_producer(bootstrap, **{"message.max.bytes": 4_000_000})
@@ -537,8 +537,7 @@ def _release_attacks(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str
             if g.tx is not None
         ]
         scores: list[dict[str, Any]] = []
-        followers = [Follower(bootstrap, topics.scores, lambda m: scores.append(_json(m)))]
-        followers[0].start()
+        followers = _following(bootstrap, **{topics.scores: scores})
         worker = Worker({**env, "VIGIL_MODEL_DIR": str(state / "no-models")}, state / "w.log")
         worker.start()
         producer = make_producer(bootstrap)

@@ -27,12 +27,11 @@ import faust
 from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from apps.follower import ModelFollower
 from apps.settings import Settings
-from apps.worker import Outputs, exit_on_error, faust_app, run_app
+from apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
 from models.registry import Limits, Release, ReleaseError
 from models.serving import ClipScorer, ModelError, load_latest_clip
 from streams.inspection import InspectionPipeline, InspectionResult
 from streams.pipeline import now_ms
-from streams.schemas import RawRecord
 
 __all__ = ["create_app", "run_worker"]
 
@@ -140,17 +139,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         # noack_take: a frame is acknowledged once no clip needs it (see module notes)
         async for events in stream.noack_take(settings.inspection_batch_size, within=within_s):
             consumed_ms = now_ms()
-            records = [
-                RawRecord(
-                    ev.message.topic,
-                    ev.message.partition,
-                    ev.message.offset,
-                    ev.key,
-                    ev.value,
-                    tuple(ev.message.headers or ()),
-                )
-                for ev in events
-            ]
+            records = raw_records(events)
             async with lock, exit_on_error(len(events)):
                 result = await loop.run_in_executor(
                     None, pipeline.process, records, consumed_ms, events

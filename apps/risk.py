@@ -41,7 +41,7 @@ from apps.broker import (
 from apps.follower import ModelFollower
 from apps.rules_follower import RulesFollower
 from apps.settings import Settings
-from apps.worker import Outputs, exit_on_error, faust_app, run_app
+from apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
 from models.registry import Limits
 from models.serving import ModelError, check_feature_spec, load_latest
 from streams.features import FEATURE_SPEC
@@ -49,7 +49,6 @@ from streams.features.library import DAY_MS
 from streams.partitioning import partition_for
 from streams.pipeline import RULE_NAMES, BatchResult, IdleSweep, RiskPipeline, now_ms
 from streams.rules import Thresholds, load_ruleset
-from streams.schemas import RawRecord
 
 __all__ = ["create_app", "run_worker"]
 
@@ -167,17 +166,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
     async def handle(stream: faust.StreamT, events: list[faust.EventT]) -> None:
         consumed_ms = now_ms()
-        records = [
-            RawRecord(
-                ev.message.topic,
-                ev.message.partition,
-                ev.message.offset,
-                ev.key,
-                ev.value,
-                tuple(ev.message.headers or ()) or None,  # kept by dead letters
-            )
-            for ev in events
-        ]
+        records = raw_records(events)
         t0 = time.perf_counter()
         saved: dict[str, tuple[int, dict[str, Any]]] = {}  # account -> (partition, snapshot)
         produce_s = 0.0

@@ -23,7 +23,7 @@ from apps.compat import (
 )
 from apps.kafka import make_producer
 from apps.settings import Settings
-from streams.schemas import MAX_RECORD_BYTES
+from streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
     "EXIT_OUTPUT_LOST",
@@ -31,6 +31,7 @@ __all__ = [
     "Outputs",
     "PromptTableManager",
     "exit_on_error",
+    "raw_records",
     "faust_app",
     "run_app",
 ]
@@ -39,6 +40,22 @@ log = logging.getLogger("vigil.worker")
 FLUSH_POLL_S = 0.001
 EXIT_OUTPUT_LOST = 75  # the broker refused our outputs: exit without committing offsets
 EXIT_SOFTWARE = 70  # a batch could not be handled (sysexits EX_SOFTWARE): exit unacknowledged
+
+
+def raw_records(events: list[faust.EventT]) -> list[RawRecord]:
+    """A micro-batch of faust events as the pipelines take them (headers kept: a dead
+    letter carries them)."""
+    return [
+        RawRecord(
+            ev.message.topic,
+            ev.message.partition,
+            ev.message.offset,
+            ev.key,
+            ev.value,
+            tuple(ev.message.headers or ()) or None,
+        )
+        for ev in events
+    ]
 
 
 @contextlib.asynccontextmanager
