@@ -220,7 +220,12 @@ class EmbeddedBroker:
             raise BrokerError(
                 f"embedded broker on {self.bootstrap} failed to start{hint}"
             ) from None
-        log.info("embedded broker (Tansu) listening on %s", self.bootstrap)
+        log.warning(
+            "embedded broker (Tansu) listening on %s: for development only (it keeps every "
+            "record in memory, some 300 MB a minute at 3,000 tx/s, and slows as partitions "
+            "grow); run Apache Kafka (docker-compose.yml) for anything longer than a demo",
+            self.bootstrap,
+        )
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
