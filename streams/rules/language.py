@@ -35,6 +35,7 @@ column, never a ``RecursionError``.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -219,11 +220,11 @@ def _cmp(op: str) -> Callable[[Any, Any], Any]:
 
 
 def _all(*xs: Any) -> Any:
-    return np.logical_and.reduce(np.broadcast_arrays(*xs))
+    return functools.reduce(np.logical_and, xs)
 
 
 def _any(*xs: Any) -> Any:
-    return np.logical_or.reduce(np.broadcast_arrays(*xs))
+    return functools.reduce(np.logical_or, xs)
 
 
 def _divide(x: Any, y: Any) -> Any:
