@@ -117,6 +117,24 @@ def _logging(settings: Settings) -> None:
 
 
 @app.command()
+def config(
+    reference: bool = typer.Option(
+        False, "--reference", help="every setting's variable, default and meaning (Markdown)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object"),
+) -> None:
+    """The settings in effect (from VIGIL_* variables), or their reference."""
+    from apps.settings import settings_reference
+
+    if reference:
+        print(settings_reference(), end="")
+        return
+    settings = _settings()
+    values = {f"VIGIL_{name.upper()}": getattr(settings, name) for name in Settings.model_fields}
+    _report({k: None if v is None else str(v) for k, v in values.items()}, as_json, width=30)
+
+
+@app.command()
 def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a free one)")) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C."""
     settings = _settings()

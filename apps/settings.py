@@ -12,7 +12,7 @@ from models.signing import SigningKey, TrustedKeys, dev_signing_key
 from streams.schemas import MAX_RECORD_BYTES
 from streams.topics import TopicNames
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "settings_reference"]
 log = logging.getLogger("vigil.settings")
 
 
@@ -33,13 +33,27 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
         description="topic-name and consumer-group prefix (contract default: vigil)",
     )
-    partitions: int = Field(default=4, ge=1, le=1024)
-    batch_size: int = Field(default=4000, ge=1, description="micro-batch size (stream.take)")
+    partitions: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="partitions of the keyed topics `vigil topics` creates: the most workers "
+        "that share one model's load",
+    )
+    batch_size: int = Field(
+        default=4000, ge=1, description="most transactions in one risk micro-batch"
+    )
     batch_wait_ms: int = Field(
-        default=20, ge=1, description="longest a micro-batch's first event waits for more"
+        default=20,
+        ge=1,
+        description="longest a risk micro-batch's first transaction waits for more (a batch "
+        "also goes when it is full)",
     )
     fetch_max_wait_ms: int = Field(
-        default=50, ge=1, le=5000, description="longest a consumer fetch waits for data"
+        default=50,
+        ge=1,
+        le=5000,
+        description="longest a consumer fetch waits for data (Tansu does not answer early)",
     )
     max_record_bytes: int = Field(
         default=MAX_RECORD_BYTES,
@@ -75,8 +89,15 @@ class Settings(BaseSettings):
         description="comma-separated Ed25519 public keys (PEM files) whose releases workers "
         "serve; several during a key rotation (unset: the signing key's public half)",
     )
-    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    state_dir: Path = Field(default=Path(".vigil"), description="worker data, broker runtime file")
+    log_level: str = Field(
+        default="INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
+    state_dir: Path = Field(
+        default=Path(".vigil"),
+        description="worker data, broker runtime file, logs, development keys",
+    )
 
     model_dir: Path | None = Field(
         default=None,
@@ -89,38 +110,67 @@ class Settings(BaseSettings):
         description="YAML/JSON ruleset the workers start with (unset: the shipped aml set)",
     )
 
-    # Decision thresholds on the combined score in 0..1.
-    review_threshold: float = Field(default=0.5, gt=0, le=1)
-    block_threshold: float = Field(default=0.9, gt=0, le=1)
+    review_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="a combined score at or above it is `review`"
+    )
+    block_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="a combined score at or above it is `block`"
+    )
 
     # The inspection worker (frames -> clips -> defect alerts).
     inspection_batch_size: int = Field(default=256, ge=1, description="frames per micro-batch")
     inspection_batch_wait_ms: int = Field(
         default=20, ge=1, description="max wait to fill a micro-batch of frames"
     )
-    inspection_stride: int = Field(default=4, ge=1, description="frames between clip starts")
+    inspection_stride: int = Field(
+        default=4,
+        ge=1,
+        description="frames between clip starts (the clip length is the model's, 8)",
+    )
     inspection_grace_ms: int = Field(
-        default=50, ge=0, description="how long a missing frame is waited for (event time)"
+        default=50,
+        ge=0,
+        description="how long (event time) a missing frame is waited for before it is a gap",
     )
     inspection_idle_ms: int = Field(
         default=1000, ge=1, description="a camera silent this long has its held frames released"
     )
-    inspection_align: str = Field(default="dis", pattern=r"^(dis|farneback|phase)$")
+    inspection_align: str = Field(
+        default="dis",
+        pattern=r"^(dis|farneback|phase)$",
+        description="clip alignment: DIS flow, Farneback flow or the global shift alone",
+    )
     inspection_threshold: float | None = Field(
-        default=None, gt=0, le=1, description="alert threshold (unset: the model's own)"
+        default=None,
+        gt=0,
+        le=1,
+        description="alert threshold on the defect probability (unset: the model's own, chosen "
+        "at 1 % false alarms on validation clips)",
     )
 
-    # Group membership timings. Tansu only completes a join after the rebalance timeout,
-    # so keep these low for development; raise them for a production cluster.
-    rebalance_timeout_s: float = Field(default=3.0, gt=0)
+    # Group membership timings: low for the embedded broker (Tansu completes a join only
+    # after the rebalance timeout); raise them for a production cluster.
+    rebalance_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="how long a group rebalance waits for members to join; low for the "
+        "embedded broker, raise it on a real cluster (docs/operations.md)",
+    )
     group_instance_id: str | None = Field(
         default=None,
         description="a stable, unique name per worker process (e.g. the pod name): static "
         "group membership, so a restarted worker gets its partitions back without a "
         "rebalance or waiting out its predecessor's session",
     )
-    session_timeout_s: float = Field(default=3.0, gt=0)
-    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    session_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="a worker silent this long leaves the group and its partitions move: "
+        "bounds recovery after a crash; 10-45 on a busy cluster",
+    )
+    heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, description="a third of the session timeout or less"
+    )
 
     def release_signer(self) -> SigningKey:
         """The key that signs model releases; a development key (warned about) when
@@ -155,3 +205,36 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read the environment, then apply explicit overrides (used by the CLI and tests)."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _default_text(value: object) -> str:
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def settings_reference() -> str:
+    """``docs/configuration.md``: every setting with its variable, default and meaning, read
+    from :class:`Settings` itself (``vigil config --reference``; a test keeps the file equal).
+
+    >>> "| `VIGIL_NAMESPACE` | `vigil` |" in settings_reference()
+    True
+    """
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- generated by `vigil config --reference` from apps/settings.py: edit there -->",
+        "",
+        "Every Vigil process (workers, trainers, the CLI) reads its settings from environment",
+        f"variables with the prefix `{prefix}`. `vigil config` prints the values in effect.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{prefix}{name.upper()}` | {_default_text(field.default)} | {meaning} |")
+    return "\n".join(lines) + "\n"

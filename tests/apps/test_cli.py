@@ -26,6 +26,16 @@ def test_bad_configuration_is_named(monkeypatch):
     assert "invalid configuration" in result.output and "partitions" in result.output
 
 
+def test_config_prints_the_settings_in_effect(monkeypatch):
+    monkeypatch.setenv("VIGIL_NAMESPACE", "bank-eu")
+    monkeypatch.setenv("VIGIL_PARTITIONS", "12")
+    result = runner.invoke(app, ["config", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["VIGIL_NAMESPACE"] == "bank-eu" and shown["VIGIL_PARTITIONS"] == "12"
+    assert len(shown) == 29 and shown["VIGIL_BATCH_SIZE"] == "4000"  # every setting, defaults
+
+
 @pytest.mark.integration
 def test_replay_a_jsonl_file_and_read_it_back(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
