@@ -31,12 +31,12 @@ bench: $(STAMP)
 	$(BIN)/vigil bench quantization --json
 
 lint: $(STAMP)
-	$(BIN)/ruff check apps streams models tests
-	$(BIN)/ruff format --check apps streams models tests
+	$(BIN)/ruff check vigil apps streams models tests conftest.py
+	$(BIN)/ruff format --check vigil apps streams models tests conftest.py
 
 format: $(STAMP)
-	$(BIN)/ruff format apps streams models tests
-	$(BIN)/ruff check --fix apps streams models tests
+	$(BIN)/ruff format vigil apps streams models tests conftest.py
+	$(BIN)/ruff check --fix vigil apps streams models tests conftest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -14,16 +14,17 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from apps.broker import check_copartitioned, ensure_all
-from apps.clients import publish, read_topic
-from apps.kafka import make_producer
-from apps.process import WorkerProcess
-from apps.session import broker_for
-from apps.settings import Settings
-from streams.partitioning import partition_for
-from streams.pipeline import now_ms
-from streams.sources import GeneratorConfig, TransactionGenerator
-from streams.topics import TopicNames
+from vigil.apps.broker import BrokerError, check_copartitioned, ensure_all
+from vigil.apps.clients import publish, read_topic
+from vigil.apps.kafka import make_producer
+from vigil.apps.process import WorkerProcess
+from vigil.apps.session import broker_for
+from vigil.apps.settings import Settings
+from vigil.errors import DataError, NotFoundError
+from vigil.streams.partitioning import partition_for
+from vigil.streams.pipeline import now_ms
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+from vigil.streams.topics import TopicNames
 
 __all__ = [
     "scratch_namespace",
@@ -128,7 +129,7 @@ def bench_risk(
                 producer=producer,
             )
             if sent.failed:
-                raise RuntimeError(f"{sent.failed} warm-up transactions were not delivered")
+                raise BrokerError(f"{sent.failed} warm-up transactions were not delivered")
             got = _await_records(bootstrap, topics.scores, len(warm))
             if got < len(warm):
                 raise RuntimeError(
@@ -212,9 +213,9 @@ def _by_tenth(ids: list[str], publish_ms: dict[str, int], scored: dict[str, dict
 def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> dict[str, Any]:
     """Cost per transaction of the risk pipeline in micro-batches, in-process on one core (no
     broker, no faust): features + ruleset, the whole pipeline, and each stage."""
-    from streams.features.library import FEATURE_SPEC
-    from streams.pipeline import RiskPipeline
-    from streams.schemas import RawRecord
+    from vigil.streams.features.library import FEATURE_SPEC
+    from vigil.streams.pipeline import RiskPipeline
+    from vigil.streams.schemas import RawRecord
 
     gen = TransactionGenerator(GeneratorConfig(seed=seed)).take(events)
     records = [RawRecord("bench", 0, i, g.key.encode(), g.value) for i, g in enumerate(gen)]
@@ -247,16 +248,16 @@ def bench_scoring(
     """Hybrid ONNX scoring on one core (one ONNX Runtime thread per session): rows/s at
     ``batch`` rows per call and the latency of a single row. Rows: the featurised synthetic
     population, as the worker sees it."""
-    from models.serving import HybridScorer, load_latest
-    from models.tabular import history_from_generator
-    from streams.features.library import FEATURE_SPEC
+    from vigil.models.serving import HybridScorer, load_latest
+    from vigil.models.tabular import history_from_generator
+    from vigil.streams.features.library import FEATURE_SPEC
 
     if model_dir is not None:
         scorer = HybridScorer.load(model_dir, FEATURE_SPEC.label)
     else:
         scorer = load_latest(settings.models_path, FEATURE_SPEC.label)
         if scorer is None:
-            raise LookupError(f"no model under {settings.models_path}: run `vigil train risk`")
+            raise NotFoundError(f"no model under {settings.models_path}: run `vigil train risk`")
     rows = history_from_generator(days=3, seed=11).features
     x = np.resize(rows, (max(batch, len(rows)), rows.shape[1]))[:batch]
     scorer.score_batch(x)  # warm-up
@@ -300,7 +301,7 @@ def bench_hybrid(
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from models.metrics import paired_summary
+    from vigil.models.metrics import paired_summary
 
     seeds = list(range(seed, seed + histories))
     rows: dict[int, dict[str, Any]] = {}
@@ -343,7 +344,7 @@ def bench_hybrid(
 def _evaluate_history(seed: int, days: int, holdout_days: float, accounts: int) -> dict:
     """One history of ``bench_hybrid``: generate, then train and evaluate as `vigil train
     risk` does."""
-    from models.tabular import TabularConfig, fit_and_evaluate, history_from_generator
+    from vigil.models.tabular import TabularConfig, fit_and_evaluate, history_from_generator
 
     history = history_from_generator(days, seed=seed, accounts=accounts)
     try:
@@ -351,7 +352,7 @@ def _evaluate_history(seed: int, days: int, holdout_days: float, accounts: int) 
             history, holdout_days, TabularConfig(seed=seed), say=lambda _m: None
         )
     except ValueError as exc:
-        raise ValueError(f"history {seed}: {exc}") from None
+        raise DataError(f"history {seed}: {exc}") from None
     return {
         "seed": seed,
         "rows": report["rows"],
@@ -380,9 +381,9 @@ def bench_inspection(
     grey frames at ``fps`` each for ``seconds``; measured from the worker's clip records:
     frames/s and clips/s it sustained, and the latency from a clip's last frame being
     published to its classification (an alert, when there is one, goes out with it)."""
-    from models.serving import load_latest_clip
-    from streams.frames import encode_frame
-    from streams.sources.camera import CameraConfig, CameraSimulator
+    from vigil.models.serving import load_latest_clip
+    from vigil.streams.frames import encode_frame
+    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
 
     say = console.print if console else (lambda *_a, **_k: None)
     model = load_latest_clip(settings.models_path)

@@ -20,8 +20,9 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from apps.settings import Settings
-from streams.topics import TopicNames
+from vigil.apps.settings import Settings
+from vigil.errors import VigilError
+from vigil.streams.topics import TopicNames
 
 __all__ = [
     "BrokerError",
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 RUNTIME_FILE = "broker.json"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(VigilError, RuntimeError):
     """The broker could not be started, reached or configured."""
 
 

@@ -27,14 +27,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from apps.bench import percentile, scratch_namespace
-from apps.clients import Pacer, read_messages
-from apps.kafka import make_producer
-from apps.process import WorkerProcess
-from apps.settings import Settings
-from streams.pipeline import now_ms
-from streams.schemas import ScoreRecord
-from streams.sources import GeneratorConfig, TransactionGenerator
+from vigil.apps.bench import percentile, scratch_namespace
+from vigil.apps.clients import Pacer, read_messages
+from vigil.apps.kafka import make_producer
+from vigil.apps.process import WorkerProcess
+from vigil.apps.settings import Settings
+from vigil.streams.pipeline import now_ms
+from vigil.streams.schemas import ScoreRecord
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 __all__ = ["ChaosConfig", "run_chaos"]
 
@@ -192,14 +192,14 @@ def _reference(
     """The undisturbed run: the same records, per partition in publishing order, through
     the pipeline in process with the model the worker starts with. tx_id -> features and
     decision."""
-    from models.serving import ModelHolder, load_latest
-    from streams.features import FEATURE_SPEC
+    from vigil.models.serving import ModelHolder, load_latest
+    from vigil.streams.features import FEATURE_SPEC
 
     scorer = load_latest(models_path, FEATURE_SPEC.label)
     model = ModelHolder(scorer) if scorer is not None else None
-    from streams.partitioning import partition_for
-    from streams.pipeline import RiskPipeline
-    from streams.schemas import RawRecord
+    from vigil.streams.partitioning import partition_for
+    from vigil.streams.pipeline import RiskPipeline
+    from vigil.streams.schemas import RawRecord
 
     offsets = [0] * partitions
     records = []
@@ -321,7 +321,7 @@ def _dead_tx_id(letter: dict[str, Any]) -> str | None:
 
 
 def _fuzz(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
-    from streams.sources.hostile import HOSTILE_KINDS, hostile_records
+    from vigil.streams.sources.hostile import HOSTILE_KINDS, hostile_records
 
     hostile = hostile_records(cfg.fuzz, seed=cfg.seed)
     ordinary = [
@@ -508,7 +508,7 @@ def _rules(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
 
 def _tiny_risk_model(directory: Path, seed: int) -> Path:
     """A small hybrid model to release (seconds to train)."""
-    from models.tabular import TabularConfig, export, history_from_generator, train
+    from vigil.models.tabular import TabularConfig, export, history_from_generator, train
 
     history = history_from_generator(days=3, seed=seed, accounts=300, typology_rate=0.02)
     cfg = TabularConfig(seed=seed, trees=8, leaves=4, epochs=1, folds=2, hidden=4)
@@ -519,8 +519,8 @@ def _tiny_risk_model(directory: Path, seed: int) -> Path:
 def _release_attacks(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
     import copy
 
-    from models.registry import build_release, release_messages, resign
-    from models.signing import SigningKey
+    from vigil.models.registry import build_release, release_messages, resign
+    from vigil.models.signing import SigningKey
 
     say("releases: training two small models to release")
     with scratch_namespace(settings, say) as (bootstrap, topics, env):

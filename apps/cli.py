@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from apps.broker import (
+from vigil.apps.broker import (
     BrokerError,
     EmbeddedBroker,
     clear_runtime,
@@ -26,9 +27,10 @@ from apps.broker import (
     wait_ready,
     write_runtime,
 )
-from apps.clients import publish, read_topic
-from apps.settings import Settings, load_settings
-from models.signing import SignatureError, SigningKey
+from vigil.apps.clients import publish, read_topic
+from vigil.apps.settings import Settings, load_settings
+from vigil.errors import UsageError, VigilError
+from vigil.models.signing import SignatureError, SigningKey
 
 app = typer.Typer(
     help="Vigil: real-time risk and inspection on Kafka streams.",
@@ -95,7 +97,7 @@ def _signer(settings: Settings) -> SigningKey:
 def _settings() -> Settings:
     try:
         return load_settings()
-    except Exception as exc:  # pydantic ValidationError: bad VIGIL_* variable
+    except ValidationError as exc:  # a bad VIGIL_* variable
         console.print(f"[red]invalid configuration:[/] {exc}")
         raise typer.Exit(2) from None
 
@@ -124,7 +126,7 @@ def config(
     as_json: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
     """The settings in effect (from VIGIL_* variables), or their reference."""
-    from apps.settings import settings_reference
+    from vigil.apps.settings import settings_reference
 
     if reference:
         print(settings_reference(), end="")
@@ -186,7 +188,7 @@ def topics(
 @worker_app.command("risk")
 def worker_risk() -> None:
     """Consume transactions; produce scores, alerts and dead letters."""
-    from apps.risk import run_worker
+    from vigil.apps.risk import run_worker
 
     settings = _settings()
     _bootstrap(settings)  # clear error before faust starts
@@ -202,7 +204,7 @@ def worker_risk() -> None:
 @worker_app.command("inspection")
 def worker_inspection() -> None:
     """Consume camera frames; produce defect alerts, clip scores and dead letters."""
-    from apps.inspection import run_worker
+    from vigil.apps.inspection import run_worker
 
     settings = _settings()
     _bootstrap(settings)  # clear error before faust starts
@@ -228,8 +230,8 @@ def publish_frames(
 ) -> None:
     """Publish simulated camera frames (a conveyor of textured parts, some with defects)
     to the frames topic at FPS per camera, keyed by camera id."""
-    from streams.frames import CODECS, FrameError, encode_frame
-    from streams.sources.camera import HELDOUT_TEXTURES, CameraConfig, CameraSimulator
+    from vigil.streams.frames import CODECS, FrameError, encode_frame
+    from vigil.streams.sources.camera import HELDOUT_TEXTURES, CameraConfig, CameraSimulator
 
     if codec not in CODECS:
         _fail(f"unknown codec {codec!r}; one of {list(CODECS)}", 2)
@@ -243,7 +245,7 @@ def publish_frames(
             defect_rate=defect_rate,
             **({"textures": HELDOUT_TEXTURES} if heldout else {}),
         )
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
     settings = _settings()
     bootstrap = _bootstrap(settings)
@@ -316,7 +318,7 @@ def publish_transactions(
     """Publish synthetic (or replayed) transactions to the transactions topic."""
     from itertools import islice
 
-    from streams.sources import GeneratorConfig, TransactionGenerator, read_jsonl
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator, read_jsonl
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
@@ -401,7 +403,7 @@ def consume(
                 print(json.dumps(value) if isinstance(value, dict) else repr(value), flush=True)
             return
         _print_table(what.value, rows, follow)
-    except LookupError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
     except KeyboardInterrupt:
         pass
@@ -452,7 +454,7 @@ def demo(
 ) -> None:
     """Broker + risk and inspection workers + a transaction publisher and a camera, with a
     live view of events, alerts, defects and the DLQ."""
-    from apps.demo import run_demo
+    from vigil.apps.demo import run_demo
 
     settings = _settings()
     _logging(settings)
@@ -467,8 +469,8 @@ def rules_validate(
     file: Path = typer.Argument(..., help="ruleset document (YAML or JSON)"),
 ) -> None:
     """Check a ruleset: structure, every expression, every reason template."""
-    from streams.pipeline import RULE_NAMES
-    from streams.rules import RuleError, load_ruleset
+    from vigil.streams.pipeline import RULE_NAMES
+    from vigil.streams.rules import RuleError, load_ruleset
 
     try:
         ruleset = load_ruleset(file, RULE_NAMES)
@@ -491,8 +493,8 @@ def rules_publish(
 ) -> None:
     """Validate a ruleset, then publish it: running workers switch to it between
     micro-batches (``mode: shadow`` documents run beside the live rules, without alerting)."""
-    from streams.pipeline import RULE_NAMES
-    from streams.rules import RuleError, load_ruleset, read_document
+    from vigil.streams.pipeline import RULE_NAMES
+    from vigil.streams.rules import RuleError, load_ruleset, read_document
 
     try:
         ruleset = load_ruleset(file, RULE_NAMES)
@@ -536,10 +538,10 @@ def rules_backtest(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """What would this ruleset have flagged? Hits, precision, recall, F1, alert rate."""
-    from streams.pipeline import RULE_NAMES, RiskPipeline
-    from streams.rules import RuleError, Thresholds, load_ruleset
-    from streams.rules.backtest import backtest
-    from streams.sources import read_jsonl
+    from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+    from vigil.streams.rules import RuleError, Thresholds, load_ruleset
+    from vigil.streams.rules.backtest import backtest
+    from vigil.streams.sources import read_jsonl
 
     settings = _settings()
     try:
@@ -598,11 +600,11 @@ def rules_backtest(
 
 
 def _read_labels(path: Path) -> dict[str, int]:
-    from streams.sources import read_labels
+    from vigil.streams.sources import read_labels
 
     try:
         return {tx_id: label for tx_id, (label, _typology) in read_labels(path).items()}
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
 
 
@@ -624,7 +626,7 @@ def generate(
     """Write a seeded synthetic history (and its ground truth) for replay and backtests."""
     from itertools import islice
 
-    from streams.sources import GeneratorConfig, TransactionGenerator
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
     cfg = GeneratorConfig(
         seed=seed,
@@ -661,7 +663,7 @@ def bench_features_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Per-transaction cost of decode + features + ruleset, in-process on one core."""
-    from apps.bench import bench_features
+    from vigil.apps.bench import bench_features
 
     result = bench_features(events=events, batch=batch)
     _report(result, as_json, width=10)
@@ -676,7 +678,7 @@ def bench_risk(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Publish N synthetic transactions, run the risk worker(s), measure tps and latency."""
-    from apps.bench import bench_risk as run
+    from vigil.apps.bench import bench_risk as run
 
     settings = _settings()
     _logging(settings)
@@ -709,8 +711,8 @@ def export_model(
 ) -> None:
     """Quantize a trained model, verify it against the float model on held-out data, and
     write it under --out only when it passes. Publish it with `vigil models publish`."""
-    from models.compression.tools import EXPORT_BITS, export_inspection, export_risk
-    from models.serving import ModelError, latest_dir
+    from vigil.models.compression.tools import EXPORT_BITS, export_inspection, export_risk
+    from vigil.models.serving import latest_dir
 
     if bits not in EXPORT_BITS:
         _fail(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}", 2)
@@ -730,7 +732,7 @@ def export_model(
         _fail(f"no {model} model under {settings.models_path}: run `vigil train {model}`", 1)
     try:
         path, report = run(Path(src))
-    except (ModelError, ValueError) as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     report["model"] = str(path)
     _report(report, as_json, width=16)
@@ -752,7 +754,7 @@ def chaos(
     """The fault suite against a local stack (the embedded broker unless
     VIGIL_KAFKA_BOOTSTRAP is set): kills, hostile records, ruleset bombs, release attacks and
     a soak, each counting what became of every record. Progress on stderr."""
-    from apps.chaos import ChaosConfig, run_chaos
+    from vigil.apps.chaos import ChaosConfig, run_chaos
 
     settings = _settings()
     _logging(settings)
@@ -773,7 +775,7 @@ def keys_generate(
 ) -> None:
     """Make a release signing key pair: release.key (private, mode 0600) for whoever
     publishes models, release.pub for the workers."""
-    from models.signing import generate_keypair
+    from vigil.models.signing import generate_keypair
 
     try:
         private, public = generate_keypair(out_dir)
@@ -794,9 +796,9 @@ def models_publish(
     """Sign a model directory as a release and publish it: running workers verify it
     (signature, hashes, input spec, parity on its golden batch) and swap it in between two
     micro-batches."""
-    from apps.releases import PublishError, publish_release
-    from models.registry import build_release
-    from models.serving import ModelError
+    from vigil.apps.releases import PublishError, publish_release
+    from vigil.models.registry import build_release
+    from vigil.models.serving import ModelError
 
     settings = _settings()
     signer = _signer(settings)  # a key problem is said before the broker is reached
@@ -819,8 +821,8 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON obj
     refused and incomplete ones too. The newest valid release of each model is marked."""
     from datetime import UTC, datetime
 
-    from apps.releases import read_releases
-    from models.registry import describe
+    from vigil.apps.releases import read_releases
+    from vigil.models.registry import describe
 
     settings = _settings()
     bootstrap = _bootstrap(settings)
@@ -863,9 +865,9 @@ def models_rollback(
     """Serve an older version again: its payload is published anew under a new signed
     manifest (a new sequence, ``rollback: true``; workers refuse a plain replay of an old
     release), from the topic or built from its directory under MODELS."""
-    from apps.releases import PublishError, find_model_dir, publish_release, read_releases
-    from models.registry import build_release, resign
-    from models.serving import ModelError
+    from vigil.apps.releases import PublishError, find_model_dir, publish_release, read_releases
+    from vigil.models.registry import build_release, resign
+    from vigil.models.serving import ModelError
 
     settings = _settings()
     signer = _signer(settings)
@@ -906,9 +908,9 @@ def bench_quantization_cmd(
 ) -> None:
     """Export the newest risk and inspection models at every bit width and measure each:
     file size, ONNX Runtime latency at batch 1 and 64 on one core, metric against fp32."""
-    from models.compression.report import quantization_report
-    from models.compression.tools import EXPORT_BITS
-    from models.serving import latest_dir
+    from vigil.models.compression.report import quantization_report
+    from vigil.models.compression.tools import EXPORT_BITS
+    from vigil.models.serving import latest_dir
 
     settings = _settings()
     _logging(settings)
@@ -926,7 +928,7 @@ def bench_quantization_cmd(
         sources[name] = found
     try:
         result = quantization_report(sources, widths, say=console.print)
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     if as_json:
         print(json.dumps(result))
@@ -964,8 +966,8 @@ def bench_inspection_cmd(
 ) -> None:
     """Cameras publish frames in real time; the inspection worker (with the newest
     inspection model) aligns and classifies them: frames/s, clips/s, p50/p99 latency."""
-    from apps.bench import bench_inspection as run
-    from streams.frames import CODECS
+    from vigil.apps.bench import bench_inspection as run
+    from vigil.streams.frames import CODECS
 
     if codec not in CODECS:
         _fail(f"unknown codec {codec!r}; one of {list(CODECS)}", 2)
@@ -974,7 +976,7 @@ def bench_inspection_cmd(
     logging.getLogger().setLevel(logging.WARNING)
     try:
         result = run(settings, cameras, fps, seconds, size, codec, timeout, console=console)
-    except (LookupError, RuntimeError) as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     _report(result, as_json, width=18)
     if result["timed_out"]:
@@ -1002,12 +1004,12 @@ def train_nn(
 ) -> None:
     """Train a network on the engine: N data-parallel ranks (gloo) on M emulated nodes,
     DDP over our AllReduce, the precision scheduler, checkpoints, restarts when a rank
-    dies. For real multi-node jobs run ``torchrun ... -m models.engine.run``."""
+    dies. For real multi-node jobs run ``torchrun ... -m vigil.models.engine.run``."""
     import tempfile
 
-    from models.engine import ALGORITHMS, DistributedError, supervise
-    from models.engine.precision import DTYPES
-    from models.engine.run import TASKS, config_for, job
+    from vigil.models.engine import ALGORITHMS, supervise
+    from vigil.models.engine.precision import DTYPES
+    from vigil.models.engine.run import TASKS, config_for, job
 
     problems = []
     if task not in TASKS:
@@ -1032,7 +1034,7 @@ def train_nn(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = None
         if task == "tabular":
-            from models.engine.tasks import prepare_tabular
+            from vigil.models.engine.tasks import prepare_tabular
 
             console.print("generating and featurising 14 days of history")
             prepared = str(prepare_tabular(Path(tmp) / "tabular.pt"))
@@ -1045,7 +1047,7 @@ def train_nn(
             results = supervise(
                 job, nproc, nodes, (task, cfg, ckpt, prepared), max_restarts, say=console.print
             )
-        except (DistributedError, ValueError) as exc:
+        except VigilError as exc:
             _fail(exc, 1)
     result = results[0]
     result.pop("state", None)
@@ -1089,7 +1091,7 @@ def train_inspection(
     """Train the 3D-CNN + Transformer clip classifier on simulated, aligned clips; evaluate
     on clips of part textures it never saw (AUROC, location cell accuracy); export to ONNX
     (checked against torch) under MODELS/inspection. With --publish: the refresh job."""
-    from models.video import VideoConfig, VideoNet
+    from vigil.models.video import VideoConfig, VideoNet
 
     every_s = _publish_options_ok(publish_, every, bits)
     try:
@@ -1103,7 +1105,7 @@ def train_inspection(
             views=views,
         )
         VideoNet(cfg)  # shape checks before the slow part
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
     settings = _settings()
     _logging(settings)
@@ -1112,17 +1114,17 @@ def train_inspection(
     if not publish_:
         try:
             path, report = _fit_inspection(cfg, root, say)
-        except ValueError as exc:  # the export does not match the trained model
+        except VigilError as exc:  # the export does not match the trained model
             _fail(exc, 1)
         _report(report, as_json, width=24)
         return
 
     from dataclasses import replace
 
-    from apps.trainer import gate_and_publish
-    from models.compression.tools import export_inspection
-    from models.video import make_clips
-    from streams.sources.camera import HELDOUT_TEXTURES
+    from vigil.apps.trainer import gate_and_publish
+    from vigil.models.compression.tools import export_inspection
+    from vigil.models.video import make_clips
+    from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
     bootstrap = _bootstrap(settings)
 
@@ -1153,7 +1155,7 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
     export under ``root/inspection``: the model directory and the evaluation."""
     import time
 
-    from models.video import (
+    from vigil.models.video import (
         auroc,
         auroc_ci95,
         make_clips,
@@ -1163,7 +1165,7 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
         train_video,
         training_clips,
     )
-    from streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
+    from vigil.streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
 
     seed, clips, test_clips, size = cfg.seed, cfg.train_clips, cfg.test_clips, cfg.size
     began = time.perf_counter()
@@ -1221,8 +1223,8 @@ def _fit_inspection(cfg, root: Path, say) -> tuple[Path, dict]:  # type: ignore[
 
 def _publish_options_ok(publish_: bool, every: str | None, bits: int) -> float | None:
     """Check --publish/--every/--bits; returns the schedule in seconds (None: one round)."""
-    from apps.trainer import parse_every
-    from models.compression.tools import EXPORT_BITS
+    from vigil.apps.trainer import parse_every
+    from vigil.models.compression.tools import EXPORT_BITS
 
     if every is not None and not publish_:
         _fail("--every runs the refresh job: it goes with --publish", 2)
@@ -1230,14 +1232,13 @@ def _publish_options_ok(publish_: bool, every: str | None, bits: int) -> float |
         _fail(f"--bits must be 32 (the float model) or one of {EXPORT_BITS}, not {bits}", 2)
     try:
         return None if every is None else parse_every(every)
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
 
 
 def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     """Run the refresh job's rounds (apps.trainer) until SIGINT/SIGTERM when scheduled."""
-    from apps.trainer import run_schedule
-    from models.serving import ModelError
+    from vigil.apps.trainer import run_schedule
 
     stop = threading.Event()
     if every_s is not None:
@@ -1253,7 +1254,7 @@ def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -
 
     try:
         failed = run_schedule(round_, every_s, stop, report)
-    except (ModelError, ValueError, LookupError, BrokerError) as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     if failed:
         raise typer.Exit(1)
@@ -1297,7 +1298,7 @@ def train_risk(
     if (input is None) != (labels is None):
         _fail("--input and --labels go together", 2)
     every_s = _publish_options_ok(publish_, every, bits)
-    from models.tabular import history_from_files, history_from_generator
+    from vigil.models.tabular import history_from_files, history_from_generator
 
     settings = _settings()
     say = (lambda _m: None) if as_json else (lambda m: console.print(m))
@@ -1321,20 +1322,20 @@ def train_risk(
             path, report, _test = _fit_risk(
                 history(0)[0], holdout_days, seed, nproc, nodes, target, say
             )
-        except ValueError as exc:
+        except VigilError as exc:
             _fail(exc, 1)
         _print_risk_report(path, report, holdout_days, as_json)
         return
 
-    from apps.trainer import (
+    from vigil.apps.trainer import (
         MIN_STREAM_POSITIVES,
         MIN_STREAM_ROWS,
         gate_and_publish,
         history_from_stream,
     )
-    from models.compression.tools import export_risk
-    from models.serving import check_feature_spec
-    from streams.features import FEATURE_SPEC
+    from vigil.models.compression.tools import export_risk
+    from vigil.models.serving import check_feature_spec
+    from vigil.streams.features import FEATURE_SPEC
 
     bootstrap = _bootstrap(settings)
     topics = settings.topics
@@ -1362,7 +1363,7 @@ def train_risk(
 def _fit_risk(history, holdout_days, seed, nproc, nodes, target, say):  # type: ignore[no-untyped-def]
     """Split, train, evaluate and export: the model directory, the evaluation and the
     held-out set. ValueError when the held-out days cannot be evaluated on."""
-    from models.tabular import TabularConfig, export, fit_and_evaluate
+    from vigil.models.tabular import TabularConfig, export, fit_and_evaluate
 
     cfg = TabularConfig(seed=seed, nproc=nproc, nodes=nodes)
     model, report, test_set = fit_and_evaluate(history, holdout_days, cfg, say)
@@ -1446,11 +1447,11 @@ def bench_scoring_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Hybrid ONNX scoring on one core: rows/s at a batch size and the batch-1 latency."""
-    from apps.bench import bench_scoring
+    from vigil.apps.bench import bench_scoring
 
     try:
         result = bench_scoring(_settings(), model, batch)
-    except (LookupError, ValueError) as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     _report(result, as_json, width=16)
 
@@ -1469,7 +1470,7 @@ def bench_hybrid_cmd(
 ) -> None:
     """The risk model's evaluation on several independent histories: the four models'
     held-out AUC-PR per history and the hybrid's mean lead over each baseline."""
-    from apps.bench import bench_hybrid
+    from vigil.apps.bench import bench_hybrid
 
     def say(message: str) -> None:  # progress on stderr, with --json too: minutes of work
         console.print(message)
@@ -1478,7 +1479,7 @@ def bench_hybrid_cmd(
         _fail(f"--days {days} leaves nothing to train on before {holdout_days:g} held-out days", 2)
     try:
         result = bench_hybrid(histories, seed, days, holdout_days, accounts, jobs, say)
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     if as_json:
         print(json.dumps(result))
@@ -1521,17 +1522,17 @@ def bench_allreduce_cmd(
 ) -> None:
     """Flat vs hierarchical AllReduce across emulated nodes behind a shaped link: median
     latency (slowest rank), algbw, busbw and utilisation of the link. Needs root."""
-    from models.engine import ALGORITHMS
-    from models.engine.bench import bench_allreduce, parse_sizes
-    from models.engine.linkemu import LinkEmulationError
+    from vigil.models.engine import ALGORITHMS
+    from vigil.models.engine.bench import bench_allreduce, parse_sizes
+    from vigil.models.engine.linkemu import LinkEmulationError
 
     chosen = [a.strip() for a in algorithms.split(",") if a.strip()]
     unknown = sorted(set(chosen) - set(ALGORITHMS))
     try:
         if unknown:
-            raise ValueError(f"unknown algorithm {unknown[0]!r}; choose from {list(ALGORITHMS)}")
+            raise UsageError(f"unknown algorithm {unknown[0]!r}; choose from {list(ALGORITHMS)}")
         byte_sizes = parse_sizes(sizes)
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
     try:
         result = bench_allreduce(
@@ -1539,7 +1540,7 @@ def bench_allreduce_cmd(
         )
     except LinkEmulationError as exc:
         _fail(f"cannot emulate the inter-node link here: {exc}", 1)
-    except RuntimeError as exc:
+    except VigilError as exc:
         _fail(exc, 1)
     if as_json:
         print(json.dumps(result))
@@ -1561,13 +1562,13 @@ def bench_precision_cmd(
 ) -> None:
     """samples/s and final validation metric for fp32, static bf16 and the dynamic
     precision scheduler, per task."""
-    from models.engine.bench import bench_precision
+    from vigil.models.engine.bench import bench_precision
 
     try:
         result = bench_precision(
             [t.strip() for t in tasks.split(",") if t.strip()], nproc=nproc, say=console.print
         )
-    except ValueError as exc:
+    except VigilError as exc:
         _fail(exc, 2)
     if as_json:
         print(json.dumps(result))
@@ -1581,7 +1582,13 @@ def bench_precision_cmd(
 
 
 def main() -> None:
-    app()
+    """``vigil``: an expected failure (:class:`VigilError`) is one line on stderr and exit
+    code 1; anything else is a bug and keeps its traceback."""
+    try:
+        app()
+    except VigilError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from apps.kafka import make_producer, make_reader, read_from_start
+from vigil.apps.kafka import make_producer, make_reader, read_from_start
 
 __all__ = ["publish", "read_messages", "read_topic", "Published", "Pacer"]
 

@@ -12,16 +12,16 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from apps.broker import clear_runtime, ensure_all, write_runtime
-from apps.clients import publish, read_topic
-from apps.process import WorkerProcess
-from apps.session import broker_for
-from apps.settings import Settings
-from models.serving import latest_dir
-from streams.frames import encode_frame
-from streams.pipeline import now_ms
-from streams.sources import GeneratorConfig, TransactionGenerator
-from streams.sources.camera import CameraConfig, CameraSimulator
+from vigil.apps.broker import clear_runtime, ensure_all, write_runtime
+from vigil.apps.clients import publish, read_topic
+from vigil.apps.process import WorkerProcess
+from vigil.apps.session import broker_for
+from vigil.apps.settings import Settings
+from vigil.models.serving import latest_dir
+from vigil.streams.frames import encode_frame
+from vigil.streams.pipeline import now_ms
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+from vigil.streams.sources.camera import CameraConfig, CameraSimulator
 
 __all__ = ["run_demo"]
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, MutableMapping
 
 from confluent_kafka import KafkaError, Message
 
-from apps.kafka import make_reader, read_from_start
-from models.registry import Assembler, Limits, Refusal, Release, ReleaseError, serve_release
-from models.signing import TrustedKeys
+from vigil.apps.kafka import make_reader, read_from_start
+from vigil.models.registry import Assembler, Limits, Refusal, Release, ReleaseError, serve_release
+from vigil.models.signing import TrustedKeys
 
 __all__ = ["ModelFollower", "TopicFollower"]
 

@@ -24,14 +24,14 @@ from typing import Any
 
 import faust
 
-from apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
-from apps.follower import ModelFollower
-from apps.settings import Settings
-from apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
-from models.registry import Limits, Release, ReleaseError
-from models.serving import ClipScorer, ModelError, load_latest_clip
-from streams.inspection import InspectionPipeline, InspectionResult
-from streams.pipeline import now_ms
+from vigil.apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
+from vigil.apps.follower import ModelFollower
+from vigil.apps.settings import Settings
+from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.models.registry import Limits, Release, ReleaseError
+from vigil.models.serving import ClipScorer, ModelError, load_latest_clip
+from vigil.streams.inspection import InspectionPipeline, InspectionResult
+from vigil.streams.pipeline import now_ms
 
 __all__ = ["create_app", "run_worker"]
 

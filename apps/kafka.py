@@ -7,6 +7,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from vigil.errors import NotFoundError
+
 __all__ = ["make_producer", "make_reader", "read_from_start"]
 
 
@@ -46,7 +48,7 @@ def read_from_start(reader: Consumer, topic: str, from_end: bool = False) -> int
     """Assign every partition of ``topic`` at its beginning (or end); returns the count."""
     meta = reader.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
-        raise LookupError(f"topic {topic!r} does not exist on this broker")
+        raise NotFoundError(f"topic {topic!r} does not exist on this broker")
     # -2 = OFFSET_BEGINNING, -1 = OFFSET_END
     offset = -1 if from_end else -2
     reader.assign([TopicPartition(topic, p, offset) for p in meta.partitions])

@@ -12,7 +12,7 @@ __all__ = ["WorkerProcess"]
 
 
 class WorkerProcess:
-    """``python -m apps.cli worker KIND`` with the given ``VIGIL_*`` environment."""
+    """``python -m vigil.apps.cli worker KIND`` with the given ``VIGIL_*`` environment."""
 
     def __init__(self, kind: str, env: dict[str, str], log_path: Path | None = None) -> None:
         self.kind = kind
@@ -23,7 +23,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "apps.cli", "worker", self.kind],
+            [sys.executable, "-m", "vigil.apps.cli", "worker", self.kind],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

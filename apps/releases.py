@@ -6,14 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.clients import publish, read_messages
-from models.registry import Assembler, Refusal, Release, release_messages
-from models.signing import TrustedKeys
+from vigil.apps.clients import publish, read_messages
+from vigil.errors import VigilError
+from vigil.models.registry import Assembler, Refusal, Release, release_messages
+from vigil.models.signing import TrustedKeys
 
 __all__ = ["PublishError", "ReleaseLog", "find_model_dir", "publish_release", "read_releases"]
 
 
-class PublishError(Exception):
+class PublishError(VigilError):
     """The broker did not take every record of a release."""
 
 

@@ -31,24 +31,24 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from apps.batching import linger_batches
-from apps.broker import (
+from vigil.apps.batching import linger_batches
+from vigil.apps.broker import (
     check_copartitioned,
     check_record_limit,
     ensure_all,
     resolve_bootstrap,
 )
-from apps.follower import ModelFollower
-from apps.rules_follower import RulesFollower
-from apps.settings import Settings
-from apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
-from models.registry import Limits
-from models.serving import ModelError, check_feature_spec, load_latest
-from streams.features import FEATURE_SPEC
-from streams.features.library import DAY_MS
-from streams.partitioning import partition_for
-from streams.pipeline import RULE_NAMES, BatchResult, IdleSweep, RiskPipeline, now_ms
-from streams.rules import Thresholds, load_ruleset
+from vigil.apps.follower import ModelFollower
+from vigil.apps.rules_follower import RulesFollower
+from vigil.apps.settings import Settings
+from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.models.registry import Limits
+from vigil.models.serving import ModelError, check_feature_spec, load_latest
+from vigil.streams.features import FEATURE_SPEC
+from vigil.streams.features.library import DAY_MS
+from vigil.streams.partitioning import partition_for
+from vigil.streams.pipeline import RULE_NAMES, BatchResult, IdleSweep, RiskPipeline, now_ms
+from vigil.streams.rules import Thresholds, load_ruleset
 
 __all__ = ["create_app", "run_worker"]
 

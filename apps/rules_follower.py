@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from confluent_kafka import Message
 
-from apps.follower import TopicFollower
-from streams.rules import RuleError, Ruleset, parse_ruleset, read_document
+from vigil.apps.follower import TopicFollower
+from vigil.streams.rules import RuleError, Ruleset, parse_ruleset, read_document
 
 __all__ = ["RulesFollower"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from apps.broker import BrokerError, EmbeddedBroker, resolve_bootstrap
-from apps.settings import Settings
+from vigil.apps.broker import BrokerError, EmbeddedBroker, resolve_bootstrap
+from vigil.apps.settings import Settings
 
 __all__ = ["broker_for"]
 

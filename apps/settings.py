@@ -8,9 +8,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.signing import SigningKey, TrustedKeys, dev_signing_key
-from streams.schemas import MAX_RECORD_BYTES
-from streams.topics import TopicNames
+from vigil.models.signing import SigningKey, TrustedKeys, dev_signing_key
+from vigil.streams.schemas import MAX_RECORD_BYTES
+from vigil.streams.topics import TopicNames
 
 __all__ = ["Settings", "load_settings", "settings_reference"]
 log = logging.getLogger("vigil.settings")

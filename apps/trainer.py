@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from apps.broker import ensure_one
-from apps.releases import publish_release, read_releases
-from apps.settings import Settings
-from models.registry import build_release
-from models.serving import (
+from vigil.apps.broker import ensure_one
+from vigil.apps.releases import publish_release, read_releases
+from vigil.apps.settings import Settings
+from vigil.errors import UsageError
+from vigil.models.registry import build_release
+from vigil.models.serving import (
     ClipScorer,
     HybridScorer,
     ModelError,
@@ -57,10 +58,10 @@ def parse_every(text: str) -> float:
     """``90s``, ``10m``, ``2h`` -> seconds (at least 10 s)."""
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*", text)
     if not found:
-        raise ValueError(f"--every {text!r}: a number and a unit, s, m or h (e.g. 10m)")
+        raise UsageError(f"--every {text!r}: a number and a unit, s, m or h (e.g. 10m)")
     seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2)]
     if seconds < 10:
-        raise ValueError(f"--every {text!r}: at least 10s between rounds")
+        raise UsageError(f"--every {text!r}: at least 10s between rounds")
     return seconds
 
 
@@ -68,8 +69,8 @@ def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type
     """The labelled part of the stream: every transaction on ``transactions`` that has a
     label on ``labels`` (the newest label of a tx_id wins), featurised in event-time order
     as the workers computed them. None when either topic is missing."""
-    from apps.clients import read_messages
-    from models.tabular import featurise
+    from vigil.apps.clients import read_messages
+    from vigil.models.tabular import featurise
 
     try:
         truth: dict[str, tuple[int, str | None]] = {}
@@ -97,13 +98,13 @@ def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type
 def _metric(scorer: HybridScorer | ClipScorer, data: Any) -> float:
     """AUC-PR of a risk scorer on a History; AUROC of a clip scorer on a ClipDataset."""
     if isinstance(scorer, ClipScorer):
-        from models.video import auroc
+        from vigil.models.video import auroc
 
         probs = np.concatenate(
             [scorer.score(data.clips[i : i + 64])[0] for i in range(0, len(data.clips), 64)]
         )
         return auroc(data.labels, probs)
-    from models.metrics import average_precision
+    from vigil.models.metrics import average_precision
 
     return average_precision(data.labels, scorer.score_batch(data.features))
 

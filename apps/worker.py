@@ -14,16 +14,16 @@ import faust
 from confluent_kafka import KafkaError, Message
 from faust.tables import TableManager
 
-from apps.broker import RECORD_OVERHEAD_BYTES
-from apps.compat import (
+from vigil.apps.broker import RECORD_OVERHEAD_BYTES
+from vigil.apps.compat import (
     install_faust_end_offset_fix,
     install_faust_fast_delivery,
     install_faust_fetch_wait,
     install_faust_safe_resume,
 )
-from apps.kafka import make_producer
-from apps.settings import Settings
-from streams.schemas import MAX_RECORD_BYTES, RawRecord
+from vigil.apps.kafka import make_producer
+from vigil.apps.settings import Settings
+from vigil.streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
     "EXIT_OUTPUT_LOST",

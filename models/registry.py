@@ -51,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from models.serving import (
+from vigil.errors import VigilError
+from vigil.models.serving import (
     ClipScorer,
     HybridScorer,
     ModelError,
@@ -60,7 +61,7 @@ from models.serving import (
     read_manifest,
     scorer_for,
 )
-from models.signing import SignatureError, SigningKey, TrustedKeys
+from vigil.models.signing import SignatureError, SigningKey, TrustedKeys
 
 __all__ = [
     "CHUNK_BYTES",
@@ -90,7 +91,7 @@ GOLDEN_TOLERANCE = 1e-4
 HEADER_RELEASE, HEADER_PART = "vigil-release", "vigil-part"
 
 
-class ReleaseError(Exception):
+class ReleaseError(VigilError):
     """A release that must not serve: the reason is logged and counted by the worker."""
 
 
@@ -203,7 +204,7 @@ def outputs(scorer: HybridScorer | ClipScorer, inputs: np.ndarray) -> np.ndarray
 
 def _input_spec(model: dict) -> dict:
     if model["format"] == "onnx:gbdt+nn":
-        from streams.features import FEATURE_SPEC
+        from vigil.streams.features import FEATURE_SPEC
 
         return {"features": [None, len(FEATURE_SPEC.names)], "feature_spec": model["feature_spec"]}
     return {"clip": model["input"]["clip"]}
@@ -215,12 +216,12 @@ def _golden_inputs(model: dict, rows: int, seed: int = 11) -> np.ndarray:
     transactions, half of them positive. Random inputs would not do: a model's outputs
     saturate on them, and two different models then agree."""
     if model["format"] == "onnx:clip-classifier":
-        from models.video import VideoConfig, make_clips
-        from streams.sources.camera import TRAIN_TEXTURES
+        from vigil.models.video import VideoConfig, make_clips
+        from vigil.streams.sources.camera import TRAIN_TEXTURES
 
         cfg = VideoConfig(**model["config"])
         return make_clips(rows, cfg, TRAIN_TEXTURES, seed=seed).clips.astype(np.float16)
-    from models.tabular import history_from_generator
+    from vigil.models.tabular import history_from_generator
 
     history = history_from_generator(days=2, seed=seed, accounts=60)
     positive = np.flatnonzero(history.labels == 1)[: rows // 2]
@@ -244,7 +245,7 @@ def build_release(
     model = read_manifest(directory)
     files = read_files(directory, model)
     if model.get("format") == "onnx:gbdt+nn":
-        from streams.features import FEATURE_SPEC
+        from vigil.streams.features import FEATURE_SPEC
 
         what = f"{directory}: model {model['version']}"
         check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label, what)

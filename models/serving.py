@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vigil.errors import VigilError
+
 __all__ = [
     "BatchScorer",
     "ClipScorer",
@@ -50,7 +52,7 @@ def gbdt_margin(session: Any, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(session.run([GBDT_OUTPUT], {"features": x})[0][:, 1])
 
 
-class ModelError(Exception):
+class ModelError(VigilError):
     """A model that cannot be served: missing, tampered, or built for other inputs."""
 
 

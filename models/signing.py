@@ -16,7 +16,7 @@ Files are PEM: ``release.key`` (PKCS#8 private key, mode 0600) and ``release.pub
 >>> trusted.verify(b"forged", sig)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-models.signing.SignatureError: bad signature: not made with key ... over these bytes
+vigil.models.signing.SignatureError: bad signature: not made with key ... over these bytes
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from vigil.errors import VigilError
+
 __all__ = [
     "ALGORITHM",
     "SignatureError",
@@ -47,7 +49,7 @@ ALGORITHM = "ed25519"
 PRIVATE_NAME, PUBLIC_NAME = "release.key", "release.pub"
 
 
-class SignatureError(Exception):
+class SignatureError(VigilError):
     """A signature that does not verify, or a key that cannot be read."""
 
 

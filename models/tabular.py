@@ -30,15 +30,17 @@ import orjson
 import torch
 from torch import nn
 
-from models.metrics import (
+from vigil.errors import DataError, UsageError
+from vigil.models.metrics import (
     ap_difference,
     average_precision,
     calibration,
     flagged_share,
     recall_at_rate,
 )
-from models.threads import torch_threads
-from streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
+from vigil.models.serving import ModelError
+from vigil.models.threads import torch_threads
+from vigil.streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
 
 __all__ = [
     "History",
@@ -94,8 +96,8 @@ def featurise(
 ) -> History:
     """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
     vector, the rules' score and the label of every labelled, valid transaction."""
-    from streams.pipeline import RiskPipeline
-    from streams.schemas import record_batches
+    from vigil.streams.pipeline import RiskPipeline
+    from vigil.streams.schemas import record_batches
 
     pipeline = RiskPipeline()
     store: dict = {}
@@ -131,7 +133,7 @@ def history_from_generator(
     flow_typology_rate: float = 0.002,
 ) -> History:
     """``days`` of the seeded synthetic population with its injected, labelled cases."""
-    from streams.sources import GeneratorConfig, TransactionGenerator
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
     cfg = GeneratorConfig(
         seed=seed,
@@ -154,7 +156,7 @@ def history_from_generator(
 
 def history_from_files(tx_path: str, labels_path: str) -> History:
     """A JSONL history (contract transactions) and its labels (``vigil.labels`` records)."""
-    from streams.sources import read_jsonl, read_labels
+    from vigil.streams.sources import read_jsonl, read_labels
 
     truth = read_labels(labels_path)
     return featurise((line for _k, line in read_jsonl(tx_path)), truth)
@@ -309,7 +311,7 @@ def keep_mask(cfg: TabularConfig) -> np.ndarray:
     """1 per feature of the spec the models learn from, 0 per ``cfg.ignored`` one."""
     unknown = set(cfg.ignored) - set(FEATURE_SPEC.names)
     if unknown:
-        raise ValueError(f"ignored features not in the feature spec: {sorted(unknown)}")
+        raise UsageError(f"ignored features not in the feature spec: {sorted(unknown)}")
     return np.array([0.0 if n in cfg.ignored else 1.0 for n in FEATURE_SPEC.names])
 
 
@@ -334,7 +336,7 @@ def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
     """
     text = booster.model_to_string()
     if "cat_boundaries=" in text:
-        raise ValueError("float32_thresholds: the booster has categorical splits")
+        raise ModelError("float32_thresholds: the booster has categorical splits")
     # without the header's tree byte sizes, which the new numbers' lengths would break,
     # LightGBM reads the trees one after the other
     lines = [line for line in text.split("\n") if not line.startswith("tree_sizes=")]
@@ -413,9 +415,9 @@ def _fit_net_engine(
     kept."""
     import tempfile
 
-    from models.engine import supervise
-    from models.engine.run import job
-    from models.engine.trainer import TrainConfig
+    from vigil.models.engine import supervise
+    from vigil.models.engine.run import job
+    from vigil.models.engine.trainer import TrainConfig
 
     def stack(x: np.ndarray, g: np.ndarray | None) -> torch.Tensor:
         return torch.from_numpy(np.asarray(x if g is None else np.c_[x, g], dtype=np.float32))
@@ -504,7 +506,7 @@ def _train(history: History, cfg: TabularConfig, say: Progress) -> HybridModel:
     n_fit = int(len(y) * (1 - cfg.calibration_share))
     xf, yf, xc, yc = x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:]
     if yf.sum() < 10 or yc.sum() < 3:
-        raise ValueError(
+        raise DataError(
             f"too few positive labels to train on ({int(yf.sum())} fit, {int(yc.sum())} "
             "calibration): use more days or a higher typology rate"
         )
@@ -602,7 +604,7 @@ def fit_and_evaluate(
         f"({int(test_set.labels.sum())} positive)"
     )
     if not len(test_set) or not test_set.labels.sum():
-        raise ValueError("the held-out days have no positive label to evaluate on")
+        raise DataError("the held-out days have no positive label to evaluate on")
     model = train(train_set, cfg, say=say)
     return model, evaluate(model, test_set), test_set
 
@@ -616,7 +618,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     a manifest. Before anything is written, ONNX Runtime must reproduce the Python model on
     the ``check`` rows within ``PARITY_TOLERANCE``. Returns the model's directory
     (``out_dir/<version>``)."""
-    from models.serving import HybridScorer, write_model
+    from vigil.models.serving import HybridScorer, write_model
 
     n = len(FEATURE_SPEC.names)
     gbdt = gbdt_to_onnx(model.booster, n)
@@ -634,7 +636,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     got = scorer.score_batch(check)
     worst = float(np.max(np.abs(got - want))) if len(check) else 0.0
     if not worst <= PARITY_TOLERANCE:
-        raise ValueError(
+        raise ModelError(
             f"ONNX export differs from the Python model by {worst:.2e} on the check rows"
         )
     manifest = {
@@ -670,7 +672,7 @@ def gbdt_to_onnx(booster: lgb.Booster, n: int) -> bytes:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    from models.serving import GBDT_OUTPUT
+    from vigil.models.serving import GBDT_OUTPUT
 
     graph = onnxmltools.convert_lightgbm(
         booster, initial_types=[("features", FloatTensorType([None, n]))], zipmap=False
@@ -694,7 +696,7 @@ def gbdt_to_onnx(booster: lgb.Booster, n: int) -> bytes:
 def net_to_onnx(net: TabularNet, n: int) -> bytes:
     """The hybrid NN graph: inputs ``features`` (n) and ``gbdt_logit``, output
     ``probability``."""
-    from models.onnx_export import torch_to_onnx
+    from vigil.models.onnx_export import torch_to_onnx
 
     example = (torch.zeros(2, n), torch.zeros(2))
     return torch_to_onnx(net, example, ["features", "gbdt_logit"], ["probability"], "rows")

@@ -49,7 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.threads import keep_freed_memory, torch_threads
+from vigil.errors import UsageError
+from vigil.models.serving import ModelError
+from vigil.models.threads import keep_freed_memory, torch_threads
 
 __all__ = [
     "ClipDataset",
@@ -98,9 +100,9 @@ class VideoNet(nn.Module):
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__()
         if cfg.size % (4 * GRID) or cfg.frames % 2:
-            raise ValueError(f"size must be a multiple of {4 * GRID} and frames even")
+            raise UsageError(f"size must be a multiple of {4 * GRID} and frames even")
         if cfg.views not in VIEWS:
-            raise ValueError(f"views must be one of {', '.join(map(str, VIEWS))}, not {cfg.views}")
+            raise UsageError(f"views must be one of {', '.join(map(str, VIEWS))}, not {cfg.views}")
         self.stem = nn.Sequential(
             nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1),  # (B,16,T,H/2,W/2)
             nn.ReLU(),
@@ -180,8 +182,8 @@ def make_clips(
     "don't care" clip, left out). ``belt``: also clips with bare belt under the camera's
     centre (negatives the worker sees between parts; for training). ``regions``: the share
     of two-tone parts (training data; see ``training_clips``)."""
-    from streams.alignment import prepare_clip
-    from streams.sources.camera import CameraConfig, CameraSimulator
+    from vigil.streams.alignment import prepare_clip
+    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
 
     sim = CameraSimulator(
         CameraConfig(
@@ -232,7 +234,7 @@ def make_clips(
 def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:
     """Clips as the classifier is trained on them: training textures, ``cfg.regions`` of
     the parts two-tone, bare belt included."""
-    from streams.sources.camera import TRAIN_TEXTURES
+    from vigil.streams.sources.camera import TRAIN_TEXTURES
 
     return make_clips(n, cfg, TRAIN_TEXTURES, seed, belt=True, regions=cfg.regions)
 
@@ -386,7 +388,7 @@ def predict(net: VideoNet, clips: np.ndarray, batch: int = 64) -> tuple[np.ndarr
 
 def export_video(net: VideoNet, cfg: VideoConfig) -> bytes:
     """ONNX with a dynamic batch (exported with a batch of 2)."""
-    from models.onnx_export import torch_to_onnx
+    from vigil.models.onnx_export import torch_to_onnx
 
     example = (torch.zeros(2, 1, cfg.frames, cfg.size, cfg.size),)
     return torch_to_onnx(net, example, ["clip"], ["defect_logit", "location_logits"])
@@ -409,7 +411,7 @@ def save_video_model(
     """Export to ONNX, check ONNX Runtime against torch on ``check`` clips (both outputs
     within ``PARITY_TOLERANCE``), and write ``out_dir/<version>`` with a manifest that
     carries the alert ``threshold`` on the defect probability."""
-    from models.serving import onnx_session, write_model
+    from vigil.models.serving import onnx_session, write_model
 
     graph = export_video(net, cfg)
     session = onnx_session(graph)
@@ -421,7 +423,7 @@ def save_video_model(
         for g, w in zip(got, want, strict=True)
     )
     if not worst <= PARITY_TOLERANCE:
-        raise ValueError(f"ONNX export differs from torch by {worst:.2e} on the check clips")
+        raise ModelError(f"ONNX export differs from torch by {worst:.2e} on the check clips")
     manifest = {
         "name": "inspection",
         "format": "onnx:clip-classifier",
@@ -442,7 +444,7 @@ def save_video_model(
 
 def load_video_net(directory: Path) -> tuple[VideoNet, VideoConfig, dict]:
     """The torch classifier of a model directory written by ``save_video_model``."""
-    from models.serving import ModelError, read_files, read_manifest
+    from vigil.models.serving import ModelError, read_files, read_manifest
 
     manifest = read_manifest(directory)
     files = read_files(directory, manifest)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vigil.errors import VigilError
+
 __all__ = [
     "CODECS",
     "MAX_FRAME_BYTES",
@@ -38,7 +40,7 @@ MAX_FRAME_BYTES = 1_000_000
 _SHAPE = re.compile(r"^(\d{1,5})x(\d{1,5})(?:x([134]))?$")
 
 
-class FrameError(ValueError):
+class FrameError(VigilError, ValueError):
     """A frame that cannot be used; the message is the dead-letter reason."""
 
 

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streams.alignment import ClipWindows, ReorderBuffer, prepare_clip
-from streams.frames import Frame, FrameError, decode_frame
-from streams.schemas import ClipScore, DeadLetter, InspectionAlert, RawRecord
+from vigil.streams.alignment import ClipWindows, ReorderBuffer, prepare_clip
+from vigil.streams.frames import Frame, FrameError, decode_frame
+from vigil.streams.schemas import ClipScore, DeadLetter, InspectionAlert, RawRecord
 
 __all__ = ["ClipModel", "InspectionPipeline", "InspectionResult", "clip_bbox"]
 

@@ -39,19 +39,20 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.serving import ModelHolder
-from streams.features import FeatureError
-from streams.features.engine import TS, WM, AccountLog, FeatureEngine, event_rows, key_hash
-from streams.features.inflows import (
+from vigil.errors import UsageError, VigilError
+from vigil.models.serving import ModelHolder
+from vigil.streams.features import FeatureError
+from vigil.streams.features.engine import TS, WM, AccountLog, FeatureEngine, event_rows, key_hash
+from vigil.streams.features.inflows import (
     InflowLog,
     InflowRecord,
     decode_inflows,
     encode_inflows,
     funds_sources,
 )
-from streams.features.library import FEATURE_SPEC, GRACE_MS, HORIZON_MS, TRANSFER_CHANNELS
-from streams.partitioning import partition_for
-from streams.rules import (
+from vigil.streams.features.library import FEATURE_SPEC, GRACE_MS, HORIZON_MS, TRANSFER_CHANNELS
+from vigil.streams.partitioning import partition_for
+from vigil.streams.rules import (
     NUM,
     TX_FIELDS,
     Firing,
@@ -62,7 +63,7 @@ from streams.rules import (
     decide,
     default_ruleset,
 )
-from streams.schemas import (
+from vigil.streams.schemas import (
     MAX_RECORD_BYTES,
     DeadLetter,
     RawRecord,
@@ -91,7 +92,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class OutputTooLarge(ValueError):
+class OutputTooLarge(VigilError, ValueError):
     """An output record is over the record size the broker takes."""
 
 
@@ -167,7 +168,7 @@ class IdleSweep:
 
     def __init__(self, ttl_ms: int, payee_ttl_ms: int = HORIZON_MS + GRACE_MS) -> None:
         if ttl_ms < HORIZON_MS + GRACE_MS:
-            raise ValueError(
+            raise UsageError(
                 f"state TTL {ttl_ms} ms is shorter than the longest feature window "
                 f"({HORIZON_MS + GRACE_MS} ms with its grace)"
             )

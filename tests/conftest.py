@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from apps.broker import EmbeddedBroker, ensure_topics
-from apps.settings import Settings
+from vigil.apps.broker import EmbeddedBroker, ensure_topics
+from vigil.apps.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,7 @@ def settings(bootstrap: str, namespace: str, tmp_path: Path) -> Settings:
     return s
 
 
-SEED_RULESET = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+SEED_RULESET = resources.files("vigil.streams.rules").joinpath("rulesets", "seed.yaml")
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -53,6 +55,46 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "VIGIL_LOG_LEVEL": "INFO",
         # the seed rules: the decisions tests.reference recomputes independently
         "VIGIL_RULESET_PATH": str(
-            resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+            resources.files("vigil.streams.rules").joinpath("rulesets", "seed.yaml")
         ),
     }
+
+
+# Trained models, built once per test session and shared read-only by every module that
+# needs one (training is most of the suite's time). Modules must not change them.
+
+
+@dataclass(frozen=True)
+class TrainedRisk:
+    model: Any  # vigil.models.tabular.HybridModel
+    train_set: Any  # vigil.models.tabular.History
+    test_set: Any
+    path: Path  # the exported model directory
+
+
+def _trained_risk(out: Path, days: int, accounts: int, cfg: Any, check_rows: int) -> TrainedRisk:
+    from vigil.models.tabular import export, history_from_generator, temporal_split, train
+
+    train_set, test_set = temporal_split(history_from_generator(days, seed=3, accounts=accounts), 2)
+    model = train(train_set, cfg, say=lambda _m: None)
+    return TrainedRisk(
+        model, train_set, test_set, export(model, out, test_set.features[:check_rows])
+    )
+
+
+@pytest.fixture(scope="session")
+def small_risk(tmp_path_factory: pytest.TempPathFactory) -> TrainedRisk:
+    """8 generated days (400 accounts), the last 2 held out; a small hybrid (40 trees)."""
+    from vigil.models.tabular import TabularConfig
+
+    cfg = TabularConfig(seed=3, trees=40, epochs=4, folds=3)
+    return _trained_risk(tmp_path_factory.mktemp("small-risk"), 8, 400, cfg, 500)
+
+
+@pytest.fixture(scope="session")
+def tiny_risk(tmp_path_factory: pytest.TempPathFactory) -> TrainedRisk:
+    """6 generated days (300 accounts), the last 2 held out; a tiny hybrid (30 trees)."""
+    from vigil.models.tabular import TabularConfig
+
+    cfg = TabularConfig(seed=3, trees=30, epochs=3, folds=3)
+    return _trained_risk(tmp_path_factory.mktemp("tiny-risk"), 6, 300, cfg, 200)

@@ -49,7 +49,7 @@ def features_by_batch(batches: list[list[dict[str, Any]]]) -> dict[str, dict[str
     """Every feature of every transaction as the in-process pipeline runs micro-batches:
     the inflows (transfers, keyed by payee) produced by one batch are folded at the start of
     the next, and a transaction sees the inflows folded before its batch."""
-    from streams.features import library as L
+    from vigil.streams.features import library as L
 
     own = features_by_tx(tx for batch in batches for tx in batch)
     delivered: dict[str, list[dict[str, Any]]] = defaultdict(list)  # payee -> inflows
@@ -87,7 +87,7 @@ def inflow_features(
     """Inflow features of ``tx`` given the inflows its account received before (``payer``,
     ``ts_ms``, ``amount``, ``source`` each) and its own features, straight from the
     definitions in streams/features/library.py."""
-    from streams.features import library as L
+    from vigil.streams.features import library as L
 
     ts = tx["ts_ms"]
     f: dict[str, float | None] = {}
@@ -139,7 +139,7 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
     import math
     import statistics
 
-    from streams.features import library as L
+    from vigil.streams.features import library as L
 
     def hour(t: dict) -> int:
         return (t["ts_ms"] // L.HOUR_MS) % 24

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
-from models.registry import Release, chunk_index, pack_files, resign
-from models.signing import SigningKey
+from vigil.models.registry import Release, chunk_index, pack_files, resign
+from vigil.models.signing import SigningKey
 
 
 def resigned(release: Release, signer: SigningKey, **changes) -> Release:

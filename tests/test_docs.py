@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.settings import Settings, settings_reference
+from vigil.apps.settings import Settings, settings_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]

@@ -2,15 +2,15 @@
 weights, per-tensor asymmetric activations, 8 down to 2 bits) and fake quantization for
 quantization-aware training. Not built on torch.ao.quantization (deprecated)."""
 
-from models.compression.fake_quant import (
+from vigil.models.compression.fake_quant import (
     FakeQuantize,
     QuantConfig,
     QuantSpec,
     prepare_qat,
     quant_config,
 )
-from models.compression.observers import OBSERVERS, Observer, make_observer
-from models.compression.quantize import (
+from vigil.models.compression.observers import OBSERVERS, Observer, make_observer
+from vigil.models.compression.quantize import (
     BITS,
     dequantize,
     fake_quantize,

@@ -22,8 +22,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from models.compression.fake_quant import FakeQuantize, QuantConfig, prepare_qat
-from models.onnx_export import torch_to_onnx
+from vigil.errors import UsageError
+from vigil.models.compression.fake_quant import FakeQuantize, QuantConfig, prepare_qat
+from vigil.models.onnx_export import torch_to_onnx
 
 __all__ = ["calibrate", "compact_names", "export_qdq", "optimized_ops", "quantizers"]
 
@@ -55,7 +56,7 @@ def export_qdq(
     weights (``model`` calibrated or QAT-trained, 8-bit)."""
     qs = quantizers(model)
     if not qs:
-        raise ValueError("the model has no quantizers: calibrate (or prepare_qat) it first")
+        raise UsageError("the model has no quantizers: calibrate (or prepare_qat) it first")
     with torch.no_grad():
         model.eval()(*example)  # every weight quantizer sees its weight as it is now
     for q in qs:

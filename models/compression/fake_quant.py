@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils import parametrize
 
-from models.compression.observers import Observer, make_observer
-from models.compression.quantize import BITS, fake_quantize, qparams
+from vigil.errors import UsageError
+from vigil.models.compression.observers import Observer, make_observer
+from vigil.models.compression.quantize import BITS, fake_quantize, qparams
 
 __all__ = [
     "FakeQuantize",
@@ -53,7 +54,7 @@ class QuantSpec(BaseModel):
 
     def model_post_init(self, _context: Any) -> None:
         if self.bit_width not in BITS:
-            raise ValueError(f"bit_width must be one of {BITS}, not {self.bit_width}")
+            raise UsageError(f"bit_width must be one of {BITS}, not {self.bit_width}")
 
 
 class ObserverSpec(BaseModel):
@@ -147,7 +148,7 @@ class FakeQuantize(nn.Module):
         """The same values through torch's fake-quantize ops, which the ONNX exporter
         writes as QuantizeLinear + DequantizeLinear (int8 or uint8 only)."""
         if self.spec.bit_width != 8:
-            raise ValueError(f"QDQ export holds 8-bit values, not {self.spec.bit_width}-bit")
+            raise UsageError(f"QDQ export holds 8-bit values, not {self.spec.bit_width}-bit")
         # the ONNX integer ranges; our values stay inside ours (symmetric: -127..127)
         qmin, qmax = (-128, 127) if self.spec.scheme == "symmetric" else (0, 255)
         if self.axis is None:

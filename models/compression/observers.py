@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from vigil.errors import UsageError
+
 __all__ = ["OBSERVERS", "Observer", "make_observer"]
 
 OBSERVERS = ("minmax", "moving_average", "percentile")
@@ -43,11 +45,11 @@ class Observer:
         seed: int = 0,
     ) -> None:
         if kind not in OBSERVERS:
-            raise ValueError(f"observer must be one of {OBSERVERS}, not {kind!r}")
+            raise UsageError(f"observer must be one of {OBSERVERS}, not {kind!r}")
         if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), not {momentum}")
+            raise UsageError(f"momentum must be in [0, 1), not {momentum}")
         if not 50 < percentile <= 100:
-            raise ValueError(f"percentile must be in (50, 100], not {percentile}")
+            raise UsageError(f"percentile must be in (50, 100], not {percentile}")
         self.kind, self.axis = kind, axis
         self.momentum, self.percentile, self.sample = momentum, percentile, sample
         self._gen = torch.Generator().manual_seed(seed)

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vigil.errors import UsageError
+
 __all__ = [
     "BITS",
     "Scheme",
@@ -39,14 +41,14 @@ def qrange(bits: int, scheme: Scheme, reduce_range: bool = False) -> tuple[int, 
     """The integer range ``(qmin, qmax)`` of ``bits`` in ``scheme``; ``reduce_range``: the
     range of one bit less, stored in ``bits`` (int8 weights of -63..63)."""
     if bits not in BITS:
-        raise ValueError(f"bit width must be one of {BITS}, not {bits}")
+        raise UsageError(f"bit width must be one of {BITS}, not {bits}")
     b = bits - 1 if reduce_range else bits
     if scheme == "symmetric":
         q = 2 ** (b - 1) - 1
         return -q, q
     if scheme == "asymmetric":
         return 0, 2**b - 1
-    raise ValueError(f"scheme must be 'symmetric' or 'asymmetric', not {scheme!r}")
+    raise UsageError(f"scheme must be 'symmetric' or 'asymmetric', not {scheme!r}")
 
 
 def qparams(lo, hi, bits: int, scheme: Scheme, reduce_range: bool = False):  # type: ignore[no-untyped-def]

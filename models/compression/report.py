@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from models.compression.export import compact_names
-from models.compression.tools import EXPORT_BITS, export_inspection, export_risk
+from vigil.models.compression.export import compact_names
+from vigil.models.compression.tools import EXPORT_BITS, export_inspection, export_risk
 
 __all__ = ["GOALS", "quantization_report"]
 
@@ -47,7 +47,7 @@ def _feeds(model: str, manifest: dict, batch: int) -> dict[str, np.ndarray]:
     if model == "inspection":
         _b, c, t, h, w = manifest["input"]["clip"]
         return {"clip": rng.random((batch, c, t, h, w), dtype=np.float32)}
-    from streams.features import FEATURE_SPEC
+    from vigil.streams.features import FEATURE_SPEC
 
     x = rng.lognormal(0, 1.5, (batch, len(FEATURE_SPEC.names))).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = np.nan
@@ -55,7 +55,7 @@ def _feeds(model: str, manifest: dict, batch: int) -> dict[str, np.ndarray]:
 
 
 def _measure(model: str, graph: bytes, manifest: dict) -> dict[str, float]:
-    from models.serving import onnx_session
+    from vigil.models.serving import onnx_session
 
     session = onnx_session(graph, threads=1)
     return {
@@ -71,7 +71,7 @@ def _graph_name(model: str) -> str:
 def _one_model(
     model: str, source: Path, bits: tuple[int, ...], say: Callable[[str], None]
 ) -> dict[str, dict]:
-    from models.serving import read_files, read_manifest
+    from vigil.models.serving import read_files, read_manifest
 
     manifest = read_manifest(source)
     fp32 = read_files(source, manifest)[_graph_name(model)]

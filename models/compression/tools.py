@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.compression.conv import slice_time
-from models.compression.export import calibrate, compact_names, export_qdq, optimized_ops
-from models.compression.fake_quant import bake, prepare_qat, quant_config
-from models.compression.weight_only import weight_only
+from vigil.errors import UsageError
+from vigil.models.compression.conv import slice_time
+from vigil.models.compression.export import calibrate, compact_names, export_qdq, optimized_ops
+from vigil.models.compression.fake_quant import bake, prepare_qat, quant_config
+from vigil.models.compression.weight_only import weight_only
+from vigil.models.serving import ModelError
 
 __all__ = ["EXPORT_BITS", "MAX_LOSS_POINTS", "export_inspection", "export_risk"]
 
@@ -48,7 +50,7 @@ QAT_LR_SHARE = 0.25  # fine-tuning rate, as a share of the training rate
 
 def _check_bits(bits: int) -> None:
     if bits not in EXPORT_BITS:
-        raise ValueError(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}")
+        raise UsageError(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}")
 
 
 def _integer_kernels(graph: bytes) -> dict[str, int]:
@@ -56,7 +58,7 @@ def _integer_kernels(graph: bytes) -> dict[str, int]:
     ops = optimized_ops(graph)
     kernels = {k: ops[k] for k in INTEGER_KERNELS if ops[k]}
     if not kernels:
-        raise ValueError("ONNX Runtime runs no integer kernel on the export: not written")
+        raise ModelError("ONNX Runtime runs no integer kernel on the export: not written")
     return kernels
 
 
@@ -84,12 +86,12 @@ def _write_if_within(
 ) -> tuple[Path, dict]:
     """Write the quantized model (its parent's manifest, plus bits, parent and the
     verification) unless it lost more than allowed."""
-    from models.serving import write_model
+    from vigil.models.serving import write_model
 
     bits, loss = report["bits"], report["loss_points"]
     allowed = MAX_LOSS_POINTS[bits] if max_loss is None else max_loss
     if loss > allowed:
-        raise ValueError(
+        raise ModelError(
             f"{bits}-bit export loses {loss:.2f} points against fp32 (at most {allowed} "
             "allowed; --max-loss to change): not written"
         )
@@ -112,8 +114,8 @@ def export_inspection(
     """Quantize the inspection classifier in ``model_dir`` to ``bits``, compare AUROC with
     the fp32 model on clips of the held-out textures, and write ``out_dir/<version>`` if
     it passes. Calibration (8 bits) and fine-tuning (4, 2) use ``training_clips``."""
-    from models.serving import onnx_session, read_files
-    from models.video import (
+    from vigil.models.serving import onnx_session, read_files
+    from vigil.models.video import (
         auroc,
         export_video,
         finetune_video,
@@ -121,7 +123,7 @@ def export_inspection(
         make_clips,
         training_clips,
     )
-    from streams.sources.camera import HELDOUT_TEXTURES
+    from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
     _check_bits(bits)
     net, cfg, manifest = load_video_net(model_dir)
@@ -171,8 +173,8 @@ def export_risk(
     generated history: the first half calibrates (8 bits) or fine-tunes (4, 2: the first
     quarter trains, the second picks the epoch), the second half compares AUC-PR with the
     fp32 model; writes ``out_dir/<version>`` (a complete risk model) if it passes."""
-    from models.metrics import average_precision
-    from models.serving import (
+    from vigil.models.metrics import average_precision
+    from vigil.models.serving import (
         ModelError,
         check_feature_spec,
         gbdt_margin,
@@ -180,7 +182,7 @@ def export_risk(
         read_files,
         read_manifest,
     )
-    from models.tabular import (
+    from vigil.models.tabular import (
         TabularConfig,
         TabularNet,
         finetune_net,
@@ -188,7 +190,7 @@ def export_risk(
         net_to_onnx,
         temporal_split,
     )
-    from streams.features.library import FEATURE_SPEC
+    from vigil.streams.features.library import FEATURE_SPEC
 
     _check_bits(bits)
     manifest = read_manifest(model_dir)

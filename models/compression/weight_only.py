@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.compression.quantize import qparams, quantize
+from vigil.errors import UsageError
+from vigil.models.compression.quantize import qparams, quantize
 
 __all__ = ["WEIGHT_ONLY_BITS", "pack", "unpack", "weight_only"]
 
@@ -167,7 +168,7 @@ def weight_only(graph: bytes, bits: int) -> bytes:
     """The graph with its float32 weights stored as ``bits``-bit integers (2, 4) or
     float16 (16); see the module notes for which op serves which layer."""
     if bits not in (*WEIGHT_ONLY_BITS, 16):
-        raise ValueError(f"weight-only export takes 2, 4 or 16 bits, not {bits}")
+        raise UsageError(f"weight-only export takes 2, 4 or 16 bits, not {bits}")
     model = onnx.load_from_string(graph)
     g = model.graph
     weights = {

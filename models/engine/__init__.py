@@ -2,7 +2,7 @@
 processes that run them and restart them, precision scheduling, checkpoints. The trainer
 (``models.engine.trainer``) puts them together."""
 
-from models.engine.allreduce import (
+from vigil.models.engine.allreduce import (
     ALGORITHMS,
     Communicator,
     HookState,
@@ -11,15 +11,15 @@ from models.engine.allreduce import (
     comm_hook,
     discover_topology,
 )
-from models.engine.checkpoint import load_checkpoint, save_checkpoint
-from models.engine.distributed import (
+from vigil.models.engine.checkpoint import load_checkpoint, save_checkpoint
+from vigil.models.engine.distributed import (
     DistributedError,
     Rendezvous,
     init_from_env,
     spawn,
     supervise,
 )
-from models.engine.precision import (
+from vigil.models.engine.precision import (
     DynamicLossScaler,
     PrecisionConfig,
     PrecisionScheduler,

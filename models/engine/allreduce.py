@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from models.engine.distributed import node_name
+from vigil.errors import UsageError
+from vigil.models.engine.distributed import node_name
 
 __all__ = [
     "ALGORITHMS",
@@ -77,7 +78,7 @@ class Topology:
         for i, ranks in enumerate(self.nodes):
             if rank in ranks:
                 return i
-        raise ValueError(f"rank {rank} is not in the topology {self.nodes}")
+        raise UsageError(f"rank {rank} is not in the topology {self.nodes}")
 
     def local_rank(self, rank: int) -> int:
         return self.nodes[self.node_of(rank)].index(rank)
@@ -107,7 +108,7 @@ class Communicator:
     def __post_init__(self) -> None:
         rank = dist.get_rank()
         if self.topology.world_size != dist.get_world_size():
-            raise ValueError(
+            raise UsageError(
                 f"topology has {self.topology.world_size} ranks, the job {dist.get_world_size()}"
             )
         # new_group is collective over the whole world: same groups, same order, every rank
@@ -133,7 +134,7 @@ class Communicator:
         in fp32. Returns ``tensor``. ``feedback``: hierarchical-bf16's error-feedback key
         (the same key for the same tensor step after step; None: no feedback)."""
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown AllReduce algorithm {algorithm!r}; one of {ALGORITHMS}")
+            raise UsageError(f"unknown AllReduce algorithm {algorithm!r}; one of {ALGORITHMS}")
         if algorithm.startswith("hierarchical") and not self.topology.uniform:
             algorithm = "leader"  # reduce-scatter needs the same rank count on every node
         flat = tensor.detach().reshape(-1)

@@ -1,7 +1,7 @@
 """``vigil bench allreduce``: flat against hierarchical (and leader) AllReduce across
 emulated nodes whose link is shaped to a set bandwidth.
 
-Each rank is its own process (``python -m models.engine.bench``); node k's ranks run in
+Each rank is its own process (``python -m vigil.models.engine.bench``); node k's ranks run in
 node k's network namespace (``linkemu.EmulatedNodes``). For every size and algorithm:
 one checked warm-up, then ``iters`` timed all-reduces, each between barriers. Reported per
 run (nccl-tests definitions): latency = median over iterations of the slowest rank's time;
@@ -22,6 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vigil.errors import UsageError
+from vigil.models.engine.distributed import DistributedError
+
 __all__ = ["bench_allreduce", "parse_sizes"]
 
 SPEC_ENV = "VIGIL_BENCH_SPEC"
@@ -38,9 +41,9 @@ def parse_sizes(text: str) -> list[int]:
         try:
             value = float(number) * _UNITS[unit]
         except ValueError:
-            raise ValueError(f"bad size {part!r}: use a number with B, KB, MB or GB") from None
+            raise UsageError(f"bad size {part!r}: use a number with B, KB, MB or GB") from None
         if value < 4:
-            raise ValueError(f"size {part!r} is under one float32 (4 bytes)")
+            raise UsageError(f"size {part!r} is under one float32 (4 bytes)")
         sizes.append(int(value) // 4 * 4)
     return sizes
 
@@ -55,8 +58,8 @@ def bench_allreduce(
     timeout_s: float = 1800.0,
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
-    from models.engine.distributed import free_port
-    from models.engine.linkemu import EmulatedNodes
+    from vigil.models.engine.distributed import free_port
+    from vigil.models.engine.linkemu import EmulatedNodes
 
     world = nodes * procs_per_node
     with EmulatedNodes(nodes, link_mbit) as emu, tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +87,7 @@ def bench_allreduce(
                 "OMP_NUM_THREADS": "1",
                 SPEC_ENV: json.dumps(spec),
             }
-            argv = emu.command(node, [sys.executable, "-m", "models.engine.bench"])
+            argv = emu.command(node, [sys.executable, "-m", "vigil.models.engine.bench"])
             procs.append(
                 subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             )
@@ -104,7 +107,7 @@ def bench_allreduce(
         if bad or not out.exists():
             rank, code = bad[0] if bad else (0, 0)
             tail = "\n".join(logs[rank].strip().splitlines()[-15:])
-            raise RuntimeError(f"rank {rank} ended with code {code}:\n{tail}")
+            raise DistributedError(f"rank {rank} ended with code {code}:\n{tail}")
         result = json.loads(out.read_text())
     for r in result["runs"]:
         r["link_utilization"] = round(r["link_MBps"] * 8 / link_mbit, 3)
@@ -127,8 +130,8 @@ def _rank_main() -> None:
     import torch
     import torch.distributed as dist
 
-    from models.engine.allreduce import Communicator, discover_topology
-    from models.engine.distributed import init_from_env
+    from vigil.models.engine.allreduce import Communicator, discover_topology
+    from vigil.models.engine.distributed import init_from_env
 
     spec = json.loads(os.environ[SPEC_ENV])
     torch.set_num_threads(1)
@@ -210,15 +213,15 @@ def bench_precision(
     """Train each task in each precision mode on the engine (``nproc`` data-parallel
     ranks): samples/s and the final validation metric. ``bf16`` is static autocast of every
     layer (sensitive ops still fp32); ``dynamic`` is the precision scheduler."""
-    from models.engine.distributed import spawn
-    from models.engine.run import config_for, job
-    from models.engine.tasks import prepare_tabular
+    from vigil.models.engine.distributed import spawn
+    from vigil.models.engine.run import config_for, job
+    from vigil.models.engine.tasks import prepare_tabular
 
     # tabular: the real risk NN (NN-only) on 14 generated days, ~15 epochs of Adam;
     # video: the 3D-CNN + Transformer stand-in on 2048 synthetic 8x16x16 clips
     unknown = sorted(set(tasks) - {"tabular", "video"}) + sorted(set(modes) - set(PRECISION_MODES))
     if unknown:
-        raise ValueError(f"unknown task or mode {unknown[0]!r}")
+        raise UsageError(f"unknown task or mode {unknown[0]!r}")
     out: dict[str, Any] = {"nproc": nproc, "device": "cpu", "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:

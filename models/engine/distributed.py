@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vigil.errors import UsageError, VigilError
+
 log = logging.getLogger("vigil.engine.distributed")
 
 __all__ = [
@@ -46,7 +48,7 @@ NODE_ENV = "VIGIL_NODE"
 ATTEMPT_ENV = "VIGIL_ATTEMPT"  # 0 on the first start, 1.. after supervise() restarts
 
 
-class DistributedError(RuntimeError):
+class DistributedError(VigilError, RuntimeError):
     """A rank failed, or the job could not be started. ``retryable`` is False when the
     cause was bad input (a ValueError in a rank), which a restart would only repeat."""
 
@@ -191,7 +193,7 @@ def _attempt(
     attempt: int,
 ) -> list[Any]:
     if nprocs < 1 or nodes < 1 or nprocs % nodes:
-        raise ValueError(f"{nprocs} processes cannot be split evenly over {nodes} nodes")
+        raise UsageError(f"{nprocs} processes cannot be split evenly over {nodes} nodes")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     rdzv = Rendezvous("127.0.0.1", free_port(), nprocs, backend, timeout_s)

@@ -17,10 +17,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vigil.errors import VigilError
+
 __all__ = ["EmulatedNodes", "LinkEmulationError"]
 
 
-class LinkEmulationError(RuntimeError):
+class LinkEmulationError(VigilError, RuntimeError):
     """The emulated link cannot be set up here (not root, no ``ip``/``tc``, no netns)."""
 
 

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from vigil.errors import DataError, UsageError
+
 __all__ = [
     "DTYPES",
     "DynamicLossScaler",
@@ -116,7 +118,7 @@ class PrecisionConfig:
         if self.candidates is not None:
             bad = [c for c in self.candidates if c not in ("fp16", "bf16")]
             if bad:
-                raise ValueError(f"precision candidates are fp16 and bf16, not {bad}")
+                raise UsageError(f"precision candidates are fp16 and bf16, not {bad}")
             return self.candidates
         return ("fp16", "bf16") if device_type == "cuda" else ("bf16",)
 
@@ -205,7 +207,7 @@ class PrecisionScheduler:
 
     def __post_init__(self) -> None:
         if self.fixed is not None and self.fixed not in DTYPES:
-            raise ValueError(f"unknown precision {self.fixed!r}; one of {list(DTYPES)}")
+            raise UsageError(f"unknown precision {self.fixed!r}; one of {list(DTYPES)}")
         self.layers = {
             name: m
             for name, m in self.model.named_modules()
@@ -329,7 +331,7 @@ class PrecisionScheduler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unknown = set(state["decisions"]) - set(self.layers)
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"checkpoint precision names layers this model lacks: {sorted(unknown)}"
             )
         self.decisions.update(state["decisions"])

@@ -2,7 +2,7 @@
 nodes, restarts) or by torchrun for real multi-node jobs::
 
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29400 \\
-        -m models.engine.run --task tabular --checkpoint-dir /shared/ckpt
+        -m vigil.models.engine.run --task tabular --checkpoint-dir /shared/ckpt
 
 Under torchrun each node's ranks report their hostname as their node, so the
 hierarchical AllReduce groups them by machine; restarts are left to torchrun there.
@@ -18,7 +18,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from models.engine.trainer import Task, TrainConfig, train_rank
+from vigil.errors import UsageError
+from vigil.models.engine.trainer import Task, TrainConfig, train_rank
 
 __all__ = ["TASKS", "config_for", "job", "task_factory"]
 
@@ -39,12 +40,12 @@ def config_for(task: str, nproc: int, **overrides: Any) -> TrainConfig:
 
 
 def task_factory(task: str, prepared: str | None, seed: int = 0) -> Callable[[], Task]:
-    from models.engine.tasks import risk_net_task, tabular_task, video_standin_task
-    from models.engine.trainer import synthetic_task
+    from vigil.models.engine.tasks import risk_net_task, tabular_task, video_standin_task
+    from vigil.models.engine.trainer import synthetic_task
 
     if task == "tabular":
         if prepared is None:
-            raise ValueError("the tabular task needs its prepared history (prepare_tabular)")
+            raise UsageError("the tabular task needs its prepared history (prepare_tabular)")
         return functools.partial(tabular_task, prepared)
     if task == "risk-net" and prepared is not None:
         return functools.partial(risk_net_task, prepared)
@@ -52,7 +53,7 @@ def task_factory(task: str, prepared: str | None, seed: int = 0) -> Callable[[],
         return functools.partial(video_standin_task, seed=seed)
     if task == "synthetic":
         return functools.partial(synthetic_task, seed=seed)
-    raise ValueError(f"unknown task {task!r}; one of {TASKS}")
+    raise UsageError(f"unknown task {task!r}; one of {TASKS}")
 
 
 def job(
@@ -70,10 +71,10 @@ def _prepare_once(task: str, checkpoint_dir: str | None) -> str | None:
     if task != "tabular":
         return None
     if checkpoint_dir is None:
-        raise ValueError("--checkpoint-dir (shared by all ranks) is needed for the tabular task")
+        raise UsageError("--checkpoint-dir (shared by all ranks) is needed for the tabular task")
     path = Path(checkpoint_dir) / "tabular-history.pt"
     if dist.get_rank() == 0 and not path.exists():
-        from models.engine.tasks import prepare_tabular
+        from vigil.models.engine.tasks import prepare_tabular
 
         path.parent.mkdir(parents=True, exist_ok=True)
         prepare_tabular(path)
@@ -84,9 +85,9 @@ def _prepare_once(task: str, checkpoint_dir: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
-    from models.engine.distributed import init_from_env
+    from vigil.models.engine.distributed import init_from_env
 
-    parser = argparse.ArgumentParser(prog="python -m models.engine.run")
+    parser = argparse.ArgumentParser(prog="python -m vigil.models.engine.run")
     parser.add_argument("--task", choices=TASKS, default="tabular")
     parser.add_argument("--checkpoint-dir", default=None)
     for f in fields(TrainConfig):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.engine.trainer import Task, accuracy, bce_loss
+from vigil.models.engine.trainer import Task, accuracy, bce_loss
 
 __all__ = ["prepare_tabular", "tabular_task", "video_standin_task"]
 
@@ -22,7 +22,7 @@ __all__ = ["prepare_tabular", "tabular_task", "video_standin_task"]
 def prepare_tabular(path: Path, days: int = 14, seed: int = 7) -> Path:
     """Generate and featurise ``days`` of labelled history once (the slow part) and save
     the train/held-out tensors for ``tabular_task``."""
-    from models.tabular import _normaliser, history_from_generator, temporal_split
+    from vigil.models.tabular import _normaliser, history_from_generator, temporal_split
 
     history = history_from_generator(days, seed=seed)
     train, test = temporal_split(history, holdout_days=max(1.0, days / 4))
@@ -46,7 +46,7 @@ class _Logit(nn.Module):
 
     def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
-        from models.tabular import TabularNet
+        from vigil.models.tabular import TabularNet
 
         self.net = TabularNet(mean, std, hidden=64, use_gbdt=False)
 
@@ -55,7 +55,7 @@ class _Logit(nn.Module):
 
 
 def _average_precision(logits: torch.Tensor, y: torch.Tensor) -> float:
-    from models.metrics import average_precision
+    from vigil.models.metrics import average_precision
 
     return average_precision(y.numpy(), logits.squeeze(-1).double().numpy())
 
@@ -125,7 +125,7 @@ class _HybridLogit(nn.Module):
 
     def __init__(self, *net_args: object) -> None:  # TabularNet's
         super().__init__()
-        from models.tabular import TabularNet
+        from vigil.models.tabular import TabularNet
 
         self.net = TabularNet(*net_args)  # type: ignore[arg-type]
 

@@ -23,10 +23,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models.engine.allreduce import Communicator, HookState, comm_hook, discover_topology
-from models.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from models.engine.distributed import ATTEMPT_ENV
-from models.engine.precision import PrecisionConfig, PrecisionScheduler
+from vigil.errors import UsageError
+from vigil.models.engine.allreduce import Communicator, HookState, comm_hook, discover_topology
+from vigil.models.engine.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vigil.models.engine.distributed import ATTEMPT_ENV
+from vigil.models.engine.precision import PrecisionConfig, PrecisionScheduler
 
 __all__ = [
     "FAULT_ENV",
@@ -158,7 +164,7 @@ def train_rank(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: sgd or adam")
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}: sgd or adam")
     fixed = None if cfg.precision == "dynamic" else cfg.precision
     sched = PrecisionScheduler(model, PrecisionConfig(every_steps=cfg.probe_every), fixed=fixed)
 
@@ -168,7 +174,7 @@ def train_rank(
     state = load_checkpoint(ckpt) if ckpt else None
     if state is not None:
         if state["world_size"] != world or state["config"] != asdict(cfg):
-            raise ValueError(
+            raise UsageError(
                 f"checkpoint in {ckpt} is from another job (world size {state['world_size']}, "
                 f"config {state['config']}); use a fresh --checkpoint-dir"
             )

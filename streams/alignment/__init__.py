@@ -1,8 +1,8 @@
 """Per-camera frame ordering, clip windows and motion compensation."""
 
-from streams.alignment.clip import grey_u8, prepare_clip
-from streams.alignment.motion import METHODS, align_clip, estimate_shift, residual_mad
-from streams.alignment.reorder import ClipWindows, ReorderBuffer
+from vigil.streams.alignment.clip import grey_u8, prepare_clip
+from vigil.streams.alignment.motion import METHODS, align_clip, estimate_shift, residual_mad
+from vigil.streams.alignment.reorder import ClipWindows, ReorderBuffer
 
 __all__ = [
     "METHODS",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from streams.alignment.motion import align_clip
+from vigil.streams.alignment.motion import align_clip
 
 __all__ = ["grey_u8", "prepare_clip"]
 

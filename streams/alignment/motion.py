@@ -19,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vigil.errors import UsageError
+
 __all__ = ["METHODS", "align_clip", "estimate_shift", "residual_mad"]
 
 METHODS = ("dis", "farneback", "phase")
@@ -57,7 +59,7 @@ def align_clip(frames: np.ndarray, method: str = "dis", reference: int | None = 
     """(T, H, W[, C]) frames -> the same frames warped onto frame ``reference`` (default:
     the middle one), float32."""
     if method not in METHODS:
-        raise ValueError(f"unknown alignment method {method!r}; one of {METHODS}")
+        raise UsageError(f"unknown alignment method {method!r}; one of {METHODS}")
     clip = np.asarray(frames)
     t, h, w = clip.shape[:3]
     ref_i = t // 2 if reference is None else reference

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streams.frames import Frame
+from vigil.errors import UsageError
+from vigil.streams.frames import Frame
 
 __all__ = ["ClipWindows", "ReorderBuffer"]
 
@@ -92,7 +93,7 @@ class ClipWindows:
 
     def __post_init__(self) -> None:
         if self.length < 1 or self.stride < 1:
-            raise ValueError(
+            raise UsageError(
                 f"clip length and stride must be >= 1, not {self.length}/{self.stride}"
             )
 

@@ -1,9 +1,9 @@
 """The feature library: named operators over per-account state (``library``) and the
 vectorised engine that evaluates them for whole micro-batches (``engine``)."""
 
-from streams.features.base import FeatureError
-from streams.features.engine import AccountLog, FeatureEngine, event_rows
-from streams.features.library import FEATURE_SPEC, FEATURES, FeatureSpec
+from vigil.streams.features.base import FeatureError
+from vigil.streams.features.engine import AccountLog, FeatureEngine, event_rows
+from vigil.streams.features.library import FEATURE_SPEC, FEATURES, FeatureSpec
 
 __all__ = [
     "FEATURES",

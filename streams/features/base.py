@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vigil.errors import VigilError
+
 __all__ = ["FeatureError"]
 
 
-class FeatureError(ValueError):
+class FeatureError(VigilError, ValueError):
     """A feature spec, state snapshot or input the feature library cannot use."""

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from streams.features.base import FeatureError
-from streams.features.inflows import InflowLog, inflow_features
-from streams.features.library import (
+from vigil.streams.features.base import FeatureError
+from vigil.streams.features.inflows import InflowLog, inflow_features
+from vigil.streams.features.library import (
     CHANNELS,
     DAY_MS,
     EWM_ALPHA,
@@ -59,7 +59,7 @@ from streams.features.library import (
     Sequential,
     Windowed,
 )
-from streams.schemas import Transaction
+from vigil.streams.schemas import Transaction
 
 __all__ = ["AccountLog", "FeatureEngine", "key_hash", "event_rows"]
 

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streams.features.base import FeatureError
-from streams.features.library import (
+from vigil.errors import DataError
+from vigil.streams.features.base import FeatureError
+from vigil.streams.features.library import (
     GRACE_MS,
     HORIZON_MS,
     MAX_INFLOW_ROWS,
@@ -115,7 +116,7 @@ def decode_inflows(value: bytes | None) -> list[InflowRecord]:
     try:
         doc = orjson.loads(value or b"")
         if doc.get("v") != 1:
-            raise ValueError(f"unknown inflow batch version {doc.get('v')!r}")
+            raise DataError(f"unknown inflow batch version {doc.get('v')!r}")
         out = []
         for i, row in enumerate(doc["inflows"]):
             payee, tx_id, payer, ts_ms, amount, source, partition, offset = row
@@ -130,7 +131,7 @@ def decode_inflows(value: bytes | None) -> list[InflowRecord]:
                 str(tx_id),
             )
             if not (rec.amount > 0 and rec.payer > 0 and rec.payee):
-                raise ValueError(f"inflow {i}: payee, payer and amount must be set and positive")
+                raise DataError(f"inflow {i}: payee, payer and amount must be set and positive")
             out.append(rec)
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise FeatureError(f"inflow batch malformed: {exc}") from exc

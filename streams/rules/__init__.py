@@ -1,9 +1,9 @@
 """AML rule engine: rule documents, their expression language, and how firings become a
 decision."""
 
-from streams.rules.base import Firing, RuleError
-from streams.rules.language import BOOL, NUM, STR, ExpressionError, compile_expression
-from streams.rules.ruleset import (
+from vigil.streams.rules.base import Firing, RuleError
+from vigil.streams.rules.language import BOOL, NUM, STR, ExpressionError, compile_expression
+from vigil.streams.rules.ruleset import (
     LIMITS,
     TX_FIELDS,
     CompiledRule,
@@ -13,7 +13,7 @@ from streams.rules.ruleset import (
     parse_ruleset,
     read_document,
 )
-from streams.rules.scoring import Decision, Thresholds, alert_id, combine, decide
+from vigil.streams.rules.scoring import Decision, Thresholds, alert_id, combine, decide
 
 __all__ = [
     "LIMITS",

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from streams.schemas import record_batches
+from vigil.streams.schemas import record_batches
 
 __all__ = ["RuleStats", "BacktestReport", "backtest"]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vigil.errors import VigilError
+
 __all__ = ["Firing", "RuleError"]
 
 
-class RuleError(ValueError):
+class RuleError(VigilError, ValueError):
     """A rule or ruleset is invalid; the message names the rule and the field."""
 
 

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from vigil.errors import VigilError
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_EXPRESSION_CHARS",
@@ -68,7 +70,7 @@ MAX_NESTING = 32  # parentheses, calls, not, unary minus
 MAX_DEPTH = 64  # of the expression tree (an a + b + c ... chain is one level per term)
 
 
-class ExpressionError(ValueError):
+class ExpressionError(VigilError, ValueError):
     """A rule expression is invalid; ``column`` is 1-based within the expression text."""
 
     def __init__(self, message: str, column: int | None = None) -> None:

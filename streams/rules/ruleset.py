@@ -37,8 +37,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.rules.base import Firing, RuleError
-from streams.rules.language import (
+from vigil.streams.rules.base import Firing, RuleError
+from vigil.streams.rules.language import (
     NUM,
     STR,
     Context,
@@ -355,5 +355,5 @@ DEFAULT_RULESET = "aml"
 
 def default_ruleset(names: Mapping[str, str], name: str = DEFAULT_RULESET) -> Ruleset:
     """A ruleset shipped with Vigil (``streams/rules/rulesets/NAME.yaml``)."""
-    text = resources.files("streams.rules").joinpath("rulesets", f"{name}.yaml").read_text()
+    text = resources.files("vigil.streams.rules").joinpath("rulesets", f"{name}.yaml").read_text()
     return parse_ruleset(yaml.safe_load(text), names)

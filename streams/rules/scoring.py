@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from streams.rules.base import Firing, RuleError
+from vigil.streams.rules.base import Firing, RuleError
 
 __all__ = ["Decision", "Thresholds", "combine", "decide", "alert_id"]
 

@@ -1,7 +1,7 @@
 """Event sources: the seeded synthetic generator and JSONL replay."""
 
-from streams.sources.replay import read_jsonl, read_labels
-from streams.sources.synthetic import (
+from vigil.streams.sources.replay import read_jsonl, read_labels
+from vigil.streams.sources.synthetic import (
     MALFORMED_KINDS,
     Generated,
     GeneratorConfig,

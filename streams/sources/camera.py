@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from streams.frames import Frame
+from vigil.errors import UsageError
+from vigil.streams.frames import Frame
 
 __all__ = [
     "DEFECTS",
@@ -143,7 +144,7 @@ def texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         )
         t = 0.5 + 0.4 * np.sin(x / 9 + 4 * turb) + 0.1 * noise
     else:
-        raise ValueError(f"unknown texture {kind!r}")
+        raise UsageError(f"unknown texture {kind!r}")
     return _grey(t)
 
 
@@ -214,7 +215,7 @@ def _draw_defect(part: np.ndarray, kind: str, rng: np.random.Generator) -> Defec
         cv2.circle(mask, (cx, cy), int(rng.integers(3, 5)), 255, -1)
         shade = -100.0
     else:
-        raise ValueError(f"unknown defect {kind!r}")
+        raise UsageError(f"unknown defect {kind!r}")
     soft = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), 0.8)
     part += shade * soft
     x, y, bw, bh = cv2.boundingRect(mask)
@@ -241,11 +242,11 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         if not 8 <= self.part_px <= self.size:
-            raise ValueError(f"part_px must be between 8 and the frame size {self.size}")
+            raise UsageError(f"part_px must be between 8 and the frame size {self.size}")
         if self.fps <= 0 or self.speed_px < 0:
-            raise ValueError("fps must be positive and speed_px not negative")
+            raise UsageError("fps must be positive and speed_px not negative")
         if not 0 <= self.regions <= 1:
-            raise ValueError(f"regions is a share of parts, between 0 and 1: {self.regions}")
+            raise UsageError(f"regions is a share of parts, between 0 and 1: {self.regions}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streams.schemas import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
+from vigil.streams.schemas import MAX_AMOUNT, MAX_TS_MS, MIN_TS_MS
 
 __all__ = ["HOSTILE_KINDS", "Hostile", "hostile_records"]
 

@@ -10,6 +10,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from vigil.errors import DataError
+
 __all__ = ["read_jsonl", "read_labels"]
 
 
@@ -39,5 +41,5 @@ def read_labels(path: str | Path) -> dict[str, tuple[int, str | None]]:
                 doc = json.loads(line)
                 truth[str(doc["tx_id"])] = (int(doc["label"]), doc.get("typology"))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}:{n}: not a label record ({exc!r})") from None
+                raise DataError(f"{path}:{n}: not a label record ({exc!r})") from None
     return truth

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vigil.errors import UsageError
+
 __all__ = [
     "GeneratorConfig",
     "Generated",
@@ -269,7 +271,7 @@ class TransactionGenerator:
                     (rng.randrange(2 * DAY_MS), rng.uniform(5000, 15000), {"channel": "wire"})
                 )
         else:
-            raise ValueError(f"unknown typology {typology!r}")
+            raise UsageError(f"unknown typology {typology!r}")
         case = f"{typology}-{self._seq}"
         for after, amount, fields in runs:
             tx = self._tx(acct, ts_ms + after, amount, **fields)
@@ -324,7 +326,7 @@ class TransactionGenerator:
             back_at = ts_ms + DAY_MS + rng.randrange(2 * DAY_MS)
             moves.append((other, acct.account_id, back_at, amount * rng.uniform(0.9, 0.99)))
         else:
-            raise ValueError(f"unknown flow typology {typology!r}")
+            raise UsageError(f"unknown flow typology {typology!r}")
         case = f"{typology}-{self._seq}"
         for payer, payee, at, amount in moves:
             tx = self._tx(payer, at, amount, counterparty_id=payee, channel="wire")

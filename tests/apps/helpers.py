@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apps.clients import read_topic
+from vigil.apps.clients import read_topic
 
 
 def collect(

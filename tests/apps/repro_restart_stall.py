@@ -14,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from apps.broker import EmbeddedBroker, ensure_topics
-from apps.clients import publish
-from apps.process import WorkerProcess
-from apps.settings import Settings
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
+from vigil.apps.broker import EmbeddedBroker, ensure_topics
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.apps.settings import Settings
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 
 def run_once(bootstrap: str, accounts: int, workdir: Path, slow_seek_s: float = 0) -> bool:

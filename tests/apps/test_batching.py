@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from apps.batching import LingerBuffer
+from vigil.apps.batching import LingerBuffer
 
 
 def run(coro):  # type: ignore[no-untyped-def]

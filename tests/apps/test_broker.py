@@ -1,9 +1,9 @@
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from apps.broker import BrokerError, EmbeddedBroker, ensure_topics, resolve_bootstrap
-from apps.settings import Settings
-from streams.topics import CONTRACT_TOPICS
+from vigil.apps.broker import BrokerError, EmbeddedBroker, ensure_topics, resolve_bootstrap
+from vigil.apps.settings import Settings
+from vigil.streams.topics import CONTRACT_TOPICS
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,8 @@ def test_without_a_broker_the_error_says_what_to_do(tmp_path):
 
 def test_our_partitioner_places_keys_where_the_kafka_producer_does(settings, bootstrap):
     # the inflow repartition relies on it: payee X's inflows must land on X's partition
-    from apps.kafka import make_producer
-    from streams.partitioning import partition_for
+    from vigil.apps.kafka import make_producer
+    from vigil.streams.partitioning import partition_for
 
     topic = settings.topics.transactions
     keys = [f"acc-{i:06d}".encode() for i in range(300)] + [b"", b"a", "zü-ř".encode()]
@@ -54,7 +54,7 @@ def test_our_partitioner_places_keys_where_the_kafka_producer_does(settings, boo
 
 
 def test_topics_with_different_partition_counts_are_refused_as_copartitioned(bootstrap):
-    from apps.broker import check_copartitioned
+    from vigil.apps.broker import check_copartitioned
 
     ensure_topics(bootstrap, {"cp-a": 4, "cp-b": 2})
     assert check_copartitioned(bootstrap, ["cp-a", "cp-a"]) == 4

@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from apps.cli import app
+from vigil.apps.cli import app
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from apps.cli import app
+from vigil.apps.cli import app
 
 runner = CliRunner()
 
@@ -47,7 +47,7 @@ def test_replay_a_jsonl_file_and_read_it_back(settings, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "published 3 records" in result.output
     # read them back raw from the transactions topic through the client the CLI uses
-    from apps.clients import read_topic
+    from vigil.apps.clients import read_topic
 
     got = sorted(
         str(v) for _k, v, _ts in read_topic(settings.kafka_bootstrap, settings.topics.transactions)
@@ -61,7 +61,7 @@ def test_replay_a_jsonl_file_and_read_it_back(settings, tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_consume_prints_a_table_or_json_lines(settings, monkeypatch):
-    from apps.clients import publish
+    from vigil.apps.clients import publish
 
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
@@ -81,7 +81,7 @@ def test_consume_prints_a_table_or_json_lines(settings, monkeypatch):
 
 
 def test_a_settings_copy_in_another_namespace_names_its_own_topics():
-    from apps.settings import Settings
+    from vigil.apps.settings import Settings
 
     base = Settings(namespace="one")
     assert base.topics.transactions == "one.transactions"
@@ -100,7 +100,7 @@ def test_an_unreachable_broker_is_a_clear_error(monkeypatch):
 
 
 def test_undelivered_records_are_counted_not_reported_as_published():
-    from apps.clients import publish
+    from vigil.apps.clients import publish
 
     result = publish("127.0.0.1:1", "t", [(b"k", b"v")] * 3, flush_timeout_s=0.5)
     assert (result.count, result.failed, result.delivered) == (3, 3, 0)
@@ -128,7 +128,7 @@ def test_generate_then_backtest_as_json(tmp_path):
     assert len(tx.read_text().splitlines()) == 3000 == len(labels.read_text().splitlines())
     from importlib import resources
 
-    seed = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+    seed = resources.files("vigil.streams.rules").joinpath("rulesets", "seed.yaml")
     result = runner.invoke(
         app, ["rules", "backtest", str(seed), "--input", str(tx), "--labels", str(labels), "--json"]
     )
@@ -143,7 +143,7 @@ def test_a_bad_labels_file_names_the_line(tmp_path):
     (tmp_path / "labels.jsonl").write_text('{"tx_id": "a", "label": 1}\nnot json\n')
     from importlib import resources
 
-    seed = resources.files("streams.rules").joinpath("rulesets", "seed.yaml")
+    seed = resources.files("vigil.streams.rules").joinpath("rulesets", "seed.yaml")
     result = runner.invoke(
         app,
         [
@@ -162,9 +162,9 @@ def test_a_bad_labels_file_names_the_line(tmp_path):
 
 @pytest.mark.integration
 def test_publish_with_labels_writes_the_ground_truth(settings, monkeypatch):
-    from apps.clients import read_topic
-    from streams.schemas import Label
-    from streams.sources import GeneratorConfig, TransactionGenerator
+    from vigil.apps.clients import read_topic
+    from vigil.streams.schemas import Label
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
@@ -203,9 +203,9 @@ def test_bench_features_reports_its_workload_as_json():
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    from streams.features.library import FEATURE_SPEC
-    from streams.pipeline import RULE_NAMES
-    from streams.rules import default_ruleset
+    from vigil.streams.features.library import FEATURE_SPEC
+    from vigil.streams.pipeline import RULE_NAMES
+    from vigil.streams.rules import default_ruleset
 
     aml = default_ruleset(RULE_NAMES)
     assert (report["events"], report["batch"], report["rules"]) == (2000, 500, len(aml.rules))
@@ -223,8 +223,8 @@ def test_bench_features_reports_its_workload_as_json():
 
 
 def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_path):
-    from models.serving import load_latest
-    from streams.features.library import FEATURE_SPEC
+    from vigil.models.serving import load_latest
+    from vigil.streams.features.library import FEATURE_SPEC
 
     tx, labels, models = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl", tmp_path / "models"
     made = runner.invoke(
@@ -259,8 +259,8 @@ def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_
 
 @pytest.mark.integration
 def test_bench_risk_with_two_workers_scores_every_event_once(settings):
-    from apps.bench import bench_risk
-    from streams.sources import GeneratorConfig, TransactionGenerator
+    from vigil.apps.bench import bench_risk
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
     events = 400
     settings.topics.all(settings.partitions)  # the bench runs in a namespace of its own
@@ -274,8 +274,8 @@ def test_bench_risk_with_two_workers_scores_every_event_once(settings):
 
 @pytest.mark.integration
 def test_publish_frames_puts_decodable_ordered_frames_per_camera(settings, monkeypatch, tmp_path):
-    from apps.clients import read_messages
-    from streams.frames import decode_frame
+    from vigil.apps.clients import read_messages
+    from vigil.streams.frames import decode_frame
 
     monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
     monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
@@ -311,8 +311,8 @@ def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkey
 def test_bench_hybrid_evaluates_each_history_as_training_would():
     """Two small histories in two spawned processes: each row is what training and
     evaluating that history's seed gives in this process, and the summary is their mean."""
-    from models.tabular import TabularConfig, evaluate, history_from_generator, temporal_split
-    from models.tabular import train as train_model
+    from vigil.models.tabular import TabularConfig, evaluate, history_from_generator, temporal_split
+    from vigil.models.tabular import train as train_model
 
     args = ["--days", "6", "--holdout-days", "2", "--accounts", "300", "--seed", "3"]
     result = runner.invoke(
@@ -373,9 +373,9 @@ def test_rules_validate_refuses_bombs_in_one_line_without_a_traceback(
 
 
 def test_keys_generate_makes_a_pair_workers_trust_without_the_private_half(tmp_path):
-    from apps.settings import Settings
-    from models.registry import canonical, sign_manifest
-    from models.signing import SigningKey
+    from vigil.apps.settings import Settings
+    from vigil.models.registry import canonical, sign_manifest
+    from vigil.models.signing import SigningKey
 
     out = tmp_path / "keys"
     made = runner.invoke(app, ["keys", "generate", "--out", str(out)])
@@ -393,3 +393,43 @@ def test_keys_generate_makes_a_pair_workers_trust_without_the_private_half(tmp_p
     wrong_half = {"VIGIL_RELEASE_SIGNING_KEY": str(out / "release.pub")}
     result = runner.invoke(app, ["models", "publish", str(tmp_path)], env=wrong_half)
     assert result.exit_code == 2 and "is not a PEM private key" in result.output
+
+
+def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    # A stand-in for a command (mock): which command fails does not matter, only how main()
+    # reports what escapes it.
+    import vigil.apps.cli as cli
+    from vigil.errors import DataError
+
+    def fails_as_expected() -> None:
+        raise DataError("labels.jsonl:3: not a label record")
+
+    monkeypatch.setattr(cli, "app", fails_as_expected)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: labels.jsonl:3: not a label record" in err and "Traceback" not in err
+
+    def has_a_bug() -> None:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(cli, "app", has_a_bug)
+    with pytest.raises(ValueError, match="broadcast"):  # not swallowed into one line
+        cli.main()
+
+
+def test_every_error_vigil_raises_on_purpose_is_a_vigil_error():
+    from vigil.apps.broker import BrokerError
+    from vigil.apps.releases import PublishError
+    from vigil.errors import VigilError
+    from vigil.models.registry import ReleaseError
+    from vigil.models.serving import ModelError
+    from vigil.models.signing import SignatureError
+    from vigil.streams.frames import FrameError
+    from vigil.streams.rules import RuleError
+
+    for error in (BrokerError, PublishError, ReleaseError, ModelError, SignatureError):
+        assert issubclass(error, VigilError), error
+    for error in (FrameError, RuleError):  # bad input: still a ValueError for callers
+        assert issubclass(error, VigilError) and issubclass(error, ValueError), error

@@ -3,8 +3,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from apps.broker import ensure_topics
-from apps.compat import verified_end_offsets
+from vigil.apps.broker import ensure_topics
+from vigil.apps.compat import verified_end_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_the_table_manager_override_still_matches_upstream():
 
     from faust.tables import TableManager
 
-    from apps.worker import PromptTableManager
+    from vigil.apps.worker import PromptTableManager
 
     upstream = inspect.getsource(TableManager.on_start)
     assert "await self.sleep(1.0)" in upstream

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from apps.cli import app
-from apps.settings import Settings
+from vigil.apps.cli import app
+from vigil.apps.settings import Settings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 

@@ -16,7 +16,7 @@ from typing import Any
 import faust
 import pytest
 
-from apps.compat import install_faust_fast_delivery
+from vigil.apps.compat import install_faust_fast_delivery
 
 
 @pytest.fixture

@@ -11,16 +11,16 @@ from importlib import resources
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from apps.clients import publish
-from apps.process import WorkerProcess
-from streams.features.library import FEATURE_SPEC
 from tests.apps.helpers import collect
 from tests.conftest import worker_env
 from tests.reference import wire
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.streams.features.library import FEATURE_SPEC
 
 pytestmark = pytest.mark.integration
 
-AML = str(resources.files("streams.rules").joinpath("rulesets", "aml.yaml"))
+AML = str(resources.files("vigil.streams.rules").joinpath("rulesets", "aml.yaml"))
 
 
 def wait_folded(bootstrap: str, topic: str, group: str, n: int, timeout_s: float = 120.0) -> None:

@@ -9,19 +9,19 @@ import json
 
 import pytest
 
-from apps.clients import publish
-from apps.process import WorkerProcess
-from apps.releases import publish_release
-from models.registry import build_release
-from models.serving import ClipScorer
-from models.video import VideoConfig, make_clips, pick_threshold, predict, save_video_model
-from models.video import train_video as fit
-from streams.frames import encode_frame
-from streams.inspection import InspectionPipeline
-from streams.schemas import RawRecord
-from streams.sources.camera import TRAIN_TEXTURES, CameraConfig, CameraSimulator
 from tests.apps.helpers import collect, wait_for_log
 from tests.conftest import worker_env
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.apps.releases import publish_release
+from vigil.models.registry import build_release
+from vigil.models.serving import ClipScorer
+from vigil.models.video import VideoConfig, make_clips, pick_threshold, predict, save_video_model
+from vigil.models.video import train_video as fit
+from vigil.streams.frames import encode_frame
+from vigil.streams.inspection import InspectionPipeline
+from vigil.streams.schemas import RawRecord
+from vigil.streams.sources.camera import TRAIN_TEXTURES, CameraConfig, CameraSimulator
 
 pytestmark = pytest.mark.integration
 

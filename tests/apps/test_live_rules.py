@@ -8,12 +8,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from apps.cli import app
-from apps.clients import publish
-from apps.process import WorkerProcess
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect
 from tests.conftest import worker_env
+from vigil.apps.cli import app
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -8,23 +8,19 @@ import math
 import numpy as np
 import pytest
 
-from apps.clients import publish
-from apps.process import WorkerProcess
-from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
-from streams.features.library import FEATURE_SPEC
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect
 from tests.conftest import worker_env
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.streams.features.library import FEATURE_SPEC
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    train_set, test_set = temporal_split(history_from_generator(days=8, seed=3, accounts=400), 2)
-    model = train(train_set, TabularConfig(seed=3, trees=40, epochs=4, folds=3), say=lambda _: None)
-    path = export(model, tmp_path_factory.mktemp("models"), test_set.features[:300])
-    return model, path
+@pytest.fixture
+def trained(small_risk):
+    return small_risk.model, small_risk.path
 
 
 def _run(settings, tmp_path, model_dir, n=1500):

@@ -10,16 +10,16 @@ import textwrap
 
 import pytest
 
-from apps.broker import ensure_topics
-from apps.kafka import make_reader, read_from_start
-from apps.worker import EXIT_OUTPUT_LOST
+from vigil.apps.broker import ensure_topics
+from vigil.apps.kafka import make_reader, read_from_start
+from vigil.apps.worker import EXIT_OUTPUT_LOST
 
 
 def _run(bootstrap: str, body: str) -> subprocess.CompletedProcess[str]:
     code = textwrap.dedent(
         f"""
         import asyncio
-        from apps.worker import Outputs
+        from vigil.apps.worker import Outputs
         outputs = Outputs({bootstrap!r})
         {body}
         asyncio.run(outputs.flush())
@@ -57,7 +57,7 @@ def test_a_refused_record_ends_the_process_without_returning(bootstrap, namespac
 
 
 def test_topics_that_take_smaller_records_than_the_workers_make_are_named():
-    from apps.broker import record_limit_problems
+    from vigil.apps.broker import record_limit_problems
 
     problems = record_limit_problems(
         {"vigil.dlq": 1_048_588, "vigil.risk.scores": 500_000, "vigil.risk.alerts": None},
@@ -71,7 +71,7 @@ def test_topics_that_take_smaller_records_than_the_workers_make_are_named():
 
 @pytest.mark.integration
 def test_the_embedded_broker_reports_no_limit_and_the_check_passes(settings, bootstrap):
-    from apps.broker import check_record_limit
+    from vigil.apps.broker import check_record_limit
 
     topics = settings.topics
     check_record_limit(bootstrap, [topics.scores, topics.dlq], settings.max_record_bytes)
@@ -81,7 +81,7 @@ def test_an_error_escaping_a_batch_ends_the_process_with_exit_70_not_a_silent_re
     code = textwrap.dedent(
         """
         import asyncio
-        from apps.worker import exit_on_error
+        from vigil.apps.worker import exit_on_error
 
         async def batch():
             async with exit_on_error(3):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from apps import clients
+from vigil.apps import clients
 
 
 class FakeClock:

@@ -14,37 +14,45 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from apps.cli import app
-from apps.clients import publish
-from apps.process import WorkerProcess
-from apps.releases import publish_release, read_releases
-from models.registry import build_release, release_messages
-from models.signing import SigningKey
-from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
-from streams.partitioning import partition_for
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, wait_for_log
 from tests.conftest import worker_env
 from tests.releases import repacked, resigned
+from vigil.apps.cli import app
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.apps.releases import publish_release, read_releases
+from vigil.models.registry import build_release, release_messages
+from vigil.models.signing import SigningKey
+from vigil.models.tabular import (
+    TabularConfig,
+    export,
+    train,
+)
+from vigil.streams.partitioning import partition_for
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def history():
-    return temporal_split(history_from_generator(days=6, seed=3, accounts=300), 2)
+@pytest.fixture
+def history(tiny_risk):
+    return tiny_risk.train_set, tiny_risk.test_set
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, history):
-    """Two risk models (different seeds): A serves from disk at start, B is released."""
-    train_set, test_set = history
-    out = []
-    for seed, root in ((3, "a"), (8, "b")):
-        cfg = TabularConfig(seed=seed, trees=30, epochs=3, folds=3)
-        model = train(train_set, cfg, say=lambda _: None)
-        out.append((model, export(model, tmp_path_factory.mktemp(root), test_set.features[:200])))
-    return out
+def model_b(tiny_risk):
+    """The tiny risk model's configuration with another seed."""
+    cfg = TabularConfig(seed=8, trees=30, epochs=3, folds=3)
+    return train(tiny_risk.train_set, cfg, say=lambda _: None)
+
+
+@pytest.fixture
+def two_models(tmp_path_factory, tiny_risk, model_b):
+    """Two risk models (different seeds), each alone in its models directory: A serves from
+    disk at start, B is released."""
+    rows = tiny_risk.test_set.features[:200]
+    a, b = tiny_risk.model, model_b
+    return [(m, export(m, tmp_path_factory.mktemp(root), rows)) for m, root in ((a, "a"), (b, "b"))]
 
 
 def _model_score(model, score: dict) -> float:
@@ -187,7 +195,7 @@ def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monk
     assert listed.releases[-1].manifest["rollback"] is True
     assert listed.releases[-1].manifest["replaces"] == dir_b.name
     # an attacker without the key appends B's records again, byte for byte: refused
-    from apps.clients import read_messages
+    from vigil.apps.clients import read_messages
 
     b_records = [
         (m.key(), m.value(), m.headers())
@@ -216,10 +224,10 @@ def test_models_commands_list_and_roll_back(settings, tmp_path, two_models, monk
 def test_the_refresh_gate_publishes_a_challenger_only_when_it_is_not_worse(
     settings, tmp_path, two_models, history
 ):
-    from apps.trainer import gate_and_publish
-    from models.metrics import average_precision
-    from models.serving import HybridScorer
-    from streams.features import FEATURE_SPEC
+    from vigil.apps.trainer import gate_and_publish
+    from vigil.models.metrics import average_precision
+    from vigil.models.serving import HybridScorer
+    from vigil.streams.features import FEATURE_SPEC
 
     (_strong_model, strong), _b = two_models
     train_set, test_set = history

@@ -11,13 +11,13 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from apps.clients import publish
-from apps.process import WorkerProcess
-from streams.features.library import FEATURE_SPEC
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
 from tests.reference import expected_decision, features_by_tx, wire
+from vigil.apps.clients import publish
+from vigil.apps.process import WorkerProcess
+from vigil.streams.features.library import FEATURE_SPEC
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 pytestmark = pytest.mark.integration
 

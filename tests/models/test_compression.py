@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from models.compression import (
+from vigil.models.compression import (
     FakeQuantize,
     Observer,
     QuantConfig,

@@ -13,10 +13,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from models.compression import quant_config
-from models.compression.export import calibrate, export_qdq, optimized_ops
-from models.serving import onnx_session
-from models.video import VideoConfig, VideoNet, export_video
+from vigil.models.compression import quant_config
+from vigil.models.compression.export import calibrate, export_qdq, optimized_ops
+from vigil.models.serving import onnx_session
+from vigil.models.video import VideoConfig, VideoNet, export_video
 
 # one view: the bounds below are on a single pass (averaged views shrink the output
 # range of this untrained net more than its rounding error)
@@ -78,10 +78,10 @@ def test_exporting_an_uncalibrated_model_is_refused():
 def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path):
     from typer.testing import CliRunner
 
-    from apps.cli import app
-    from models.serving import ClipScorer, read_manifest
-    from models.video import make_clips, save_video_model
-    from streams.sources.camera import TRAIN_TEXTURES
+    from vigil.apps.cli import app
+    from vigil.models.serving import ClipScorer, read_manifest
+    from vigil.models.video import make_clips, save_video_model
+    from vigil.streams.sources.camera import TRAIN_TEXTURES
 
     torch.manual_seed(0)
     cfg = VideoConfig(size=32, camera_size=32, frames=4, d=16)
@@ -121,7 +121,7 @@ def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path):
 
 @pytest.mark.parametrize("stride,padding,frames", [((1, 2, 2), 1, 8), (2, 1, 8), ((2, 1, 1), 0, 5)])
 def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, frames):
-    from models.compression.conv import TimeSlicedConv3d
+    from vigil.models.compression.conv import TimeSlicedConv3d
 
     torch.manual_seed(1)
     conv = nn.Conv3d(3, 5, 3, stride=stride, padding=padding)
@@ -132,25 +132,14 @@ def test_a_time_sliced_conv3d_computes_the_same_convolution(stride, padding, fra
         TimeSlicedConv3d(nn.Conv3d(4, 4, 3, groups=2))
 
 
-@pytest.fixture(scope="module")
-def tiny_risk(tmp_path_factory):
-    from models.tabular import TabularConfig, export, history_from_generator, temporal_split, train
-
-    history = history_from_generator(days=6, seed=3, accounts=300)
-    train_set, test_set = temporal_split(history, 2)
-    model = train(train_set, TabularConfig(seed=3, trees=30, epochs=3, folds=3), say=lambda _: None)
-    src = export(model, tmp_path_factory.mktemp("models"), test_set.features[:200])
-    return model, src, test_set
-
-
 def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_path, tiny_risk):
     from typer.testing import CliRunner
 
-    from apps.cli import app
-    from models.serving import HybridScorer, read_manifest
-    from streams.features.library import FEATURE_SPEC
+    from vigil.apps.cli import app
+    from vigil.models.serving import HybridScorer, read_manifest
+    from vigil.streams.features.library import FEATURE_SPEC
 
-    model, src, test_set = tiny_risk
+    model, src, test_set = tiny_risk.model, tiny_risk.path, tiny_risk.test_set
     args = ["export", "risk", "--model-dir", str(src), "--out", str(tmp_path / "out")]
     # the math, not the model, here: any loss is let through
     result = CliRunner().invoke(app, [*args, "--days", "4", "--json", "--max-loss", "100"])
@@ -174,9 +163,9 @@ def test_bench_quantization_measures_every_width_of_both_models(tmp_path, monkey
 
     from typer.testing import CliRunner
 
-    from apps.cli import app
-    from models.video import make_clips, save_video_model
-    from streams.sources.camera import TRAIN_TEXTURES
+    from vigil.apps.cli import app
+    from vigil.models.video import make_clips, save_video_model
+    from vigil.streams.sources.camera import TRAIN_TEXTURES
 
     _model, src, _test = tiny_risk
     root = tmp_path / "models"

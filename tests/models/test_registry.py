@@ -12,7 +12,8 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from models.registry import (
+from tests.releases import repacked, resigned
+from vigil.models.registry import (
     Assembler,
     Limits,
     Refusal,
@@ -23,11 +24,10 @@ from models.registry import (
     resign,
     serve_release,
 )
-from models.serving import ClipScorer
-from models.signing import SigningKey, TrustedKeys
-from models.video import VideoConfig, VideoNet, make_clips, save_video_model
-from streams.sources.camera import TRAIN_TEXTURES
-from tests.releases import repacked, resigned
+from vigil.models.serving import ClipScorer
+from vigil.models.signing import SigningKey, TrustedKeys
+from vigil.models.video import VideoConfig, VideoNet, make_clips, save_video_model
+from vigil.streams.sources.camera import TRAIN_TEXTURES
 
 KEY = SigningKey.generate()  # the publisher's
 TRUSTED = TrustedKeys([KEY.public_key()])  # what the workers hold

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from models.metrics import (
+from vigil.models.metrics import (
     ap_difference,
     average_precision,
     calibration,
@@ -22,7 +22,7 @@ from models.metrics import (
     paired_summary,
     recall_at_rate,
 )
-from models.serving import (
+from vigil.models.serving import (
     HybridScorer,
     ModelError,
     gbdt_margin,
@@ -30,18 +30,16 @@ from models.serving import (
     onnx_session,
     read_manifest,
 )
-from models.tabular import (
+from vigil.models.tabular import (
     PARITY_TOLERANCE,
     TabularConfig,
     evaluate,
     export,
     float32_thresholds,
     gbdt_to_onnx,
-    history_from_generator,
-    temporal_split,
     train,
 )
-from streams.features.library import FEATURE_SPEC
+from vigil.streams.features.library import FEATURE_SPEC
 
 SMALL = TabularConfig(seed=3, trees=40, epochs=4, folds=3)
 
@@ -130,21 +128,20 @@ def test_paired_summary_counts_runs_and_bootstraps_the_mean():
         paired_summary([])
 
 
-@pytest.fixture(scope="module")
-def data():
-    history = history_from_generator(days=8, seed=3, accounts=400)
-    return temporal_split(history, 2)
+@pytest.fixture
+def data(small_risk):
+    return small_risk.train_set, small_risk.test_set
 
 
-@pytest.fixture(scope="module")
-def model(data):
-    return train(data[0], SMALL, say=lambda _m: None)
+@pytest.fixture
+def model(small_risk):
+    return small_risk.model
 
 
 def test_the_nn_standardises_present_values_and_puts_missing_ones_at_the_mean():
     import torch
 
-    from models.tabular import TabularNet, _normaliser
+    from vigil.models.tabular import TabularNet, _normaliser
 
     rng = np.random.default_rng(2)
     x = rng.lognormal(8, 2, (500, 3))
@@ -205,9 +202,9 @@ def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
         assert vs["low"] <= vs["high"] and 0 <= vs["ahead_share"] <= 1
 
 
-@pytest.fixture(scope="module")
-def exported(data, model, tmp_path_factory):
-    return export(model, tmp_path_factory.mktemp("models"), data[1].features[:500])
+@pytest.fixture
+def exported(small_risk):
+    return small_risk.path
 
 
 def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, exported):
@@ -329,7 +326,7 @@ def test_the_tree_graph_is_the_same_bytes_in_every_process(model):
     """The converter lists its opsets in set order, which follows the process's string
     hashing: two processes with different hash seeds must write the same graph."""
     script = (
-        "import sys, hashlib, lightgbm as lgb; from models.tabular import gbdt_to_onnx; "
+        "import sys, hashlib, lightgbm as lgb; from vigil.models.tabular import gbdt_to_onnx; "
         "b = lgb.Booster(model_str=sys.stdin.read()); "
         f"print(hashlib.sha256(gbdt_to_onnx(b, {len(FEATURE_SPEC.names)})).hexdigest())"
     )

@@ -10,7 +10,7 @@ import pytest
 
 CHILD = """
 import resource, sys, torch
-from models.threads import keep_freed_memory
+from vigil.models.threads import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.set_num_threads(1)

@@ -12,9 +12,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from apps.cli import app
-from models.serving import load_latest, read_manifest
-from models.video import (
+from vigil.apps.cli import app
+from vigil.models.serving import load_latest, read_manifest
+from vigil.models.video import (
     GRID,
     ClipDataset,
     VideoConfig,
@@ -26,7 +26,7 @@ from models.video import (
     save_video_model,
     train_video,
 )
-from streams.sources.camera import TRAIN_TEXTURES
+from vigil.streams.sources.camera import TRAIN_TEXTURES
 
 CFG = VideoConfig(size=64, epochs=6, seed=1)
 
@@ -37,7 +37,7 @@ def clips():
 
 
 def test_the_auroc_interval_matches_the_spread_of_repeated_evaluations():
-    from models.video import auroc_ci95
+    from vigil.models.video import auroc_ci95
 
     # the reference: the spread of AUROC over 1,000 simulated evaluations of 50 + 50
     # clips (binormal scores, true AUROC 0.80)

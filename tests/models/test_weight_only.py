@@ -12,13 +12,13 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from models.compression import prepare_qat, quant_config
-from models.compression.export import compact_names, optimized_ops
-from models.compression.fake_quant import bake
-from models.compression.weight_only import pack, unpack, weight_only
-from models.onnx_export import torch_to_onnx
-from models.serving import onnx_session
-from models.video import VideoConfig, VideoNet, export_video
+from vigil.models.compression import prepare_qat, quant_config
+from vigil.models.compression.export import compact_names, optimized_ops
+from vigil.models.compression.fake_quant import bake
+from vigil.models.compression.weight_only import pack, unpack, weight_only
+from vigil.models.onnx_export import torch_to_onnx
+from vigil.models.serving import onnx_session
+from vigil.models.video import VideoConfig, VideoNet, export_video
 
 
 def _reference_weights(w: np.ndarray, bits: int, axis: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.frames import MAX_FRAME_BYTES, Frame, FrameError, decode_frame, encode_frame
+from vigil.streams.frames import MAX_FRAME_BYTES, Frame, FrameError, decode_frame, encode_frame
 
 rng = np.random.default_rng(0)
 IMAGES = {

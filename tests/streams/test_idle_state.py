@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from streams.features import engine
-from streams.features.library import DAY_MS, GRACE_MS, HORIZON_MS
-from streams.pipeline import RULE_NAMES, IdleSweep, RiskPipeline
-from streams.rules import default_ruleset
-from streams.schemas import RawRecord
 from tests.reference import T0, wire
+from vigil.streams.features import engine
+from vigil.streams.features.library import DAY_MS, GRACE_MS, HORIZON_MS
+from vigil.streams.pipeline import RULE_NAMES, IdleSweep, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.schemas import RawRecord
 
 SEED = default_ruleset(RULE_NAMES, "seed")
 

@@ -14,9 +14,9 @@ import json
 import numpy as np
 import pytest
 
-from streams.frames import Frame, encode_frame
-from streams.inspection import InspectionPipeline, clip_bbox
-from streams.schemas import RawRecord
+from vigil.streams.frames import Frame, encode_frame
+from vigil.streams.inspection import InspectionPipeline, clip_bbox
+from vigil.streams.schemas import RawRecord
 
 SIZE = 32
 

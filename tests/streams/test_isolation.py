@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.serving import ModelHolder
-from streams.features.library import FEATURE_SPEC
-from streams.pipeline import RULE_NAMES, RiskPipeline
-from streams.rules import default_ruleset
-from streams.schemas import Alert, DeadLetter, RawRecord, ScoreRecord
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.reference import expected_decision, features_by_tx, wire
+from vigil.models.serving import ModelHolder
+from vigil.streams.features.library import FEATURE_SPEC
+from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.schemas import Alert, DeadLetter, RawRecord, ScoreRecord
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 SEED = default_ruleset(RULE_NAMES, "seed")
 POISON = 4321.5  # the amount the buggy model below cannot take

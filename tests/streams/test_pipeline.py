@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from models.serving import ModelHolder
-from streams.features.library import FEATURE_SPEC
-from streams.pipeline import RULE_NAMES, RiskPipeline
-from streams.rules import default_ruleset
-from streams.schemas import Alert, RawRecord, ScoreRecord
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.reference import expected_decision, features_by_tx
+from vigil.models.serving import ModelHolder
+from vigil.streams.features.library import FEATURE_SPEC
+from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.schemas import Alert, RawRecord, ScoreRecord
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 SEED = default_ruleset(RULE_NAMES, "seed")  # the decisions tests.reference recomputes
 
@@ -117,8 +117,8 @@ def test_model_score_blends_and_version_is_stamped():
 
 
 def test_a_shadow_ruleset_is_recorded_but_never_alerts():
-    from streams.pipeline import RULE_NAMES
-    from streams.rules import parse_ruleset
+    from vigil.streams.pipeline import RULE_NAMES
+    from vigil.streams.rules import parse_ruleset
 
     recs, _ = records(300)
     live_only = run(RiskPipeline(SEED), recs, {})

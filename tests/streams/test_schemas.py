@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from streams.schemas import MAX_TS_MS, MIN_TS_MS, DeadLetter, RawRecord, decode_transactions
+from vigil.streams.schemas import MAX_TS_MS, MIN_TS_MS, DeadLetter, RawRecord, decode_transactions
 
 GOOD = {
     "tx_id": "t1",

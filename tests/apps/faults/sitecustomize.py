@@ -83,8 +83,8 @@ _patches = {}
 if _slow_seek_s > 0:
     _patches["faust.transport.drivers.aiokafka"] = _slow_seek
 if _slow_flush_s > 0:
-    _patches["apps.worker"] = _slow_flush
+    _patches["vigil.apps.worker"] = _slow_flush
 if _raise_on:
-    _patches["streams.pipeline"] = _raise_on_bytes
+    _patches["vigil.streams.pipeline"] = _raise_on_bytes
 if _patches:
     sys.meta_path.insert(0, _PatchOnImport(_patches))

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from models.engine import (
+from vigil.models.engine import (
     ALGORITHMS,
     Communicator,
     DistributedError,
@@ -20,7 +20,7 @@ from models.engine import (
     discover_topology,
     spawn,
 )
-from models.engine.allreduce import bucket_by_size
+from vigil.models.engine.allreduce import bucket_by_size
 
 SIZES = (1, 3, 7, 1000, 65_537, 262_144)  # 1, 3, 7, 65537: not divisible by 2 ranks/node
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -9,9 +9,9 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from apps.cli import app
-from models.engine.bench import bench_allreduce, parse_sizes
-from models.engine.linkemu import EmulatedNodes, LinkEmulationError
+from vigil.apps.cli import app
+from vigil.models.engine.bench import bench_allreduce, parse_sizes
+from vigil.models.engine.linkemu import EmulatedNodes, LinkEmulationError
 
 runner = CliRunner()
 root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from models.engine.precision import (
+from vigil.models.engine.precision import (
     DynamicLossScaler,
     PrecisionConfig,
     PrecisionScheduler,

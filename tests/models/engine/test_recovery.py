@@ -10,9 +10,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from models.engine.checkpoint import load_checkpoint, save_checkpoint
-from models.engine.distributed import DistributedError, spawn, supervise
-from models.engine.trainer import FAULT_ENV, TrainConfig, synthetic_task, train_rank
+from vigil.models.engine.checkpoint import load_checkpoint, save_checkpoint
+from vigil.models.engine.distributed import DistributedError, spawn, supervise
+from vigil.models.engine.trainer import FAULT_ENV, TrainConfig, synthetic_task, train_rank
 
 CFG = TrainConfig(steps=60, batch_per_rank=32, checkpoint_every=10, probe_every=20)
 TASK = functools.partial(synthetic_task, samples=2048)
@@ -95,7 +95,7 @@ def test_a_job_that_keeps_failing_gives_up(tmp_path, monkeypatch):
 def test_train_nn_runs_ranks_on_emulated_nodes_and_resumes_from_its_checkpoints(tmp_path):
     from typer.testing import CliRunner
 
-    from apps.cli import app
+    from vigil.apps.cli import app
 
     runner = CliRunner()
     args = ["train", "nn", "--task", "synthetic", "--nproc", "4", "--nodes", "2"]
@@ -118,7 +118,7 @@ def test_train_nn_runs_ranks_on_emulated_nodes_and_resumes_from_its_checkpoints(
 def test_bench_precision_rejects_an_unknown_task():
     from typer.testing import CliRunner
 
-    from apps.cli import app
+    from vigil.apps.cli import app
 
     result = CliRunner().invoke(app, ["bench", "precision", "--tasks", "audio"])
     assert result.exit_code == 2 and "unknown task or mode 'audio'" in result.output

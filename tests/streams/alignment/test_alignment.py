@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streams.alignment import (
+from vigil.streams.alignment import (
     METHODS,
     ClipWindows,
     ReorderBuffer,
@@ -17,7 +17,7 @@ from streams.alignment import (
     estimate_shift,
     residual_mad,
 )
-from streams.frames import Frame
+from vigil.streams.frames import Frame
 
 
 def _frame(seq: int, ts_ms: int | None = None) -> Frame:

@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.features.inflows import InflowLog, InflowRecord, decode_inflows, encode_inflows
-from streams.features.library import CHANNELS, DAY_MS, FEATURE_SPEC, GRACE_MS
-from streams.partitioning import partition_for
-from streams.pipeline import RULE_NAMES, RiskPipeline
-from streams.rules import default_ruleset
-from streams.schemas import RawRecord
 from tests.reference import features_by_batch, wire
+from vigil.streams.features.inflows import InflowLog, InflowRecord, decode_inflows, encode_inflows
+from vigil.streams.features.library import CHANNELS, DAY_MS, FEATURE_SPEC, GRACE_MS
+from vigil.streams.partitioning import partition_for
+from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.schemas import RawRecord
 
 T0 = 1_767_225_600_000
 ACCOUNTS = 5

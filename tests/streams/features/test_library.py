@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.features import FeatureError
-from streams.features.engine import AccountLog, FeatureEngine, event_rows
-from streams.features.library import (
+from tests.reference import inflow_features, library_features
+from vigil.streams.features import FeatureError
+from vigil.streams.features.engine import AccountLog, FeatureEngine, event_rows
+from vigil.streams.features.library import (
     CHANNELS,
     DAY_MS,
     FEATURE_SPEC,
@@ -21,8 +22,7 @@ from streams.features.library import (
     HOUR_MS,
     FeatureSpec,
 )
-from streams.schemas import Transaction
-from tests.reference import inflow_features, library_features
+from vigil.streams.schemas import Transaction
 
 T0 = 1_767_225_600_000  # 2026-01-01, a Thursday
 COUNTRIES = ("DE", "DE", "FR", "KY", "IR")

@@ -2,11 +2,11 @@
 
 import pytest
 
-from streams.pipeline import RULE_NAMES, RiskPipeline
-from streams.rules import default_ruleset
-from streams.rules.backtest import RuleStats, backtest
-from streams.sources import GeneratorConfig, TransactionGenerator
 from tests.reference import expected_decision, features_by_tx
+from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.rules.backtest import RuleStats, backtest
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 SEED = default_ruleset(RULE_NAMES, "seed")  # the decisions tests.reference recomputes
 

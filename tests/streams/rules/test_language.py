@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.rules import NUM, STR, ExpressionError, compile_expression
-from streams.rules.language import Context, as_mask
+from vigil.streams.rules import NUM, STR, ExpressionError, compile_expression
+from vigil.streams.rules.language import Context, as_mask
 
 CTX = Context({"a": NUM, "b": NUM, "c": STR}, {"hr": frozenset({"KP", "IR"})})
 

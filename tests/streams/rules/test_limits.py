@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.pipeline import RULE_NAMES
-from streams.rules import LIMITS, RuleError, parse_ruleset, read_document
-from streams.rules.language import NUM, STR, Context, ExpressionError, compile_expression
+from vigil.streams.pipeline import RULE_NAMES
+from vigil.streams.rules import LIMITS, RuleError, parse_ruleset, read_document
+from vigil.streams.rules.language import NUM, STR, Context, ExpressionError, compile_expression
 
 
 def doc(when: str = "amount > 1", reason: str = "r", **extra) -> dict:

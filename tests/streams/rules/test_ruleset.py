@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from streams.pipeline import RULE_NAMES
-from streams.rules import RuleError, load_ruleset, parse_ruleset
+from vigil.streams.pipeline import RULE_NAMES
+from vigil.streams.rules import RuleError, load_ruleset, parse_ruleset
 
 DOC = {
     "ruleset": "test",

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from streams.pipeline import RULE_NAMES
-from streams.rules import Firing, RuleError, Thresholds, alert_id, combine, decide, default_ruleset
+from vigil.streams.pipeline import RULE_NAMES
+from vigil.streams.rules import (
+    Firing,
+    RuleError,
+    Thresholds,
+    alert_id,
+    combine,
+    decide,
+    default_ruleset,
+)
 
 
 def evaluate(amount: float, small_count: float | None, currency: str = "EUR") -> list[Firing]:

@@ -19,11 +19,11 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
-from streams.pipeline import RULE_NAMES, RiskPipeline
-from streams.rules import default_ruleset
-from streams.schemas import RawRecord
-from streams.sources import GeneratorConfig, TransactionGenerator
-from streams.sources.synthetic import FLOW_TYPOLOGIES, TYPOLOGIES
+from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
+from vigil.streams.rules import default_ruleset
+from vigil.streams.schemas import RawRecord
+from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+from vigil.streams.sources.synthetic import FLOW_TYPOLOGIES, TYPOLOGIES
 
 # Micro-batches of 100 here span about 50 minutes of simulated event time (the population
 # makes ~3,000 payments a day); a live worker's batches span seconds. Inflows reach a payee

@@ -9,8 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
-from streams.alignment import METHODS, align_clip, residual_mad
-from streams.sources.camera import (
+from vigil.streams.alignment import METHODS, align_clip, residual_mad
+from vigil.streams.sources.camera import (
     FRESH_TEXTURES,
     HELDOUT_TEXTURES,
     TRAIN_TEXTURES,

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from models.serving import ModelHolder
-from streams.pipeline import RiskPipeline
-from streams.schemas import RawRecord, ScoreRecord
-from streams.sources.hostile import HOSTILE_KINDS, hostile_records
 from tests.streams.test_isolation import OddModel, run_isolated
+from vigil.models.serving import ModelHolder
+from vigil.streams.pipeline import RiskPipeline
+from vigil.streams.schemas import RawRecord, ScoreRecord
+from vigil.streams.sources.hostile import HOSTILE_KINDS, hostile_records
 
 
 @pytest.mark.parametrize("model", [None, [0.2, float("nan"), 7.0]])

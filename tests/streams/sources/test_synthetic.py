@@ -1,8 +1,8 @@
 import json
 
-from streams.schemas import RawRecord, decode_transactions
-from streams.sources import MALFORMED_KINDS, GeneratorConfig, TransactionGenerator, read_jsonl
 from tests.reference import expected_decision, features_by_tx
+from vigil.streams.schemas import RawRecord, decode_transactions
+from vigil.streams.sources import MALFORMED_KINDS, GeneratorConfig, TransactionGenerator, read_jsonl
 
 
 def test_same_seed_same_stream_and_event_time_order():
@@ -60,7 +60,7 @@ def test_jsonl_replay_passes_lines_through_unchanged(tmp_path):
 
 
 def test_typology_cases_are_labelled_and_dormant_accounts_have_old_history():
-    from streams.sources.synthetic import TYPOLOGIES
+    from vigil.streams.sources.synthetic import TYPOLOGIES
 
     gen = TransactionGenerator(GeneratorConfig(seed=4, typology_rate=0.01)).take(20_000)
     labelled = [g for g in gen if g.label]
@@ -80,7 +80,7 @@ def test_typology_cases_are_labelled_and_dormant_accounts_have_old_history():
 def test_flow_cases_move_money_between_accounts_as_labelled():
     from collections import defaultdict
 
-    from streams.sources.synthetic import FLOW_TYPOLOGIES
+    from vigil.streams.sources.synthetic import FLOW_TYPOLOGIES
 
     gen = TransactionGenerator(GeneratorConfig(seed=6, flow_typology_rate=0.01)).take(20_000)
     cases = [g.tx for g in gen if g.label and g.typology in FLOW_TYPOLOGIES]
