@@ -17,7 +17,7 @@ Design notes:
   the source partition), so its recovery reads them back as its own.
 - No Kafka transactions (Tansu has no EndTxn): at-least-once with deterministic ids.
 - Tansu under-reports end offsets (faust's table recovery skipped changelog records) and
-  does not end a long-poll fetch early when data arrives: both adapted in apps/compat.py.
+  does not end a long-poll fetch early when data arrives: both adapted in apps/transport.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The refresh job: history + labels -> train -> quantize -> export -> gate -> publish.
 
 ``vigil train risk|inspection --publish [--every 10m]`` runs ``refresh`` once or on a
-schedule. Each round trains a challenger (apps.cli's training path, which runs the NNs on
+schedule. Each round (``risk_round``, ``inspection_round``) trains a challenger (the model
+layer's ``fit_and_export`` / ``fit_inspection``, which run the NNs on
 the training engine with ``--nproc``), quantizes it (``--bits``, verified against fp32 by
 the export), then scores champion and challenger on the same recent labelled data:
 
@@ -23,6 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +34,27 @@ from vigil.apps.broker import ensure_one
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import UsageError
+from vigil.models.compression.tools import export_inspection, export_risk
 from vigil.models.registry import build_release
 from vigil.models.serving import (
     ClipScorer,
     HybridScorer,
     ModelError,
+    check_feature_spec,
     read_files,
     read_manifest,
     scorer_for,
 )
+from vigil.models.tabular import History, TabularConfig, fit_and_export
+from vigil.models.video import VideoConfig, fit_inspection, make_clips
+from vigil.streams.features import FEATURE_SPEC
+from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
     "MIN_STREAM_POSITIVES",
     "gate_and_publish",
+    "inspection_round",
+    "risk_round",
     "history_from_stream",
     "parse_every",
     "run_schedule",
@@ -186,3 +196,71 @@ def run_schedule(
         n += 1
         if every_s is None or stop.wait(max(0.0, every_s - (time.monotonic() - began))):
             return failed
+
+
+Say = Callable[[str], object]
+
+
+def inspection_round(
+    settings: Settings, bootstrap: str, cfg: VideoConfig, root: Path, bits: int, say: Say
+) -> Callable[[int], dict[str, Any]]:
+    """The inspection refresh job's round ``n``: train on other simulated clips
+    (``cfg.seed + n``), export at ``bits`` (32: float), gate against the serving model on
+    clips of textures neither trained on, publish when not worse. Returns what it decided."""
+
+    def round_(n: int) -> dict[str, Any]:
+        path, _report = fit_inspection(replace(cfg, seed=cfg.seed + n), root, say)
+        challenger = path
+        if bits != 32:
+            challenger, _q = export_inspection(path, bits, root / "exports" / "inspection", say=say)
+        clips_by_size: dict[tuple, object] = {}
+
+        def data_for(model: dict):  # type: ignore[no-untyped-def]
+            # the same parts and defects, in each model's own input size
+            c = VideoConfig(**model["config"])
+            key = (c.frames, c.size, c.camera_size)
+            if key not in clips_by_size:
+                seed = cfg.seed + 5000 + n
+                clips_by_size[key] = make_clips(cfg.test_clips, c, HELDOUT_TEXTURES, seed)
+            return clips_by_size[key]
+
+        decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)
+        return {"trained": path.name, **decision}
+
+    return round_
+
+
+def risk_round(
+    settings: Settings,
+    bootstrap: str,
+    history: Callable[[int], tuple[History, str]],
+    holdout_days: float,
+    cfg: TabularConfig,
+    target: Path,
+    bits: int,
+    say: Say,
+) -> Callable[[int], dict[str, Any]]:
+    """The risk refresh job's round ``n``: train on the labelled stream when it holds
+    enough (else on ``history(n)``, generated or from files), export at ``bits``, gate
+    against the serving model on the same held-out days, publish when not worse."""
+    topics = settings.topics
+
+    def round_(n: int) -> dict[str, Any]:
+        data, source = history_from_stream(bootstrap, topics.transactions, topics.labels), "stream"
+        if data is None or len(data) < MIN_STREAM_ROWS or data.labels.sum() < MIN_STREAM_POSITIVES:
+            data, source = history(n)
+        say(f"round {n}: training on the {source} history ({len(data)} labelled transactions)")
+        round_cfg = replace(cfg, seed=cfg.seed + n)
+        path, _report, test_set = fit_and_export(data, holdout_days, round_cfg, target, say)
+        challenger = path
+        if bits != 32:
+            challenger, _q = export_risk(path, bits, target / "exports", say=say)
+
+        def data_for(model: dict):  # type: ignore[no-untyped-def]
+            check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label)
+            return test_set
+
+        decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)
+        return {"source": source, "trained": path.name, **decision}
+
+    return round_

@@ -1,4 +1,4 @@
-"""What every faust worker shares: the app with its broker settings and Tansu adaptations,
+"""What every faust worker shares: the app with its broker settings and Vigil's transport,
 and the output path (confluent-kafka, acknowledged before source offsets are committed)."""
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from confluent_kafka import KafkaError, Message
 from faust.tables import TableManager
 
 from vigil.apps.broker import RECORD_OVERHEAD_BYTES
-from vigil.apps.compat import (
-    install_faust_end_offset_fix,
-    install_faust_fast_delivery,
-    install_faust_fetch_wait,
-    install_faust_safe_resume,
-)
 from vigil.apps.kafka import make_producer
 from vigil.apps.settings import Settings
+from vigil.apps.transport import VigilApp
 from vigil.streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
@@ -80,7 +75,7 @@ class PromptTableManager(TableManager):
     ``on_start`` sleeps a second, presumably for tables defined late): a worker's tables
     exist before its app starts, and a restarted worker is a second sooner ready. Given to
     the app through faust's ``TableManager`` setting; the upstream method it replaces is
-    checked by tests/apps/test_compat.py."""
+    checked by tests/apps/test_transport.py."""
 
     async def on_start(self) -> None:
         if not self.should_stop:
@@ -99,15 +94,13 @@ def faust_app(
     """The faust app of a ``kind`` worker (group ``NAMESPACE-KIND``), in-memory stores.
     ``wait_empty=False``: do not wait for every consumed event to be acknowledged before a
     rebalance or shutdown (for workers that hold events across batches on purpose)."""
-    install_faust_end_offset_fix(bootstrap)
-    install_faust_fetch_wait(settings.fetch_max_wait_ms)
-    install_faust_safe_resume()
-    install_faust_fast_delivery()
     datadir = settings.state_dir / "workers"
     datadir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    # Vigil's transport (apps/transport.py): faust's aiokafka one, extended
+    return VigilApp(
         f"{settings.namespace}-{kind}",
-        broker=f"kafka://{bootstrap}",
+        bootstrap=bootstrap,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         store="memory://",
         web_enabled=False,
         datadir=str(datadir),

@@ -1,4 +1,4 @@
-"""Model serving: batched scorers behind an atomic hot-swap holder, and the model files.
+"""Model serving: the batched ONNX Runtime scorers the workers hot-swap, and the model files.
 
 A model directory holds ``manifest.json`` plus the files it lists with their sha256. The
 risk model (``format: onnx:gbdt+nn``) is two ONNX Runtime sessions called once each per
@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from vigil.errors import VigilError
+from vigil.streams.scorers import BatchScorer, ModelHolder, RulesOnly
 
 __all__ = [
     "BatchScorer",
@@ -54,24 +54,6 @@ def gbdt_margin(session: Any, x: np.ndarray) -> np.ndarray:
 
 class ModelError(VigilError):
     """A model that cannot be served: missing, tampered, or built for other inputs."""
-
-
-class BatchScorer(Protocol):
-    version: str
-
-    def score_batch(self, features: np.ndarray) -> Sequence[float] | None:
-        """One probability per row of a (rows x spec features) matrix in the order of
-        ``FEATURE_SPEC`` (NaN: no value), or None when this scorer has no model."""
-        ...
-
-
-class RulesOnly:
-    """Serves no model: decisions come from the rules alone."""
-
-    version = "rules-only"
-
-    def score_batch(self, features: np.ndarray) -> Sequence[float] | None:
-        return None
 
 
 class HybridScorer:
@@ -260,24 +242,3 @@ def load_latest_clip(models_dir: Path) -> ClipScorer | None:
     inspection` writes); None when there is none."""
     found = latest_dir(Path(models_dir) / "inspection", "inspection")
     return None if found is None else ClipScorer.load(found)
-
-
-class ModelHolder:
-    """Holds the serving scorer; ``swap`` replaces it atomically between micro-batches.
-
-    A worker reads ``current`` once per micro-batch, so every record of a batch is scored
-    (and stamped) by the same model version.
-    """
-
-    def __init__(self, scorer: BatchScorer | None = None) -> None:
-        self._scorer: BatchScorer = scorer or RulesOnly()
-        self._lock = threading.Lock()
-
-    @property
-    def current(self) -> BatchScorer:
-        return self._scorer
-
-    def swap(self, scorer: BatchScorer) -> BatchScorer:
-        with self._lock:
-            old, self._scorer = self._scorer, scorer
-        return old

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from vigil.errors import DataError, UsageError
+from vigil.models.engine.trainer import Task, bce_loss
 from vigil.models.metrics import (
     ap_difference,
     average_precision,
@@ -43,6 +44,7 @@ from vigil.models.threads import torch_threads
 from vigil.streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
 
 __all__ = [
+    "fit_and_export",
     "History",
     "HybridModel",
     "TabularConfig",
@@ -413,6 +415,7 @@ def _fit_net_engine(
     hierarchical AllReduce, restarted if one dies; Adam on the same global batch size, and
     the parameters with the best held-out AUC-PR (checked every epoch and before training)
     kept."""
+    import functools
     import tempfile
 
     from vigil.models.engine import supervise
@@ -452,7 +455,11 @@ def _fit_net_engine(
         )
         say(f"  on the engine: {cfg.nproc} ranks, {cfg.nodes} node(s), {train_cfg.steps} steps")
         result = supervise(
-            job, cfg.nproc, cfg.nodes, ("risk-net", train_cfg, None, str(path)), max_restarts=2
+            job,
+            cfg.nproc,
+            cfg.nodes,
+            (functools.partial(risk_net_task, str(path)), train_cfg, None),
+            max_restarts=2,
         )[0]
     net.load_state_dict({k.removeprefix("net."): v for k, v in result["state"].items()})
     net.eval()
@@ -700,3 +707,60 @@ def net_to_onnx(net: TabularNet, n: int) -> bytes:
 
     example = (torch.zeros(2, n), torch.zeros(2))
     return torch_to_onnx(net, example, ["features", "gbdt_logit"], ["probability"], "rows")
+
+
+def fit_and_export(
+    history: History, holdout_days: float, cfg: TabularConfig, target: Path, say: Progress = print
+) -> tuple[Path, dict, History]:
+    """What ``vigil train risk`` does: split in time, train, evaluate and export under
+    ``target``. Returns the model directory, the evaluation (plain data) and the held-out
+    set; a :class:`DataError` when the held-out days cannot be evaluated on."""
+    model, report, test_set = fit_and_evaluate(history, holdout_days, cfg, say)
+    path = export(
+        model,
+        target,
+        test_set.features[:2048],
+        {
+            "metrics": report,
+            "train_rows": len(history) - len(test_set),
+            "holdout_days": holdout_days,
+        },
+    )
+    report["model"] = str(path)
+    report["version"] = path.name
+    return path, report, test_set
+
+
+class _HybridLogit(nn.Module):
+    """``TabularNet`` taking its input as one tensor: the features, then (hybrid) the
+    GBDT logit as the last column."""
+
+    def __init__(self, *net_args: object) -> None:  # TabularNet's
+        super().__init__()
+        self.net = TabularNet(*net_args)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net.use_gbdt:
+            return self.net.logit(x[:, :-1], x[:, -1]).unsqueeze(-1)
+        return self.net.logit(x).unsqueeze(-1)
+
+
+def _net_average_precision(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return average_precision(y.numpy(), logits.squeeze(-1).double().numpy())
+
+
+def risk_net_task(path: str) -> Task:
+    """The hybrid's NN (or the NN-only baseline) as ``train`` fits it, from
+    the tensors it saved: features (+ out-of-fold GBDT logit), labels, the selection block."""
+    d = torch.load(path, weights_only=False)
+    return Task(
+        "risk-hybrid-nn" if d["use_gbdt"] else "risk-nn",
+        lambda: _HybridLogit(d["mean"], d["std"], d["hidden"], d["use_gbdt"], d.get("keep")),
+        d["x"],
+        d["y"],
+        d["x_val"],
+        d["y_val"],
+        bce_loss,
+        _net_average_precision,
+        "auc_pr",
+    )

@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ __all__ = [
     "auroc_ci95",
     "pick_threshold",
     "export_video",
+    "fit_inspection",
     "finetune_video",
     "load_video_net",
     "save_video_model",
@@ -457,3 +459,67 @@ def load_video_net(directory: Path) -> tuple[VideoNet, VideoConfig, dict]:
     net = VideoNet(cfg)
     net.load_state_dict(torch.load(io.BytesIO(files["state.pt"]), weights_only=True))
     return net.eval(), cfg, manifest
+
+
+def fit_inspection(
+    cfg: VideoConfig, root: Path, say: Callable[[str], object] = print
+) -> tuple[Path, dict]:
+    """What ``vigil train inspection`` does: train on simulated clips, evaluate on 1,000-clip
+    sets (held-out, fresh and seen textures: AUROC with its interval, location accuracy,
+    recall and false alarms at the threshold, recall per defect kind), pick the alert
+    threshold at 1 % false alarms on validation clips and export under ``root/inspection``.
+    Returns the model directory and the evaluation (plain data)."""
+    from vigil.streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
+
+    seed, clips, test_clips, size = cfg.seed, cfg.train_clips, cfg.test_clips, cfg.size
+    began = time.perf_counter()
+    say(f"simulating and aligning {clips} training clips ({size}x{size}, {cfg.frames} frames)")
+    train_set = training_clips(clips, cfg, seed=seed)
+    say(f"and {test_clips} held-out clips with unseen textures {list(HELDOUT_TEXTURES)}")
+    test_set = make_clips(test_clips, cfg, HELDOUT_TEXTURES, seed=seed + 1000)
+    fresh_set = make_clips(test_clips, cfg, FRESH_TEXTURES, seed=seed + 3000)
+    seen_set = make_clips(test_clips, cfg, TRAIN_TEXTURES, seed=seed + 2000)
+    # the threshold's validation clips, as the worker sees them: bare belt included
+    val_set = make_clips(test_clips, cfg, TRAIN_TEXTURES, seed=seed + 4000, belt=True)
+    net = train_video(train_set, cfg, say=say)
+    report: dict = {
+        "train_clips": clips,
+        "size": size,
+        "camera_size": cfg.camera_size,
+        "epochs": cfg.epochs,
+    }
+    scored = {
+        name: (data, *predict(net, data.clips))
+        for name, data in (
+            ("heldout_textures", test_set),  # unseen in training
+            ("fresh_textures", fresh_set),  # unseen in training and in development
+            ("seen_textures_new_parts", seen_set),
+        )
+    }
+    # the alert threshold: at most 1 % false alarms on validation clips
+    threshold = pick_threshold(val_set.labels, predict(net, val_set.clips)[0], max_fpr=0.01)
+    report["threshold"] = round(threshold, 6)
+    for name, (data, probs, cells) in scored.items():
+        located = data.cells >= 0
+        alerted = probs >= threshold
+        positive = data.labels.astype(bool)
+        report[name] = {
+            "clips": len(data.labels),
+            "auroc": round(auc := auroc(data.labels, probs), 4),
+            "auroc_ci95": [
+                round(v, 4) for v in auroc_ci95(auc, int(positive.sum()), int((~positive).sum()))
+            ],
+            "location_accuracy": round(float((cells[located] == data.cells[located]).mean()), 4),
+            "recall_at_threshold": round(float(alerted[positive].mean()), 4),
+            "false_positive_rate_at_threshold": round(float(alerted[~positive].mean()), 4),
+            "recall_by_defect": {
+                kind: round(float(alerted[[k == kind for k in data.kinds]].mean()), 4)
+                for kind in sorted({k for k in data.kinds if k})
+            },
+        }
+    report["train_s"] = round(time.perf_counter() - began, 1)
+    path = save_video_model(
+        net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
+    )
+    report["model"] = str(path)
+    return path, report

@@ -40,7 +40,6 @@ import numpy as np
 import orjson
 
 from vigil.errors import UsageError, VigilError
-from vigil.models.serving import ModelHolder
 from vigil.streams.features import FeatureError
 from vigil.streams.features.engine import TS, WM, AccountLog, FeatureEngine, event_rows, key_hash
 from vigil.streams.features.inflows import (
@@ -70,6 +69,7 @@ from vigil.streams.schemas import (
     Transaction,
     decode_transactions,
 )
+from vigil.streams.scorers import ModelHolder
 
 __all__ = [
     "AccountState",

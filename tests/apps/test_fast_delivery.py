@@ -1,5 +1,5 @@
 """faust's per-record delivery race (``wait_first(delivery, suspend_flow.wait())``) with the
-fast path of ``apps.compat.install_faust_fast_delivery``.
+fast path of Vigil's consumer (``apps.transport.Consumer.wait_first``).
 
 A real faust Consumer (not connected: ``wait_first`` needs no broker) against the behaviour
 of mode's own ``wait_first``, which the slow path still is: a delivery that blocks must stay
@@ -13,18 +13,16 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import faust
 import pytest
 
-from vigil.apps.compat import install_faust_fast_delivery
+from vigil.apps.transport import VigilApp
 
 
 @pytest.fixture
 def consumer() -> Iterator[Any]:
-    install_faust_fast_delivery()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # the consumer schedules its waits on the loop it was made in
-    app = faust.App(f"fast-{id(loop)}", broker="kafka://127.0.0.1:1", web_enabled=False)
+    app = VigilApp(f"fast-{id(loop)}", bootstrap="127.0.0.1:1", web_enabled=False)
     assert app.consumer.loop is loop
     yield app.consumer
     asyncio.set_event_loop(None)

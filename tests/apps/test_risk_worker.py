@@ -98,7 +98,7 @@ def test_known_set_gives_exact_alerts_a_score_per_valid_and_a_dead_letter_per_in
 
 
 # slow-seek: the restarted worker's seek to committed offsets returns 1 s late and its small
-# micro-batches flush slowly; without apps.compat.install_faust_safe_resume that lost the
+# micro-batches flush slowly; without apps.transport.Consumer (its safe resume) that lost the
 # records fetched during the seek (a faust race, otherwise a few milliseconds wide).
 @pytest.mark.parametrize("how", ["stop", "kill", "slow-seek"])
 def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_run(

@@ -8,7 +8,7 @@ Put this directory on a worker's PYTHONPATH and set:
 - ``VIGIL_FAULT_RAISE_ON``: the risk pipeline raises (a bug) on any batch holding a record
   whose value contains these bytes.
 
-Together they widen a faust race that is otherwise a few milliseconds wide (apps/compat.py,
+Together they widen a faust race that is otherwise a few milliseconds wide (apps/transport.py,
 ``install_faust_safe_resume``): without that fix a restarted worker drops the records
 fetched while it seeks and commits past them.
 """

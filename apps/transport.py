@@ -1,8 +1,15 @@
-"""Adapters for broker quirks that would otherwise corrupt state. Each says what and why.
+"""Vigil's faust transport: faust's aiokafka transport, extended where it loses records or
+waits too long. Each override says what and why.
+
+faust finds it the way it finds its own transports, by the broker URL's scheme: ``vigil://``
+is registered under the ``faust.transports`` entry point (pyproject.toml). Nothing here
+changes faust's own classes; a worker gets this behaviour by asking for this transport
+(``apps.worker.faust_app``). tests/apps/test_transport.py fails when an upstream method we
+override changes its name or signature, and faust-streaming is pinned to the tested minor.
 
 Tansu 0.6.0 answers ListOffsets(latest) with the *base offset of the last record batch
 plus one*, not the true end: after one batch holding offsets 1..3 it reports 2, not 4
-(measured; tests/apps/test_compat.py). Fetch responses carry the correct high watermark.
+(measured; tests/apps/test_transport.py). Fetch responses carry the correct high watermark.
 faust recovers a table by reading its changelog up to ListOffsets' end, so it silently
 skipped the tail of a changelog whose last produce batch held several records — a
 restarted worker lost the newest state of some accounts. ``verified_end_offsets`` reads
@@ -29,36 +36,54 @@ faust itself loses records when a worker starts or rebalances (any broker), two 
    come back for paused partitions; faust skips them without moving the fetch position
    back, so they are never delivered.
 
-``install_faust_safe_resume`` keeps stream partitions paused until their seek has completed,
+``Consumer`` keeps stream partitions paused until their seek has completed,
 and seeks a partition back to the first record of any batch that faust would skip.
 
 faust hands every fetched record to its streams through ``wait_first(on_message(record),
 suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, so that a delivery
 blocked on a full stream queue is interrupted when a rebalance suspends the flow. Almost
 every delivery completes without blocking, and that machinery was the largest single cost
-of the risk worker's event loop. ``install_faust_fast_delivery`` runs the delivery's first
+of the risk worker's event loop. ``Consumer.wait_first`` runs the delivery's first
 step in place; only a delivery that blocks (or one made while the flow is suspended or the
 consumer stopping) goes through ``wait_first``, carried on from where it blocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+import faust
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaError, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import TP
+from mode.services import WaitResults
 
-__all__ = [
-    "verified_end_offsets",
-    "install_faust_end_offset_fix",
-    "install_faust_fetch_wait",
-    "install_faust_safe_resume",
-    "install_faust_fast_delivery",
-]
+__all__ = ["SCHEME", "Consumer", "ConsumerThread", "Transport", "VigilApp", "verified_end_offsets"]
 
+SCHEME = "vigil"  # broker="vigil://host:port"
+FAUST_FETCH_MAX_WAIT_MS = 1500
 TPT = TypeVar("TPT")
+
+
+class VigilApp(faust.App):
+    """A faust app that carries what Vigil's consumer needs and faust has no setting for:
+    the bootstrap servers as the Kafka clients take them, and the fetch wait."""
+
+    def __init__(
+        self,
+        *args: Any,
+        bootstrap: str,
+        fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS,
+        **kwargs: Any,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, broker=f"{SCHEME}://{bootstrap}", **kwargs)
 
 
 def verified_end_offsets(
@@ -68,7 +93,7 @@ def verified_end_offsets(
     result = dict(reported)
     if not reported:
         return result
-    consumer = Consumer(
+    consumer = KafkaConsumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"vigil-end-offsets-{uuid.uuid4().hex[:8]}",
@@ -99,85 +124,27 @@ def verified_end_offsets(
     return result
 
 
-def install_faust_end_offset_fix(bootstrap: str) -> None:
-    """Make faust's table recovery read changelogs to their true end (see module notes)."""
-    import asyncio
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """The aiokafka consumer thread, with true end offsets and the fetch wait a setting."""
 
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(cls, "_vigil_original_highwaters", cls._highwaters)
-
-    async def _highwaters(self: Any, partitions: Any) -> Mapping[Any, int]:
-        reported = await original(self, partitions)
-        if self.consumer.in_transaction:
-            return reported
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, verified_end_offsets, bootstrap, reported)
-
-    cls._vigil_original_highwaters = original
-    cls._highwaters = _highwaters
-
-
-def install_faust_fetch_wait(fetch_max_wait_ms: int) -> None:
-    """Use ``fetch_max_wait_ms`` for faust's stream consumer instead of its fixed 1500 ms."""
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    cls: Any = faust_aiokafka.AIOKafkaConsumerThread
-    original = getattr(cls, "_vigil_original_create_worker_consumer", cls._create_worker_consumer)
-
-    def _create_worker_consumer(self: Any, *args: Any, **kwargs: Any) -> Any:
-        consumer = original(self, *args, **kwargs)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when its fetcher starts
+    def _create_worker_consumer(self, *args: Any, **kwargs: Any) -> Any:
+        consumer = super()._create_worker_consumer(*args, **kwargs)
+        # read when its fetcher starts
+        consumer._fetch_max_wait_ms = getattr(
+            self.app, "fetch_max_wait_ms", FAUST_FETCH_MAX_WAIT_MS
+        )
         return consumer
 
-    cls._vigil_original_create_worker_consumer = original
-    cls._create_worker_consumer = _create_worker_consumer
-
-
-def install_faust_safe_resume() -> None:
-    """Deliver every record across recovery and pauses (module notes, faust 1 and 2)."""
-    from faust.transport.consumer import Consumer
-    from faust.types.tuples import TP
-
-    cls: Any = Consumer
-    resume = getattr(cls, "_vigil_original_resume_partitions", cls.resume_partitions)
-    perform_seek = getattr(cls, "_vigil_original_perform_seek", cls.perform_seek)
-    wait_next_records = getattr(cls, "_vigil_original_wait_next_records", cls._wait_next_records)
-
-    def resume_partitions(self: Any, tps: Any) -> None:
-        # faust resumes stream partitions (not changelogs) only right before perform_seek
-        tps = {tp if isinstance(tp, TP) else TP(tp.topic, tp.partition) for tp in tps}
-        streams = {tp for tp in tps if not self._is_changelog_tp(tp)}
-        if streams:
-            self._vigil_resume_after_seek = streams
-        resume(self, tps - streams)
-
-    async def perform_seek_then_resume(self: Any) -> None:
-        try:
-            await perform_seek(self)
-        finally:
-            deferred = getattr(self, "_vigil_resume_after_seek", None)
-            if deferred:
-                self._vigil_resume_after_seek = set()
-                resume(self, deferred & set(self.assignment()))
-
-    async def _wait_next_records(self: Any, timeout: float) -> Any:
-        records, active = await wait_next_records(self, timeout)
-        if records and active is not None:
-            buffered = self._buffered_partitions
-            for tp in [tp for tp in records if tp not in active and tp not in buffered]:
-                batch = records.pop(tp)
-                if batch and tp in self.assignment():
-                    await self._seek(tp, batch[0].offset)  # fetch them again once resumed
-        return records, active
-
-    cls._vigil_original_resume_partitions = resume
-    cls._vigil_original_perform_seek = perform_seek
-    cls._vigil_original_wait_next_records = wait_next_records
-    cls.resume_partitions = resume_partitions
-    cls.perform_seek = perform_seek_then_resume
-    cls._wait_next_records = _wait_next_records
+    async def _highwaters(self, partitions: Any) -> Mapping[Any, int]:
+        """Changelogs are recovered to their true end (module notes: Tansu's ListOffsets)."""
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        bootstrap = getattr(self.app, "bootstrap", None) or ",".join(
+            f"{u.host}:{u.port or 9092}" for u in self.transport.url
+        )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, verified_end_offsets, bootstrap, reported)
 
 
 class _Resumed:
@@ -210,17 +177,43 @@ class _Resumed:
                 return stop.value
 
 
-def install_faust_fast_delivery() -> None:
-    """Deliver fetched records without four tasks each (module notes)."""
-    import asyncio
+class Consumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer, delivering every record across recovery and pauses
+    (module notes, faust 1 and 2) and without four tasks per record."""
 
-    from faust.transport.consumer import Consumer
-    from mode.services import WaitResults
+    _vigil_resume_after_seek: set[TP] | None = None
 
-    cls: Any = Consumer
-    wait_first = getattr(cls, "_vigil_original_wait_first", cls.wait_first)
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def fast_wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+    def resume_partitions(self, tps: Any) -> None:
+        # faust resumes stream partitions (not changelogs) only right before perform_seek
+        tps = {tp if isinstance(tp, TP) else TP(tp.topic, tp.partition) for tp in tps}
+        streams = {tp for tp in tps if not self._is_changelog_tp(tp)}
+        if streams:
+            self._vigil_resume_after_seek = streams
+        super().resume_partitions(tps - streams)
+
+    async def perform_seek(self) -> None:
+        try:
+            await super().perform_seek()
+        finally:
+            deferred = self._vigil_resume_after_seek
+            if deferred:
+                self._vigil_resume_after_seek = set()
+                super().resume_partitions(deferred & set(self.assignment()))
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        records, active = await super()._wait_next_records(timeout)
+        if records and active is not None:
+            buffered = self._buffered_partitions
+            for tp in [tp for tp in records if tp not in active and tp not in buffered]:
+                batch = records.pop(tp)
+                if batch and tp in self.assignment():
+                    await self._seek(tp, batch[0].offset)  # fetch them again once resumed
+        return records, active
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
         # only _drain_messages passes two awaitables: (delivery, suspend_flow.wait())
         if (
             len(coros) != 2
@@ -230,7 +223,7 @@ def install_faust_fast_delivery() -> None:
             or self._stopped.is_set()
             or self._crashed.is_set()
         ):
-            return await wait_first(self, *coros, timeout=timeout)
+            return await super().wait_first(*coros, timeout=timeout)
         delivery, suspended = coros
         try:
             pending = delivery.send(None)
@@ -241,7 +234,10 @@ def install_faust_fast_delivery() -> None:
             suspended.close()
             raise
         # blocked (full stream queue, flow control): the original race against a suspend
-        return await wait_first(self, _Resumed(delivery, pending), suspended, timeout=timeout)
+        return await super().wait_first(_Resumed(delivery, pending), suspended, timeout=timeout)
 
-    cls._vigil_original_wait_first = wait_first
-    cls.wait_first = fast_wait_first
+
+class Transport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with Vigil's consumer (``vigil://host:port``)."""
+
+    Consumer = Consumer

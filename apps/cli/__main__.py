@@ -1,0 +1,5 @@
+"""``python -m vigil.apps.cli``."""
+
+from vigil.apps.cli import main
+
+main()

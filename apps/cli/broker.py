@@ -1,0 +1,74 @@
+"""``vigil broker`` (the embedded development broker) and ``vigil topics``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import typer
+
+from vigil.apps.broker import (
+    BrokerError,
+    EmbeddedBroker,
+    clear_runtime,
+    ensure_all,
+    write_runtime,
+)
+from vigil.apps.cli.base import (
+    app,
+    console,
+    fail,
+    get_bootstrap,
+    get_settings,
+    out,
+    setup_logging,
+)
+
+
+@app.command()
+def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a free one)")) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, in memory) until Ctrl-C."""
+    settings = get_settings()
+    setup_logging(settings)
+    try:
+        b = EmbeddedBroker(port=port).start()
+    except BrokerError as exc:
+        fail(exc, 1)
+    try:
+        created = ensure_all(b.bootstrap, settings.topics, settings.partitions)
+        write_runtime(settings, b)
+        console.print(
+            f"broker ready on [bold]{b.bootstrap}[/] (created {len(created)} topics); "
+            f"other vigil commands here find it. Ctrl-C stops it and discards all data."
+        )
+        out.print(b.bootstrap)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while b.running and not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    finally:
+        clear_runtime(settings)
+        b.stop()
+
+
+@app.command()
+def topics(
+    replication: int = typer.Option(1, min=1, help="replication factor of topics it creates"),
+) -> None:
+    """Create every topic of the namespace that does not exist yet (VIGIL_PARTITIONS
+    partitions; the control topics, models and rules, one partition, kept forever), then
+    list them. Idempotent: the deployment's topic initialisation."""
+    settings = get_settings()
+    bootstrap = get_bootstrap(settings)
+    try:
+        created = ensure_all(bootstrap, settings.topics, settings.partitions, replication)
+    except BrokerError as exc:
+        fail(exc, 1)
+    configs = settings.topics.configs()
+    for name, partitions in settings.topics.all(settings.partitions).items():
+        state = "created" if name in created else "exists"
+        kept = " (kept forever)" if name in configs else ""
+        out.print(f"{name}: {partitions} partition{'s' if partitions > 1 else ''}, {state}{kept}")

@@ -1,0 +1,32 @@
+"""``vigil demo``: the whole stack on the embedded broker."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from vigil.apps.cli.base import (
+    app,
+    console,
+    get_settings,
+    setup_logging,
+)
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(0, min=0, help="seconds to run (0 = until Ctrl-C)"),
+    rate: float = typer.Option(200, min=1, help="transactions per second"),
+    camera_fps: float = typer.Option(50, min=1, help="the simulated camera's frames per second"),
+) -> None:
+    """Broker + risk and inspection workers + a transaction publisher and a camera, with a
+    live view of events, alerts, defects and the DLQ."""
+    from vigil.apps.demo import run_demo
+
+    settings = get_settings()
+    setup_logging(settings)
+    logging.getLogger().setLevel(logging.WARNING)
+    raise typer.Exit(
+        run_demo(settings, duration_s=duration, rate=rate, console=console, camera_fps=camera_fps)
+    )

@@ -1,0 +1,117 @@
+"""The package layers, read from the source: every ``import`` (at module level or inside a
+function) between Vigil's modules. ``streams`` (stream logic) imports neither ``models`` nor
+``apps``; ``models`` does not import ``apps``; no module reaches itself through its imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"vigil": "vigil", "apps": "vigil.apps", "streams": "vigil.streams"}
+FOLDERS["models"] = "vigil.models"
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _owner(name: str) -> str | None:
+    """The module ``name`` refers to (``pkg.mod.attr`` -> ``pkg.mod``), if it is ours."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {owner for n in names if (owner := _owner(n))}
+    return found
+
+
+GRAPH = {name: _imports(path) - {name} for name, path in MODULES.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (iterative Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:  # the check below can fail
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    assert _cycles(GRAPH) == []
+
+
+def test_lower_layers_do_not_import_higher_ones() -> None:
+    above = {"vigil.streams": ("vigil.models", "vigil.apps"), "vigil.models": ("vigil.apps",)}
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        for layer, higher in above.items()
+        if module.startswith(layer + ".") or module == layer
+        for target in targets
+        if target.startswith(higher)
+    ]
+    assert wrong == []
+
+
+def test_the_walk_sees_the_whole_tree() -> None:
+    assert "vigil.streams.pipeline" in GRAPH and "vigil.apps.cli.train" in GRAPH
+    assert "vigil.streams.scorers" in GRAPH["vigil.streams.pipeline"]
