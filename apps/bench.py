@@ -248,14 +248,15 @@ def bench_scoring(
     """Hybrid ONNX scoring on one core (one ONNX Runtime thread per session): rows/s at
     ``batch`` rows per call and the latency of a single row. Rows: the featurised synthetic
     population, as the worker sees it."""
-    from vigil.models.serving import HybridScorer, load_latest
+    from vigil.models.kinds import RISK
+    from vigil.models.serving import HybridScorer
     from vigil.models.tabular import history_from_generator
     from vigil.streams.features.library import FEATURE_SPEC
 
     if model_dir is not None:
         scorer = HybridScorer.load(model_dir, FEATURE_SPEC.label)
     else:
-        scorer = load_latest(settings.models_path, FEATURE_SPEC.label)
+        scorer = RISK.load_latest(settings.models_path)
         if scorer is None:
             raise NotFoundError(f"no model under {settings.models_path}: run `vigil train risk`")
     rows = history_from_generator(days=3, seed=11).features
@@ -381,12 +382,12 @@ def bench_inspection(
     grey frames at ``fps`` each for ``seconds``; measured from the worker's clip records:
     frames/s and clips/s it sustained, and the latency from a clip's last frame being
     published to its classification (an alert, when there is one, goes out with it)."""
-    from vigil.models.serving import load_latest_clip
+    from vigil.models.kinds import INSPECTION
     from vigil.streams.frames import encode_frame
     from vigil.streams.sources.camera import CameraConfig, CameraSimulator
 
     say = console.print if console else (lambda *_a, **_k: None)
-    model = load_latest_clip(settings.models_path)
+    model = INSPECTION.load_latest(settings.models_path)
     if model is None:
         raise LookupError(
             f"no inspection model under {settings.models_path / 'inspection'}: "

@@ -192,10 +192,10 @@ def _reference(
     """The undisturbed run: the same records, per partition in publishing order, through
     the pipeline in process with the model the worker starts with. tx_id -> features and
     decision."""
-    from vigil.models.serving import ModelHolder, load_latest
-    from vigil.streams.features import FEATURE_SPEC
+    from vigil.models.kinds import RISK
+    from vigil.models.serving import ModelHolder
 
-    scorer = load_latest(models_path, FEATURE_SPEC.label)
+    scorer = RISK.load_latest(models_path)
     model = ModelHolder(scorer) if scorer is not None else None
     from vigil.streams.partitioning import partition_for
     from vigil.streams.pipeline import RiskPipeline

@@ -17,7 +17,7 @@ from vigil.apps.clients import publish, read_topic
 from vigil.apps.process import WorkerProcess
 from vigil.apps.session import broker_for
 from vigil.apps.settings import Settings
-from vigil.models.serving import latest_dir
+from vigil.models.kinds import INSPECTION
 from vigil.streams.frames import encode_frame
 from vigil.streams.pipeline import now_ms
 from vigil.streams.sources import GeneratorConfig, TransactionGenerator
@@ -147,7 +147,7 @@ def run_demo(
             f"broker {bootstrap}{' (embedded)' if embedded else ''}; worker logs: {log_path}, "
             f"{inspection_log}"
         )
-        if latest_dir(settings.models_path / "inspection", "inspection") is None:
+        if INSPECTION.latest(settings.models_path) is None:
             console.print(
                 "[yellow]no inspection model: the camera's clips are cut but not classified; "
                 "train one with `vigil train inspection` (a few minutes)"

@@ -28,8 +28,9 @@ from vigil.apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from vigil.apps.follower import ModelFollower
 from vigil.apps.settings import Settings
 from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.models.kinds import INSPECTION
 from vigil.models.registry import Limits, Release, ReleaseError
-from vigil.models.serving import ClipScorer, ModelError, load_latest_clip
+from vigil.models.serving import ClipScorer, ModelError
 from vigil.streams.inspection import InspectionPipeline, InspectionResult
 from vigil.streams.pipeline import now_ms
 
@@ -69,7 +70,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         threshold=settings.inspection_threshold,
     )
     try:
-        model = load_latest_clip(settings.models_path)
+        model = INSPECTION.load_latest(settings.models_path)
     except ModelError as exc:
         log.error("inspection model refused: %s; clips are cut but not classified", exc)
     else:
@@ -77,7 +78,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             log.warning(
                 "no inspection model under %s: clips are cut but not classified "
                 "(train one: vigil train inspection)",
-                settings.models_path / "inspection",
+                INSPECTION.directory(settings.models_path),
             )
         else:
             pipeline.swap(model)

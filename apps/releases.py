@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vigil.apps.clients import publish, read_messages
 from vigil.errors import VigilError
+from vigil.models.kinds import KINDS
 from vigil.models.registry import Assembler, Refusal, Release, release_messages
 from vigil.models.signing import TrustedKeys
 
@@ -68,8 +69,8 @@ def read_releases(bootstrap: str, topic: str, trusted: TrustedKeys) -> ReleaseLo
 
 def find_model_dir(models_path: Path, version: str) -> Path | None:
     """A model directory named ``version`` where `vigil train` and `vigil export` write."""
-    exports = models_path / "exports"
-    for parent in (models_path, models_path / "inspection", exports, exports / "inspection"):
-        if (parent / version / "manifest.json").exists():
-            return parent / version
+    for k in KINDS.values():
+        for parent in (k.directory(models_path), k.exports(models_path)):
+            if (parent / version / "manifest.json").exists():
+                return parent / version
     return None

@@ -42,8 +42,9 @@ from vigil.apps.follower import ModelFollower
 from vigil.apps.rules_follower import RulesFollower
 from vigil.apps.settings import Settings
 from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.models.kinds import RISK
 from vigil.models.registry import Limits
-from vigil.models.serving import ModelError, check_feature_spec, load_latest
+from vigil.models.serving import ModelError, check_feature_spec
 from vigil.streams.features import FEATURE_SPEC
 from vigil.streams.features.library import DAY_MS
 from vigil.streams.partitioning import partition_for
@@ -94,7 +95,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         max_record_bytes=settings.max_record_bytes,
     )
     try:
-        model = load_latest(settings.models_path, FEATURE_SPEC.label)
+        model = RISK.load_latest(settings.models_path)
     except ModelError as exc:
         log.error("model refused: %s; scoring with rules only", exc)
     else:

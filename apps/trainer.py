@@ -34,20 +34,15 @@ from vigil.apps.broker import ensure_one
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import UsageError
-from vigil.models.compression.tools import export_inspection, export_risk
+from vigil.models.kinds import INSPECTION, RISK, kind_of
 from vigil.models.registry import build_release
 from vigil.models.serving import (
-    ClipScorer,
-    HybridScorer,
     ModelError,
-    check_feature_spec,
     read_files,
     read_manifest,
-    scorer_for,
 )
 from vigil.models.tabular import History, TabularConfig, fit_and_export
 from vigil.models.video import VideoConfig, fit_inspection, make_clips
-from vigil.streams.features import FEATURE_SPEC
 from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
@@ -105,20 +100,6 @@ def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type
     return featurise((v for _ts, v in lines), truth)
 
 
-def _metric(scorer: HybridScorer | ClipScorer, data: Any) -> float:
-    """AUC-PR of a risk scorer on a History; AUROC of a clip scorer on a ClipDataset."""
-    if isinstance(scorer, ClipScorer):
-        from vigil.models.video import auroc
-
-        probs = np.concatenate(
-            [scorer.score(data.clips[i : i + 64])[0] for i in range(0, len(data.clips), 64)]
-        )
-        return auroc(data.labels, probs)
-    from vigil.models.metrics import average_precision
-
-    return average_precision(data.labels, scorer.score_batch(data.features))
-
-
 def gate_and_publish(
     settings: Settings,
     bootstrap: str,
@@ -133,15 +114,15 @@ def gate_and_publish(
     topic = settings.topics.models
     manifest = read_manifest(challenger_dir)
     name = manifest["name"]
-    challenger = scorer_for(read_files(challenger_dir, manifest), manifest)
-    metric_name = "auroc" if name == "inspection" else "auc_pr"
+    model_kind = kind_of(manifest)
+    challenger = model_kind.scorer(read_files(challenger_dir, manifest), manifest)
     data = data_for(manifest)
     out: dict[str, Any] = {
         "model": name,
-        "metric": metric_name,
+        "metric": model_kind.metric,
         "challenger": manifest["version"],
         "challenger_bits": manifest.get("bits", 32),
-        "challenger_score": _metric(challenger, data),
+        "challenger_score": model_kind.score(challenger, data),
         "rows": len(data.labels),
         "positives": int(np.sum(data.labels)),
     }
@@ -155,7 +136,9 @@ def gate_and_publish(
         out["champion"] = champion.version
         try:
             model = champion.manifest["model"]
-            scored = _metric(scorer_for(champion.files(), model), data_for(model))
+            champion_kind = kind_of(model)
+            scorer = champion_kind.scorer(champion.files(), model)
+            scored = champion_kind.score(scorer, data_for(model))
         except (ModelError, ValueError) as exc:  # another feature spec, say: not comparable
             out |= {"published": True, "reason": f"the champion cannot be scored here: {exc}"}
         else:
@@ -212,7 +195,7 @@ def inspection_round(
         path, _report = fit_inspection(replace(cfg, seed=cfg.seed + n), root, say)
         challenger = path
         if bits != 32:
-            challenger, _q = export_inspection(path, bits, root / "exports" / "inspection", say=say)
+            challenger, _q = INSPECTION.export(path, bits, INSPECTION.exports(root), None, say)
         clips_by_size: dict[tuple, object] = {}
 
         def data_for(model: dict):  # type: ignore[no-untyped-def]
@@ -254,10 +237,10 @@ def risk_round(
         path, _report, test_set = fit_and_export(data, holdout_days, round_cfg, target, say)
         challenger = path
         if bits != 32:
-            challenger, _q = export_risk(path, bits, target / "exports", say=say)
+            challenger, _q = RISK.export(path, bits, RISK.exports(target), None, say)
 
         def data_for(model: dict):  # type: ignore[no-untyped-def]
-            check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label)
+            RISK.check(model, "model")
             return test_set
 
         decision = gate_and_publish(settings, bootstrap, challenger, data_for, say)

@@ -52,15 +52,8 @@ from typing import Any
 import numpy as np
 
 from vigil.errors import VigilError
-from vigil.models.serving import (
-    ClipScorer,
-    HybridScorer,
-    ModelError,
-    check_feature_spec,
-    read_files,
-    read_manifest,
-    scorer_for,
-)
+from vigil.models.kinds import Scorer, kind_of
+from vigil.models.serving import ModelError, read_files, read_manifest
 from vigil.models.signing import SignatureError, SigningKey, TrustedKeys
 
 __all__ = [
@@ -84,7 +77,6 @@ CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 MAX_MANIFEST_BYTES = 256 * 1024  # read before anything is parsed (real ones: a few KB)
 RELEASE_FORMAT = 2  # 1: HMAC-signed, no sequence (refused)
 GOLDEN = "golden.npz"
-GOLDEN_ROWS = {"onnx:gbdt+nn": 256, "onnx:clip-classifier": 4}
 # the outputs are probabilities; the same graph on another ORT build or CPU may differ in
 # the last float32 bits, never by this much
 GOLDEN_TOLERANCE = 1e-4
@@ -195,40 +187,6 @@ def _as_input(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
-def outputs(scorer: HybridScorer | ClipScorer, inputs: np.ndarray) -> np.ndarray:
-    """What parity compares: the risk score per row, the defect probability per clip."""
-    if isinstance(scorer, ClipScorer):
-        return np.asarray(scorer.score(inputs)[0], dtype=np.float64)
-    return np.asarray(scorer.score_batch(inputs), dtype=np.float64)
-
-
-def _input_spec(model: dict) -> dict:
-    if model["format"] == "onnx:gbdt+nn":
-        from vigil.streams.features import FEATURE_SPEC
-
-        return {"features": [None, len(FEATURE_SPEC.names)], "feature_spec": model["feature_spec"]}
-    return {"clip": model["input"]["clip"]}
-
-
-def _golden_inputs(model: dict, rows: int, seed: int = 11) -> np.ndarray:
-    """A deterministic parity batch of realistic inputs when the publisher has no recorded
-    one: simulated clips in the model's input size (float16), or feature rows of generated
-    transactions, half of them positive. Random inputs would not do: a model's outputs
-    saturate on them, and two different models then agree."""
-    if model["format"] == "onnx:clip-classifier":
-        from vigil.models.video import VideoConfig, make_clips
-        from vigil.streams.sources.camera import TRAIN_TEXTURES
-
-        cfg = VideoConfig(**model["config"])
-        return make_clips(rows, cfg, TRAIN_TEXTURES, seed=seed).clips.astype(np.float16)
-    from vigil.models.tabular import history_from_generator
-
-    history = history_from_generator(days=2, seed=seed, accounts=60)
-    positive = np.flatnonzero(history.labels == 1)[: rows // 2]
-    negative = np.flatnonzero(history.labels == 0)[: rows - len(positive)]
-    return history.features[np.concatenate([positive, negative])].astype(np.float32)
-
-
 def build_release(
     directory: Path,
     signer: SigningKey,
@@ -244,16 +202,13 @@ def build_release(
     parent: the float model a quantized one was made from)."""
     model = read_manifest(directory)
     files = read_files(directory, model)
-    if model.get("format") == "onnx:gbdt+nn":
-        from vigil.streams.features import FEATURE_SPEC
-
-        what = f"{directory}: model {model['version']}"
-        check_feature_spec(model.get("feature_spec"), FEATURE_SPEC.label, what)
-    scorer = scorer_for(files, model)
+    model_kind = kind_of(model)
+    model_kind.check(model, f"{directory}: model {model['version']}")
+    scorer = model_kind.scorer(files, model)
     if golden_inputs is None:
-        golden_inputs = _golden_inputs(model, GOLDEN_ROWS[model["format"]])
+        golden_inputs = model_kind.golden_inputs(model, model_kind.golden_rows)
     try:
-        expected = outputs(scorer, _as_input(golden_inputs))
+        expected = model_kind.outputs(scorer, _as_input(golden_inputs))
     except Exception as exc:  # ORT refusing the inputs: the model is not what it claims
         raise ModelError(f"{directory}: the model does not score its golden batch: {exc}") from None
     golden = io.BytesIO()
@@ -270,7 +225,7 @@ def build_release(
         "size": len(body),
         "format": model["format"],
         "bits": model.get("bits", 32),
-        "input_spec": _input_spec(model),
+        "input_spec": model_kind.input_spec(model),
         "metrics": model.get("metrics", {}),
         "parent_version": model.get("parent_version"),
         "replaces": replaces,
@@ -514,7 +469,7 @@ def check_onnx(files: dict[str, bytes], limit_bytes: int) -> None:
 
 def serve_release(
     release: Release, check_spec: Callable[[dict], None], limits: Limits | None = None
-) -> HybridScorer | ClipScorer:
+) -> Scorer:
     """Load a verified release into ONNX Runtime for serving: the worker's input spec check
     (``check_spec`` raises ReleaseError or ModelError), the graphs' declared sizes
     (``check_onnx``), then parity on the golden batch."""
@@ -522,7 +477,8 @@ def serve_release(
     try:
         check_spec(m["input_spec"])
         check_onnx(release.files(), (limits or Limits()).release_bytes)
-        scorer = scorer_for(release.files(), m["model"])
+        model_kind = kind_of(m["model"])
+        scorer = model_kind.scorer(release.files(), m["model"])
     except ReleaseError:
         raise
     except ModelError as exc:
@@ -531,7 +487,7 @@ def serve_release(
         raise ReleaseError(f"ONNX Runtime cannot load it: {exc}") from None
     try:
         inputs, expected = release.golden()
-        got = outputs(scorer, inputs)
+        got = model_kind.outputs(scorer, inputs)
         worst = float(np.max(np.abs(got - expected))) if len(expected) else 0.0
     except Exception as exc:  # a golden batch that is not an npz of the model's inputs
         raise ReleaseError(f"golden batch unusable: {type(exc).__name__}: {exc}") from None

@@ -1,7 +1,7 @@
 """Model serving: the batched ONNX Runtime scorers the workers hot-swap, and the model files.
 
 A model directory holds ``manifest.json`` plus the files it lists with their sha256. The
-risk model (``format: onnx:gbdt+nn``) is two ONNX Runtime sessions called once each per
+risk model (``HybridScorer.FORMAT``) is two ONNX Runtime sessions called once each per
 micro-batch: LightGBM's raw margin feeds the hybrid NN graph. Its LightGBM text model is
 loaded too, only to explain alerts (per-feature contributions, ``pred_contrib``).
 """
@@ -32,11 +32,8 @@ __all__ = [
     "RulesOnly",
     "check_feature_spec",
     "latest_dir",
-    "load_latest",
-    "load_latest_clip",
     "onnx_session",
     "read_files",
-    "scorer_for",
     "write_model",
 ]
 
@@ -59,6 +56,8 @@ class ModelError(VigilError):
 class HybridScorer:
     """The GBDT+NN risk model on ONNX Runtime (one thread, as a worker core runs it)."""
 
+    FORMAT = "onnx:gbdt+nn"
+
     def __init__(self, gbdt: bytes, hybrid: bytes, booster: bytes, version: str) -> None:
         import lightgbm as lgb
 
@@ -79,7 +78,7 @@ class HybridScorer:
     def load(cls, directory: Path, expected_spec: str) -> HybridScorer:
         """Load and verify a model directory: manifest, file hashes, feature spec."""
         manifest = read_manifest(directory)
-        if manifest.get("format") != "onnx:gbdt+nn":
+        if manifest.get("format") != cls.FORMAT:
             raise ModelError(f"{directory}: unknown model format {manifest.get('format')!r}")
         check_feature_spec(manifest.get("feature_spec"), expected_spec, f"{directory}: model")
         return cls.from_bytes(read_files(directory, manifest), manifest["version"])
@@ -118,6 +117,8 @@ class ClipScorer:
     """The inspection clip classifier (``format: onnx:clip-classifier``) on ONNX Runtime:
     one call per batch of clips, whatever cameras they come from."""
 
+    FORMAT = "onnx:clip-classifier"
+
     def __init__(self, graph: bytes, manifest: dict, threads: int = 1) -> None:
         self.session = onnx_session(graph, threads)
         self.version: str = manifest["version"]
@@ -135,7 +136,7 @@ class ClipScorer:
     @classmethod
     def load(cls, directory: Path, threads: int = 1) -> ClipScorer:
         manifest = read_manifest(directory)
-        if manifest.get("format") != "onnx:clip-classifier":
+        if manifest.get("format") != cls.FORMAT:
             raise ModelError(f"{directory}: not a clip classifier ({manifest.get('format')!r})")
         return cls.from_bytes(read_files(directory, manifest), manifest, threads)
 
@@ -153,16 +154,6 @@ def check_feature_spec(found: str | None, expected: str, what: str = "model") ->
             f"{what} was trained on feature spec {found!r}, this worker computes "
             f"{expected!r}; retrain it (vigil train risk)"
         )
-
-
-def scorer_for(files: dict[str, bytes], manifest: dict) -> HybridScorer | ClipScorer:
-    """The serving scorer of a model's files, by its manifest's format."""
-    fmt = manifest.get("format")
-    if fmt == "onnx:gbdt+nn":
-        return HybridScorer.from_bytes(files, manifest["version"])
-    if fmt == "onnx:clip-classifier":
-        return ClipScorer.from_bytes(files, manifest)
-    raise ModelError(f"model {manifest.get('version')}: unknown format {fmt!r}")
 
 
 def read_files(directory: Path, manifest: dict) -> dict[str, bytes]:
@@ -187,10 +178,7 @@ def read_manifest(directory: Path) -> dict:
         raise ModelError(f"{directory}: no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise ModelError(f"{directory}/{MANIFEST}: unreadable ({exc})") from None
-    required = ("name", "version", "format", "files", "created_ms")
-    if manifest.get("name") == "risk":
-        required += ("feature_spec",)
-    for key in required:
+    for key in ("name", "version", "format", "files", "created_ms"):
         if key not in manifest:
             raise ModelError(f"{directory}/{MANIFEST}: no {key!r}")
     return manifest
@@ -226,19 +214,6 @@ def latest_dir(models_dir: Path, name: str) -> Path | None:
     for d in root.iterdir():
         if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists():
             manifest = read_manifest(d)
-            if manifest.get("name", "risk") == name:  # other models may share the directory
+            if manifest.get("name") == name:  # other models may share the directory
                 found.append((manifest["created_ms"], d))
     return max(found)[1] if found else None
-
-
-def load_latest(models_dir: Path, expected_spec: str) -> HybridScorer | None:
-    """The newest risk model under ``models_dir``; None when there is none."""
-    found = latest_dir(models_dir, "risk")
-    return None if found is None else HybridScorer.load(found, expected_spec)
-
-
-def load_latest_clip(models_dir: Path) -> ClipScorer | None:
-    """The newest inspection model under ``models_dir/inspection`` (where `vigil train
-    inspection` writes); None when there is none."""
-    found = latest_dir(Path(models_dir) / "inspection", "inspection")
-    return None if found is None else ClipScorer.load(found)

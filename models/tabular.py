@@ -39,7 +39,7 @@ from vigil.models.metrics import (
     flagged_share,
     recall_at_rate,
 )
-from vigil.models.serving import ModelError
+from vigil.models.serving import HybridScorer, ModelError
 from vigil.models.threads import torch_threads
 from vigil.streams.features.library import DAY_MS, FEATURE_SPEC, HOUR_MS
 
@@ -625,7 +625,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
     a manifest. Before anything is written, ONNX Runtime must reproduce the Python model on
     the ``check`` rows within ``PARITY_TOLERANCE``. Returns the model's directory
     (``out_dir/<version>``)."""
-    from vigil.models.serving import HybridScorer, write_model
+    from vigil.models.serving import write_model
 
     n = len(FEATURE_SPEC.names)
     gbdt = gbdt_to_onnx(model.booster, n)
@@ -648,7 +648,7 @@ def export(model: HybridModel, out_dir: Path, check: np.ndarray, extra: dict | N
         )
     manifest = {
         "name": "risk",
-        "format": "onnx:gbdt+nn",
+        "format": HybridScorer.FORMAT,
         "feature_spec": FEATURE_SPEC.label,
         "parity_max_abs_diff": worst,
         "parity_rows": len(check),

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vigil.errors import UsageError
-from vigil.models.serving import ModelError
+from vigil.models.serving import ClipScorer, ModelError
 from vigil.models.threads import keep_freed_memory, torch_threads
 
 __all__ = [
@@ -428,7 +428,7 @@ def save_video_model(
         raise ModelError(f"ONNX export differs from torch by {worst:.2e} on the check clips")
     manifest = {
         "name": "inspection",
-        "format": "onnx:clip-classifier",
+        "format": ClipScorer.FORMAT,
         "input": {"clip": [None, 1, cfg.frames, cfg.size, cfg.size], "range": [0, 1]},
         "grid": GRID,
         "threshold": threshold,

@@ -115,3 +115,22 @@ def test_lower_layers_do_not_import_higher_ones() -> None:
 def test_the_walk_sees_the_whole_tree() -> None:
     assert "vigil.streams.pipeline" in GRAPH and "vigil.apps.cli.train" in GRAPH
     assert "vigil.streams.scorers" in GRAPH["vigil.streams.pipeline"]
+
+
+def test_no_module_but_the_model_kinds_branches_on_a_model_name_or_format() -> None:
+    """Which model it is, is the kind's business (models/kinds.py): nobody else compares
+    model names or formats."""
+    import re
+
+    branch = re.compile(r"""(==|!=|\bin\b)\s*\(?["'](risk|inspection)["']|["']onnx:[a-z+-]+["']""")
+    assert branch.search('root = path if name == "inspection" else other')  # it can fail
+    assert branch.search('if manifest["format"] == "onnx:gbdt+nn":')
+    allowed = {"vigil.models.kinds"}  # and the scorers' own FORMAT constants, below
+    found = []
+    for name, path in MODULES.items():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if name in allowed or re.match(r"\s*FORMAT = ", line):
+                continue
+            if branch.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert found == []

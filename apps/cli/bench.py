@@ -70,7 +70,7 @@ def bench_quantization_cmd(
     file size, ONNX Runtime latency at batch 1 and 64 on one core, metric against fp32."""
     from vigil.models.compression.report import quantization_report
     from vigil.models.compression.tools import EXPORT_BITS
-    from vigil.models.serving import latest_dir
+    from vigil.models.kinds import kind
 
     settings = get_settings()
     setup_logging(settings)
@@ -79,10 +79,10 @@ def bench_quantization_cmd(
         fail(f"--bits: comma-separated, each one of {', '.join(map(str, EXPORT_BITS))}", 2)
     sources = {}
     for name in (m.strip() for m in models.split(",") if m.strip()):
-        if name not in ("risk", "inspection"):
-            fail(f"unknown model {name!r}: risk or inspection", 2)
-        root = settings.models_path / ("inspection" if name == "inspection" else "")
-        found = latest_dir(root, name)
+        try:
+            found = kind(name).latest(settings.models_path)
+        except VigilError as exc:
+            fail(exc, 2)
         if found is None:
             fail(f"no {name} model under {settings.models_path}: run `vigil train {name}`", 1)
         sources[name] = found

@@ -37,27 +37,23 @@ def export_model(
 ) -> None:
     """Quantize a trained model, verify it against the float model on held-out data, and
     write it under --out only when it passes. Publish it with `vigil models publish`."""
-    from vigil.models.compression.tools import EXPORT_BITS, export_inspection, export_risk
-    from vigil.models.serving import latest_dir
+    from vigil.models.compression.tools import EXPORT_BITS
+    from vigil.models.kinds import kind
 
     if bits not in EXPORT_BITS:
         fail(f"--bits must be one of {', '.join(map(str, EXPORT_BITS))}, not {bits}", 2)
+    try:
+        model_kind = kind(model)
+    except VigilError as exc:
+        fail(exc, 2)
     settings = get_settings()
     setup_logging(settings)
-    root = out_dir or settings.models_path / "exports"
-    say = console.print
-    if model == "inspection":
-        src = source or latest_dir(settings.models_path / "inspection", "inspection")
-        run = lambda s: export_inspection(s, bits, root / "inspection", max_loss=max_loss, say=say)  # noqa: E731
-    elif model == "risk":
-        src = source or latest_dir(settings.models_path, "risk")
-        run = lambda s: export_risk(s, bits, root, days=days, max_loss=max_loss, say=say)  # noqa: E731
-    else:
-        fail(f"unknown model {model!r}: one of inspection, risk", 2)
+    out = model_kind.directory(out_dir) if out_dir else model_kind.exports(settings.models_path)
+    src = source or model_kind.latest(settings.models_path)
     if src is None:
         fail(f"no {model} model under {settings.models_path}: run `vigil train {model}`", 1)
     try:
-        path, report = run(Path(src))
+        path, report = model_kind.export(Path(src), bits, out, max_loss, console.print, days)
     except VigilError as exc:
         fail(exc, 1)
     report["model"] = str(path)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from vigil.models.compression.export import compact_names
-from vigil.models.compression.tools import EXPORT_BITS, export_inspection, export_risk
+from vigil.models.compression.tools import EXPORT_BITS
+from vigil.models.kinds import ModelKind, kind
 
 __all__ = ["GOALS", "quantization_report"]
 
@@ -42,49 +43,32 @@ def _latency_ms(session: Any, feeds: dict[str, np.ndarray], budget_s: float = 1.
     return float(np.median(times))
 
 
-def _feeds(model: str, manifest: dict, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(batch)
-    if model == "inspection":
-        _b, c, t, h, w = manifest["input"]["clip"]
-        return {"clip": rng.random((batch, c, t, h, w), dtype=np.float32)}
-    from vigil.streams.features import FEATURE_SPEC
-
-    x = rng.lognormal(0, 1.5, (batch, len(FEATURE_SPEC.names))).astype(np.float32)
-    x[rng.random(x.shape) < 0.1] = np.nan
-    return {"features": x, "gbdt_logit": rng.normal(-4, 3, batch).astype(np.float32)}
-
-
-def _measure(model: str, graph: bytes, manifest: dict) -> dict[str, float]:
+def _measure(model: ModelKind, graph: bytes, manifest: dict) -> dict[str, float]:
     from vigil.models.serving import onnx_session
 
     session = onnx_session(graph, threads=1)
     return {
-        "batch1_ms": round(_latency_ms(session, _feeds(model, manifest, 1)), 4),
-        "batch64_ms": round(_latency_ms(session, _feeds(model, manifest, 64)), 3),
+        "batch1_ms": round(_latency_ms(session, model.latency_feeds(manifest, 1)), 4),
+        "batch64_ms": round(_latency_ms(session, model.latency_feeds(manifest, 64)), 3),
     }
 
 
-def _graph_name(model: str) -> str:
-    return "clip.onnx" if model == "inspection" else "hybrid.onnx"
-
-
 def _one_model(
-    model: str, source: Path, bits: tuple[int, ...], say: Callable[[str], None]
+    model: ModelKind, source: Path, bits: tuple[int, ...], say: Callable[[str], None]
 ) -> dict[str, dict]:
     from vigil.models.serving import read_files, read_manifest
 
     manifest = read_manifest(source)
-    fp32 = read_files(source, manifest)[_graph_name(model)]
+    fp32 = read_files(source, manifest)[model.graph]
     rows: dict[str, dict] = {}
     base = {"size_bytes": len(compact_names(fp32)), "file_bytes": len(fp32)}
     rows["32"] = {**base, **_measure(model, fp32, manifest)}
-    export = export_inspection if model == "inspection" else export_risk
     with tempfile.TemporaryDirectory() as tmp:
         for b in bits:
-            say(f"{model}: {b}-bit export")
-            path, report = export(source, b, Path(tmp), max_loss=float("inf"), say=say)
-            graph = (path / _graph_name(model)).read_bytes()
-            metric = "auroc" if model == "inspection" else "auc_pr"
+            say(f"{model.name}: {b}-bit export")
+            path, report = model.export(source, b, Path(tmp), float("inf"), say)
+            graph = (path / model.graph).read_bytes()
+            metric = model.metric
             rows["32"][metric] = report[f"{metric}_fp32"]
             rows[str(b)] = {
                 "size_bytes": len(graph),
@@ -131,8 +115,8 @@ def quantization_report(
 ) -> dict[str, Any]:
     """``sources``: model name (risk, inspection) -> its fp32 model directory."""
     results = {
-        ("risk_nn" if model == "risk" else model): _one_model(model, src, bits, say)
-        for model, src in sources.items()
+        kind(name).report_name: _one_model(kind(name), src, bits, say)
+        for name, src in sources.items()
     }
     return {
         "models": results,

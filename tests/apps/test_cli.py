@@ -223,8 +223,7 @@ def test_bench_features_reports_its_workload_as_json():
 
 
 def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_path):
-    from vigil.models.serving import load_latest
-    from vigil.streams.features.library import FEATURE_SPEC
+    from vigil.models.kinds import RISK
 
     tx, labels, models = tmp_path / "tx.jsonl", tmp_path / "labels.jsonl", tmp_path / "models"
     made = runner.invoke(
@@ -250,7 +249,7 @@ def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_
     report = json.loads(result.output.strip().splitlines()[-1])
     assert set(report["models"]) == {"rules_only", "lightgbm", "nn", "hybrid"}
     assert report["positives"] > 0
-    scorer = load_latest(models, FEATURE_SPEC.label)
+    scorer = RISK.load_latest(models)
     assert scorer is not None and scorer.version == report["version"]
     # --input without --labels is a usage error, not a crash
     bad = runner.invoke(app, ["train", "risk", "--input", str(tx), "--out", str(models)])

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss
 from sklearn.metrics import log_loss as sklearn_log_loss
 
+from vigil.models.kinds import RISK
 from vigil.models.metrics import (
     ap_difference,
     average_precision,
@@ -26,7 +27,6 @@ from vigil.models.serving import (
     HybridScorer,
     ModelError,
     gbdt_margin,
-    load_latest,
     onnx_session,
     read_manifest,
 )
@@ -249,7 +249,7 @@ def test_ignoring_a_feature_the_spec_does_not_have_is_refused(data):
 
 
 def test_the_newest_model_is_loaded_and_alerts_can_be_explained(data, exported):
-    scorer = load_latest(exported.parent, FEATURE_SPEC.label)
+    scorer = RISK.load_latest(exported.parent)
     assert scorer is not None and scorer.version == exported.name
     tops = scorer.explain(data[1].features[:3], FEATURE_SPEC.names)
     assert len(tops) == 3
@@ -279,7 +279,7 @@ def test_a_changed_model_file_is_refused(exported, tmp_path):
 
 
 def test_no_model_directory_means_rules_only(tmp_path):
-    assert load_latest(tmp_path / "nothing-here", FEATURE_SPEC.label) is None
+    assert RISK.load_latest(tmp_path / "nothing-here") is None
 
 
 def test_the_same_training_exports_the_same_files_and_version(data, model, exported, tmp_path):

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from vigil.apps.cli import app
-from vigil.models.serving import load_latest, read_manifest
+from vigil.models.kinds import RISK
+from vigil.models.serving import read_manifest
 from vigil.models.video import (
     GRID,
     ClipDataset,
@@ -105,7 +106,7 @@ def test_onnx_matches_torch_at_any_batch_size(tmp_path, clips):
         x = torch.from_numpy(clips.clips[:3])
         assert torch.equal(again(x)[0], net(x)[0])
     # a risk worker reading the same directory does not take it for a risk model
-    assert load_latest(tmp_path, "lib-3") is None
+    assert RISK.load_latest(tmp_path) is None
 
 
 def test_train_inspection_refuses_a_size_the_grid_cannot_cut():
