@@ -249,8 +249,8 @@ def bench_scoring(
     ``batch`` rows per call and the latency of a single row. Rows: the featurised synthetic
     population, as the worker sees it."""
     from vigil.models.kinds import RISK
+    from vigil.models.risk import history_from_generator
     from vigil.models.serving import HybridScorer
-    from vigil.models.tabular import history_from_generator
     from vigil.streams.features.library import FEATURE_SPEC
 
     if model_dir is not None:
@@ -345,7 +345,7 @@ def bench_hybrid(
 def _evaluate_history(seed: int, days: int, holdout_days: float, accounts: int) -> dict:
     """One history of ``bench_hybrid``: generate, then train and evaluate as `vigil train
     risk` does."""
-    from vigil.models.tabular import TabularConfig, fit_and_evaluate, history_from_generator
+    from vigil.models.risk import TabularConfig, fit_and_evaluate, history_from_generator
 
     history = history_from_generator(days, seed=seed, accounts=accounts)
     try:

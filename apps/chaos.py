@@ -508,7 +508,7 @@ def _rules(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
 
 def _tiny_risk_model(directory: Path, seed: int) -> Path:
     """A small hybrid model to release (seconds to train)."""
-    from vigil.models.tabular import TabularConfig, export, history_from_generator, train
+    from vigil.models.risk import TabularConfig, export, history_from_generator, train
 
     history = history_from_generator(days=3, seed=seed, accounts=300, typology_rate=0.02)
     cfg = TabularConfig(seed=seed, trees=8, leaves=4, epochs=1, folds=2, hidden=4)

@@ -34,15 +34,15 @@ from vigil.apps.broker import ensure_one
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import UsageError
+from vigil.models.inspection import VideoConfig, fit_inspection, make_clips
 from vigil.models.kinds import INSPECTION, RISK, kind_of
 from vigil.models.registry import build_release
+from vigil.models.risk import History, TabularConfig, fit_and_export
 from vigil.models.serving import (
     ModelError,
     read_files,
     read_manifest,
 )
-from vigil.models.tabular import History, TabularConfig, fit_and_export
-from vigil.models.video import VideoConfig, fit_inspection, make_clips
 from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
@@ -75,7 +75,7 @@ def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type
     label on ``labels`` (the newest label of a tx_id wins), featurised in event-time order
     as the workers computed them. None when either topic is missing."""
     from vigil.apps.clients import read_messages
-    from vigil.models.tabular import featurise
+    from vigil.models.risk import featurise
 
     try:
         truth: dict[str, tuple[int, str | None]] = {}

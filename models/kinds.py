@@ -116,7 +116,7 @@ class ModelKind:
 
 
 class RiskKind(ModelKind):
-    """The GBDT + NN hybrid (``models.tabular``): feature rows in, a probability out."""
+    """The GBDT + NN hybrid (``models.risk``): feature rows in, a probability out."""
 
     name, format, subdir, metric = "risk", HybridScorer.FORMAT, "", "auc_pr"
     golden_rows, graph, report_name = 256, "hybrid.onnx", "risk_nn"
@@ -138,7 +138,7 @@ class RiskKind(ModelKind):
         }
 
     def golden_inputs(self, manifest: dict, rows: int, seed: int = 11) -> np.ndarray:
-        from vigil.models.tabular import history_from_generator
+        from vigil.models.risk import history_from_generator
 
         history = history_from_generator(days=2, seed=seed, accounts=60)  # half positive
         positive = np.flatnonzero(history.labels == 1)[: rows // 2]
@@ -162,9 +162,15 @@ class RiskKind(ModelKind):
         say: Say,
         verify_days: int = 6,
     ) -> tuple[Path, dict]:
-        from vigil.models.compression.tools import export_risk
+        from vigil.models.risk import history_from_generator, temporal_split
+        from vigil.models.risk.quantize import quantize_risk
 
-        return export_risk(source, bits, out_dir, days=verify_days, max_loss=max_loss, say=say)
+        say(f"generating {verify_days} days of labelled history for calibration and verification")
+        history = history_from_generator(days=verify_days, seed=4242)
+        fit, held = temporal_split(history, verify_days / 2)  # fit first, verify on later days
+        return quantize_risk(
+            source, bits, out_dir, fit, held, verify_days / 4, max_loss=max_loss, say=say
+        )
 
     def latency_feeds(self, manifest: dict, batch: int) -> dict[str, np.ndarray]:
         from vigil.streams.features import FEATURE_SPEC
@@ -176,7 +182,7 @@ class RiskKind(ModelKind):
 
 
 class InspectionKind(ModelKind):
-    """The 3D-CNN + Transformer clip classifier (``models.video``): clips in, a defect
+    """The 3D-CNN + Transformer clip classifier (``models.inspection``): clips in, a defect
     probability and a location cell out."""
 
     name, format, subdir, metric = "inspection", ClipScorer.FORMAT, "inspection", "auroc"
@@ -189,7 +195,7 @@ class InspectionKind(ModelKind):
         return {"clip": manifest["input"]["clip"]}
 
     def golden_inputs(self, manifest: dict, rows: int, seed: int = 11) -> np.ndarray:
-        from vigil.models.video import VideoConfig, make_clips
+        from vigil.models.inspection import VideoConfig, make_clips
         from vigil.streams.sources.camera import TRAIN_TEXTURES
 
         cfg = VideoConfig(**manifest["config"])  # clips in the model's own input size
@@ -199,7 +205,7 @@ class InspectionKind(ModelKind):
         return np.asarray(scorer.score(inputs)[0], dtype=np.float64)  # type: ignore[union-attr]
 
     def score(self, scorer: Scorer, data: Any) -> float:
-        from vigil.models.video import auroc
+        from vigil.models.inspection import auroc
 
         clips = data.clips
         probs = np.concatenate(
@@ -216,9 +222,17 @@ class InspectionKind(ModelKind):
         say: Say,
         verify_days: int = 6,
     ) -> tuple[Path, dict]:
-        from vigil.models.compression.tools import export_inspection
+        from vigil.models.inspection import VideoConfig, make_clips, training_clips
+        from vigil.models.inspection.quantize import quantize_inspection
+        from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
-        return export_inspection(source, bits, out_dir, max_loss=max_loss, say=say)
+        cfg = VideoConfig(**read_manifest(source)["config"])
+        # calibration (8 bits) or fine-tuning (4, 2) on the training textures
+        tune = None
+        if bits != 16:
+            tune = training_clips(256 if bits == 8 else 800, cfg, seed=7000 if bits == 8 else 7100)
+        held = make_clips(400, cfg, HELDOUT_TEXTURES, seed=8000)  # textures it never saw
+        return quantize_inspection(source, bits, out_dir, tune, held, max_loss=max_loss, say=say)
 
     def latency_feeds(self, manifest: dict, batch: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(batch)

@@ -34,7 +34,7 @@ from vigil.models.engine.distributed import spawn
 from vigil.models.engine.run import job
 from vigil.models.engine.trainer import Task, TrainConfig, accuracy, bce_loss, synthetic_task
 from vigil.models.metrics import average_precision
-from vigil.models.tabular import TabularNet, _normaliser, history_from_generator, temporal_split
+from vigil.models.risk import TabularNet, history_from_generator, normaliser, temporal_split
 
 __all__ = [
     "PRECISION_MODES",
@@ -82,7 +82,7 @@ def prepare_tabular(path: Path, days: int = 14, seed: int = 7) -> Path:
 
     history = history_from_generator(days, seed=seed)
     train, test = temporal_split(history, holdout_days=max(1.0, days / 4))
-    mean, std = _normaliser(train.features)
+    mean, std = normaliser(train.features)
     torch.save(
         {
             "x": torch.from_numpy(train.features),

@@ -66,14 +66,14 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TrainedRisk:
-    model: Any  # vigil.models.tabular.HybridModel
-    train_set: Any  # vigil.models.tabular.History
+    model: Any  # vigil.models.risk.HybridModel
+    train_set: Any  # vigil.models.risk.History
     test_set: Any
     path: Path  # the exported model directory
 
 
 def _trained_risk(out: Path, days: int, accounts: int, cfg: Any, check_rows: int) -> TrainedRisk:
-    from vigil.models.tabular import export, history_from_generator, temporal_split, train
+    from vigil.models.risk import export, history_from_generator, temporal_split, train
 
     train_set, test_set = temporal_split(history_from_generator(days, seed=3, accounts=accounts), 2)
     model = train(train_set, cfg, say=lambda _m: None)
@@ -85,7 +85,7 @@ def _trained_risk(out: Path, days: int, accounts: int, cfg: Any, check_rows: int
 @pytest.fixture(scope="session")
 def small_risk(tmp_path_factory: pytest.TempPathFactory) -> TrainedRisk:
     """8 generated days (400 accounts), the last 2 held out; a small hybrid (40 trees)."""
-    from vigil.models.tabular import TabularConfig
+    from vigil.models.risk import TabularConfig
 
     cfg = TabularConfig(seed=3, trees=40, epochs=4, folds=3)
     return _trained_risk(tmp_path_factory.mktemp("small-risk"), 8, 400, cfg, 500)
@@ -94,7 +94,7 @@ def small_risk(tmp_path_factory: pytest.TempPathFactory) -> TrainedRisk:
 @pytest.fixture(scope="session")
 def tiny_risk(tmp_path_factory: pytest.TempPathFactory) -> TrainedRisk:
     """6 generated days (300 accounts), the last 2 held out; a tiny hybrid (30 trees)."""
-    from vigil.models.tabular import TabularConfig
+    from vigil.models.risk import TabularConfig
 
     cfg = TabularConfig(seed=3, trees=30, epochs=3, folds=3)
     return _trained_risk(tmp_path_factory.mktemp("tiny-risk"), 6, 300, cfg, 200)

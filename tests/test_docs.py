@@ -47,3 +47,13 @@ def test_licence_is_declared_and_shipped() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"
     assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_source_files_the_docs_name_exist(doc: Path) -> None:
+    if doc.name == "benchmarks.md":  # dated results may name files of their day
+        return
+    for path in re.findall(
+        r"(?<![\w/.])((?:apps|streams|models|tests)/[\w/]+\.py)", doc.read_text()
+    ):
+        assert (ROOT / path).exists(), f"{doc.name} names {path}, which is not there"

@@ -139,7 +139,7 @@ def train_inspection(
     """Train the 3D-CNN + Transformer clip classifier on simulated, aligned clips; evaluate
     on clips of part textures it never saw (AUROC, location cell accuracy); export to ONNX
     (checked against torch) under MODELS/inspection. With --publish: the refresh job."""
-    from vigil.models.video import VideoConfig, VideoNet, fit_inspection
+    from vigil.models.inspection import VideoConfig, VideoNet, fit_inspection
 
     every_s = _publish_options_ok(publish_, every, bits)
     try:
@@ -250,7 +250,7 @@ def train_risk(
     if (input is None) != (labels is None):
         fail("--input and --labels go together", 2)
     every_s = _publish_options_ok(publish_, every, bits)
-    from vigil.models.tabular import (
+    from vigil.models.risk import (
         TabularConfig,
         fit_and_export,
         history_from_files,

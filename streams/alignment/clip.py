@@ -1,5 +1,5 @@
 """A window of frames as the clip classifier takes it: grey 8-bit, resized to the model's
-input, aligned to its middle frame, scaled to [0, 1]. Training (models.video) and the
+input, aligned to its middle frame, scaled to [0, 1]. Training (models.inspection) and the
 inspection worker both go through ``prepare_clip``, so they see the same pixels."""
 
 from __future__ import annotations

@@ -310,8 +310,8 @@ def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkey
 def test_bench_hybrid_evaluates_each_history_as_training_would():
     """Two small histories in two spawned processes: each row is what training and
     evaluating that history's seed gives in this process, and the summary is their mean."""
-    from vigil.models.tabular import TabularConfig, evaluate, history_from_generator, temporal_split
-    from vigil.models.tabular import train as train_model
+    from vigil.models.risk import TabularConfig, evaluate, history_from_generator, temporal_split
+    from vigil.models.risk import train as train_model
 
     args = ["--days", "6", "--holdout-days", "2", "--accounts", "300", "--seed", "3"]
     result = runner.invoke(

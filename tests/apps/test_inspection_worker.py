@@ -14,10 +14,16 @@ from tests.conftest import worker_env
 from vigil.apps.clients import publish
 from vigil.apps.process import WorkerProcess
 from vigil.apps.releases import publish_release
+from vigil.models.inspection import (
+    VideoConfig,
+    make_clips,
+    pick_threshold,
+    predict,
+    save_video_model,
+)
+from vigil.models.inspection import train_video as fit
 from vigil.models.registry import build_release
 from vigil.models.serving import ClipScorer
-from vigil.models.video import VideoConfig, make_clips, pick_threshold, predict, save_video_model
-from vigil.models.video import train_video as fit
 from vigil.streams.frames import encode_frame
 from vigil.streams.inspection import InspectionPipeline
 from vigil.streams.schemas import RawRecord

@@ -22,12 +22,12 @@ from vigil.apps.clients import publish
 from vigil.apps.process import WorkerProcess
 from vigil.apps.releases import publish_release, read_releases
 from vigil.models.registry import build_release, release_messages
-from vigil.models.signing import SigningKey
-from vigil.models.tabular import (
+from vigil.models.risk import (
     TabularConfig,
     export,
     train,
 )
+from vigil.models.signing import SigningKey
 from vigil.streams.partitioning import partition_for
 from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 

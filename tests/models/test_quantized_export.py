@@ -15,8 +15,8 @@ from torch import nn
 
 from vigil.models.compression import quant_config
 from vigil.models.compression.export import calibrate, export_qdq, optimized_ops
+from vigil.models.inspection import VideoConfig, VideoNet, export_video
 from vigil.models.serving import onnx_session
-from vigil.models.video import VideoConfig, VideoNet, export_video
 
 # one view: the bounds below are on a single pass (averaged views shrink the output
 # range of this untrained net more than its rounding error)
@@ -79,8 +79,8 @@ def test_vigil_export_writes_a_verified_int8_model_or_nothing(tmp_path):
     from typer.testing import CliRunner
 
     from vigil.apps.cli import app
+    from vigil.models.inspection import make_clips, save_video_model
     from vigil.models.serving import ClipScorer, read_manifest
-    from vigil.models.video import make_clips, save_video_model
     from vigil.streams.sources.camera import TRAIN_TEXTURES
 
     torch.manual_seed(0)
@@ -164,10 +164,10 @@ def test_bench_quantization_measures_every_width_of_both_models(tmp_path, monkey
     from typer.testing import CliRunner
 
     from vigil.apps.cli import app
-    from vigil.models.video import make_clips, save_video_model
+    from vigil.models.inspection import make_clips, save_video_model
     from vigil.streams.sources.camera import TRAIN_TEXTURES
 
-    _model, src, _test = tiny_risk
+    src = tiny_risk.path
     root = tmp_path / "models"
     shutil.copytree(src, root / src.name)
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tests.releases import repacked, resigned
+from vigil.models.inspection import VideoConfig, VideoNet, make_clips, save_video_model
 from vigil.models.registry import (
     Assembler,
     Limits,
@@ -26,7 +27,6 @@ from vigil.models.registry import (
 )
 from vigil.models.serving import ClipScorer
 from vigil.models.signing import SigningKey, TrustedKeys
-from vigil.models.video import VideoConfig, VideoNet, make_clips, save_video_model
 from vigil.streams.sources.camera import TRAIN_TEXTURES
 
 KEY = SigningKey.generate()  # the publisher's

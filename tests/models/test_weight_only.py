@@ -16,9 +16,9 @@ from vigil.models.compression import prepare_qat, quant_config
 from vigil.models.compression.export import compact_names, optimized_ops
 from vigil.models.compression.fake_quant import bake
 from vigil.models.compression.weight_only import pack, unpack, weight_only
+from vigil.models.inspection import VideoConfig, VideoNet, export_video
 from vigil.models.onnx_export import torch_to_onnx
 from vigil.models.serving import onnx_session
-from vigil.models.video import VideoConfig, VideoNet, export_video
 
 
 def _reference_weights(w: np.ndarray, bits: int, axis: int) -> np.ndarray:

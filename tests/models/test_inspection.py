@@ -13,9 +13,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from vigil.apps.cli import app
-from vigil.models.kinds import RISK
-from vigil.models.serving import read_manifest
-from vigil.models.video import (
+from vigil.models.inspection import (
     GRID,
     ClipDataset,
     VideoConfig,
@@ -27,6 +25,8 @@ from vigil.models.video import (
     save_video_model,
     train_video,
 )
+from vigil.models.kinds import RISK
+from vigil.models.serving import read_manifest
 from vigil.streams.sources.camera import TRAIN_TEXTURES
 
 CFG = VideoConfig(size=64, epochs=6, seed=1)
@@ -38,7 +38,7 @@ def clips():
 
 
 def test_the_auroc_interval_matches_the_spread_of_repeated_evaluations():
-    from vigil.models.video import auroc_ci95
+    from vigil.models.inspection import auroc_ci95
 
     # the reference: the spread of AUROC over 1,000 simulated evaluations of 50 + 50
     # clips (binormal scores, true AUROC 0.80)

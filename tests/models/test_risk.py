@@ -23,14 +23,7 @@ from vigil.models.metrics import (
     paired_summary,
     recall_at_rate,
 )
-from vigil.models.serving import (
-    HybridScorer,
-    ModelError,
-    gbdt_margin,
-    onnx_session,
-    read_manifest,
-)
-from vigil.models.tabular import (
+from vigil.models.risk import (
     PARITY_TOLERANCE,
     TabularConfig,
     evaluate,
@@ -38,6 +31,13 @@ from vigil.models.tabular import (
     float32_thresholds,
     gbdt_to_onnx,
     train,
+)
+from vigil.models.serving import (
+    HybridScorer,
+    ModelError,
+    gbdt_margin,
+    onnx_session,
+    read_manifest,
 )
 from vigil.streams.features.library import FEATURE_SPEC
 
@@ -141,13 +141,13 @@ def model(small_risk):
 def test_the_nn_standardises_present_values_and_puts_missing_ones_at_the_mean():
     import torch
 
-    from vigil.models.tabular import TabularNet, _normaliser
+    from vigil.models.risk import TabularNet, normaliser
 
     rng = np.random.default_rng(2)
     x = rng.lognormal(8, 2, (500, 3))
     x[:490, 1] = np.nan  # mostly missing, like the inflow features
     x[:, 2] = np.nan  # never present
-    mean, std = _normaliser(x)
+    mean, std = normaliser(x)
     signed_log = np.sign(x) * np.log1p(np.abs(x))
     assert mean[:2] == pytest.approx(np.nanmean(signed_log[:, :2], axis=0))
     assert std[:2] == pytest.approx(np.nanstd(signed_log[:, :2], axis=0))
@@ -326,7 +326,7 @@ def test_the_tree_graph_is_the_same_bytes_in_every_process(model):
     """The converter lists its opsets in set order, which follows the process's string
     hashing: two processes with different hash seeds must write the same graph."""
     script = (
-        "import sys, hashlib, lightgbm as lgb; from vigil.models.tabular import gbdt_to_onnx; "
+        "import sys, hashlib, lightgbm as lgb; from vigil.models.risk import gbdt_to_onnx; "
         "b = lgb.Booster(model_str=sys.stdin.read()); "
         f"print(hashlib.sha256(gbdt_to_onnx(b, {len(FEATURE_SPEC.names)})).hexdigest())"
     )

@@ -1,0 +1,95 @@
+"""Clips for training and evaluation, cut from the camera simulator and aligned to their
+middle frame; a clip is labelled by its middle frame."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from vigil.models.inspection.net import GRID, VideoConfig
+
+
+@dataclass
+class ClipDataset:
+    clips: np.ndarray  # (N, 1, T, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) 0/1
+    cells: np.ndarray  # (N,) location cell of the defect, -1 when none
+    boxes: list  # (N,) [x, y, w, h] in the camera's reference-frame pixels, or None
+    kinds: list  # (N,) the defect's kind (scratch, crack, stain, pit), or None
+    textures: list  # (N,) the texture of the part under the camera (None: bare belt)
+
+
+def make_clips(
+    n: int,
+    cfg: VideoConfig,
+    textures: tuple[str, ...],
+    seed: int,
+    positive_share: float = 0.5,
+    belt: bool = False,
+    regions: float = 0.0,
+) -> ClipDataset:
+    """``n`` aligned clips from simulated cameras (balanced positives and negatives), cut
+    as the worker cuts them (every ``frames // 2``).
+
+    A clip is labelled by its reference (middle) frame: positive with a defect fully in
+    view, negative with none in view. A defect cut by the frame's edge is neither (a
+    "don't care" clip, left out). ``belt``: also clips with bare belt under the camera's
+    centre (negatives the worker sees between parts; for training). ``regions``: the share
+    of two-tone parts (training data; see ``training_clips``)."""
+    from vigil.streams.alignment import prepare_clip
+    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
+
+    sim = CameraSimulator(
+        CameraConfig(
+            seed=seed,
+            size=cfg.camera_size,
+            part_px=cfg.camera_size * 7 // 8,
+            gap_px=cfg.camera_size * 3 // 8,
+            defect_rate=0.5,
+            textures=textures,
+            regions=regions,
+        )
+    )
+    want_pos = int(round(n * positive_share))
+    # filled in place: thousands of 128x128 clips are gigabytes, a list to stack twice that
+    clips = np.empty((n, 1, cfg.frames, cfg.size, cfg.size), np.float32)
+    labels, cells, boxes, kinds, textures = [], [], [], [], []
+    pos = neg = 0
+    for camera in itertools.count():
+        shots = list(itertools.islice(sim.frames(f"cam-{camera}", camera), 600))
+        for start in range(0, len(shots) - cfg.frames, cfg.frames // 2):
+            window = shots[start : start + cfg.frames]
+            ref = window[cfg.frames // 2]
+            if (ref.part is None and not belt) or (ref.partial and ref.defect is None):
+                continue
+            label = int(ref.defect is not None)
+            if (label and pos >= want_pos) or (not label and neg >= n - want_pos):
+                continue
+            clips[pos + neg] = prepare_clip([s.frame.image for s in window], cfg.size, cfg.align)
+            labels.append(label)
+            if label:
+                x, y, w, h = ref.defect.bbox
+                cam = cfg.camera_size
+                cx, cy = (x + w / 2) * GRID // cam, (y + h / 2) * GRID // cam
+                cells.append(int(min(GRID - 1, cy) * GRID + min(GRID - 1, cx)))
+                boxes.append([x, y, w, h])
+                kinds.append(ref.defect.kind)
+            else:
+                cells.append(-1)
+                boxes.append(None)
+                kinds.append(None)
+            textures.append(ref.texture)
+            pos, neg = pos + label, neg + (1 - label)
+            if pos + neg >= n:
+                return ClipDataset(clips, np.array(labels), np.array(cells), boxes, kinds, textures)
+    raise AssertionError("unreachable")
+
+
+def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:
+    """Clips as the classifier is trained on them: training textures, ``cfg.regions`` of
+    the parts two-tone, bare belt included."""
+    from vigil.streams.sources.camera import TRAIN_TEXTURES
+
+    return make_clips(n, cfg, TRAIN_TEXTURES, seed, belt=True, regions=cfg.regions)

@@ -1,0 +1,106 @@
+"""The clip classifier's network and its configuration: a 3D-CNN stem, a Transformer over
+space-time tokens, per-cell defect and location heads, flips averaged inside the graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vigil.errors import UsageError
+
+GRID = 4  # location cells per side
+
+
+VIEWS = (1, 2, 4)  # flips averaged at inference: see VideoConfig.views
+
+
+def flip_clips(clips: torch.Tensor, op: int) -> torch.Tensor:
+    """(..., H, W) upside down (``op & 1``) and/or left to right (``op & 2``)."""
+    if op & 1:
+        clips = clips.flip(-2)
+    if op & 2:
+        clips = clips.flip(-1)
+    return clips
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    frames: int = 8
+    size: int = 128  # the classifier's input (frames are resized to it)
+    camera_size: int = 128  # the simulated cameras' frames (as `vigil publish frames`)
+    d: int = 32
+    layers: int = 2
+    heads: int = 4
+    seed: int = 0
+    epochs: int = 6
+    batch: int = 32
+    lr: float = 2e-3
+    train_clips: int = 1600
+    test_clips: int = 400
+    align: str = "dis"
+    # share of two-tone parts in the training clips (streams.sources.camera): a defect is
+    # learned as a small local anomaly, not as any large change of brightness
+    regions: float = 0.35
+    # flips averaged at inference (1: the clip only, 2: and upside down, 4: all four)
+    views: int = 2
+
+
+class VideoNet(nn.Module):
+    def __init__(self, cfg: VideoConfig) -> None:
+        super().__init__()
+        if cfg.size % (4 * GRID) or cfg.frames % 2:
+            raise UsageError(f"size must be a multiple of {4 * GRID} and frames even")
+        if cfg.views not in VIEWS:
+            raise UsageError(f"views must be one of {', '.join(map(str, VIEWS))}, not {cfg.views}")
+        self.stem = nn.Sequential(
+            nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1),  # (B,16,T,H/2,W/2)
+            nn.ReLU(),
+            nn.Conv3d(16, cfg.d, 3, stride=2, padding=1),  # (B,d,T/2,H/4,W/4)
+            nn.ReLU(),
+        )
+        cell = cfg.size // 4 // GRID
+        self.pool = nn.MaxPool3d((1, cell, cell))  # (B,d,T/2,GRID,GRID): small defects survive
+        self.mix = nn.Linear(2 * cfg.d, cfg.d)
+        tokens = cfg.frames // 2 * GRID * GRID
+        self.position = nn.Parameter(torch.zeros(1, tokens, cfg.d))
+        layer = nn.TransformerEncoderLayer(
+            cfg.d, cfg.heads, dim_feedforward=2 * cfg.d, batch_first=True, dropout=0.0
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.defect = nn.Linear(cfg.d, 1)
+        self.where = nn.Linear(cfg.d, 1)
+        self.t2 = cfg.frames // 2
+        self.views = cfg.views
+
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, T, H, W) -> defect logit (B,), location logits (B, GRID * GRID). In
+        training one view; in evaluation the mean over ``views`` flips of the clip, the
+        location logits flipped back first."""
+        if self.training or self.views == 1:
+            return self._view(clip)
+        ops = range(self.views)  # flip_clips's ops: 0 as is, 1 upside down, 2 and 3 mirrored
+        logit, where = self._view(torch.cat([flip_clips(clip, op) for op in ops]))
+        logit = logit.view(self.views, -1).mean(0)
+        where = where.view(self.views, -1, GRID, GRID)
+        where = torch.stack([flip_clips(where[op], op) for op in ops]).mean(0)
+        return logit, where.flatten(1)
+
+    def _view(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # per-clip standardisation: lighting and texture contrast differ between lines
+        mean = clip.mean(dim=(1, 2, 3, 4), keepdim=True)
+        std = clip.std(dim=(1, 2, 3, 4), keepdim=True) + 1e-3
+        x = (clip - mean) / std
+        x = self.pool(self.stem(x)).flatten(3)  # (B, d, T/2, GRID*GRID)
+        # each cell against the clip's other cells: a texture repeats across cells, a
+        # defect is where one cell differs
+        rel = (x - x.mean(dim=3, keepdim=True)) / (x.std(dim=3, keepdim=True) + 1e-3)
+        x = self.mix(torch.cat([x, rel], dim=1).transpose(1, 3)).transpose(1, 3)
+        tokens = x.flatten(2).transpose(1, 2) + self.position  # (B, T/2*GRID*GRID, d)
+        h = self.encoder(tokens)
+        # a defect anywhere makes the clip defective: the most defective cell's logit
+        cells = self.defect(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)
+        logit = cells.max(1).values
+        where = self.where(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)
+        return logit, where

@@ -1,0 +1,121 @@
+"""The risk model's data: labelled histories featurised through the worker's own pipeline
+(generated, or JSONL transactions with their labels), split in time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from vigil.streams.features.library import DAY_MS, FEATURE_SPEC
+
+Progress = Callable[[str], None]
+
+
+NetData = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # features, labels, GBDT logit
+
+
+@dataclass
+class History:
+    """Featurised, labelled transactions in arrival order."""
+
+    features: np.ndarray  # float32, rows x FEATURE_SPEC.names, NaN = no value
+    labels: np.ndarray  # 0/1
+    ts_ms: np.ndarray
+    rule_scores: np.ndarray  # the rules-only score the worker gave each transaction
+    typologies: list[str | None]
+    tx_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, mask: np.ndarray) -> History:
+        idx = np.flatnonzero(mask)
+        return History(
+            self.features[idx],
+            self.labels[idx],
+            self.ts_ms[idx],
+            self.rule_scores[idx],
+            [self.typologies[i] for i in idx],
+            [self.tx_ids[i] for i in idx],
+        )
+
+
+def featurise(
+    lines: Iterable[bytes], truth: dict[str, tuple[int, str | None]], batch: int = 100
+) -> History:
+    """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
+    vector, the rules' score and the label of every labelled, valid transaction."""
+    from vigil.streams.pipeline import RiskPipeline
+    from vigil.streams.schemas import record_batches
+
+    pipeline = RiskPipeline()
+    store: dict = {}
+    rows, labels, ts, rule, typ, ids = [], [], [], [], [], []
+    for records in record_batches(lines, "history", batch):
+        result = pipeline.process_local(records, store)
+        for _key, value in result.scores:
+            s = orjson.loads(value)
+            known = truth.get(s["tx_id"])
+            if known is None:
+                continue
+            rows.append([math.nan if v is None else v for v in s["features"]])
+            labels.append(known[0])
+            typ.append(known[1])
+            ts.append(s["ts_ms"])
+            rule.append(s["score"])
+            ids.append(s["tx_id"])
+    return History(
+        np.array(rows, dtype=np.float32).reshape(-1, len(FEATURE_SPEC.names)),
+        np.array(labels, dtype=np.int8),
+        np.array(ts, dtype=np.int64),
+        np.array(rule, dtype=float),
+        typ,
+        ids,
+    )
+
+
+def history_from_generator(
+    days: int,
+    seed: int = 7,
+    accounts: int = 1000,
+    typology_rate: float = 0.004,
+    flow_typology_rate: float = 0.002,
+) -> History:
+    """``days`` of the seeded synthetic population with its injected, labelled cases."""
+    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+
+    cfg = GeneratorConfig(
+        seed=seed,
+        accounts=accounts,
+        typology_rate=typology_rate,
+        flow_typology_rate=flow_typology_rate,
+    )
+    end_ms = cfg.start_ms + days * DAY_MS
+    truth: dict[str, tuple[int, str | None]] = {}
+    lines = []
+    for g in TransactionGenerator(cfg):
+        if g.tx is None:
+            continue
+        if g.tx["ts_ms"] >= end_ms:
+            break
+        truth[g.tx["tx_id"]] = (g.label, g.typology)
+        lines.append(g.value)
+    return featurise(lines, truth)
+
+
+def history_from_files(tx_path: str, labels_path: str) -> History:
+    """A JSONL history (contract transactions) and its labels (``vigil.labels`` records)."""
+    from vigil.streams.sources import read_jsonl, read_labels
+
+    truth = read_labels(labels_path)
+    return featurise((line for _k, line in read_jsonl(tx_path)), truth)
+
+
+def temporal_split(history: History, holdout_days: float) -> tuple[History, History]:
+    """Train on everything before the last ``holdout_days`` (by event time), test on those."""
+    cut = history.ts_ms.max() - holdout_days * DAY_MS
+    return history.take(history.ts_ms <= cut), history.take(history.ts_ms > cut)
