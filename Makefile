@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/vigil demo $(ARGS)
 
+# the edit-run loop: unit and fast integration tests (under 8 minutes on 2 cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-# what CI runs: lint, then every test (the fault suite's short run included)
+# what CI runs: lint, then every test (slow ones included: the fault suite's short run,
+# worker and rank restarts, release rounds, multi-process training)
 test-all: lint
 	$(BIN)/python -m pytest -q $(ARGS)
 

@@ -14,19 +14,20 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from vigil.apps.broker import BrokerError, check_copartitioned, ensure_all
+from vigil.apps.broker import check_copartitioned, ensure_all
 from vigil.apps.clients import publish, read_topic
 from vigil.apps.kafka import make_producer
 from vigil.apps.process import WorkerProcess
 from vigil.apps.session import broker_for
 from vigil.apps.settings import Settings
-from vigil.errors import DataError, NotFoundError
+from vigil.errors import DataError, NotFoundError, VigilError
 from vigil.streams.partitioning import partition_for
 from vigil.streams.pipeline import now_ms
 from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 from vigil.streams.topics import TopicNames
 
 __all__ = [
+    "BenchError",
     "scratch_namespace",
     "bench_features",
     "bench_hybrid",
@@ -35,6 +36,10 @@ __all__ = [
     "bench_scoring",
     "percentile",
 ]
+
+
+class BenchError(VigilError, RuntimeError):
+    """A benchmark that could not run to the end: workers that did not score, say."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,10 +134,10 @@ def bench_risk(
                 producer=producer,
             )
             if sent.failed:
-                raise BrokerError(f"{sent.failed} warm-up transactions were not delivered")
+                raise BenchError(f"{sent.failed} warm-up transactions were not delivered")
             got = _await_records(bootstrap, topics.scores, len(warm))
             if got < len(warm):
-                raise RuntimeError(
+                raise BenchError(
                     f"workers scored {got} of {len(warm)} warm-up transactions within 120 s; "
                     f"see {log_path}"
                 )
@@ -389,7 +394,7 @@ def bench_inspection(
     say = console.print if console else (lambda *_a, **_k: None)
     model = INSPECTION.load_latest(settings.models_path)
     if model is None:
-        raise LookupError(
+        raise NotFoundError(
             f"no inspection model under {settings.models_path / 'inspection'}: "
             "run `vigil train inspection`"
         )
@@ -420,7 +425,7 @@ def bench_inspection(
                 bootstrap, topics.inspection_clips, 1, alive=lambda: worker.running
             )
             if not got:
-                raise RuntimeError(
+                raise BenchError(
                     f"the inspection worker classified no clip in 120 s; see {log_path}"
                 )
             say(f"worker ready (model {model.version}); publishing for {seconds:g} s")

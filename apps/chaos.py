@@ -241,20 +241,43 @@ def _kills(settings: Settings, cfg: ChaosConfig, say: Say) -> dict[str, Any]:
         rss: list[float | None] = []
         producer = make_producer(bootstrap)
         records = [(k.encode(), v, None) for k, v in txs]
-        publisher = threading.Thread(
-            target=produce_all, args=(producer, topics.transactions, records, cfg.rate)
-        )
-        publisher.start()
         ids = {json.loads(v)["tx_id"] for _k, v in txs}
+        # one segment per kill and one after the last: segment k streams in while worker k
+        # is killed half-way through it, and segment k + 1 only after, so every restarted
+        # worker has work to show when it scores again
+        n, parts = len(records), cfg.kills + 1
+        segments = [records[i * n // parts : (i + 1) * n // parts] for i in range(parts)]
+
+        def publish(segment: list[tuple[bytes, bytes, None]]) -> threading.Thread:
+            thread = threading.Thread(
+                target=produce_all, args=(producer, topics.transactions, segment, cfg.rate)
+            )
+            thread.start()
+            return thread
+
+        def scored_since_start() -> bool:  # the worker in place has scored since it started
+            since = worker.started_ms[-1]
+            return any(s.get("processed_ms", 0) >= since for s in scores[-2000:])
+
+        published = 0
         for k in range(cfg.kills):
-            target = (k + 1) * len(txs) // (cfg.kills + 1)
-            _wait(lambda t=target: len(scores) >= t, followers, cfg.idle_timeout_s)
+            publisher = publish(segments[k])
+            target = published + len(segments[k]) // 2
+            _wait(
+                lambda t=target: (
+                    len({s.get("tx_id") for s in scores}) >= t and scored_since_start()
+                ),
+                followers,
+                cfg.idle_timeout_s,
+            )
             rss.append(worker.rss_mb())
             worker.kill()
             say(f"  kill {k + 1}/{cfg.kills} at {len(scores)} scores")
             time.sleep(0.2)
             worker.start()
-        publisher.join()
+            publisher.join()
+            published += len(segments[k])
+        publish(segments[-1]).join()
         finished = _wait(
             lambda: len({s.get("tx_id") for s in scores} & ids) >= len(ids),
             followers,

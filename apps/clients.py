@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from vigil.apps.broker import BrokerError
 from vigil.apps.kafka import make_producer, make_reader, read_from_start
 
 __all__ = ["publish", "read_messages", "read_topic", "Published", "Pacer"]
@@ -115,7 +116,7 @@ def read_messages(
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         at_end.add(msg.partition())
                         continue
-                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                    raise BrokerError(f"reading {topic}: {msg.error()}")
                 at_end.discard(msg.partition())
                 yield msg
                 seen += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -13,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+IGNORE = shutil.ignore_patterns("__pycache__")
 
 
 def test_every_package_folder_is_installed_under_vigil() -> None:
@@ -28,9 +30,14 @@ def test_every_package_folder_is_installed_under_vigil() -> None:
 
 
 def test_the_wheel_holds_only_the_vigil_package(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: building writes build/ next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", *CONFIG["package-dir"].values()):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": IGNORE} if (ROOT / name).is_dir() else {}))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(ROOT)],
+        + ["-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from vigil.apps.cli import app
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_vigil_chaos_short_run_loses_nothing_and_refuses_every_attack(tmp_path, monkeypatch):

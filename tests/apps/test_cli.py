@@ -256,6 +256,7 @@ def test_train_risk_from_a_labelled_history_writes_a_model_workers_can_load(tmp_
     assert bad.exit_code == 2 and "go together" in bad.output
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_bench_risk_with_two_workers_scores_every_event_once(settings):
     from vigil.apps.bench import bench_risk
@@ -307,6 +308,7 @@ def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkey
     assert result.exit_code == 2 and "unknown codec 'gif'" in result.output
 
 
+@pytest.mark.slow
 def test_bench_hybrid_evaluates_each_history_as_training_would():
     """Two small histories in two spawned processes: each row is what training and
     evaluating that history's seed gives in this process, and the summary is their mean."""

@@ -31,7 +31,7 @@ from vigil.models.signing import SigningKey
 from vigil.streams.partitioning import partition_for
 from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture

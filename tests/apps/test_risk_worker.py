@@ -100,6 +100,7 @@ def test_known_set_gives_exact_alerts_a_score_per_valid_and_a_dead_letter_per_in
 # slow-seek: the restarted worker's seek to committed offsets returns 1 s late and its small
 # micro-batches flush slowly; without apps.transport.Consumer (its safe resume) that lost the
 # records fetched during the seek (a faust race, otherwise a few milliseconds wide).
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop", "kill", "slow-seek"])
 def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_run(
     settings, bootstrap, tmp_path, how
@@ -193,6 +194,7 @@ def test_records_that_raise_or_are_too_large_are_dead_lettered_and_nothing_else_
     assert long_key["truncated"]["key_sha256"] == hashlib.sha256(huge_key).hexdigest()
 
 
+@pytest.mark.slow
 def test_idle_account_state_is_forgotten_and_stays_forgotten_after_a_restart(
     settings, bootstrap, tmp_path
 ):

@@ -322,6 +322,7 @@ def test_tree_thresholds_between_two_float32_values_export_exactly():
     np.testing.assert_allclose(graph(fixed), want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_tree_graph_is_the_same_bytes_in_every_process(model):
     """The converter lists its opsets in set order, which follows the process's string
     hashing: two processes with different hash seeds must write the same graph."""
@@ -345,6 +346,7 @@ def test_the_tree_graph_is_the_same_bytes_in_every_process(model):
     assert len(digests) == 1
 
 
+@pytest.mark.slow
 def test_the_nns_train_data_parallel_on_the_engine(data, model, tmp_path):
     """2 ranks (DDP over the hierarchical AllReduce) fit the hybrid as well as the
     single-process loop does (same global batch, epochs and held-out selection), it exports

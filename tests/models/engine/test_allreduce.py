@@ -202,6 +202,7 @@ def _train_all() -> dict:
     return {name: _train(name) for name in (None, *ALGORITHMS)}
 
 
+@pytest.mark.slow
 def test_training_with_the_hook_matches_plain_ddp():
     per_rank = spawn(_train_all, nprocs=4, nodes=2)
     plain = per_rank[0][None]

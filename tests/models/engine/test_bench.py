@@ -41,6 +41,7 @@ def test_unknown_algorithms_and_sizes_are_usage_errors():
     assert result.exit_code == 2 and "bad size" in result.output
 
 
+@pytest.mark.slow
 @root
 def test_hierarchical_sends_a_third_less_over_the_link_than_the_flat_ring():
     """2 nodes x 2 ranks. Bytes on the link, from the veth's own counters: the flat ring

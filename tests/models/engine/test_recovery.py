@@ -18,6 +18,9 @@ CFG = TrainConfig(steps=60, batch_per_rank=32, checkpoint_every=10, probe_every=
 TASK = functools.partial(synthetic_task, samples=2048)
 
 
+pytestmark = pytest.mark.slow
+
+
 def _job(cfg: TrainConfig, directory: str | None) -> dict:
     return train_rank(cfg, TASK, directory)
 
