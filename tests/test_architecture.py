@@ -134,3 +134,20 @@ def test_no_module_but_the_model_kinds_branches_on_a_model_name_or_format() -> N
             if branch.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_no_package_exports_a_name_that_is_also_one_of_its_modules() -> None:
+    """``from pkg import train`` must mean one thing: once ``pkg.train`` (a module) is
+    imported under another name, Python would replace a function ``train`` with it."""
+    import importlib
+
+    clashes = []
+    for name, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        modules = {p.stem for p in path.parent.glob("*.py")} | {
+            p.name for p in path.parent.iterdir() if (p / "__init__.py").exists()
+        }
+        exported = set(getattr(importlib.import_module(name), "__all__", ()))
+        clashes += [f"{name}.{n}" for n in sorted(exported & modules)]
+    assert clashes == []

@@ -9,8 +9,7 @@ from vigil.models.compression.fake_quant import (
     prepare_qat,
     quant_config,
 )
-from vigil.models.compression.observers import OBSERVERS, Observer, make_observer
-from vigil.models.compression.quantize import (
+from vigil.models.compression.grid import (
     BITS,
     dequantize,
     fake_quantize,
@@ -18,6 +17,7 @@ from vigil.models.compression.quantize import (
     qrange,
     quantize,
 )
+from vigil.models.compression.observers import OBSERVERS, Observer, make_observer
 
 __all__ = [
     "BITS",

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from vigil.errors import UsageError
+from vigil.models.compression.grid import BITS, fake_quantize, qparams
 from vigil.models.compression.observers import Observer, make_observer
-from vigil.models.compression.quantize import BITS, fake_quantize, qparams
 
 __all__ = [
     "FakeQuantize",

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vigil.errors import UsageError
-from vigil.models.compression.quantize import qparams, quantize
+from vigil.models.compression.grid import qparams, quantize
 
 __all__ = ["WEIGHT_ONLY_BITS", "pack", "unpack", "weight_only"]
 

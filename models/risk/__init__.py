@@ -23,8 +23,8 @@ from vigil.models.risk.data import (
     history_from_generator,
     temporal_split,
 )
-from vigil.models.risk.evaluate import evaluate, fit_and_evaluate
-from vigil.models.risk.export import (
+from vigil.models.risk.evaluation import evaluate, fit_and_evaluate
+from vigil.models.risk.exporting import (
     PARITY_TOLERANCE,
     export,
     fit_and_export,
@@ -32,7 +32,7 @@ from vigil.models.risk.export import (
     net_to_onnx,
 )
 from vigil.models.risk.net import HybridLogit, TabularNet, net_logits, normaliser
-from vigil.models.risk.train import (
+from vigil.models.risk.training import (
     HISTORY_LENGTH_FEATURES,
     HybridModel,
     TabularConfig,

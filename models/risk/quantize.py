@@ -22,9 +22,9 @@ from vigil.models.compression.tools import (
 from vigil.models.compression.weight_only import weight_only
 from vigil.models.metrics import average_precision
 from vigil.models.risk.data import History, temporal_split
-from vigil.models.risk.export import net_to_onnx
+from vigil.models.risk.exporting import net_to_onnx
 from vigil.models.risk.net import TabularNet
-from vigil.models.risk.train import TabularConfig, finetune_net
+from vigil.models.risk.training import TabularConfig, finetune_net
 from vigil.models.serving import (
     ModelError,
     check_feature_spec,

@@ -15,7 +15,7 @@ from vigil.models.metrics import (
 )
 from vigil.models.risk.data import History, Progress, temporal_split
 from vigil.models.risk.net import net_logits
-from vigil.models.risk.train import (
+from vigil.models.risk.training import (
     HybridModel,
     TabularConfig,
     _calibrated,

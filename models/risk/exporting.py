@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from vigil.models.risk.data import History, Progress
-from vigil.models.risk.evaluate import fit_and_evaluate
+from vigil.models.risk.evaluation import fit_and_evaluate
 from vigil.models.risk.net import TabularNet
-from vigil.models.risk.train import HybridModel, TabularConfig
+from vigil.models.risk.training import HybridModel, TabularConfig
 from vigil.models.serving import HybridScorer, ModelError
 from vigil.streams.features.library import FEATURE_SPEC
 
