@@ -237,17 +237,22 @@ def _attempt(
                     failures.append((v[0], r, v[1]))
                     fatal = fatal or v[2]
     finally:
-        for p in procs:
+        stopped = set()  # ranks this supervisor killed: never the cause
+        for r, p in enumerate(procs):
             if failures and p.is_alive():
                 p.kill()
+                stopped.add(r)
             p.join(timeout=timeout_s)
     if failures:
-        signalled = [
-            (0.0, r, _exit_text(p.exitcode))
-            for r, p in enumerate(procs)
-            if p.exitcode is not None and p.exitcode < 0 and not any(f[1] == r for f in failures)
-        ]
-        ordered = sorted(signalled + failures)
+        reports: dict[int, tuple[float, str]] = {}
+        for when, r, trace in sorted(failures):
+            reports.setdefault(r, (when, trace))
+        for r, p in enumerate(procs):
+            # a rank killed by a signal (not ours) is the cause, however late it was
+            # noticed: the others' tracebacks are their broken connections to it
+            if r not in stopped and p.exitcode is not None and p.exitcode < 0:
+                reports[r] = (0.0, _exit_text(p.exitcode))
+        ordered = sorted((when, r, trace) for r, (when, trace) in reports.items())
         _, first, trace = ordered[0]
         others = sorted({r for _, r, _ in ordered[1:]} - {first})
         raise DistributedError(
