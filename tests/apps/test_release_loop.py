@@ -80,20 +80,25 @@ def test_a_release_swaps_in_mid_stream_and_bad_ones_are_refused(settings, tmp_pa
         collect(
             bootstrap, topics.scores, lambda got: len(got) >= 1000, alive=lambda: worker.running
         )
-        # mid-stream: bad releases, then the good one, while the rest of the stream arrives
+        # the releases, built before the stream (building takes seconds on a busy host):
+        # signed by an unknown key, truncated, for another feature spec (a publisher
+        # on another version of Vigil), and the good one
+        forged = build_release(dir_b, SigningKey.generate())
+        truncated = release_messages(build_release(dir_b, key, chunk_bytes=64 * 1024))
+        assert len(truncated) > 2
+        release_b = build_release(dir_b, key)
+        spec = {**release_b.manifest["input_spec"], "feature_spec": "lib-0:0000000000000000"}
+        other_spec = resigned(release_b, key, input_spec=spec)
+        good = build_release(dir_b, key)
+        # mid-stream: the bad releases, then the good one, while the rest arrives
         stream = threading.Thread(
             target=publish, args=(bootstrap, topics.transactions, rest), kwargs={"rate": 1000}
         )
         stream.start()
-        publish_release(bootstrap, topics.models, build_release(dir_b, SigningKey.generate()))
-        truncated = release_messages(build_release(dir_b, key, chunk_bytes=64 * 1024))
-        assert len(truncated) > 2
+        publish_release(bootstrap, topics.models, forged)
         publish(bootstrap, topics.models, truncated[:-1])
-        # a release for another feature spec (a publisher on another version of Vigil)
-        release_b = build_release(dir_b, key)
-        spec = {**release_b.manifest["input_spec"], "feature_spec": "lib-0:0000000000000000"}
-        publish_release(bootstrap, topics.models, resigned(release_b, key, input_spec=spec))
-        publish_release(bootstrap, topics.models, build_release(dir_b, key))
+        publish_release(bootstrap, topics.models, other_spec)
+        publish_release(bootstrap, topics.models, good)
         stream.join()
         scores = collect(
             bootstrap, topics.scores, lambda got: len(got) >= len(txs), alive=lambda: worker.running
