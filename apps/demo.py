@@ -169,11 +169,13 @@ def run_demo(
             threading.Thread(
                 target=_camera, args=(bootstrap, topics.frames, camera_fps, stats, stop)
             ),
-            *(
-                threading.Thread(target=_reader, args=(bootstrap, topic, kind, stats, stop))
-                for topic, kind in readers
-            ),
         ]
+        read_until = threading.Event()  # readers go on until what was published is in
+        readers_ = [
+            threading.Thread(target=_reader, args=(bootstrap, topic, kind, stats, read_until))
+            for topic, kind in readers
+        ]
+        threads += readers_
         for t in threads:
             t.daemon = True
             t.start()
@@ -197,7 +199,18 @@ def run_demo(
         finally:
             stop.set()
             console.print("stopping: publisher, worker, broker ...")
-            for t in threads:
+            for t in threads[:2]:  # the publisher and the camera
+                t.join(5)
+            # the worker finishes what was published (a few seconds at most) before the
+            # counts below are final
+            deadline = time.monotonic() + 15
+            while worker.running and time.monotonic() < deadline:
+                with stats.lock:
+                    if stats.scored + stats.dlq >= stats.published:
+                        break
+                time.sleep(0.2)
+            read_until.set()
+            for t in readers_:
                 t.join(5)
             worker.stop()
             inspector.stop()

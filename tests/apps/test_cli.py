@@ -434,3 +434,30 @@ def test_every_error_vigil_raises_on_purpose_is_a_vigil_error():
         assert issubclass(error, VigilError), error
     for error in (FrameError, RuleError):  # bad input: still a ValueError for callers
         assert issubclass(error, VigilError) and issubclass(error, ValueError), error
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_path):
+    """``make demo`` (``vigil demo``) on its own embedded broker: every published transaction
+    ends scored or dead-lettered (the demo's publisher sends some malformed ones)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "VIGIL_KAFKA_BOOTSTRAP"}
+    env |= {"VIGIL_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
+    run = subprocess.run(
+        [sys.executable, "-m", "vigil.apps.cli", "demo", "--duration", "20"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = " ".join((run.stdout + run.stderr).split())
+    found = re.search(r"published (\d+), scored (\d+), alerts (\d+), dead letters (\d+)", said)
+    assert found, said[-2000:]
+    published, scored, _alerts, dead = map(int, found.groups())
+    assert published > 0 and scored + dead == published
