@@ -44,7 +44,7 @@ from vigil.apps.settings import Settings
 from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
 from vigil.models.kinds import RISK
 from vigil.models.registry import Limits
-from vigil.models.serving import ModelError, check_feature_spec
+from vigil.models.serving import ModelError
 from vigil.streams.features import FEATURE_SPEC
 from vigil.streams.features.library import DAY_MS
 from vigil.streams.partitioning import partition_for
@@ -118,7 +118,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         pipeline.counters["ruleset_rejected"] += 1
 
     def check_spec(spec: dict) -> None:
-        check_feature_spec(spec.get("feature_spec"), FEATURE_SPEC.label, "the release")
+        RISK.check(spec, "the release")  # the input spec names its feature spec
 
     followers = (
         RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),

@@ -33,13 +33,9 @@ from vigil.models.serving import (
     read_files,
     read_manifest,
 )
-from vigil.streams.features.library import DAY_MS, FEATURE_SPEC
+from vigil.streams.features.library import FEATURE_SPEC
 
 __all__ = ["quantize_risk"]
-
-
-def _days(history: History) -> float:
-    return float(np.ptp(history.ts_ms)) / DAY_MS if len(history.ts_ms) else 0.0
 
 
 def quantize_risk(
@@ -48,16 +44,15 @@ def quantize_risk(
     out_dir: Path,
     fit: History,
     held: History,
-    pick_days: float | None = None,
+    pick_days: float,
     qat_epochs: int = 3,
     max_loss: float | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[Path, dict]:
     """Quantize the risk model's NN (the LightGBM graph stays as it is). ``fit`` calibrates
-    (8 bits) or fine-tunes it (4, 2: its last ``pick_days``, by default half, pick the
-    epoch);
-    ``held``, later in time, compares AUC-PR with the fp32 model. Writes
-    ``out_dir/<version>`` (a complete risk model) if it passes."""
+    (8 bits) or fine-tunes it (4, 2: its last ``pick_days`` pick the epoch); ``held``, later
+    in time, compares AUC-PR with the fp32 model. Writes ``out_dir/<version>`` (a complete
+    risk model) if it passes."""
     check_bits(bits)
     manifest = read_manifest(model_dir)
     # one trained on another feature spec (and before lib-3, on the GBDT's probability)
@@ -89,7 +84,7 @@ def quantize_risk(
         example = (torch.zeros(2, n), torch.zeros(2))
         graph = export_qdq(net, example, ["features", "gbdt_logit"], ["probability"])
     else:
-        train_part, pick_part = temporal_split(fit, pick_days or _days(fit) / 2)
+        train_part, pick_part = temporal_split(fit, pick_days)
         say(f"quantization-aware fine-tuning: {qat_epochs} epochs on {len(train_part.labels)} rows")
         prepare_qat(net, quant_config(bits, activation_bits=None))
         data, pick = (
