@@ -91,6 +91,10 @@ class ModelFollower(TopicFollower):
 
     During the backlog at start only the newest releases are kept; once caught up the
     newest that passes is installed (the topic is the deployment's record of what serves).
+
+    ``initial`` (the model on local disk, say) is loaded and installed first, in this
+    thread, so a worker loads it while it joins its group; ``loaded`` is set once that is
+    done (or there was nothing to load), before any release from the topic is installed.
     """
 
     what = "model"
@@ -103,18 +107,32 @@ class ModelFollower(TopicFollower):
         name: str,
         trusted: TrustedKeys,
         check_spec: Callable[[dict], None],
-        install: Callable[[object, Release], None],
+        install: Callable[[object, Release | None], None],
         serving: Callable[[], str],
         counters: MutableMapping[str, int],
         timeout_s: float = 30.0,
         limits: Limits | None = None,
+        initial: Callable[[], object | None] | None = None,
     ) -> None:
         super().__init__(bootstrap, topic)
         self.name = name
+        self.initial = initial
+        self.loaded = threading.Event()
         self.assembler = Assembler(trusted, {name}, timeout_s, limits)
         self.check_spec, self.install, self.serving = check_spec, install, serving
         self.counters = counters
         self.backlog: list[Release] = []
+
+    def run(self) -> None:
+        try:
+            model = self.initial() if self.initial is not None else None
+            if model is not None:
+                self.install(model, None)
+        except Exception:  # the topic's releases may still bring one
+            log.exception("%s model not loaded; serving %s", self.name, self.serving())
+        finally:
+            self.loaded.set()
+        super().run()
 
     def handle(self, msg: Message) -> None:
         ts_ms = msg.timestamp()[1]

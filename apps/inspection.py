@@ -99,7 +99,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         async with lock:  # between two batches
             pipeline.swap(model)
 
-    def install(model: ClipScorer, _release: Release) -> None:
+    def install(model: ClipScorer, _release: Release | None) -> None:
         # called in the follower's thread: wait until the swap is done, so it logs the truth
         asyncio.run_coroutine_threadsafe(swap(model), loops[0]).result()
 

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 __all__ = ["WorkerProcess"]
 
@@ -21,7 +23,13 @@ class WorkerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path:
+            out = open(self.log_path, "ab")  # noqa: SIM115
+            # where each run begins in the log, and when (restart times are read from it)
+            stamp = datetime.now().isoformat(sep=" ", timespec="milliseconds")
+            out.write(f"{stamp} starting: vigil worker {self.kind}\n".encode())
+            out.flush()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "vigil.apps.cli", "worker", self.kind],
             env=self.env,

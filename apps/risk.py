@@ -3,14 +3,15 @@
 Per micro-batch: decode + features + rules + model (streams.pipeline), produce scores,
 alerts and dead letters, wait until the broker has them, then write per-account feature
 state to the faust table's changelog (and the table's store), wait until the broker has
-that too, and only then acknowledge the batch (faust commits acknowledged offsets). A
+that too, hand it with its changelog offsets to the store's local files (apps/store.py),
+and only then acknowledge the batch (faust commits acknowledged offsets). A
 crash at any point redelivers events and never loses one; the pipeline's per-account
 offsets make redelivery harmless.
 
 Design notes:
 - The table is co-partitioned with the source topic (same key, same partition count): a
   worker that owns transactions partition p also owns state partition p, and recovers it
-  from the changelog on rebalance.
+  on rebalance: from its local file, then the changelog's records after the file's offset.
 - Outputs and the changelog go through a confluent-kafka producer (librdkafka): ~20x
   cheaper per message than faust's own ``Topic.send`` on this hot path. The changelog
   records are what faust would write (key raw, value in the table's codec, partition =
@@ -41,6 +42,7 @@ from vigil.apps.broker import (
 from vigil.apps.follower import ModelFollower
 from vigil.apps.rules_follower import RulesFollower
 from vigil.apps.settings import Settings
+from vigil.apps.store import Store as TableStore
 from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
 from vigil.models.kinds import RISK
 from vigil.models.registry import Limits
@@ -50,6 +52,7 @@ from vigil.streams.features.library import DAY_MS
 from vigil.streams.partitioning import partition_for
 from vigil.streams.pipeline import RULE_NAMES, BatchResult, IdleSweep, RiskPipeline, now_ms
 from vigil.streams.rules import Thresholds, load_ruleset
+from vigil.streams.scorers import BatchScorer
 
 __all__ = ["create_app", "run_worker"]
 
@@ -94,16 +97,22 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         partitions=partitions,
         max_record_bytes=settings.max_record_bytes,
     )
-    try:
-        model = RISK.load_latest(settings.models_path)
-    except ModelError as exc:
-        log.error("model refused: %s; scoring with rules only", exc)
-    else:
+
+    def model_on_disk() -> BatchScorer | None:
+        """The newest model under the models path: loaded in the model follower's thread
+        while the worker starts and joins its group (about 1 s of imports and ONNX Runtime
+        sessions off a restart's path)."""
+        try:
+            model = RISK.load_latest(settings.models_path)
+        except ModelError as exc:
+            log.error("model refused: %s; scoring with rules only", exc)
+            return None
         if model is None:
             log.info("no model under %s: scoring with rules only", settings.models_path)
         else:
-            pipeline.model.swap(model)
             log.info("model %s loaded from %s", model.version, settings.models_path)
+        return model
+
     log.info(
         "ruleset %s version %s (%d rules); feature spec %s (%d features)",
         pipeline.ruleset.name,
@@ -113,6 +122,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         len(FEATURE_SPEC.names),
     )
     outputs = Outputs(bootstrap, settings.max_record_bytes)
+    # the changelog's own producer: its delivery reports give the offsets the table's store
+    # keeps beside the rows (apps/store.py)
+    state_out = Outputs(bootstrap, settings.max_record_bytes, offsets=True)
 
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1
@@ -120,24 +132,26 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     def check_spec(spec: dict) -> None:
         RISK.check(spec, "the release")  # the input spec names its feature spec
 
+    models = ModelFollower(
+        bootstrap,
+        topics.models,
+        "risk",
+        settings.release_trusted(),
+        check_spec,
+        # ModelHolder.swap is atomic: the next micro-batch reads the new model
+        install=lambda scorer, _release: pipeline.model.swap(scorer),
+        serving=lambda: pipeline.model.current.version,
+        counters=pipeline.counters,
+        limits=Limits(release_bytes=settings.max_release_bytes),
+        initial=model_on_disk,
+    )
     followers = (
         RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),
-        ModelFollower(
-            bootstrap,
-            topics.models,
-            "risk",
-            settings.release_trusted(),
-            check_spec,
-            # ModelHolder.swap is atomic: the next micro-batch reads the new model
-            install=lambda scorer, _release: pipeline.model.swap(scorer),
-            serving=lambda: pipeline.model.current.version,
-            counters=pipeline.counters,
-            limits=Limits(release_bytes=settings.max_release_bytes),
-        ),
+        models,
     )
 
-    @app.task
-    async def follow_rules_and_models() -> None:
+    @app.at_start  # while the worker joins its group: the model on disk loads meanwhile
+    def follow_rules_and_models() -> None:
         for follower in followers:
             follower.start()
 
@@ -149,6 +163,15 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     # The table's changelog goes through our producer too (faust's send per record was
     # ~15 % of this worker's CPU); faust reads it back on recovery as its own.
     changelog = state.changelog_topic.get_topic_name()
+    store = state.data if isinstance(state.data, TableStore) else None  # None: memory only
+
+    async def write_state(rows: dict[int, dict[bytes, bytes | None]]) -> None:
+        """Account states (None: forgotten) to the changelog, by partition; once the broker
+        has them, to the store's files with the offsets they landed at."""
+        state_out.produce_rows(changelog, rows)
+        await state_out.flush()
+        if store is not None:
+            store.persist(rows, {p: state_out.offsets[(changelog, p)] for p in rows})
 
     def load_state(account_id: str) -> dict[str, Any] | None:
         return state.get(account_id.encode())
@@ -190,13 +213,14 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         t2 = time.perf_counter()
         await outputs.flush()  # outputs durable before state: see module notes
         t3 = time.perf_counter()
+        rows: dict[int, dict[bytes, bytes | None]] = {}
         for account_id, (partition, snapshot) in saved.items():
             # changelog partition = the source partition (co-partitioned)
             value = codecs.dumps(state.value_serializer, snapshot)
-            outputs.produce_at(changelog, partition, account_id.encode(), value)
+            rows.setdefault(partition, {})[account_id.encode()] = value
         # the state durable before the source offsets: a failed flush ends the process,
         # taking the in-memory state with it, before any event of the batch is acked
-        await outputs.flush()
+        await write_state(rows)
         t4 = time.perf_counter()
         for ev in events:
             await stream.ack(ev)
@@ -217,24 +241,27 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             tp.partition for tp in app.consumer.assignment() if tp.topic == topics.transactions
         }
         keys = sweep.due(state.data, pipeline.watermark_ms)
-        forgotten = 0
+        tombstones: dict[int, dict[bytes, bytes | None]] = {}
         for key in keys:
             partition = partition_for(key, partitions)
             if partition not in owned:
                 continue  # another worker's now: its own sweep decides
             state.data.pop(key, None)
             pipeline.forget(key.decode())
-            outputs.produce_tombstone(changelog, partition, key)
-            forgotten += 1
-        if forgotten:
-            await outputs.flush()
+            tombstones.setdefault(partition, {})[key] = None
+        if tombstones:
+            await write_state(tombstones)
+            forgotten = sum(len(part) for part in tombstones.values())
             pipeline.counters["forgotten"] += forgotten
             log.info("forgot %d idle account states (%d kept)", forgotten, len(state.data))
 
     async def caught_up() -> None:
-        """Before the first batch: the newest ruleset and model release on the control
-        topics are in force (a restarted worker would otherwise score its first batches
-        with what it loaded from disk)."""
+        """Before the first batch: the model on disk is loaded (however long it takes: no
+        transaction is scored without the model meant for it), and the newest ruleset and
+        model release on the control topics are in force (a restarted worker would
+        otherwise score its first batches with what it loaded from disk)."""
+        while not await asyncio.to_thread(models.loaded.wait, CATCH_UP_S):
+            log.warning("still loading the model under %s", settings.models_path)
         for follower in followers:
             done = await asyncio.to_thread(follower.caught_up.wait, CATCH_UP_S)
             if not done:

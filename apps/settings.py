@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     state_sweep_s: float = Field(
         default=60.0, gt=0, description="how often a risk worker looks for idle account state"
     )
+    state_on_disk: bool = Field(
+        default=True,
+        description="keep the risk worker's account states in local files under "
+        "VIGIL_STATE_DIR as well as in memory, so a restart reads only the newest part of "
+        "the state changelog (false: the whole changelog after every start)",
+    )
     release_signing_key: Path | None = Field(
         default=None,
         description="Ed25519 private key (PEM) that signs model releases, for publishers "

@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import faust
@@ -72,7 +72,9 @@ TPT = TypeVar("TPT")
 
 class VigilApp(faust.App):
     """A faust app that carries what Vigil's consumer needs and faust has no setting for:
-    the bootstrap servers as the Kafka clients take them, and the fetch wait."""
+    the bootstrap servers as the Kafka clients take them, and the fetch wait; and that
+    runs ``at_start`` callbacks as it starts, before it joins its group (faust starts its
+    ``app.task`` tasks only once table recovery has completed)."""
 
     def __init__(
         self,
@@ -83,7 +85,18 @@ class VigilApp(faust.App):
     ) -> None:
         self.bootstrap = bootstrap
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self._at_start: list[Callable[[], None]] = []
         super().__init__(*args, broker=f"{SCHEME}://{bootstrap}", **kwargs)
+
+    def at_start(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Registers ``fn`` to run (in the event loop) when the app first starts."""
+        self._at_start.append(fn)
+        return fn
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        for fn in self._at_start:
+            fn()
 
 
 def verified_end_offsets(
@@ -108,7 +121,8 @@ def verified_end_offsets(
         pending = set(keys)
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
+            # short polls: consume() waits its full timeout unless 1,000 records came
+            for msg in consumer.consume(1000, 0.05):
                 where = (msg.topic(), msg.partition())
                 err = msg.error()
                 if err is not None:

@@ -4,6 +4,7 @@ delivery failures only, and a batch the broker refused ends the process without 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,29 @@ def test_a_flush_returns_once_the_broker_has_every_record(bootstrap, namespace):
         got += [m.value() for m in msgs if m.error() is None]
     reader.close()
     assert sorted(got) == sorted(b"v%d" % i for i in range(500))
+
+
+def test_with_offsets_each_partition_reports_where_its_newest_record_landed(bootstrap, namespace):
+    # the table store keeps these offsets beside the rows: they must be the broker's own
+    from vigil.apps.worker import Outputs
+
+    topic = f"{namespace}-outputs-offsets"
+    ensure_topics(bootstrap, {topic: 3})
+    outputs = Outputs(bootstrap, offsets=True)
+    for n in (40, 25):  # two batches: the newest offset moves on
+        outputs.produce_rows(topic, {p: {b"k%d-%d" % (p, i): b"v" for i in range(n + p)}
+                                     for p in range(3)})  # fmt: skip
+        asyncio.run(outputs.flush())
+    reader = make_reader(bootstrap)
+    read_from_start(reader, topic)
+    newest: dict[int, int] = {}
+    while newest != {0: 64, 1: 66, 2: 68} and (msgs := reader.consume(500, timeout=5)):
+        for m in msgs:
+            if m.error() is None:
+                newest[m.partition()] = max(newest.get(m.partition(), -1), m.offset())
+    reader.close()
+    assert newest == {0: 64, 1: 66, 2: 68}  # 40 + 25 records (+ p) from offset 0
+    assert {p: o for (t, p), o in outputs.offsets.items() if t == topic} == newest
 
 
 def test_a_refused_record_ends_the_process_without_returning(bootstrap, namespace):

@@ -1,0 +1,96 @@
+"""The table store's local files (apps/store.py): what a restarted risk worker loads
+instead of replaying its whole changelog. The files are SQLite, read back here through
+Python's own sqlite3 as well as through the store; the worker-level proof (a killed and
+restarted worker's features equal an uninterrupted run's) is in test_risk_worker.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from vigil.apps.store import PartitionFile, _Writer, topic_id
+
+
+def _rows(path: Path) -> dict[bytes, bytes]:
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT key, value FROM state").fetchall())
+
+
+def test_a_file_keeps_the_newest_value_of_each_key_deletes_tombstones_and_the_offset(tmp_path):
+    f = PartitionFile(tmp_path / "t-0.sqlite3")
+    f.write({b"a": b"1", b"b": b"2"}, 10, "topic-x")
+    f.write({b"a": b"3", b"b": None, b"c": b"4"}, 17, "topic-x")
+    f.close()
+    assert _rows(f.path) == {b"a": b"3", b"c": b"4"}  # independent reader
+    assert PartitionFile(f.path).read("topic-x") == (17, [(b"a", b"3"), (b"c", b"4")])
+
+
+def test_a_file_of_another_changelog_is_removed_not_loaded(tmp_path):
+    f = PartitionFile(tmp_path / "t-0.sqlite3")
+    f.write({b"a": b"1"}, 5, "old-topic-id")
+    f.close()
+    assert PartitionFile(f.path).read("new-topic-id") == (None, [])
+    assert not f.path.exists()
+
+
+def test_no_file_and_an_empty_file_mean_recover_from_the_changelog(tmp_path):
+    assert PartitionFile(tmp_path / "none.sqlite3").read("t") == (None, [])
+    (tmp_path / "zero.sqlite3").write_bytes(b"")
+    assert PartitionFile(tmp_path / "zero.sqlite3").read("t") == (None, [])
+    unwritten = PartitionFile(tmp_path / "unwritten.sqlite3")
+    unwritten.write({}, 0, "t")  # creates the tables...
+    with sqlite3.connect(unwritten.path) as conn:
+        conn.execute("DELETE FROM meta")  # ...as a process killed before its first commit
+    unwritten.close()
+    assert PartitionFile(unwritten.path).read("t") == (None, [])
+
+
+def test_the_writer_applies_writes_in_order_and_a_corrupt_file_is_reset(tmp_path):
+    writer = _Writer(tmp_path, "t")
+    writer.start()
+    try:
+        for i in range(200):  # queued faster than written: coalesced, newest wins
+            writer.write(i % 2, {b"k%d" % (i % 7): b"v%d" % i}, i, "id")
+        loaded = writer.call(lambda: writer.load([0, 1], "id")).result(30)
+        assert loaded[0][0] == 198 and loaded[1][0] == 199
+        want = {p: {} for p in (0, 1)}
+        for i in range(200):
+            want[i % 2][b"k%d" % (i % 7)] = b"v%d" % i
+        assert {p: dict(rows) for p, (_o, rows) in loaded.items()} == want
+
+        garbage = tmp_path / "t-2.sqlite3"
+        garbage.write_bytes(b"not a database" * 100)
+        assert writer.call(lambda: writer.load([2], "id")).result(30) == {2: (None, [])}
+        assert not garbage.exists()
+        writer.write(2, {b"x": b"y"}, 3, "id")  # and it is written again from scratch
+        assert writer.call(lambda: writer.load([2], "id")).result(30) == {2: (3, [(b"x", b"y")])}
+    finally:
+        writer.close()
+
+
+def test_a_failed_write_removes_the_file_and_stops_writing_it(tmp_path):
+    writer = _Writer(tmp_path, "t")
+    writer.start()
+    try:
+        writer.write(0, {b"a": b"1"}, 1, "id")
+        writer.call(lambda: None).result(30)
+        # a value SQLite cannot bind (the table's values are bytes): the transaction fails
+        writer.write(0, {b"b": object()}, 2, "id")  # type: ignore[dict-item]
+        writer.write(0, {b"c": b"3"}, 3, "id")  # must not land with offset 3 and "b" missing
+        writer.call(lambda: None).result(30)
+        assert not (tmp_path / "t-0.sqlite3").exists()
+        assert writer.call(lambda: writer.load([0], "id")).result(30) == {0: (None, [])}
+    finally:
+        writer.close()
+
+
+@pytest.mark.integration
+def test_the_broker_names_each_topic_by_its_own_id(bootstrap, namespace):
+    from vigil.apps.broker import ensure_topics
+
+    ensure_topics(bootstrap, {f"{namespace}-a": 1, f"{namespace}-b": 1})
+    a, b = topic_id(bootstrap, f"{namespace}-a"), topic_id(bootstrap, f"{namespace}-b")
+    assert a and b and a != b
+    assert topic_id(bootstrap, f"{namespace}-a") == a
