@@ -231,6 +231,17 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         spent["save"] += t4 - t3
         spent["ack"] += time.perf_counter() - t4
         spent["batches"] += 1
+        if spent["batches"] == 1:  # how a (re)start went, in one line
+            log.info(
+                "first batch: %d events (%d already applied before a restart), handled in "
+                "%.2f s: pipeline %.2f, outputs %.2f, state %.2f",
+                len(events),
+                pipeline.counters["redelivered"],
+                time.perf_counter() - t0,
+                t2 - t0,
+                t3 - t2,
+                t4 - t3,
+            )
 
     sweep = IdleSweep(int(settings.state_ttl_days * DAY_MS))
 
@@ -276,6 +287,11 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         within_s = settings.batch_wait_ms / 1000
         loop = asyncio.get_running_loop()
         await caught_up()
+        log.info(
+            "scoring with model %s and ruleset %s",
+            pipeline.model.current.version,
+            pipeline.ruleset.label,
+        )
         sweep_at = loop.time() + settings.state_sweep_s
         # we ack a batch only once it is fully handled (faust's take_events acks in a
         # `finally`, so a worker stopped mid-batch would commit events whose state was never

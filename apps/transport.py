@@ -39,6 +39,13 @@ faust itself loses records when a worker starts or rebalances (any broker), two 
 ``Consumer`` keeps stream partitions paused until their seek has completed,
 and seeks a partition back to the first record of any batch that faust would skip.
 
+Right after recovery faust's fetcher could sit out a second before it fetched the stream
+partitions: a fetch waits up to 1 s for records of the partitions active when it began
+(at the end of recovery, the changelogs, which get no more), and with no partition active
+it sleeps 1 s. Stream partitions resumed meanwhile waited for it: a restarted worker's first
+batch came 1.0 s after "Worker ready" in 4 restarts of 6, 0.07-0.14 s with ``Consumer``,
+which caps that wait at 0.1 s and looks again 20 ms after finding nothing active.
+
 faust hands every fetched record to its streams through ``wait_first(on_message(record),
 suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, so that a delivery
 blocked on a full stream queue is interrupted when a rebalance suspends the flow. Almost
@@ -67,6 +74,8 @@ __all__ = ["SCHEME", "Consumer", "ConsumerThread", "Transport", "VigilApp", "ver
 
 SCHEME = "vigil"  # broker="vigil://host:port"
 FAUST_FETCH_MAX_WAIT_MS = 1500
+NO_PARTITIONS_POLL_S = 0.02  # faust's fetcher waits 1 s
+FETCH_WAIT_CAP_S = 0.1  # faust's fetcher waits up to 1 s for records of the active set
 TPT = TypeVar("TPT")
 
 
@@ -218,7 +227,15 @@ class Consumer(faust_aiokafka.Consumer):
                 super().resume_partitions(deferred & set(self.assignment()))
 
     async def _wait_next_records(self, timeout: float) -> Any:
-        records, active = await super()._wait_next_records(timeout)
+        if self.flow_active and not self.app.client_only and not self._get_active_partitions():
+            # faust sleeps 1 s when no partition is active: a worker whose partitions were
+            # about to be resumed (right after recovery) idled up to that long
+            await self.sleep(NO_PARTITIONS_POLL_S)
+            return {}, set()
+        # a fetch waits for records of the partitions active when it began, up to 1 s
+        # (faust's drain loop): right after recovery, those were the changelogs, and the
+        # stream partitions resumed meanwhile waited for it to time out
+        records, active = await super()._wait_next_records(min(timeout, FETCH_WAIT_CAP_S))
         if records and active is not None:
             buffered = self._buffered_partitions
             for tp in [tp for tp in records if tp not in active and tp not in buffered]:

@@ -5,12 +5,50 @@ restarted worker's features equal an uninterrupted run's) is in test_risk_worker
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 from pathlib import Path
 
+import faust
 import pytest
+from faust.stores import base, memory
+from faust.tables.recovery import Recovery
 
+from vigil.apps import store
 from vigil.apps.store import PartitionFile, _Writer, topic_id
+
+# upstream (class, method) -> its parameters, as the store was written against them
+# (faust-streaming 0.15.3): a change upstream fails here first
+OVERRIDDEN = {
+    (memory.Store, "__post_init__"): ["self"],
+    (memory.Store, "persisted_offset"): ["self", "tp"],
+    (base.Store, "set_persisted_offset"): ["self", "tp", "offset"],
+    (memory.Store, "apply_changelog_batch"): ["self", "batch", "to_key", "to_value"],
+    (base.Store, "on_rebalance"): [
+        "self",
+        "assigned",
+        "revoked",
+        "newly_assigned",
+        "generation_id",
+    ],
+    (memory.Store, "reset_state"): ["self"],
+    (base.Store, "on_stop"): ["self"],
+    (faust.App, "on_first_start"): ["self"],  # VigilApp.at_start (apps/transport.py)
+}
+
+
+@pytest.mark.parametrize("where", OVERRIDDEN, ids=lambda w: f"{w[0].__name__}.{w[1]}")
+def test_the_upstream_methods_the_store_extends_keep_their_signature(where):
+    cls, name = where
+    assert list(inspect.signature(getattr(cls, name)).parameters) == OVERRIDDEN[where]
+
+
+def test_faust_finds_the_store_by_scheme_and_recovers_from_its_offsets():
+    assert faust.stores.by_url(f"{store.SCHEME}://") is store.Store
+    # recovery starts a changelog partition at the store's offset, and the memory store
+    # keeps the key -> partition map the store maintains
+    assert "table.persisted_offset(tp)" in inspect.getsource(Recovery._add)
+    assert "self._key_partition[key] = event.message.partition" in inspect.getsource(memory.Store)
 
 
 def _rows(path: Path) -> dict[bytes, bytes]:

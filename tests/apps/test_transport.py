@@ -11,6 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.transport import by_url
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import TP
 from mode.services import Service
 
 from vigil.apps import transport
@@ -32,6 +33,8 @@ OVERRIDDEN = {
 }
 USED = {  # upstream names the overrides call
     (faust_consumer.Consumer, "_is_changelog_tp"): ["self", "tp"],
+    (faust_consumer.Consumer, "_get_active_partitions"): ["self"],
+    (faust_consumer.Consumer, "_getmany"): ["self", "active_partitions", "timeout"],
     (faust_consumer.Consumer, "_seek"): ["self", "partition", "offset"],
     (faust_consumer.Consumer, "assignment"): ["self"],
 }
@@ -94,6 +97,42 @@ def test_end_offsets_are_verified_by_fetching_past_the_reported_end(bootstrap):
     # Whatever the broker reports (Tansu 0.6.0: 5), the verified end is the truth.
     got = verified_end_offsets(bootstrap, {(topic, 0): reported, (topic, 1): 0})
     assert got == {(topic, 0): 9, (topic, 1): 0}
+
+
+def test_the_fetcher_looks_again_soon_not_after_a_second(tmp_path):
+    # faust's own loop sleeps 1 s there (asserted on its source, so a change upstream shows)
+    assert "await self.sleep(1)" in inspect.getsource(faust_consumer.Consumer._wait_next_records)
+    settings = Settings(namespace="transport", state_dir=tmp_path)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        consumer = faust_app(settings, "127.0.0.1:1", "risk", partitions=1, batch_size=10).consumer
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        consumer.sleep = sleep  # type: ignore[method-assign]  # the delay, not the clock
+        assert consumer._get_active_partitions() == set()  # nothing assigned yet
+        got = loop.run_until_complete(consumer._wait_next_records(timeout=5.0))
+        assert got == ({}, set()) and slept == [transport.NO_PARTITIONS_POLL_S]
+        assert transport.NO_PARTITIONS_POLL_S < 0.1
+
+        # with partitions active, a fetch waits for their records at most the cap, so
+        # partitions resumed meanwhile are fetched soon
+        waited: list[float] = []
+
+        async def getmany(active_partitions, timeout):  # noqa: ANN001, ANN202
+            waited.append(timeout)
+            return {}
+
+        consumer._getmany = getmany  # type: ignore[method-assign]
+        consumer._active_partitions = {TP("t", 0)}
+        loop.run_until_complete(consumer._wait_next_records(timeout=1.0))
+        assert waited == [transport.FETCH_WAIT_CAP_S] and transport.FETCH_WAIT_CAP_S <= 0.1
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def test_the_table_manager_override_still_matches_upstream():
