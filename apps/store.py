@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
@@ -45,12 +47,25 @@ from confluent_kafka import TopicCollection
 from confluent_kafka.admin import AdminClient
 from faust.stores import memory
 from faust.types import TP, EventT
+from mode import Service
 
 __all__ = ["SCHEME", "PartitionFile", "Store", "topic_id"]
 
 log = logging.getLogger("vigil.store")
 SCHEME = "vigil"  # store="vigil://" (registered under the faust.stores entry point)
 FORMAT = "vigil-table-1"
+# rows go to the files about this often: a file lags the changelog by about that much (a
+# restart reads that much more of it)
+FLUSH_EVERY_S = 1.0
+# Rows go in as one JSON parameter per statement, keys and values in hex, and SQLite walks
+# them with the GIL released. ``executemany`` binds row by row, taking the GIL back for
+# each: beside a busy event loop it took 3 s for 4,000 rows, this 50 ms.
+CHUNK_ROWS = 200  # rows per statement: the Python part between two GIL releases stays short
+UPSERT = (
+    "INSERT OR REPLACE INTO state (key, value) "
+    "SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?) AS j"
+)
+DELETE = "DELETE FROM state WHERE key IN (SELECT value FROM json_each(?))"
 
 Rows = Mapping[bytes, bytes | None]  # raw key -> raw value, None: the key was deleted
 
@@ -84,7 +99,7 @@ class PartitionFile:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS state (key BLOB PRIMARY KEY, value BLOB NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
                 " WITHOUT ROWID"
             )
             conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
@@ -111,20 +126,25 @@ class PartitionFile:
             )
             self.remove()
             return None, []
-        rows = conn.execute("SELECT key, value FROM state").fetchall()
+        rows = [
+            (bytes.fromhex(k), bytes.fromhex(v))
+            for k, v in conn.execute("SELECT key, value FROM state")
+        ]
         return int(meta["offset"]), rows
 
     def write(self, rows: Rows, offset: int, topic: str) -> None:
         """Apply ``rows`` and record ``offset``, in one transaction."""
         conn = self._open()
+        items = list(rows.items())
         with conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                [(k, v) for k, v in rows.items() if v is not None],
-            )
-            conn.executemany(
-                "DELETE FROM state WHERE key = ?", [(k,) for k, v in rows.items() if v is None]
-            )
+            for i in range(0, len(items), CHUNK_ROWS):
+                chunk = items[i : i + CHUNK_ROWS]
+                kept = [[k.hex(), v.hex()] for k, v in chunk if v is not None]
+                gone = [k.hex() for k, v in chunk if v is None]
+                if kept:
+                    conn.execute(UPSERT, (json.dumps(kept),))
+                if gone:
+                    conn.execute(DELETE, (json.dumps(gone),))
             conn.executemany(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                 [("format", FORMAT), ("topic_id", topic), ("offset", str(offset))],
@@ -143,8 +163,9 @@ class PartitionFile:
 
 
 class _Writer(threading.Thread):
-    """Applies the store's writes in order, one partition file at a time, coalescing
-    whatever has queued up (the newest value of a key wins, and the newest offset)."""
+    """Applies the store's hand-overs in order, one transaction per partition file,
+    merging whatever queued up meanwhile (the newest value of a key wins, and the newest
+    offset)."""
 
     def __init__(self, directory: Path, name: str) -> None:
         super().__init__(name=f"store-{name}", daemon=True)
@@ -159,8 +180,9 @@ class _Writer(threading.Thread):
             self.files[partition] = PartitionFile(path)
         return self.files[partition]
 
-    def write(self, partition: int, rows: Rows, offset: int, topic: str) -> None:
-        self.jobs.put(("write", partition, rows, offset, topic))
+    def write(self, parts: Mapping[int, tuple[Rows, int]], topic: str) -> None:
+        """``{partition: (rows, offset)}``, written in the order handed over."""
+        self.jobs.put(("write", parts, topic))
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Runs ``fn`` in this thread after every write queued before it."""
@@ -177,20 +199,21 @@ class _Writer(threading.Thread):
         while True:
             jobs = [self.jobs.get()]
             with contextlib.suppress(queue.Empty):
-                while len(jobs) < 10_000:
+                while True:
                     jobs.append(self.jobs.get_nowait())
             for job in jobs:
-                if job is None:
+                if job is None:  # close()
                     self._flush(pending)
                     for f in self.files.values():
                         f.close()
                     return
                 if job[0] == "write":
-                    _, partition, rows, offset, topic = job
-                    held = pending.setdefault(partition, ({}, offset, topic))
-                    held[0].update(rows)
-                    pending[partition] = (held[0], offset, topic)
-                else:
+                    _, parts, topic = job
+                    for partition, (rows, offset) in parts.items():
+                        held = pending.setdefault(partition, ({}, offset, topic))[0]
+                        held.update(rows)
+                        pending[partition] = (held, offset, topic)
+                else:  # a call, after every write queued before it
                     self._flush(pending)
                     _, fn, done = job
                     try:
@@ -241,6 +264,9 @@ class Store(memory.Store):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # rows persisted since the last hand-over to the writer: partition -> (rows, offset)
+        self._pending: dict[int, tuple[dict[bytes, bytes | None], int]] = {}
+        self._handed_at = 0.0  # at most one hand-over per FLUSH_EVERY_S; the timer, the rest
         self._offsets: dict[int, int] = {}  # partition -> its file's changelog offset
         self._topic_id: str | None = None
         self._writer: _Writer | None = None
@@ -277,8 +303,33 @@ class Store(memory.Store):
                     where.pop(key, None)
                 else:
                     where[key] = partition
-            if self._writer is not None and self._topic_id is not None:
-                self._writer.write(partition, part, offsets[partition], self._topic_id)
+            self._keep(partition, part, offsets[partition])
+
+    def _keep(self, partition: int, rows: Rows, offset: int) -> None:
+        """Rows for the next hand-over (merged here, in the event loop's thread: a writer
+        thread woken for every micro-batch took the GIL from the loop each time, and cost
+        the worker 20 ms of p99 at 5,000 tx/s)."""
+        if self._writer is None or self._topic_id is None:
+            return
+        held = self._pending.get(partition)
+        if held is None:
+            self._pending[partition] = (dict(rows), offset)
+        else:
+            held[0].update(rows)
+            self._pending[partition] = (held[0], offset)
+        if time.monotonic() - self._handed_at >= FLUSH_EVERY_S:
+            self._hand_over()
+
+    @Service.timer(FLUSH_EVERY_S)
+    async def _hand_over_timer(self) -> None:
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """What was kept since the last hand-over, to the writer thread."""
+        if self._pending and self._writer is not None and self._topic_id is not None:
+            self._writer.write(self._pending, self._topic_id)
+            self._handed_at = time.monotonic()
+        self._pending = {}
 
     def apply_changelog_batch(
         self,
@@ -289,8 +340,6 @@ class Store(memory.Store):
         """Recovery's records: into memory, and on to the files with their offsets."""
         events = list(batch)
         super().apply_changelog_batch(events, to_key, to_value)
-        if self._writer is None or self._topic_id is None:
-            return
         parts: dict[int, tuple[dict[bytes, bytes | None], int]] = {}
         for event in events:
             msg = event.message
@@ -298,7 +347,7 @@ class Store(memory.Store):
             rows[msg.key] = msg.value
             parts[msg.partition] = (rows, max(newest, msg.offset))
         for partition, (rows, newest) in parts.items():
-            self._writer.write(partition, rows, newest, self._topic_id)
+            self._keep(partition, rows, newest)
 
     async def on_rebalance(
         self,
@@ -316,7 +365,7 @@ class Store(memory.Store):
         if not partitions or not await self._check_topic(changelog):
             return
         writer = self._start_writer()
-        assert self._topic_id is not None
+        self._hand_over()  # the files hold everything persisted before they are read
         loaded = await asyncio.wrap_future(
             writer.call(lambda: writer.load(partitions, self._topic_id or ""))
         )
@@ -379,6 +428,7 @@ class Store(memory.Store):
 
     async def on_stop(self) -> None:
         """Writes what has queued up, then closes the files."""
+        self._hand_over()
         writer, self._writer = self._writer, None
         if writer is not None:
             await asyncio.to_thread(writer.close)

@@ -52,14 +52,16 @@ def test_faust_finds_the_store_by_scheme_and_recovers_from_its_offsets():
 
 
 def _rows(path: Path) -> dict[bytes, bytes]:
+    """The rows as any SQLite client reads them: keys and values in hex."""
     with sqlite3.connect(path) as conn:
-        return dict(conn.execute("SELECT key, value FROM state").fetchall())
+        rows = conn.execute("SELECT key, value FROM state").fetchall()
+    return {bytes.fromhex(k): bytes.fromhex(v) for k, v in rows}
 
 
 def test_a_file_keeps_the_newest_value_of_each_key_deletes_tombstones_and_the_offset(tmp_path):
     f = PartitionFile(tmp_path / "t-0.sqlite3")
-    f.write({b"a": b"1", b"b": b"2"}, 10, "topic-x")
-    f.write({b"a": b"3", b"b": None, b"c": b"4"}, 17, "topic-x")
+    f.write({b"a": b"1", b"b": b"2", b"\x00\xff": b"5"}, 10, "topic-x")
+    f.write({b"a": b"3", b"b": None, b"c": b"4", b"\x00\xff": None}, 17, "topic-x")
     f.close()
     assert _rows(f.path) == {b"a": b"3", b"c": b"4"}  # independent reader
     assert PartitionFile(f.path).read("topic-x") == (17, [(b"a", b"3"), (b"c", b"4")])
@@ -85,12 +87,24 @@ def test_no_file_and_an_empty_file_mean_recover_from_the_changelog(tmp_path):
     assert PartitionFile(unwritten.path).read("t") == (None, [])
 
 
+def test_any_bytes_and_more_rows_than_one_statement_takes_come_back_as_written(tmp_path):
+    f = PartitionFile(tmp_path / "t-0.sqlite3")
+    rows = {bytes([i % 256, i // 256]) + b"\x00": bytes(range(i % 256)) for i in range(2500)}
+    f.write(rows, 1, "id")
+    f.write({k: None for k in list(rows)[:1200]}, 2, "id")  # tombstones across chunks
+    f.close()
+    want = dict(list(rows.items())[1200:])
+    assert _rows(f.path) == want
+    offset, got = PartitionFile(f.path).read("id")
+    assert offset == 2 and dict(got) == want
+
+
 def test_the_writer_applies_writes_in_order_and_a_corrupt_file_is_reset(tmp_path):
     writer = _Writer(tmp_path, "t")
     writer.start()
     try:
         for i in range(200):  # queued faster than written: coalesced, newest wins
-            writer.write(i % 2, {b"k%d" % (i % 7): b"v%d" % i}, i, "id")
+            writer.write({i % 2: ({b"k%d" % (i % 7): b"v%d" % i}, i)}, "id")
         loaded = writer.call(lambda: writer.load([0, 1], "id")).result(30)
         assert loaded[0][0] == 198 and loaded[1][0] == 199
         want = {p: {} for p in (0, 1)}
@@ -102,7 +116,7 @@ def test_the_writer_applies_writes_in_order_and_a_corrupt_file_is_reset(tmp_path
         garbage.write_bytes(b"not a database" * 100)
         assert writer.call(lambda: writer.load([2], "id")).result(30) == {2: (None, [])}
         assert not garbage.exists()
-        writer.write(2, {b"x": b"y"}, 3, "id")  # and it is written again from scratch
+        writer.write({2: ({b"x": b"y"}, 3)}, "id")  # and it is written again from scratch
         assert writer.call(lambda: writer.load([2], "id")).result(30) == {2: (3, [(b"x", b"y")])}
     finally:
         writer.close()
@@ -112,11 +126,11 @@ def test_a_failed_write_removes_the_file_and_stops_writing_it(tmp_path):
     writer = _Writer(tmp_path, "t")
     writer.start()
     try:
-        writer.write(0, {b"a": b"1"}, 1, "id")
+        writer.write({0: ({b"a": b"1"}, 1)}, "id")
         writer.call(lambda: None).result(30)
-        # a value SQLite cannot bind (the table's values are bytes): the transaction fails
-        writer.write(0, {b"b": object()}, 2, "id")  # type: ignore[dict-item]
-        writer.write(0, {b"c": b"3"}, 3, "id")  # must not land with offset 3 and "b" missing
+        # a value that is not bytes (the rows are bytes): the transaction fails
+        writer.write({0: ({b"b": object()}, 2)}, "id")  # type: ignore[dict-item]
+        writer.write({0: ({b"c": b"3"}, 3)}, "id")  # must not land with offset 3 and "b" missing
         writer.call(lambda: None).result(30)
         assert not (tmp_path / "t-0.sqlite3").exists()
         assert writer.call(lambda: writer.load([0], "id")).result(30) == {0: (None, [])}
