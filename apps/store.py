@@ -10,13 +10,14 @@ faust's dict for every read and write and adds a file beside it.
 
 - One SQLite file per changelog partition, under the app's table directory, named after
   the changelog (so after the app and its namespace): the rows as they are on the
-  changelog (raw key, raw value), the offset of the newest changelog record they include,
-  and the changelog topic's id.
+  changelog (raw key, raw value, both in hex), the offset of the newest changelog record
+  they include, and the changelog topic's id.
 - The worker hands the store what it wrote to the changelog once the broker has
   acknowledged it, with the offsets from the delivery reports (:meth:`Store.persist`);
-  records read back during recovery go the same way. A single writer thread applies them in
-  order, coalescing what has queued up, one transaction per file: a file always holds a
-  state the changelog passed through, and its offset says where that state ends.
+  records read back during recovery go the same way. The store merges them (the newest
+  value of a key wins) and hands them to a writer thread at most once a second, which
+  writes them in order, one transaction per file: a file always holds a state the
+  changelog passed through, and its offset says where that state ends.
 - When faust assigns a partition, its file is loaded into memory and faust is told its
   offset (``persisted_offset``): recovery reads the changelog from there on.
 - A file made for another changelog is recognised by the topic id and discarded (the
