@@ -146,3 +146,38 @@ def test_the_broker_names_each_topic_by_its_own_id(bootstrap, namespace):
     a, b = topic_id(bootstrap, f"{namespace}-a"), topic_id(bootstrap, f"{namespace}-b")
     assert a and b and a != b
     assert topic_id(bootstrap, f"{namespace}-a") == a
+
+
+def test_the_writer_says_when_it_is_idle_so_a_slow_disk_queues_no_more_than_one_set(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    release = threading.Event()
+    real_write = PartitionFile.write
+
+    def slow_write(self, rows, offset, topic):  # a disk that takes its time
+        release.wait(30)
+        real_write(self, rows, offset, topic)
+
+    monkeypatch.setattr(PartitionFile, "write", slow_write)
+    writer = _Writer(tmp_path, "t")
+    writer.start()
+    try:
+        assert writer.idle()
+        writer.write({0: ({b"a": b"1"}, 1)}, "id")
+        for _ in range(200):  # until the writer has taken it (and is stuck writing)
+            if writer.jobs.empty():
+                break
+            release.wait(0.01)
+        assert not writer.idle()  # the store keeps merging instead of queueing more
+        release.set()
+        assert writer.call(lambda: writer.load([0], "id")).result(30) == {0: (1, [(b"a", b"1")])}
+        for _ in range(200):
+            if writer.idle():
+                break
+            release.wait(0.01)
+        assert writer.idle()
+    finally:
+        release.set()
+        writer.close()
