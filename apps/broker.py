@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from vigil.apps.settings import Settings
@@ -32,6 +32,7 @@ __all__ = [
     "record_limit_problems",
     "ensure_topics",
     "resolve_bootstrap",
+    "topic_id",
     "wait_ready",
 ]
 
@@ -137,6 +138,18 @@ def check_copartitioned(bootstrap: str, names: list[str], timeout_s: float = 15.
 
 
 RECORD_OVERHEAD_BYTES = 512  # a record's framing inside a batch, on top of key + value
+
+
+def topic_id(bootstrap: str, topic: str, timeout_s: float = 10.0) -> str | None:
+    """The broker's id of ``topic`` (KIP-516), or None where the broker has none for it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)
+    found = described[topic].result(timeout_s).topic_id
+    if found is None or not (
+        found.get_most_significant_bits() or found.get_least_significant_bits()
+    ):
+        return None  # the null id: a broker without topic ids
+    return str(found)
 
 
 def record_limit_problems(limits: dict[str, int | None], max_record_bytes: int) -> list[str]:

@@ -44,13 +44,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TopicCollection
-from confluent_kafka.admin import AdminClient
 from faust.stores import memory
 from faust.types import TP, EventT
 from mode import Service
 
-__all__ = ["SCHEME", "PartitionFile", "Store", "topic_id"]
+from vigil.apps.broker import topic_id
+
+__all__ = ["SCHEME", "PartitionFile", "Store"]
 
 log = logging.getLogger("vigil.store")
 SCHEME = "vigil"  # store="vigil://" (registered under the faust.stores entry point)
@@ -69,18 +69,6 @@ UPSERT = (
 DELETE = "DELETE FROM state WHERE key IN (SELECT value FROM json_each(?))"
 
 Rows = Mapping[bytes, bytes | None]  # raw key -> raw value, None: the key was deleted
-
-
-def topic_id(bootstrap: str, topic: str, timeout_s: float = 10.0) -> str | None:
-    """The broker's id of ``topic`` (KIP-516), or None where the broker has none for it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)
-    found = described[topic].result(timeout_s).topic_id
-    if found is None or not (
-        found.get_most_significant_bits() or found.get_least_significant_bits()
-    ):
-        return None  # the null id: a broker without topic ids
-    return str(found)
 
 
 class PartitionFile:

@@ -15,7 +15,8 @@ from faust.stores import base, memory
 from faust.tables.recovery import Recovery
 
 from vigil.apps import store
-from vigil.apps.store import PartitionFile, _Writer, topic_id
+from vigil.apps.broker import topic_id
+from vigil.apps.store import PartitionFile, _Writer
 
 # upstream (class, method) -> its parameters, as the store was written against them
 # (faust-streaming 0.15.3): a change upstream fails here first
