@@ -211,6 +211,71 @@ def bench_hybrid_cmd(
             )
 
 
+@bench_app.command("handbook")
+def bench_handbook_cmd(
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="the shared data folder, its fraud-handbook folder or the CSV "
+        "(default: $VIGIL_SHARED_DATA, else ../shared/data beside the checkout)",
+    ),
+    protocol: str = typer.Option("ch5", help="ch3 (one fold) or ch5 (four prequential folds)"),
+    seed: int = typer.Option(7, help="training seed"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """The Fraud Detection Handbook's protocol on its card transactions, through the
+    worker's pipeline: AUC ROC, average precision and Card Precision@100 per fold and mean,
+    per fraud scenario, for rules only, LightGBM, NN only and the hybrid, beside the
+    handbook's published results."""
+    from vigil.models.risk import TabularConfig
+    from vigil.models.risk.handbook import MODELS, run_handbook
+    from vigil.streams.sources.handbook import default_data_dir
+
+    if protocol not in ("ch3", "ch5"):
+        fail(f"--protocol {protocol!r}: ch3 or ch5", 2)
+
+    def say(message: str) -> None:  # progress on stderr, with --json too: minutes of work
+        console.print(message)
+
+    try:
+        result = run_handbook(
+            data or default_data_dir(),
+            protocol,
+            TabularConfig(seed=seed),
+            with_labels=labels,
+            say=say,
+        )
+    except VigilError as exc:
+        fail(exc, 1)
+    if as_json:
+        print(json.dumps(result))
+        return
+    folds = len(result["folds"])
+    table = Table(title=f"handbook {protocol}: mean over {folds} test week(s)")
+    for column in ("model", "AUC ROC", "AP", "CP@100", *result["mean_ap_by_scenario"]["hybrid"]):
+        table.add_column(column, justify="right")
+    for name in MODELS:
+        m = result["mean"][name]
+        by = result["mean_ap_by_scenario"][name]
+        table.add_row(
+            f"Vigil {name}",
+            f"{m['auc_roc']:.3f}",
+            f"{m['ap']:.3f}",
+            f"{m['cp100']:.3f}",
+            *(f"{v:.3f}" for v in by.values()),
+        )
+    for name, m in result["published"].items():
+        table.add_row(
+            f"handbook: {name}", f"{m['auc_roc']:.3f}", f"{m['ap']:.3f}", f"{m['cp100']:.3f}"
+        )
+    out.print(table)
+    lead = result["hybrid_vs_lightgbm_ap_pooled"]
+    out.print(
+        f"hybrid - LightGBM, AP over the pooled test weeks: {lead['difference']:+.4f} "
+        f"(95 % {lead['low']:+.4f} .. {lead['high']:+.4f})"
+    )
+
+
 @bench_app.command("allreduce")
 def bench_allreduce_cmd(
     nodes: int = typer.Option(2, min=2, help="emulated nodes (node 2.. in network namespaces)"),

@@ -26,17 +26,13 @@ from vigil.models.risk.training import (
 from vigil.streams.features.library import HOUR_MS
 
 
-def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int = 1000) -> dict:
-    """AUC-PR and recall at an alert rate for rules-only, LightGBM-only, NN-only and the
-    hybrid on a held-out period; each one's recall per typology at that rate and AUC-PR per
-    typology (its positives against all negatives); the calibration of the three
-    probability models (``models.metrics.calibration``); and how far the hybrid's AUC-PR is
-    ahead of each of the others (paired bootstrap over hours of the held-out period,
-    ``rounds`` resamples: ``hybrid_vs``)."""
-    # Ranked by float64 probabilities: in float32 the confident end saturates at 1.0, and
-    # the ties would blur the ranking AUC-PR measures (decisions are unaffected).
+def model_scores(model: HybridModel, test: History) -> dict[str, np.ndarray]:
+    """Each scorer's score per row: the rules' (as the worker gave it), and the calibrated
+    probabilities of LightGBM, the NN alone and the hybrid. Float64: in float32 the
+    confident end saturates at 1.0, and the ties would blur the ranking the metrics measure
+    (decisions are unaffected)."""
     x = test.features
-    scores = {
+    return {
         "rules_only": test.rule_scores,
         "lightgbm": _calibrated(model.booster.predict(x, raw_score=True), *model.gbdt_calibration),
         "nn": _net_prob(model.nn_only, net_logits(model.nn_only, x, None)),
@@ -44,6 +40,16 @@ def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int 
             model.hybrid, net_logits(model.hybrid, x, _gbdt_logit(model.booster, x))
         ),
     }
+
+
+def evaluate(model: HybridModel, test: History, rate: float = 0.01, rounds: int = 1000) -> dict:
+    """AUC-PR and recall at an alert rate for rules-only, LightGBM-only, NN-only and the
+    hybrid on a held-out period; each one's recall per typology at that rate and AUC-PR per
+    typology (its positives against all negatives); the calibration of the three
+    probability models (``models.metrics.calibration``); and how far the hybrid's AUC-PR is
+    ahead of each of the others (paired bootstrap over hours of the held-out period,
+    ``rounds`` resamples: ``hybrid_vs``)."""
+    scores = model_scores(model, test)
     y = test.labels
     typologies = sorted({t for t, label in zip(test.typologies, y, strict=True) if label and t})
     out: dict = {
