@@ -66,16 +66,21 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     topics = settings.topics
     ensure_all(bootstrap, topics, settings.partitions)
     # the topics' real partition count wins over settings (they may predate this worker)
-    partitions = check_copartitioned(bootstrap, [topics.transactions, topics.inflows])
+    partitions = check_copartitioned(
+        bootstrap, [topics.transactions, topics.inflows, topics.labels]
+    )
     outputs_to = [topics.scores, topics.alerts, topics.dlq, topics.inflows]
     check_record_limit(bootstrap, outputs_to, settings.max_record_bytes)
     app = faust_app(settings, bootstrap, "risk", partitions, settings.batch_size)
-    # One stream over transactions and the inflows this worker group republishes keyed by
-    # payee (streams.features.inflows): co-partitioned, so partition p of both goes to the
-    # same worker, which keeps payer and payee sides of an account in one state entry.
+    # One stream over transactions, the internal records this worker group republishes
+    # keyed by payee (streams.features.inflows, .payee) and the labels: co-partitioned, so
+    # partition p of each goes to the same worker, which keeps the payer, payee and label
+    # sides of an id in one state entry. Labels are keyed by transaction: whichever worker
+    # reads one routes it to its account's and its counterparty's partitions.
     source = app.topic(
         topics.transactions,
         topics.inflows,
+        topics.labels,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -94,6 +99,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         ruleset=ruleset,
         thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
         inflow_topic=topics.inflows,
+        labels_topic=topics.labels,
         partitions=partitions,
         max_record_bytes=settings.max_record_bytes,
     )
@@ -188,8 +194,14 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             pipeline.remember(account_id, snapshot, account)
             saved[account_id] = (partition, snapshot)
 
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.transactions}
+
     async def handle(stream: faust.StreamT, events: list[faust.EventT]) -> None:
         consumed_ms = now_ms()
+        if partitions > 1:  # a counterparty's state is read where its partition is owned
+            mine = owned()
+            pipeline.payee_here = lambda cp: partition_for(cp.encode(), partitions) in mine
         records = raw_records(events)
         t0 = time.perf_counter()
         saved: dict[str, tuple[int, dict[str, Any]]] = {}  # account -> (partition, snapshot)
@@ -248,14 +260,12 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     async def forget_idle() -> None:
         """Forget idle account states of the partitions this worker owns: out of the
         table's store, and a tombstone on its changelog, so recovery forgets them too."""
-        owned = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == topics.transactions
-        }
+        mine = owned()
         keys = sweep.due(state.data, pipeline.watermark_ms)
         tombstones: dict[int, dict[bytes, bytes | None]] = {}
         for key in keys:
             partition = partition_for(key, partitions)
-            if partition not in owned:
+            if partition not in mine:
                 continue  # another worker's now: its own sweep decides
             state.data.pop(key, None)
             pipeline.forget(key.decode())

@@ -45,11 +45,20 @@ from vigil.streams.features.engine import TS, WM, AccountLog, FeatureEngine, eve
 from vigil.streams.features.inflows import (
     InflowLog,
     InflowRecord,
-    decode_inflows,
-    encode_inflows,
+    SideBatch,
+    decode_side,
+    encode_side,
     funds_sources,
 )
-from vigil.streams.features.library import FEATURE_SPEC, GRACE_MS, HORIZON_MS, TRANSFER_CHANNELS
+from vigil.streams.features.library import (
+    FEATURE_SPEC,
+    GRACE_MS,
+    HORIZON_MS,
+    HOUR_MS,
+    KEEP_HOURS,
+    TRANSFER_CHANNELS,
+)
+from vigil.streams.features.payee import LabelEntry, LabelLog, PayeeLog, PaymentEntry
 from vigil.streams.partitioning import partition_for
 from vigil.streams.rules import (
     NUM,
@@ -65,6 +74,7 @@ from vigil.streams.rules import (
 from vigil.streams.schemas import (
     MAX_RECORD_BYTES,
     DeadLetter,
+    Label,
     RawRecord,
     Transaction,
     decode_transactions,
@@ -103,6 +113,8 @@ class AccountState:
     features: AccountLog = field(default_factory=AccountLog)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
     inflows: InflowLog = field(default_factory=InflowLog)  # money in (as a payee)
+    payee: PayeeLog = field(default_factory=PayeeLog)  # as a counterparty, every channel
+    labels: LabelLog = field(default_factory=LabelLog)  # labels of its own transactions
 
     def applied(self, record: RawRecord) -> bool:
         return record.offset <= self.offsets.get(record.partition, -1)
@@ -111,9 +123,15 @@ class AccountState:
         """Event time of the newest payment this account made or received (plain floats:
         this runs for every saved state, and numpy's reductions cost microseconds each)."""
         newest = float(self.features.scalars[WM])  # NaN: never paid
+        latest = []
         if len(self.inflows):
-            received = float(self.inflows.rows[-1, TS])
-            newest = received if newest != newest else max(newest, received)
+            latest.append(float(self.inflows.rows[-1, TS]))
+        if self.payee:  # the end of its newest bucket's hour
+            latest.append(float(self.payee.rows[-1, 0] + 1) * HOUR_MS - 1)
+        if self.labels:
+            latest.append(float(self.labels.rows[-1, 0] + 1) * HOUR_MS - 1)
+        for t in latest:
+            newest = t if newest != newest else max(newest, t)
         return None if newest != newest else int(newest)
 
     def snapshot(self) -> dict[str, Any]:
@@ -124,6 +142,10 @@ class AccountState:
         }
         if self.inflows.folded:
             state["inflows"] = self.inflows.snapshot()
+        if self.payee.folded or self.payee.labels_folded:
+            state["payee"] = self.payee.snapshot()
+        if self.labels.folded:
+            state["labels"] = self.labels.snapshot()
         last_ms = self.last_ms()
         if last_ms is not None:
             state["last_ms"] = last_ms  # read by IdleSweep without decoding the logs
@@ -138,7 +160,9 @@ class AccountState:
             )
         offsets = {int(p): int(o) for p, o in state["offsets"].items()}
         inflows = InflowLog.from_snapshot(state["inflows"]) if "inflows" in state else InflowLog()
-        return cls(AccountLog.from_snapshot(state["features"]), offsets, inflows)
+        payee = PayeeLog.from_snapshot(state["payee"]) if "payee" in state else PayeeLog()
+        labels = LabelLog.from_snapshot(state["labels"]) if "labels" in state else LabelLog()
+        return cls(AccountLog.from_snapshot(state["features"]), offsets, inflows, payee, labels)
 
 
 @dataclass
@@ -158,15 +182,15 @@ class BatchResult:
 class IdleSweep:
     """Which account states to forget: those whose newest payment (made or received) is
     older than ``ttl_ms`` behind the event-time watermark, and those that only ever
-    received money (their features are inflow windows) once it is older than the longest
-    window. Forgetting an account restarts its running statistics (age, dormancy, history
-    mean), so ``ttl_ms`` should be longer than the dormancy that matters.
+    received money or labels (their features are windows over them) once it is older than
+    the longest of those windows. Forgetting an account restarts its running statistics
+    (age, dormancy, history mean), so ``ttl_ms`` should be longer than the dormancy that matters.
 
     Two phases: a state picked by one sweep is forgotten by the next only if it is still
     the very same object, so it was not written in between, and its source offsets had
     all that time to be committed (a redelivered event never meets a forgotten state)."""
 
-    def __init__(self, ttl_ms: int, payee_ttl_ms: int = HORIZON_MS + GRACE_MS) -> None:
+    def __init__(self, ttl_ms: int, payee_ttl_ms: int = KEEP_HOURS * HOUR_MS + GRACE_MS) -> None:
         if ttl_ms < HORIZON_MS + GRACE_MS:
             raise UsageError(
                 f"state TTL {ttl_ms} ms is shorter than the longest feature window "
@@ -206,6 +230,7 @@ class RiskPipeline:
         inflow_topic: str = "vigil.risk.inflows",
         partitions: int = 1,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        labels_topic: str = "vigil.labels",
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
         self.shadow: Ruleset | None = None
@@ -218,6 +243,10 @@ class RiskPipeline:
         self._live: OrderedDict[str, tuple[dict[str, Any], AccountState]] = OrderedDict()
         self.live_states = live_states
         self.inflow_topic = inflow_topic
+        self.labels_topic = labels_topic
+        # whether a counterparty's state is held here (the worker owns its partition); where
+        # not, its payee features are NaN
+        self.payee_here: Callable[[str], bool] = lambda _id: True
         self.partitions = partitions  # of the transaction and inflow topics
         self._fed_back: list[tuple[int, bytes]] = []  # process_local: next batch's inflows
         self._fed_offset = 0
@@ -282,8 +311,10 @@ class RiskPipeline:
         out = BatchResult()
         t0 = time.perf_counter()
         inflow_records = [r for r in records if r.topic == self.inflow_topic]
-        if inflow_records:
-            records = [r for r in records if r.topic != self.inflow_topic]
+        label_records = [r for r in records if r.topic == self.labels_topic]
+        if inflow_records or label_records:
+            side = (self.inflow_topic, self.labels_topic)
+            records = [r for r in records if r.topic not in side]
         self._check_routing(out, records)
         valid, dead = decode_transactions(records, clock())
         t1 = time.perf_counter()
@@ -292,6 +323,9 @@ class RiskPipeline:
             self._dead(out, record, letter)
         if inflow_records:
             self._fold_inflows(out, inflow_records, load_state, clock)
+        routed: dict[int, SideBatch] = {}  # partition -> what goes there
+        if label_records:
+            self._route_labels(out, label_records, routed, clock)
 
         # The events these states have not applied yet, in partition order.
         fresh: list[Transaction] = []
@@ -322,9 +356,14 @@ class RiskPipeline:
         accounts = [tx.account_id for tx in fresh]
         rows = event_rows(fresh)
         # extreme amounts may overflow a ratio: an infinite feature is caught below
+        counterparties = [tx.counterparty_id for tx in fresh]
+        payees = self._payees(out, counterparties, load_state)
+        labels = {a: out.states[a].labels for a in logs if out.states[a].labels}
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            matrix = self.engine.compute(accounts, rows, logs, inflows)
-        self._publish_inflows(out, fresh, sources, rows, inflows)
+            matrix = self.engine.compute(
+                accounts, rows, logs, inflows, counterparties, payees, labels
+            )
+        self._publish_side(out, fresh, sources, rows, inflows, routed)
         t3 = time.perf_counter()
         spec_label = FEATURE_SPEC.label
         scorer = self.model.current  # one model and one ruleset for the whole batch
@@ -469,78 +508,185 @@ class RiskPipeline:
         load_state: Callable[[str], dict[str, Any] | None],
         clock: Callable[[], int],
     ) -> None:
-        """Fold inflow batches into their payees' inflow logs (duplicates skipped)."""
-        by_payee: dict[str, list[InflowRecord]] = {}
+        """Fold internal records into the logs of the entities they name: inflows into
+        payees' inflow logs, payments into counterparties' payee logs, labels into accounts'
+        label logs and counterparties' payee logs (duplicates skipped)."""
+        inflows: dict[str, list[InflowRecord]] = {}
+        payments: dict[str, list[PaymentEntry]] = {}
+        labels: dict[tuple[str, str], list[LabelEntry]] = {}
         received = 0
         for record in records:
             try:
-                inflows = decode_inflows(record.value)
-                for inflow in inflows:
-                    self._state(out, inflow.payee, load_state)
+                batch = decode_side(record.value)
+                for entity in (
+                    *(r.payee for r in batch.inflows),
+                    *(r.payee for r in batch.payments),
+                    *(r.entity for r in batch.labels),
+                ):
+                    self._state(out, entity, load_state)
             except (FeatureError, KeyError, TypeError, ValueError) as exc:
                 self._dead(
                     out, record, DeadLetter.of(record, f"inflows not folded: {exc}", clock())
                 )
                 continue
-            received += len(inflows)
-            for inflow in inflows:
-                by_payee.setdefault(inflow.payee, []).append(inflow)
-                out.partition[inflow.payee] = record.partition  # co-partitioned
-        folded = 0
-        for payee, batch in by_payee.items():
-            folded += out.states[payee].inflows.fold(batch)
+            received += len(batch.inflows)
+            for r in batch.inflows:
+                inflows.setdefault(r.payee, []).append(r)
+            for p in batch.payments:
+                payments.setdefault(p.payee, []).append(p)
+            for e in batch.labels:
+                labels.setdefault((e.entity, e.role), []).append(e)
+            for entity in {
+                *(r.payee for r in batch.inflows),
+                *(r.payee for r in batch.payments),
+                *(r.entity for r in batch.labels),
+            }:
+                out.partition[entity] = record.partition  # co-partitioned
+        folded = sum(out.states[p].inflows.fold(b) for p, b in inflows.items())
         out.counts["inflows"] += folded
         out.counts["inflows_redelivered"] += received - folded
+        out.counts["payments_folded"] += sum(
+            out.states[p].payee.fold_payments(b) for p, b in payments.items()
+        )
+        for (entity, role), entries in labels.items():
+            state = out.states[entity]
+            if role == "a":
+                out.counts["labels_folded"] += state.labels.fold(entries)
+            else:
+                out.counts["labels_folded"] += state.payee.fold_labels(entries)
 
-    def _publish_inflows(
+    def _route_labels(
+        self,
+        out: BatchResult,
+        records: list[RawRecord],
+        routed: dict[int, SideBatch],
+        clock: Callable[[], int],
+    ) -> None:
+        """Send each label to the partitions of its transaction's account and counterparty
+        (where it names them: ``account_id``, ``counterparty_id``); a record that is not a
+        label is dead-lettered; a label naming neither is counted (training still reads it)."""
+        for record in records:
+            try:
+                label = Label.model_validate_json(record.value or b"")
+                extra = label.model_extra or {}
+                ids = [(extra.get("account_id"), "a"), (extra.get("counterparty_id"), "c")]
+                for entity, _role in ids:
+                    if entity is not None and not (
+                        isinstance(entity, str) and 0 < len(entity) <= 128
+                    ):
+                        raise ValueError(f"{entity!r} is not an account or counterparty id")
+            except ValueError as exc:
+                error = f"not a label: {_short(exc)}"
+                self._dead(out, record, DeadLetter.of(record, error, clock()))
+                continue
+            named = [(e, role) for e, role in ids if e is not None]
+            if not named:
+                out.counts["labels_unrouted"] += 1
+                continue
+            out.counts["labels"] += 1
+            for entity, role in named:
+                entry = LabelEntry(
+                    entity, role, label.ts_ms, label.label, record.partition, record.offset
+                )
+                partition = partition_for(entity.encode(), self.partitions)
+                routed.setdefault(partition, SideBatch()).labels.append(entry)
+
+    def _payees(
+        self,
+        out: BatchResult,
+        counterparties: list[str],
+        load: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, PayeeLog | None]:
+        """The payee log of each counterparty (read, not changed: a counterparty's state is
+        not saved for being read), None where its state is not held here."""
+        logs: dict[str, PayeeLog | None] = {}
+        for cp in counterparties:
+            if cp in logs:
+                continue
+            state = out.states.get(cp)
+            if state is not None:
+                logs[cp] = state.payee
+            elif not self.payee_here(cp):
+                logs[cp] = None
+            else:
+                snapshot = load(cp)
+                if snapshot is None:
+                    logs[cp] = PayeeLog()
+                    continue
+                live = self._live.get(cp)
+                if live is not None and live[0] is snapshot:
+                    logs[cp] = live[1].payee
+                    continue
+                try:
+                    peeked = AccountState.from_snapshot(snapshot)
+                except (FeatureError, KeyError, TypeError, ValueError):
+                    logs[cp] = None  # unreadable: the owner's own batch dead-letters it
+                    continue
+                self.remember(cp, snapshot, peeked)
+                logs[cp] = peeked.payee
+        return logs
+
+    def _publish_side(
         self,
         out: BatchResult,
         txs: list[Transaction],
         records: list[RawRecord],
         rows: np.ndarray,
         inflows: dict[str, InflowLog],
+        routed: dict[int, SideBatch],
     ) -> None:
-        """The inflows of the batch's transfers, one message per payee partition."""
-        picked = [
+        """The batch's payments for their counterparties (every channel; transfers also as
+        inflows of their payee accounts) and its routed labels, one message per partition."""
+        transfers = [
             i
             for i, tx in enumerate(txs)
             if tx.channel in TRANSFER_CHANNELS
             and tx.counterparty_id
             and tx.counterparty_id != tx.account_id
         ]
-        if not picked:
-            return
-        payers = [txs[i].account_id for i in picked]
-        source = funds_sources(payers, rows[picked, TS], inflows)
-        by_partition: dict[int, list[InflowRecord]] = {}
-        for j, i in enumerate(picked):
-            tx, record = txs[i], records[i]
-            payee = tx.counterparty_id
-            inflow = InflowRecord(
-                payee,
-                key_hash(tx.account_id),
-                tx.ts_ms,
-                tx.amount,
-                float(source[j]),
-                record.partition,
-                record.offset,
-                tx.tx_id,
+        sources = dict(
+            zip(
+                transfers,
+                funds_sources([txs[i].account_id for i in transfers], rows[transfers, TS], inflows),
+                strict=True,
             )
-            partition = partition_for(payee.encode(), self.partitions)
-            by_partition.setdefault(partition, []).append(inflow)
-        for partition, batch in sorted(by_partition.items()):
-            out.inflows.extend((partition, value) for value in self._inflow_values(batch))
+        )
+        for i, tx in enumerate(txs):
+            payee = tx.counterparty_id
+            if not payee or payee == tx.account_id:
+                continue
+            record = records[i]
+            batch = routed.setdefault(partition_for(payee.encode(), self.partitions), SideBatch())
+            payer = key_hash(tx.account_id)
+            batch.payments.append(
+                PaymentEntry(payee, payer, tx.ts_ms, tx.amount, record.partition, record.offset)
+            )
+            if i in sources:
+                batch.inflows.append(
+                    InflowRecord(
+                        payee,
+                        payer,
+                        tx.ts_ms,
+                        tx.amount,
+                        float(sources[i]),
+                        record.partition,
+                        record.offset,
+                        tx.tx_id,
+                    )
+                )
+        for partition, batch in sorted(routed.items()):
+            out.inflows.extend((partition, value) for value in self._side_values(batch))
 
-    def _inflow_values(self, batch: list[InflowRecord]) -> Iterator[bytes]:
-        """``batch`` as inflow records, in halves where one would be over the record size
-        (a row is at most a few hundred bytes: ids are at most 128 characters)."""
-        value = encode_inflows(batch)
+    def _side_values(self, batch: SideBatch) -> Iterator[bytes]:
+        """``batch`` as internal records, in halves where one would be over the record size
+        (an entry is at most a few hundred bytes: ids are at most 128 characters)."""
+        value = encode_side(batch)
         if len(value) <= self.max_record_bytes or len(batch) == 1:
             yield value
             return
-        mid = len(batch) // 2
-        yield from self._inflow_values(batch[:mid])
-        yield from self._inflow_values(batch[mid:])
+        for half in batch.halves():
+            if len(half):
+                yield from self._side_values(half)
 
     @staticmethod
     def _explain(alerts: list[tuple[int, bytes, dict]], scorer, matrix, model_scores) -> None:

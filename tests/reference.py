@@ -31,9 +31,26 @@ def wire(tx_id: str, payer: str, payee: str, minutes: int, amount: float) -> dic
     }
 
 
+def batch_dependent() -> set[str]:
+    """The features whose value depends on where micro-batches were cut: the counterparty's
+    (a payment reaches its counterparty's state one batch later). ``features_by_tx`` leaves
+    them out; tests/streams/features/test_payee.py checks them batch by batch."""
+    from vigil.streams.features import library as L
+
+    names = {n for n, op in L.FEATURES.items() if isinstance(op, L.Payee)}
+    return names | {"payee_mean_30d", "amount_to_payee_mean_30d"}
+
+
+def own(features: dict[str, float | None]) -> dict[str, float | None]:
+    """``features`` without the batch-dependent ones (to compare with ``features_by_tx``)."""
+    dependent = batch_dependent()
+    return {k: v for k, v in features.items() if k not in dependent}
+
+
 def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Library features of every transaction, per account in the given (arrival) order,
-    with no money coming in (inflow features empty)."""
+    with no money coming in (inflow features empty), no label known, and without the
+    batch-dependent ones (``batch_dependent``)."""
     per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for tx in transactions:
         per_account[tx["account_id"]].append(tx)
@@ -41,7 +58,8 @@ def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str
     for history in per_account.values():
         for tx, feats in zip(history, library_features(history), strict=True):
             feats.update(inflow_features(tx, [], feats))
-            result[tx["tx_id"]] = feats
+            feats.update(account_label_features(tx, []))
+            result[tx["tx_id"]] = own(feats)
     return result
 
 
@@ -51,13 +69,13 @@ def features_by_batch(batches: list[list[dict[str, Any]]]) -> dict[str, dict[str
     the next, and a transaction sees the inflows folded before its batch."""
     from vigil.streams.features import library as L
 
-    own = features_by_tx(tx for batch in batches for tx in batch)
+    mine = features_by_tx(tx for batch in batches for tx in batch)
     delivered: dict[str, list[dict[str, Any]]] = defaultdict(list)  # payee -> inflows
     result = {}
     for batch in batches:
         produced = []
         for tx in batch:
-            feats = dict(own[tx["tx_id"]])
+            feats = dict(mine[tx["tx_id"]])
             received = delivered[tx["account_id"]]
             feats.update(inflow_features(tx, received, feats))
             result[tx["tx_id"]] = feats
@@ -244,3 +262,77 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         f["amount_to_max_7d"] = a / f["amount_max_7d"]
         out.append(f)
     return out
+
+
+def _bucketed(items: list[dict[str, Any]], newest_hour: int | None) -> list[dict[str, Any]]:
+    """What hour buckets keep of folded ``items`` (each with an ``hour``): those within
+    the 31 days before the newest hour any of them reached."""
+    from vigil.streams.features import library as L
+
+    if newest_hour is None:
+        return []
+    return [r for r in items if r["hour"] > newest_hour - L.KEEP_HOURS]
+
+
+def payee_features(
+    tx: dict[str, Any], payee: dict[str, list] | None, own: dict[str, float | None]
+) -> dict[str, float | None]:
+    """The counterparty's features of ``tx`` given what its counterparty folded before
+    (``payee``: ``payments`` with payer, ts_ms, amount, new; ``labels`` with known_ms and
+    label; None when its state is not held), from the definitions in library.py:
+    payments in hour buckets (H - w, H], labels by the hour known in [H - w, H)."""
+    from vigil.streams.features import library as L
+
+    names = [n for n, op in L.FEATURES.items() if isinstance(op, L.Payee)]
+    names += ["payee_mean_30d", "amount_to_payee_mean_30d"]
+    if payee is None:
+        return dict.fromkeys(names)
+    hour_now = tx["ts_ms"] // L.HOUR_MS
+    pays = [{**p, "hour": p["ts_ms"] // L.HOUR_MS} for p in payee["payments"]]
+    labels = [{**x, "hour": x["known_ms"] // L.HOUR_MS} for x in payee["labels"]]
+    hours = [r["hour"] for r in pays + labels]
+    newest = max(hours) if hours else None
+    pays, labels = _bucketed(pays, newest), _bucketed(labels, newest)
+    f: dict[str, float | None] = {}
+    windows = {"1h": L.HOUR_MS, "24h": L.DAY_MS, "7d": L.WEEK_MS, "30d": 30 * L.DAY_MS}
+    for label, w in windows.items():
+        h = w // L.HOUR_MS
+        inside = [p for p in pays if hour_now - h < p["hour"] <= hour_now]
+        known = [x for x in labels if hour_now - h <= x["hour"] < hour_now]
+        f[f"payee_count_{label}"] = float(len(inside))
+        f[f"payee_sum_{label}"] = float(sum(p["amount"] for p in inside))
+        new = sum(1 for p in inside if p["new"])
+        f[f"payee_new_payers_{label}"] = float(new)
+        f[f"payee_new_payer_share_{label}"] = new / len(inside) if inside else None
+        frauds = sum(x["label"] for x in known)
+        f[f"payee_frauds_{label}"] = float(frauds)
+        f[f"payee_labelled_{label}"] = float(len(known))
+        f[f"payee_fraud_risk_{label}"] = frauds / len(known) if known else None
+    f["payee_first_payment"] = float(
+        not any(p["payer"] == tx["account_id"] for p in payee["payments"])
+    )
+    count, total = f["payee_count_30d"], f["payee_sum_30d"]
+    f["payee_mean_30d"] = total / count if count else None
+    mean = f["payee_mean_30d"]
+    f["amount_to_payee_mean_30d"] = tx["amount"] / mean if mean else None
+    return {n: f[n] for n in names}
+
+
+def account_label_features(
+    tx: dict[str, Any], labels: list[dict[str, Any]]
+) -> dict[str, float | None]:
+    """The labels known of ``tx``'s account (``known_ms``, ``label`` each, as folded before
+    the event's batch), by the hour known in [H - w, H)."""
+    from vigil.streams.features import library as L
+
+    hour_now = tx["ts_ms"] // L.HOUR_MS
+    rows = [{**x, "hour": x["known_ms"] // L.HOUR_MS} for x in labels]
+    rows = _bucketed(rows, max((r["hour"] for r in rows), default=None))
+    f: dict[str, float | None] = {}
+    for label, w in (("7d", L.WEEK_MS), ("30d", 30 * L.DAY_MS)):
+        h = w // L.HOUR_MS
+        known = [x for x in rows if hour_now - h <= x["hour"] < hour_now]
+        frauds = sum(x["label"] for x in known)
+        f[f"account_frauds_{label}"] = float(frauds)
+        f[f"account_fraud_risk_{label}"] = frauds / len(known) if known else None
+    return f

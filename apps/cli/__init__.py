@@ -12,6 +12,7 @@ from vigil.apps.cli import (  # noqa: F401  (each registers its commands)
     demo,
     export,
     keys,
+    label,
     models,
     publish,
     rules,

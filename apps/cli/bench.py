@@ -220,6 +220,12 @@ def bench_handbook_cmd(
         "(default: $VIGIL_SHARED_DATA, else ../shared/data beside the checkout)",
     ),
     protocol: str = typer.Option("ch5", help="ch3 (one fold) or ch5 (four prequential folds)"),
+    labels: bool = typer.Option(
+        True,
+        "--labels/--no-labels",
+        help="publish each label on vigil.labels when it becomes known (7 days after its "
+        "transaction), as the protocol's delay; --no-labels: features without them",
+    ),
     seed: int = typer.Option(7, help="training seed"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:

@@ -55,10 +55,13 @@ from vigil.streams.features.library import (
     Entropy,
     FeatureSpec,
     Inflow,
+    Labels,
+    Payee,
     Ratio,
     Sequential,
     Windowed,
 )
+from vigil.streams.features.payee import LabelLog, PayeeLog, label_features, payee_features
 from vigil.streams.schemas import Transaction
 
 __all__ = ["AccountLog", "FeatureEngine", "key_hash", "event_rows"]
@@ -177,7 +180,9 @@ class FeatureEngine:
         self.spec = spec
         self.ops = {n: FEATURES[n] for n in spec.names}
         self.inflow_ops = {n: op for n, op in self.ops.items() if isinstance(op, Inflow)}
-        own = {n: op for n, op in self.ops.items() if not isinstance(op, Inflow)}
+        self.payee_ops = {n: op for n, op in self.ops.items() if isinstance(op, Payee)}
+        self.label_ops = {n: op for n, op in self.ops.items() if isinstance(op, Labels)}
+        own = {n: op for n, op in self.ops.items() if not isinstance(op, Inflow | Payee | Labels)}
         self.windows = sorted({op.window_ms for op in own.values() if hasattr(op, "window_ms")})
         self.by_window = {
             w: [(n, op) for n, op in own.items() if getattr(op, "window_ms", None) == w]
@@ -190,20 +195,31 @@ class FeatureEngine:
         rows: np.ndarray,
         logs: dict[str, AccountLog],
         inflows: dict[str, InflowLog] | None = None,
+        counterparties: Sequence[str | None] | None = None,
+        payees: dict[str, PayeeLog | None] | None = None,
+        labels: dict[str, LabelLog] | None = None,
     ) -> np.ndarray:
         """Features (len(accounts) x len(spec.names), NaN = no value) of events in arrival
         order; ``logs`` holds every account's log (created if missing) and is updated;
-        ``inflows`` holds the inflow logs of the accounts that have any (read only)."""
+        ``inflows`` holds the inflow logs of the accounts that have any, ``payees`` the
+        payee log of each event's counterparty (``counterparties``; None: not held here)
+        and ``labels`` the label logs of the accounts that have any (all read only)."""
         if not len(accounts):
             return np.full((0, len(self.spec.names)), np.nan)
-        inflows = inflows or {}
+        side = _Side(
+            inflows or {},
+            list(counterparties) if counterparties is not None else [None] * len(accounts),
+            payees or {},
+            labels or {},
+        )
         rounds = _rounds(accounts, rows[:, TS])
         if not rounds.any():
-            return self._round(list(accounts), rows, logs, inflows)
+            return self._round(list(accounts), rows, logs, side)
         out = np.full((len(accounts), len(self.spec.names)), np.nan)
         for r in range(int(rounds.max()) + 1):
             sel = np.flatnonzero(rounds == r)
-            out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs, inflows)
+            part = side.take(sel)
+            out[sel] = self._round([accounts[i] for i in sel], rows[sel], logs, part)
         return out
 
     def _round(
@@ -211,7 +227,7 @@ class FeatureEngine:
         accounts: list[str],
         new: np.ndarray,
         logs: dict[str, AccountLog],
-        inflows: dict[str, InflowLog],
+        side: _Side,
     ) -> np.ndarray:
         slot: dict[str, int] = {}
         for a in accounts:
@@ -259,7 +275,14 @@ class FeatureEngine:
         for name, op in self.ops.items():
             if isinstance(op, Current):
                 feats[name] = cols[op.column][at]
-        feats.update(inflow_features(self.inflow_ops, accounts, new[:, TS], new[:, CP], inflows))
+        ts = new[:, TS]
+        feats.update(inflow_features(self.inflow_ops, accounts, ts, new[:, CP], side.inflows))
+        if self.payee_ops:
+            payers = np.array([key_hash(a) for a in accounts])
+            feats.update(
+                payee_features(self.payee_ops, side.counterparties, payers, ts, side.payees)
+            )
+        feats.update(label_features(self.label_ops, accounts, ts, side.labels))
         for name, op in self.ops.items():
             if isinstance(op, Entropy):
                 shares = np.stack([feats[s] for s in op.shares])
@@ -405,6 +428,21 @@ class FeatureEngine:
             start = max(cut[j], bounds[j], bounds[j + 1] - MAX_ACCOUNT_ROWS)
             log.rows = rows[:, start : bounds[j + 1]].T.copy()
             log.scalars = scal[j]
+
+
+class _Side:
+    """What a batch's events read besides their accounts' own logs."""
+
+    __slots__ = ("inflows", "counterparties", "payees", "labels")
+
+    def __init__(self, inflows, counterparties, payees, labels) -> None:
+        self.inflows: dict[str, InflowLog] = inflows
+        self.counterparties: list[str | None] = counterparties
+        self.payees: dict[str, PayeeLog | None] = payees
+        self.labels: dict[str, LabelLog] = labels
+
+    def take(self, sel: np.ndarray) -> _Side:
+        return _Side(self.inflows, [self.counterparties[i] for i in sel], self.payees, self.labels)
 
 
 _SEQUENTIAL = tuple(n for n, op in FEATURES.items() if isinstance(op, Sequential))

@@ -44,12 +44,16 @@ from vigil.streams.features.library import (
     WEEK_MS,
     Inflow,
 )
+from vigil.streams.features.payee import LabelEntry, PaymentEntry
 
 __all__ = [
     "InflowLog",
     "InflowRecord",
+    "SideBatch",
     "decode_inflows",
+    "decode_side",
     "encode_inflows",
+    "encode_side",
     "funds_sources",
     "inflow_features",
 ]
@@ -113,12 +117,54 @@ def encode_inflows(records: Sequence[InflowRecord]) -> bytes:
 
 
 def decode_inflows(value: bytes | None) -> list[InflowRecord]:
+    return decode_side(value).inflows
+
+
+class SideBatch:
+    """What one ``vigil.risk.inflows`` record carries to one partition: transfers for their
+    payees' inflow logs, payments (every channel) for their counterparties' payee logs, and
+    labels for their accounts' and counterparties' logs (``streams.features.payee``)."""
+
+    __slots__ = ("inflows", "payments", "labels")
+
+    def __init__(self, inflows=None, payments=None, labels=None) -> None:
+        self.inflows: list[InflowRecord] = inflows or []
+        self.payments: list[PaymentEntry] = payments or []
+        self.labels: list[LabelEntry] = labels or []
+
+    def __len__(self) -> int:
+        return len(self.inflows) + len(self.payments) + len(self.labels)
+
+    def halves(self) -> tuple[SideBatch, SideBatch]:
+        a, b = SideBatch(), SideBatch()
+        for name in self.__slots__:
+            items = getattr(self, name)
+            mid = len(items) // 2
+            setattr(a, name, items[:mid])
+            setattr(b, name, items[mid:])
+        return a, b
+
+
+def encode_side(batch: SideBatch) -> bytes:
+    """Version 2 of the internal record (version 1 carried inflows only)."""
+    doc: dict[str, Any] = {"v": 2}
+    for name in SideBatch.__slots__:
+        items = getattr(batch, name)
+        if items:
+            doc[name] = [r.row() for r in items]
+    return orjson.dumps(doc)
+
+
+def decode_side(value: bytes | None) -> SideBatch:
+    """A version 1 or 2 internal record; FeatureError when it is malformed."""
     try:
         doc = orjson.loads(value or b"")
-        if doc.get("v") != 1:
+        if doc.get("v") not in (1, 2):
             raise DataError(f"unknown inflow batch version {doc.get('v')!r}")
+        payments = [PaymentEntry.from_row(r) for r in doc.get("payments", ())]
+        labels = [LabelEntry.from_row(r) for r in doc.get("labels", ())]
         out = []
-        for i, row in enumerate(doc["inflows"]):
+        for i, row in enumerate(doc.get("inflows", ())):
             payee, tx_id, payer, ts_ms, amount, source, partition, offset = row
             rec = InflowRecord(
                 str(payee),
@@ -135,7 +181,7 @@ def decode_inflows(value: bytes | None) -> list[InflowRecord]:
             out.append(rec)
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise FeatureError(f"inflow batch malformed: {exc}") from exc
-    return out
+    return SideBatch(out, payments, labels)
 
 
 class InflowLog:

@@ -13,7 +13,10 @@ Primitives (evaluated for a whole micro-batch at once by ``streams.features.engi
   previous event, account age, history count/mean/z-score, exponentially weighted mean);
 - ``Ratio(num, den)`` of two other features and ``Entropy`` of a set of shares;
 - ``Inflow(kind, window)``: money INTO the account (other accounts' transfers to it), from
-  the inflow log that the worker's repartition keeps per payee (``streams.features.inflows``).
+  the inflow log that the worker's repartition keeps per payee (``streams.features.inflows``);
+- ``Payee(kind, window)``: the event's counterparty's own history (payments it received
+  from every payer, labels known of it) and ``Labels(kind, window)``: the labels known of
+  the account itself, both over hour buckets (``streams.features.payee``).
 
 Window semantics, shared by the engine and the tests' brute-force reference: as of an event,
 aggregate the account's events that arrived no later than it and whose event time lies in
@@ -49,6 +52,8 @@ __all__ = [
     "Entropy",
     "FirstSeen",
     "Inflow",
+    "Labels",
+    "Payee",
     "Ratio",
     "Sequential",
     "Windowed",
@@ -75,7 +80,11 @@ CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
 # re-published keyed by the payee, so the payee's features see money coming in. Card and
 # cash payments go to merchants and tills, whose inflows would only make hot keys.
 TRANSFER_CHANNELS = ("wire", "ach", "p2p", "crypto")
-MAX_INFLOW_ROWS = 4096  # an entity keeps at most its latest this many inflows
+MAX_INFLOW_ROWS = 4096
+# the counterparty's and the labels' hour buckets span at most this many hours (31 days),
+# and a counterparty remembers at most its newest this many payers
+KEEP_HOURS = 31 * 24
+MAX_PAYERS = 1024  # an entity keeps at most its latest this many inflows
 # an account keeps at most its latest this many own events within the horizon (one a
 # minute for a week and a half): a bound on memory per key; windowed features of an account
 # busier than that count only these
@@ -160,7 +169,40 @@ class Inflow:
     window_ms: int
 
 
-Operator = Windowed | Distinct | FirstSeen | Current | Sequential | Ratio | Entropy | Inflow
+@dataclass(frozen=True)
+class Payee:
+    """The event's counterparty as a payee, over hour buckets: ``count`` / ``sum`` of the
+    payments it received, ``new_payers`` (payments from a payer it had not seen within 31
+    days) and ``new_payer_share``, in ``(H - w, H]``; ``frauds`` / ``labelled`` / ``fraud_rate``
+    (frauds over labelled) of the labels known of its payments in ``[H - w, H)``; and
+    ``first_payment``: this payer never paid it (within what it remembers)."""
+
+    kind: str
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The labels known of the account's own transactions in the hours ``[H - w, H)``:
+    ``frauds``, ``labelled``, ``fraud_rate`` (frauds over labelled)."""
+
+    kind: str
+    window_ms: int
+
+
+Operator = (
+    Windowed
+    | Distinct
+    | FirstSeen
+    | Current
+    | Sequential
+    | Ratio
+    | Entropy
+    | Inflow
+    | Payee
+    | Labels
+)
+MONTH_MS = 30 * DAY_MS
 WINDOWS = {"1m": MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": WEEK_MS}
 
 
@@ -232,6 +274,25 @@ def _build() -> dict[str, Operator]:
     f["time_since_inflow_ms"] = Inflow("time_since", WEEK_MS)
     f["round_trip_7d"] = Inflow("round_trip", WEEK_MS)
     f["shared_source_payers_7d"] = Inflow("shared_source", WEEK_MS)
+    # the counterparty's side: its payments from every payer and the labels known of it
+    for label, w in (("1h", HOUR_MS), ("24h", DAY_MS), ("7d", WEEK_MS), ("30d", MONTH_MS)):
+        f[f"payee_count_{label}"] = Payee("count", w)
+    for label, w in (("24h", DAY_MS), ("7d", WEEK_MS), ("30d", MONTH_MS)):
+        f[f"payee_sum_{label}"] = Payee("sum", w)
+    for label, w in (("7d", WEEK_MS), ("30d", MONTH_MS)):
+        f[f"payee_new_payers_{label}"] = Payee("new_payers", w)
+        f[f"payee_new_payer_share_{label}"] = Payee("new_payer_share", w)
+    f["payee_first_payment"] = Payee("first_payment", 0)
+    for label, w in (("24h", DAY_MS), ("7d", WEEK_MS), ("30d", MONTH_MS)):
+        f[f"payee_frauds_{label}"] = Payee("frauds", w)
+        f[f"payee_labelled_{label}"] = Payee("labelled", w)
+        f[f"payee_fraud_risk_{label}"] = Payee("fraud_rate", w)
+    # the labels known of the account itself
+    for label, w in (("7d", WEEK_MS), ("30d", MONTH_MS)):
+        f[f"account_frauds_{label}"] = Labels("frauds", w)
+        f[f"account_fraud_risk_{label}"] = Labels("fraud_rate", w)
+    f["payee_mean_30d"] = Ratio("payee_sum_30d", "payee_count_30d")
+    f["amount_to_payee_mean_30d"] = Ratio("amount", "payee_mean_30d")
     # ratios
     f["pass_through_24h"] = Ratio("sum_24h", "inflow_sum_24h")
     f["pass_through_7d"] = Ratio("sum_7d", "inflow_sum_7d")
@@ -273,9 +334,9 @@ def _digest() -> str:
     parts += [repr(c) for c in (HORIZON_MS, GRACE_MS, SMALL_AMOUNT, REPORTING_THRESHOLD)]
     parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, ZSCORE_MIN_REL_STD, CHANNELS)]
     parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
-    parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS)]
+    parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS), repr((KEEP_HOURS, MAX_PAYERS))]
     parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-3", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-4", tuple(FEATURES), _digest())

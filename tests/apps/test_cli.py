@@ -465,3 +465,44 @@ def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_pa
     assert found, said[-2000:]
     published, scored, _alerts, dead = map(int, found.groups())
     assert published > 0 and scored + dead == published
+
+
+@pytest.mark.integration
+def test_label_a_transaction_or_an_alert_and_a_bad_id_is_a_clear_error(settings, monkeypatch):
+    from tests.reference import wire
+    from vigil.apps.clients import publish, read_topic
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    txs = [wire(f"lt{i}", f"acct-{i}", f"bene-{i}", i, 50.0 + i) for i in range(30)]
+    publish(
+        settings.kafka_bootstrap,
+        settings.topics.transactions,
+        [(t["account_id"], json.dumps(t).encode()) for t in txs],
+    )
+    alert = {"alert_id": "al-7", "tx_id": "lt7", "account_id": "acct-7", "decision": "block"}
+    publish(
+        settings.kafka_bootstrap, settings.topics.alerts, [("acct-7", json.dumps(alert).encode())]
+    )
+
+    fraud = runner.invoke(app, ["label", "lt12", "--fraud", "--typology", "mule"])
+    assert fraud.exit_code == 0, fraud.output
+    legit = runner.invoke(app, ["label", "al-7", "--legit"])
+    assert legit.exit_code == 0, legit.output
+    labels = [v for _k, v, _ts in read_topic(settings.kafka_bootstrap, settings.topics.labels)]
+    by_tx = {v["tx_id"]: v for v in labels}
+    assert by_tx["lt12"]["label"] == 1 and by_tx["lt12"]["typology"] == "mule"
+    assert (by_tx["lt12"]["account_id"], by_tx["lt12"]["counterparty_id"]) == ("acct-12", "bene-12")
+    assert by_tx["lt12"]["tx_ts_ms"] == txs[12]["ts_ms"]
+    assert by_tx["lt7"]["label"] == 0 and by_tx["lt7"]["counterparty_id"] == "bene-7"
+    from vigil.streams.schemas import Label
+
+    assert all(Label.model_validate(v) for v in labels)  # the contract's label records
+
+    missing = runner.invoke(app, ["label", "no-such-id", "--fraud"])
+    assert missing.exit_code == 1
+    assert "neither a transaction" in missing.output and "no-such-id" in missing.output
+    unsaid = runner.invoke(app, ["label", "lt12"])
+    assert unsaid.exit_code == 2 and "--fraud or --legit" in unsaid.output
+    too_long = runner.invoke(app, ["label", "lt12", "--fraud", "--typology", "x" * 65])
+    assert too_long.exit_code == 2 and "--typology" in too_long.output

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from tests.apps.helpers import collect, where_missing, with_faults
 from tests.conftest import worker_env
-from tests.reference import expected_decision, features_by_tx, wire
+from tests.reference import expected_decision, features_by_tx, own, wire
 from vigil.apps.clients import publish
 from vigil.apps.process import WorkerProcess
 from vigil.streams.features.library import FEATURE_SPEC
@@ -74,7 +74,9 @@ def test_known_set_gives_exact_alerts_a_score_per_valid_and_a_dead_letter_per_in
         dead = collect(bootstrap, settings.topics.dlq, lambda got: len(got) >= n_invalid)
 
     for s in scores:
-        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+        assert own(FEATURE_SPEC.as_dict(s["features"])) == pytest.approx(ref[s["tx_id"]]), s[
+            "tx_id"
+        ]
         assert (s["decision"], [h["rule"] for h in s["rule_hits"]]) == want[s["tx_id"]]
         assert s["model_version"] == "rules-only"
     assert {a["tx_id"]: (a["decision"], [h["rule"] for h in a["rule_hits"]]) for a in alerts} == (
@@ -153,7 +155,9 @@ def test_restart_mid_stream_loses_nothing_and_features_match_an_uninterrupted_ru
     ref = features_by_tx(txs)
     by_id = {t["tx_id"]: t for t in txs}
     for s in scores:  # duplicates from redelivery, if any, must be identical
-        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+        assert own(FEATURE_SPEC.as_dict(s["features"])) == pytest.approx(ref[s["tx_id"]]), s[
+            "tx_id"
+        ]
         assert s["decision"] == expected_decision(by_id[s["tx_id"]], ref[s["tx_id"]])[0]
 
 
@@ -198,7 +202,9 @@ def test_records_that_raise_or_are_too_large_are_dead_lettered_and_nothing_else_
     assert {s["tx_id"] for s in scores} == {t["tx_id"] for t in clean}, _log(tmp_path)
     ref = features_by_tx(clean)  # the failed records never touched any state
     for s in scores:
-        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]]), s["tx_id"]
+        assert own(FEATURE_SPEC.as_dict(s["features"])) == pytest.approx(ref[s["tx_id"]]), s[
+            "tx_id"
+        ]
     assert len(dead) == n_dead
     raised = [d for d in dead if "processing raised RuntimeError: injected fault" in d["error"]]
     assert {json.loads(base64.b64decode(d["value_b64"]))["tx_id"] for d in raised} == poisoned
@@ -247,4 +253,6 @@ def test_idle_account_state_is_forgotten_and_stays_forgotten_after_a_restart(
         )
     score = next(s for s in got if s["tx_id"] == "back")
     # forgotten: the account starts again, as if "back" were its first payment
-    assert FEATURE_SPEC.as_dict(score["features"]) == pytest.approx(features_by_tx([back])["back"])
+    assert own(FEATURE_SPEC.as_dict(score["features"])) == pytest.approx(
+        features_by_tx([back])["back"]
+    )

@@ -33,8 +33,13 @@ def test_the_risk_kind_loads_and_scores_a_trained_model(small_risk):
     assert isinstance(scorer, HybridScorer)
     assert kind_of(read_manifest(small_risk.path)) is RISK
     test = small_risk.test_set
-    want = average_precision_score(test.labels, small_risk.model.predict(test.features))
-    assert RISK.score(scorer, test) == pytest.approx(want, abs=1e-4)  # ONNX vs Python
+    onnx = RISK.outputs(scorer, test.features)
+    python = small_risk.model.predict(test.features)
+    assert np.abs(onnx - python).max() < 1e-5  # ONNX vs Python, row by row
+    assert RISK.score(scorer, test) == pytest.approx(average_precision_score(test.labels, onnx))
+    # float32 noise (1e-7) may swap near-tied rows: the metric moves by little, not by 0
+    want = average_precision_score(test.labels, python)
+    assert RISK.score(scorer, test) == pytest.approx(want, abs=2e-3)
     with pytest.raises(ModelError, match="not a inspection model: format"):
         INSPECTION.load(small_risk.path)
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.reference import T0, wire
 from vigil.streams.features import engine
-from vigil.streams.features.library import DAY_MS, GRACE_MS, HORIZON_MS
+from vigil.streams.features.library import DAY_MS, GRACE_MS, HORIZON_MS, HOUR_MS, KEEP_HOURS
 from vigil.streams.pipeline import RULE_NAMES, IdleSweep, RiskPipeline
 from vigil.streams.rules import default_ruleset
 from vigil.streams.schemas import RawRecord
@@ -39,7 +39,8 @@ def test_idle_accounts_are_forgotten_on_the_second_sweep_if_untouched_in_between
     assert sweep.due(store, pipeline.watermark_ms) == []  # picked, not yet forgotten
     store["b"] = json.loads(json.dumps(store["b"]))  # b written in between: kept, picked again
     due = sweep.due(store, pipeline.watermark_ms)
-    # a: paid 40 days ago (TTL 30); the payees only received money, 40 days ago (TTL 7 d)
+    # a: paid 40 days ago (TTL 30); the payees only received money, 40 days ago (their
+    # windows span 31 days)
     assert sorted(due) == ["a", "payee-a", "payee-b"]
     assert sweep.due({k: v for k, v in store.items() if k not in due}, pipeline.watermark_ms) == [
         "b"  # through JSON its watermark scalar is null, not NaN: still an account that paid
@@ -50,8 +51,9 @@ def test_a_payee_is_kept_while_its_inflows_are_inside_the_longest_window():
     pipeline, store = RiskPipeline(SEED), {}
     feed(pipeline, [wire("t", "a", "p", 0, 10.0)], store)
     feed(pipeline, [], store)
-    sweep = IdleSweep(ttl_ms=30 * DAY_MS)
-    inside = T0 + HORIZON_MS + GRACE_MS  # exactly the window: still in it
+    sweep = IdleSweep(ttl_ms=60 * DAY_MS)  # the payer "a" is kept
+    # the payee's newest hour bucket ends T0 + 1 h; its windows span KEEP_HOURS, + the grace
+    inside = T0 + HOUR_MS - 1 + KEEP_HOURS * HOUR_MS + GRACE_MS  # exactly: still in it
     assert sweep.due(store, inside) == [] and sweep.due(store, inside) == []
     assert sweep.due(store, inside + 1) == [] and sweep.due(store, inside + 1) == ["p"]
 

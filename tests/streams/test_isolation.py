@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reference import expected_decision, features_by_tx, wire
+from tests.reference import expected_decision, features_by_tx, own, wire
 from vigil.models.serving import ModelHolder
 from vigil.streams.features.library import FEATURE_SPEC
 from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
@@ -77,7 +77,9 @@ def test_records_that_raise_are_dead_lettered_and_the_rest_scored_as_if_they_nev
     assert [s["tx_id"] for s in scores] == [t["tx_id"] for t in clean]  # in order, once each
     ref = features_by_tx(clean)  # the failed records were never applied to any state
     for s in scores:
-        assert FEATURE_SPEC.as_dict(s["features"]) == pytest.approx(ref[s["tx_id"]], nan_ok=True)
+        assert own(FEATURE_SPEC.as_dict(s["features"])) == pytest.approx(
+            ref[s["tx_id"]], nan_ok=True
+        )
     assert pipeline.counters["failed"] == len(poisoned)
     assert pipeline.counters["events"] == len(txs)
     assert pipeline.counters["scored"] == len(clean)

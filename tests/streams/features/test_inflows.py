@@ -176,7 +176,7 @@ GOOD = ["c", "t1", 7, T0, 5.0, 0, 0, 1]
     ("value", "error"),
     [
         (b"not json", "inflow batch malformed"),
-        (b'{"v": 2, "inflows": []}', "unknown inflow batch version"),
+        (b'{"v": 3, "inflows": []}', "unknown inflow batch version"),
         (orjson.dumps({"v": 1, "inflows": [GOOD, GOOD[:5]]}), "not enough values"),
         (orjson.dumps({"v": 1, "inflows": [GOOD[:4] + [-5.0] + GOOD[5:]]}), "inflow 0: payee"),
         (orjson.dumps({"v": 1, "inflows": [[""] + GOOD[1:]]}), "inflow 0: payee"),

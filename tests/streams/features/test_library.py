@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference import inflow_features, library_features
+from tests.reference import (
+    account_label_features,
+    inflow_features,
+    library_features,
+    payee_features,
+)
 from vigil.streams.features import FeatureError
 from vigil.streams.features.engine import AccountLog, FeatureEngine, event_rows
 from vigil.streams.features.library import (
@@ -99,7 +104,14 @@ def reference(stream: list[dict]) -> list[dict]:
     want: list[dict] = [{}] * len(stream)
     for idx in per_account.values():
         for i, feats in zip(idx, library_features([stream[i] for i in idx]), strict=True):
-            want[i] = {**feats, **inflow_features(stream[i], [], feats)}  # nothing comes in
+            # nothing comes in; no counterparty state is passed in (its features are NaN)
+            # and no label is known
+            want[i] = {
+                **feats,
+                **inflow_features(stream[i], [], feats),
+                **payee_features(stream[i], None, feats),
+                **account_label_features(stream[i], []),
+            }
     return want
 
 

@@ -1,0 +1,397 @@
+"""The counterparty's side and the labels: what an entity received and what is known of it.
+
+Each counterparty (merchant, terminal, beneficiary account) has its own state, kept with the
+partition that owns its id, exactly as the inflows are (``streams.features.inflows``): the
+worker that scores a payment re-publishes it on the internal repartition topic for its
+counterparty's partition, and the worker that owns that partition folds it into the
+counterparty's ``PayeeLog``. Labels (``vigil.labels``, keyed by transaction) travel the same
+way: a label naming its transaction's account and counterparty is routed to both, and folds
+into the account's ``LabelLog`` and the counterparty's ``PayeeLog``.
+
+Memory per key is bounded: hour buckets over ``KEEP_HOURS`` (31 days) at most, and at most
+``MAX_PAYERS`` payers remembered per counterparty (the newest; a busier counterparty's
+"new payer" counts payers it has forgotten as new). Restarts count nothing twice: each log
+remembers the highest source offset folded per source partition, and skips the rest.
+
+Windows are hour-aligned. A payment counts in the windows of hour buckets ``(H - w, H]``,
+H the hour of the event scored (the current hour so far included). A label counts by the
+hour it became known (its ``ts_ms``), and only in buckets ``[H - w, H)``: hours before the
+event's own, so a feature at time t reflects only labels known by t, whatever order the
+stream delivered them in and across restarts (the buckets are the state).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vigil.streams.features.base import FeatureError
+from vigil.streams.features.library import HOUR_MS, KEEP_HOURS, MAX_PAYERS, Labels, Payee
+
+__all__ = [
+    "KEEP_HOURS",
+    "LabelEntry",
+    "LabelLog",
+    "PayeeLog",
+    "PaymentEntry",
+    "label_features",
+    "payee_features",
+]
+
+# PayeeLog bucket columns: hour, payments, amount, payments from a new payer, labels known,
+# fraud labels known
+P_HOUR, P_COUNT, P_SUM, P_NEW, P_LABELLED, P_FRAUD = range(6)
+P_NCOL = 6
+# LabelLog bucket columns: hour known, labels, fraud labels
+L_HOUR, L_LABELLED, L_FRAUD = range(3)
+L_NCOL = 3
+PAYER, LAST_TS = range(2)
+
+
+class PaymentEntry:
+    """One payment as its counterparty's partition receives it."""
+
+    __slots__ = ("payee", "payer", "ts_ms", "amount", "src_partition", "src_offset")
+
+    def __init__(self, payee, payer, ts_ms, amount, src_partition, src_offset):
+        self.payee: str = payee
+        self.payer: float = payer  # hash of the payer's account id
+        self.ts_ms: int = ts_ms
+        self.amount: float = amount
+        self.src_partition: int = src_partition
+        self.src_offset: int = src_offset
+
+    def row(self) -> list:
+        return [
+            self.payee,
+            int(self.payer),
+            self.ts_ms,
+            self.amount,
+            self.src_partition,
+            self.src_offset,
+        ]
+
+    @classmethod
+    def from_row(cls, row: Sequence) -> PaymentEntry:
+        payee, payer, ts_ms, amount, partition, offset = row
+        entry = cls(
+            str(payee), float(payer), int(ts_ms), float(amount), int(partition), int(offset)
+        )
+        if not (entry.payee and entry.payer > 0 and entry.amount > 0):
+            raise ValueError("a payment needs a payee, a payer and a positive amount")
+        return entry
+
+
+class LabelEntry:
+    """One label as an account ("a") or counterparty ("c") partition receives it."""
+
+    __slots__ = ("entity", "role", "known_ms", "fraud", "src_partition", "src_offset")
+
+    def __init__(self, entity, role, known_ms, fraud, src_partition, src_offset):
+        self.entity: str = entity
+        self.role: str = role
+        self.known_ms: int = known_ms
+        self.fraud: int = fraud
+        self.src_partition: int = src_partition
+        self.src_offset: int = src_offset
+
+    def row(self) -> list:
+        return [
+            self.entity,
+            self.role,
+            self.known_ms,
+            self.fraud,
+            self.src_partition,
+            self.src_offset,
+        ]
+
+    @classmethod
+    def from_row(cls, row: Sequence) -> LabelEntry:
+        entity, role, known_ms, fraud, partition, offset = row
+        entry = cls(str(entity), str(role), int(known_ms), int(fraud), int(partition), int(offset))
+        if not entry.entity or entry.role not in ("a", "c") or entry.fraud not in (0, 1):
+            raise ValueError("a label entry needs an entity, a role a/c and a label 0/1")
+        return entry
+
+
+def _add(rows: np.ndarray, hour: int, values: Mapping[int, float], ncol: int) -> np.ndarray:
+    """``rows`` (sorted by hour) with ``values`` added to the bucket of ``hour``."""
+    at = int(np.searchsorted(rows[:, 0], hour)) if len(rows) else 0
+    if at == len(rows) or rows[at, 0] != hour:
+        row = np.zeros((1, ncol))
+        row[0, 0] = hour
+        rows = np.concatenate([rows[:at], row, rows[at:]])
+    for col, v in values.items():
+        rows[at, col] += v
+    return rows
+
+
+def _trim(rows: np.ndarray) -> np.ndarray:
+    if len(rows) and rows[0, 0] <= rows[-1, 0] - KEEP_HOURS:
+        return rows[int(np.searchsorted(rows[:, 0], rows[-1, 0] - KEEP_HOURS, "right")) :]
+    return rows
+
+
+def _encode(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=float).tobytes()).decode()
+
+
+def _decode(text: str, ncol: int) -> np.ndarray:
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % (8 * ncol):
+        raise FeatureError("bucket snapshot has the wrong shape")
+    return np.frombuffer(raw, dtype=float).reshape(-1, ncol).copy()
+
+
+def _offsets(state: Mapping[str, Any], key: str) -> dict[int, int]:
+    return {int(p): int(o) for p, o in state.get(key, {}).items()}
+
+
+class PayeeLog:
+    """A counterparty's hour buckets (payments received, labels known), the payers it
+    remembers, and the source offsets folded (payments per transaction partition, labels
+    per label partition)."""
+
+    __slots__ = ("rows", "payers", "folded", "labels_folded")
+
+    def __init__(self, rows=None, payers=None, folded=None, labels_folded=None) -> None:
+        self.rows = np.empty((0, P_NCOL)) if rows is None else rows
+        self.payers = np.empty((0, 2)) if payers is None else payers  # sorted by payer hash
+        self.folded: dict[int, int] = {} if folded is None else folded
+        self.labels_folded: dict[int, int] = {} if labels_folded is None else labels_folded
+
+    def __bool__(self) -> bool:
+        return bool(len(self.rows))
+
+    def fold_payments(self, entries: Sequence[PaymentEntry]) -> int:
+        new = 0
+        for e in entries:
+            if e.src_offset <= self.folded.get(e.src_partition, -1):
+                continue
+            self.folded[e.src_partition] = e.src_offset
+            new += 1
+            at = int(np.searchsorted(self.payers[:, PAYER], e.payer))
+            known = at < len(self.payers) and self.payers[at, PAYER] == e.payer
+            # new: never seen, or not within the kept buckets' span
+            fresh = not known or self.payers[at, LAST_TS] <= e.ts_ms - KEEP_HOURS * HOUR_MS
+            if known:
+                self.payers[at, LAST_TS] = max(self.payers[at, LAST_TS], e.ts_ms)
+            else:
+                self.payers = np.insert(self.payers, at, [e.payer, e.ts_ms], axis=0)
+            self.rows = _add(
+                self.rows,
+                e.ts_ms // HOUR_MS,
+                {P_COUNT: 1.0, P_SUM: e.amount, P_NEW: float(fresh)},
+                P_NCOL,
+            )
+        if new:
+            self.rows = _trim(self.rows)
+            if len(self.payers) > MAX_PAYERS:  # forget the payers seen longest ago
+                keep = np.sort(np.argsort(-self.payers[:, LAST_TS], kind="stable")[:MAX_PAYERS])
+                self.payers = self.payers[keep]
+        return new
+
+    def fold_labels(self, entries: Sequence[LabelEntry]) -> int:
+        new = 0
+        for e in entries:
+            if e.src_offset <= self.labels_folded.get(e.src_partition, -1):
+                continue
+            self.labels_folded[e.src_partition] = e.src_offset
+            new += 1
+            self.rows = _add(
+                self.rows,
+                e.known_ms // HOUR_MS,
+                {P_LABELLED: 1.0, P_FRAUD: float(e.fraud)},
+                P_NCOL,
+            )
+        if new:
+            self.rows = _trim(self.rows)
+        return new
+
+    def paid_before(self, payer: float) -> bool:
+        at = int(np.searchsorted(self.payers[:, PAYER], payer))
+        return at < len(self.payers) and self.payers[at, PAYER] == payer
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rows": _encode(self.rows),
+            "payers": _encode(self.payers),
+            "folded": {str(p): o for p, o in self.folded.items()},
+            "labels_folded": {str(p): o for p, o in self.labels_folded.items()},
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> PayeeLog:
+        try:
+            return cls(
+                _decode(state["rows"], P_NCOL),
+                _decode(state["payers"], 2),
+                _offsets(state, "folded"),
+                _offsets(state, "labels_folded"),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise FeatureError(f"payee log snapshot malformed: {exc!r}") from exc
+
+
+class LabelLog:
+    """An account's own labels: hour buckets by the hour each became known."""
+
+    __slots__ = ("rows", "folded")
+
+    def __init__(self, rows=None, folded=None) -> None:
+        self.rows = np.empty((0, L_NCOL)) if rows is None else rows
+        self.folded: dict[int, int] = {} if folded is None else folded
+
+    def __bool__(self) -> bool:
+        return bool(len(self.rows))
+
+    def fold(self, entries: Sequence[LabelEntry]) -> int:
+        new = 0
+        for e in entries:
+            if e.src_offset <= self.folded.get(e.src_partition, -1):
+                continue
+            self.folded[e.src_partition] = e.src_offset
+            new += 1
+            self.rows = _add(
+                self.rows, e.known_ms // HOUR_MS, {L_LABELLED: 1.0, L_FRAUD: float(e.fraud)}, L_NCOL
+            )
+        if new:
+            self.rows = _trim(self.rows)
+        return new
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"rows": _encode(self.rows), "folded": {str(p): o for p, o in self.folded.items()}}
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> LabelLog:
+        try:
+            return cls(_decode(state["rows"], L_NCOL), _offsets(state, "folded"))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise FeatureError(f"label log snapshot malformed: {exc!r}") from exc
+
+
+class _Buckets:
+    """The hour buckets of several logs as one array keyed by (log slot, hour), with column
+    prefix sums: a window's sum for many events is two ``searchsorted`` calls."""
+
+    _SHIFT = 32  # hours since 1970 stay below 2**32
+
+    def __init__(self, rows: Sequence[np.ndarray], ncol: int) -> None:
+        lengths = [len(r) for r in rows]
+        stacked = np.concatenate(rows) if rows else np.empty((0, ncol))
+        slot = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+        self.key = (slot << self._SHIFT) + stacked[:, 0].astype(np.int64)
+        self.csum = np.vstack([np.zeros((1, ncol)), np.cumsum(stacked, axis=0)])
+
+    def sums(self, slots: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per event (its log's slot, hours ``[lo, hi)``): every column's sum."""
+        base = slots.astype(np.int64) << self._SHIFT
+        a = np.searchsorted(self.key, base + lo, "left")
+        b = np.searchsorted(self.key, base + hi, "left")
+        return self.csum[b] - self.csum[a]
+
+
+def _label_window(kind: str, labelled: np.ndarray, frauds: np.ndarray) -> np.ndarray:
+    if kind == "frauds":
+        return frauds
+    if kind == "labelled":
+        return labelled
+    if kind == "fraud_rate":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(labelled > 0, frauds / labelled, np.nan)
+    raise FeatureError(f"unknown label feature kind {kind!r}")
+
+
+def payee_features(
+    ops: Mapping[str, Payee],
+    payees: Sequence[str | None],
+    payers: np.ndarray,
+    ts: np.ndarray,
+    logs: Mapping[str, PayeeLog | None],
+) -> dict[str, np.ndarray]:
+    """The ``Payee`` features of events (counterparty id, payer hash, event time). ``logs``:
+    the counterparty's log, an empty one when it has none yet, or None where its state is
+    not held here (the features are then NaN)."""
+    n = len(payees)
+    out = {name: np.full(n, np.nan) for name in ops}
+    slot_of: dict[str, int] = {}
+    held: list[PayeeLog] = []
+    slots = np.full(n, -1, dtype=np.int64)
+    for i, p in enumerate(payees):
+        if p is None:
+            continue
+        k = slot_of.get(p)
+        if k is None:
+            log = logs.get(p)
+            if log is None:
+                continue
+            k = slot_of[p] = len(held)
+            held.append(log)
+        slots[i] = k
+    at = np.flatnonzero(slots >= 0)
+    if not len(at):
+        return out
+    buckets = _Buckets([log.rows for log in held], P_NCOL)
+    sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
+    done: dict[tuple[str, int], np.ndarray] = {}
+    for name, op in ops.items():
+        if op.kind == "first_payment":
+            out[name][at] = [
+                0.0 if held[k].paid_before(payers[i]) else 1.0
+                for i, k in zip(at.tolist(), sl.tolist(), strict=True)
+            ]
+            continue
+        w = op.window_ms // HOUR_MS
+        labels = op.kind in ("frauds", "labelled", "fraud_rate")
+        which = ("labels" if labels else "payments", w)
+        if which not in done:  # labels: [H - w, H); payments: (H - w, H]
+            lo, hi = (hour - w, hour) if labels else (hour - w + 1, hour + 1)
+            done[which] = buckets.sums(sl, lo, hi)
+        sums = done[which]
+        if labels:
+            out[name][at] = _label_window(op.kind, sums[:, P_LABELLED], sums[:, P_FRAUD])
+        elif op.kind == "count":
+            out[name][at] = sums[:, P_COUNT]
+        elif op.kind == "sum":
+            out[name][at] = sums[:, P_SUM]
+        elif op.kind == "new_payers":
+            out[name][at] = sums[:, P_NEW]
+        elif op.kind == "new_payer_share":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                count = sums[:, P_COUNT]
+                out[name][at] = np.where(count > 0, sums[:, P_NEW] / count, np.nan)
+        else:
+            raise FeatureError(f"unknown payee feature kind {op.kind!r}")
+    return out
+
+
+def label_features(
+    ops: Mapping[str, Labels],
+    accounts: Sequence[str],
+    ts: np.ndarray,
+    logs: Mapping[str, LabelLog],
+) -> dict[str, np.ndarray]:
+    """The ``Labels`` features of events of accounts (their own labels known before the
+    event's hour); most accounts have none: empty values at numpy speed."""
+    n = len(accounts)
+    out = {name: np.full(n, np.nan if op.kind == "fraud_rate" else 0.0) for name, op in ops.items()}
+    if not logs or not ops:
+        return out
+    slot_of = {a: k for k, a in enumerate(logs)}
+    slots = np.array([slot_of.get(a, -1) for a in accounts], dtype=np.int64)
+    at = np.flatnonzero(slots >= 0)
+    if not len(at):
+        return out
+    buckets = _Buckets([log.rows for log in logs.values()], L_NCOL)
+    sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
+    done: dict[int, np.ndarray] = {}
+    for name, op in ops.items():
+        w = op.window_ms // HOUR_MS
+        if w not in done:
+            done[w] = buckets.sums(sl, hour - w, hour)
+        sums = done[w]
+        out[name][at] = _label_window(op.kind, sums[:, L_LABELLED], sums[:, L_FRAUD])
+    return out
