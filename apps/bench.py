@@ -350,9 +350,14 @@ def bench_hybrid(
 def _evaluate_history(seed: int, days: int, holdout_days: float, accounts: int) -> dict:
     """One history of ``bench_hybrid``: generate, then train and evaluate as `vigil train
     risk` does."""
-    from vigil.models.risk import TabularConfig, fit_and_evaluate, history_from_generator
+    from vigil.models.risk import (
+        WARMUP_DAYS,
+        TabularConfig,
+        fit_and_evaluate,
+        history_from_generator,
+    )
 
-    history = history_from_generator(days, seed=seed, accounts=accounts)
+    history = history_from_generator(days, seed=seed, accounts=accounts, warmup_days=WARMUP_DAYS)
     try:
         _model, report, _test = fit_and_evaluate(
             history, holdout_days, TabularConfig(seed=seed), say=lambda _m: None

@@ -318,7 +318,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     async def report() -> None:
         c = pipeline.counters
         log.info(
-            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d inflows=%d misrouted=%d model=%s "
+            "events=%d scored=%d alerts=%d dlq=%d redelivered=%d inflows=%d payments=%d "
+            "labels=%d labels_folded=%d labels_unrouted=%d misrouted=%d model=%s "
             "rules=%s shadow=%s ruleset_swaps=%d ruleset_rejected=%d model_swaps=%d "
             "model_refused=%d",
             c["events"],
@@ -327,6 +328,10 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             c["dlq"],
             c["redelivered"],
             c["inflows"],
+            c["payments_folded"],
+            c["labels"],
+            c["labels_folded"],
+            c["labels_unrouted"],
             c["misrouted"],
             pipeline.model.current.version,
             pipeline.ruleset.label,

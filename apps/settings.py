@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     )
     state_ttl_days: float = Field(
         default=400.0,
-        gt=7.05,
+        ge=31.05,
         description="an account idle this long in event time (no payment made or received) "
         "is forgotten and its running statistics (age, dormancy) restart; accounts that only "
-        "received money are forgotten once the longest feature window (7 days) has passed",
+        "received payments or labels are forgotten once the longest feature window (31 days) "
+        "has passed",
     )
     state_sweep_s: float = Field(
         default=60.0, gt=0, description="how often a risk worker looks for idle account state"

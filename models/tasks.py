@@ -34,7 +34,13 @@ from vigil.models.engine.distributed import spawn
 from vigil.models.engine.run import job
 from vigil.models.engine.trainer import Task, TrainConfig, accuracy, bce_loss, synthetic_task
 from vigil.models.metrics import average_precision
-from vigil.models.risk import TabularNet, history_from_generator, normaliser, temporal_split
+from vigil.models.risk import (
+    WARMUP_DAYS,
+    TabularNet,
+    history_from_generator,
+    normaliser,
+    temporal_split,
+)
 
 __all__ = [
     "PRECISION_MODES",
@@ -80,7 +86,7 @@ def prepare_tabular(path: Path, days: int = 14, seed: int = 7) -> Path:
     """Generate and featurise ``days`` of labelled history once (the slow part) and save
     the train/held-out tensors for ``tabular_task``."""
 
-    history = history_from_generator(days, seed=seed)
+    history = history_from_generator(days, seed=seed, warmup_days=WARMUP_DAYS)
     train, test = temporal_split(history, holdout_days=max(1.0, days / 4))
     mean, std = normaliser(train.features)
     torch.save(

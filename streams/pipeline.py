@@ -30,6 +30,7 @@ least) with the reason ``INVALID_SCORE``, and the model's part is left out of it
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,7 +59,7 @@ from vigil.streams.features.library import (
     KEEP_HOURS,
     TRANSFER_CHANNELS,
 )
-from vigil.streams.features.payee import LabelEntry, LabelLog, PayeeLog, PaymentEntry
+from vigil.streams.features.payee import LabelEntry, LabelLog, PayeeLog, PaymentRow
 from vigil.streams.partitioning import partition_for
 from vigil.streams.rules import (
     NUM,
@@ -106,15 +107,50 @@ class OutputTooLarge(VigilError, ValueError):
     """An output record is over the record size the broker takes."""
 
 
-@dataclass
 class AccountState:
-    """Feature state of one account plus the source offsets already folded into it."""
+    """Feature state of one id, as a payer (its own log and the source offsets applied) and
+    as a payee (inflows, payments received, labels), each part made when first used: most
+    ids are only one of the two, and a state is made for every id a batch touches."""
 
-    features: AccountLog = field(default_factory=AccountLog)
-    offsets: dict[int, int] = field(default_factory=dict)  # partition -> last applied offset
-    inflows: InflowLog = field(default_factory=InflowLog)  # money in (as a payee)
-    payee: PayeeLog = field(default_factory=PayeeLog)  # as a counterparty, every channel
-    labels: LabelLog = field(default_factory=LabelLog)  # labels of its own transactions
+    __slots__ = ("_features", "offsets", "_inflows", "_payee", "_labels")
+
+    def __init__(
+        self,
+        features: AccountLog | None = None,
+        offsets: dict[int, int] | None = None,
+        inflows: InflowLog | None = None,
+        payee: PayeeLog | None = None,
+        labels: LabelLog | None = None,
+    ) -> None:
+        self._features = features
+        self.offsets: dict[int, int] = {} if offsets is None else offsets  # partition -> offset
+        self._inflows = inflows  # money in (as a payee of transfers)
+        self._payee = payee  # as a counterparty, every channel
+        self._labels = labels  # labels of its own transactions
+
+    @property
+    def features(self) -> AccountLog:
+        if self._features is None:
+            self._features = AccountLog()
+        return self._features
+
+    @property
+    def inflows(self) -> InflowLog:
+        if self._inflows is None:
+            self._inflows = InflowLog()
+        return self._inflows
+
+    @property
+    def payee(self) -> PayeeLog:
+        if self._payee is None:
+            self._payee = PayeeLog()
+        return self._payee
+
+    @property
+    def labels(self) -> LabelLog:
+        if self._labels is None:
+            self._labels = LabelLog()
+        return self._labels
 
     def applied(self, record: RawRecord) -> bool:
         return record.offset <= self.offsets.get(record.partition, -1)
@@ -122,30 +158,30 @@ class AccountState:
     def last_ms(self) -> int | None:
         """Event time of the newest payment this account made or received (plain floats:
         this runs for every saved state, and numpy's reductions cost microseconds each)."""
-        newest = float(self.features.scalars[WM])  # NaN: never paid
+        own = self._features
+        newest = float(own.scalars[WM]) if own is not None else math.nan  # NaN: never paid
         latest = []
-        if len(self.inflows):
-            latest.append(float(self.inflows.rows[-1, TS]))
-        if self.payee:  # the end of its newest bucket's hour
-            latest.append(float(self.payee.rows[-1, 0] + 1) * HOUR_MS - 1)
-        if self.labels:
-            latest.append(float(self.labels.rows[-1, 0] + 1) * HOUR_MS - 1)
+        if self._inflows is not None and len(self._inflows):
+            latest.append(float(self._inflows.rows[-1, TS]))
+        if self._payee:  # the end of its newest bucket's hour
+            latest.append((self._payee.rows[-1][0] + 1) * HOUR_MS - 1)
+        if self._labels:
+            latest.append((self._labels.rows[-1][0] + 1) * HOUR_MS - 1)
         for t in latest:
             newest = t if newest != newest else max(newest, t)
         return None if newest != newest else int(newest)
 
     def snapshot(self) -> dict[str, Any]:
-        state = {
-            "v": STATE_VERSION,
-            "features": self.features.snapshot(),
-            "offsets": {str(p): o for p, o in self.offsets.items()},
-        }
-        if self.inflows.folded:
-            state["inflows"] = self.inflows.snapshot()
-        if self.payee.folded or self.payee.labels_folded:
-            state["payee"] = self.payee.snapshot()
-        if self.labels.folded:
-            state["labels"] = self.labels.snapshot()
+        state: dict[str, Any] = {"v": STATE_VERSION}
+        if self.offsets:  # it paid (an entity that only received has no own log)
+            state["features"] = self.features.snapshot()
+            state["offsets"] = {str(p): o for p, o in self.offsets.items()}
+        if self._inflows is not None and self._inflows.folded:
+            state["inflows"] = self._inflows.snapshot()
+        if self._payee is not None and (self._payee.folded or self._payee.labels_folded):
+            state["payee"] = self._payee.snapshot()
+        if self._labels is not None and self._labels.folded:
+            state["labels"] = self._labels.snapshot()
         last_ms = self.last_ms()
         if last_ms is not None:
             state["last_ms"] = last_ms  # read by IdleSweep without decoding the logs
@@ -158,11 +194,12 @@ class AccountState:
                 f"state has feature version {state.get('v')!r}, "
                 f"this worker computes {STATE_VERSION!r}"
             )
-        offsets = {int(p): int(o) for p, o in state["offsets"].items()}
-        inflows = InflowLog.from_snapshot(state["inflows"]) if "inflows" in state else InflowLog()
-        payee = PayeeLog.from_snapshot(state["payee"]) if "payee" in state else PayeeLog()
-        labels = LabelLog.from_snapshot(state["labels"]) if "labels" in state else LabelLog()
-        return cls(AccountLog.from_snapshot(state["features"]), offsets, inflows, payee, labels)
+        offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        inflows = InflowLog.from_snapshot(state["inflows"]) if "inflows" in state else None
+        payee = PayeeLog.from_snapshot(state["payee"]) if "payee" in state else None
+        labels = LabelLog.from_snapshot(state["labels"]) if "labels" in state else None
+        features = AccountLog.from_snapshot(state["features"]) if "features" in state else None
+        return cls(features, offsets, inflows, payee, labels)
 
 
 @dataclass
@@ -191,10 +228,11 @@ class IdleSweep:
     all that time to be committed (a redelivered event never meets a forgotten state)."""
 
     def __init__(self, ttl_ms: int, payee_ttl_ms: int = KEEP_HOURS * HOUR_MS + GRACE_MS) -> None:
-        if ttl_ms < HORIZON_MS + GRACE_MS:
+        longest = max(HORIZON_MS, KEEP_HOURS * HOUR_MS) + GRACE_MS
+        if ttl_ms < longest:
             raise UsageError(
                 f"state TTL {ttl_ms} ms is shorter than the longest feature window "
-                f"({HORIZON_MS + GRACE_MS} ms with its grace)"
+                f"({longest} ms with its grace)"
             )
         self.ttl_ms, self.payee_ttl_ms = ttl_ms, payee_ttl_ms
         self._picked: dict[Any, dict[str, Any]] = {}
@@ -210,7 +248,8 @@ class IdleSweep:
             last_ms = snap.get("last_ms")
             if last_ms is None:
                 continue  # no event time yet (or a snapshot from before last_ms): kept
-            wm = snap["features"]["s"][WM]  # NaN in memory, null once through JSON
+            own = snap.get("features")  # absent: it only ever received
+            wm = None if own is None else own["s"][WM]  # NaN in memory, null through JSON
             paid = wm is not None and wm == wm
             ttl = self.ttl_ms if paid else self.payee_ttl_ms
             if last_ms < watermark_ms - ttl:
@@ -345,8 +384,8 @@ class RiskPipeline:
             fresh.append(tx)
             sources.append(record)
             logs[tx.account_id] = state.features
-            if len(state.inflows):
-                inflows[tx.account_id] = state.inflows
+            if state._inflows is not None and len(state._inflows):
+                inflows[tx.account_id] = state._inflows
             state.offsets[record.partition] = record.offset
             out.partition[tx.account_id] = record.partition
 
@@ -358,7 +397,7 @@ class RiskPipeline:
         # extreme amounts may overflow a ratio: an infinite feature is caught below
         counterparties = [tx.counterparty_id for tx in fresh]
         payees = self._payees(out, counterparties, load_state)
-        labels = {a: out.states[a].labels for a in logs if out.states[a].labels}
+        labels = {a: out.states[a]._labels for a in logs if out.states[a]._labels}
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             matrix = self.engine.compute(
                 accounts, rows, logs, inflows, counterparties, payees, labels
@@ -512,7 +551,7 @@ class RiskPipeline:
         payees' inflow logs, payments into counterparties' payee logs, labels into accounts'
         label logs and counterparties' payee logs (duplicates skipped)."""
         inflows: dict[str, list[InflowRecord]] = {}
-        payments: dict[str, list[PaymentEntry]] = {}
+        payments: dict[str, list[PaymentRow]] = {}
         labels: dict[tuple[str, str], list[LabelEntry]] = {}
         received = 0
         for record in records:
@@ -520,7 +559,7 @@ class RiskPipeline:
                 batch = decode_side(record.value)
                 for entity in (
                     *(r.payee for r in batch.inflows),
-                    *(r.payee for r in batch.payments),
+                    *(r[0] for r in batch.payments),
                     *(r.entity for r in batch.labels),
                 ):
                     self._state(out, entity, load_state)
@@ -533,12 +572,12 @@ class RiskPipeline:
             for r in batch.inflows:
                 inflows.setdefault(r.payee, []).append(r)
             for p in batch.payments:
-                payments.setdefault(p.payee, []).append(p)
+                payments.setdefault(p[0], []).append(p)
             for e in batch.labels:
                 labels.setdefault((e.entity, e.role), []).append(e)
             for entity in {
                 *(r.payee for r in batch.inflows),
-                *(r.payee for r in batch.payments),
+                *(r[0] for r in batch.payments),
                 *(r.entity for r in batch.labels),
             }:
                 out.partition[entity] = record.partition  # co-partitioned
@@ -605,7 +644,7 @@ class RiskPipeline:
                 continue
             state = out.states.get(cp)
             if state is not None:
-                logs[cp] = state.payee
+                logs[cp] = state._payee or PayeeLog()
             elif not self.payee_here(cp):
                 logs[cp] = None
             else:
@@ -615,7 +654,7 @@ class RiskPipeline:
                     continue
                 live = self._live.get(cp)
                 if live is not None and live[0] is snapshot:
-                    logs[cp] = live[1].payee
+                    logs[cp] = live[1]._payee or PayeeLog()
                     continue
                 try:
                     peeked = AccountState.from_snapshot(snapshot)
@@ -623,7 +662,7 @@ class RiskPipeline:
                     logs[cp] = None  # unreadable: the owner's own batch dead-letters it
                     continue
                 self.remember(cp, snapshot, peeked)
-                logs[cp] = peeked.payee
+                logs[cp] = peeked._payee or PayeeLog()
         return logs
 
     def _publish_side(
@@ -659,7 +698,7 @@ class RiskPipeline:
             batch = routed.setdefault(partition_for(payee.encode(), self.partitions), SideBatch())
             payer = key_hash(tx.account_id)
             batch.payments.append(
-                PaymentEntry(payee, payer, tx.ts_ms, tx.amount, record.partition, record.offset)
+                (payee, int(payer), tx.ts_ms, tx.amount, record.partition, record.offset)
             )
             if i in sources:
                 batch.inflows.append(

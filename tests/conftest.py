@@ -73,9 +73,16 @@ class TrainedRisk:
 
 
 def _trained_risk(out: Path, days: int, accounts: int, cfg: Any, check_rows: int) -> TrainedRisk:
-    from vigil.models.risk import export, history_from_generator, temporal_split, train
+    from vigil.models.risk import (
+        WARMUP_DAYS,
+        export,
+        history_from_generator,
+        temporal_split,
+        train,
+    )
 
-    train_set, test_set = temporal_split(history_from_generator(days, seed=3, accounts=accounts), 2)
+    history = history_from_generator(days, seed=3, accounts=accounts, warmup_days=WARMUP_DAYS)
+    train_set, test_set = temporal_split(history, 2)
     model = train(train_set, cfg, say=lambda _m: None)
     return TrainedRisk(
         model, train_set, test_set, export(model, out, test_set.features[:check_rows])

@@ -195,6 +195,12 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         for label, ev in win.items():
             f[f"count_{label}"] = float(len(ev))
             f[f"sum_{label}"] = float(sum(t["amount"] for t in ev))
+        # 30 days, day-aligned: the event's UTC day so far and the 29 days before it
+        since = (ts // L.DAY_MS - 29) * L.DAY_MS
+        month = [t for t in history[: i + 1] if since <= t["ts_ms"] <= ts]
+        f["count_30d"] = float(len(month))
+        f["sum_30d"] = float(sum(t["amount"] for t in month))
+        f["amount_mean_30d"] = statistics.fmean(t["amount"] for t in month)
         for label in ("24h", "7d"):
             amounts = [t["amount"] for t in win[label]]
             f[f"amount_mean_{label}"] = statistics.fmean(amounts)
@@ -260,6 +266,8 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         f["velocity_spike_24h_7d"] = f["count_24h"] * 7.0 / f["count_7d"]
         f["amount_to_mean_7d"] = a / f["amount_mean_7d"]
         f["amount_to_max_7d"] = a / f["amount_max_7d"]
+        f["amount_to_mean_30d"] = a / f["amount_mean_30d"]
+        f["count_7d_to_30d"] = f["count_7d"] / f["count_30d"]
         out.append(f)
     return out
 

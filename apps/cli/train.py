@@ -251,6 +251,7 @@ def train_risk(
         fail("--input and --labels go together", 2)
     every_s = _publish_options_ok(publish_, every, bits)
     from vigil.models.risk import (
+        WARMUP_DAYS,
         TabularConfig,
         fit_and_export,
         history_from_files,
@@ -271,6 +272,7 @@ def train_risk(
             accounts=accounts,
             typology_rate=typology_rate,
             flow_typology_rate=flow_typology_rate,
+            warmup_days=WARMUP_DAYS,
         )
         return generated, "generated"
 

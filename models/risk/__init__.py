@@ -15,6 +15,7 @@ the same pipeline as the worker, so the features are exactly what serving sees. 
 time: train on the earlier days, evaluate on the later ones."""
 
 from vigil.models.risk.data import (
+    WARMUP_DAYS,
     History,
     NetData,
     Progress,
@@ -45,6 +46,7 @@ from vigil.models.risk.training import (
 
 __all__ = [
     "HISTORY_LENGTH_FEATURES",
+    "WARMUP_DAYS",
     "History",
     "HybridLogit",
     "HybridModel",

@@ -66,6 +66,9 @@ def net_logits(net: TabularNet, x: np.ndarray, g: np.ndarray | None) -> np.ndarr
         return net.logit(torch.from_numpy(np.asarray(x, np.float32)), gt).numpy().astype(float)
 
 
+MIN_SPREAD = 0.1
+
+
 def normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and spread of the signed-log features over the values present (a column with
     none: 0 and 1). Counting missing values as zeros would put a mostly-missing feature's
@@ -82,7 +85,12 @@ def normaliser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out=np.ones(v.shape[1]),
         where=count > 0,
     )
-    return mean, np.maximum(np.sqrt(var), 1e-6)
+    # A floor on the spread: a feature (nearly) constant in training would otherwise turn
+    # its first other value into a million spreads (distinct_devices_7d, 1 on every
+    # training row, then 0 on one held-out row: that row's logit was -1,248, and Platt
+    # scaling on it reversed the NN's ranking). 0.1 in signed-log units: at most 10
+    # spreads per unit of log1p.
+    return mean, np.maximum(np.sqrt(var), MIN_SPREAD)
 
 
 class HybridLogit(nn.Module):

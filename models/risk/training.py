@@ -154,17 +154,32 @@ def float32_thresholds(booster: lgb.Booster) -> lgb.Booster:
 
 
 def _platt(z: np.ndarray, y: np.ndarray, steps: int = 500) -> tuple[float, float]:
-    """Fit ``sigmoid(a z + b)`` to the labels by Newton's method on the log-loss."""
+    """Fit ``sigmoid(a z + b)`` to the labels by Newton's method on the log-loss, with
+    Platt's own targets ((n+ + 1) / (n+ + 2) for positives, 1 / (n- + 2) for negatives):
+    on a block the scores separate perfectly, plain 0/1 targets have no finite optimum
+    (one fit went to a = 2.6e5, b = -3.5e8, which reversed the ranking on new data)."""
     a, b = 1.0, 0.0
     z = np.asarray(z, dtype=float)
+    y = np.asarray(y, dtype=float)
+    positives = y.sum()
+    y = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
+    def loss(a: float, b: float) -> float:
+        t = a * z + b  # log(1 + e^-t) for y, log(1 + e^t) for 1 - y, without overflow
+        return float(np.sum(y * np.logaddexp(0, -t) + (1 - y) * np.logaddexp(0, t)))
+
+    current = loss(a, b)
     for _ in range(steps):
         p = 1 / (1 + np.exp(-np.clip(a * z + b, -50, 50)))
         w = p * (1 - p) + 1e-9
         g = np.array([np.sum((p - y) * z), np.sum(p - y)])
         h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
         step = np.linalg.solve(h + 1e-6 * np.eye(2), g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0  # a Newton step may overshoot where the scores separate: halve it
+        while scale > 1e-6 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2
+        a, b = a - scale * step[0], b - scale * step[1]
+        before, current = current, loss(a, b)
+        if np.abs(scale * step).max() < 1e-10 or before - current < 1e-12:
             break
     return float(a), float(b)
 

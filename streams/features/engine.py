@@ -44,6 +44,8 @@ from vigil.streams.features.library import (
     MCC_NONE_RISK,
     MCC_RISK,
     MCC_UNKNOWN_RISK,
+    MONTH_DAYS_KEPT,
+    MONTH_MS,
     NEAR_THRESHOLD_FROM,
     NIGHT_HOURS,
     REPORTING_THRESHOLD,
@@ -117,31 +119,65 @@ def event_rows(txs: Sequence[Transaction]) -> np.ndarray:
     return out
 
 
+# Day bucket columns: UTC day number, events, amount
+D_DAY, D_COUNT, D_SUM = range(3)
+D_NCOL = 3
+
+
 class AccountLog:
-    """One account's recent events and running statistics."""
+    """One account's recent events, the day buckets of the older ones it dropped (for the
+    30-day windows), and running statistics."""
 
-    __slots__ = ("rows", "scalars")
+    __slots__ = ("rows", "scalars", "days")
 
-    def __init__(self, rows: np.ndarray | None = None, scalars: np.ndarray | None = None):
+    def __init__(
+        self,
+        rows: np.ndarray | None = None,
+        scalars: np.ndarray | None = None,
+        days: np.ndarray | None = None,
+    ):
         self.rows = np.empty((0, NCOL)) if rows is None else rows
         self.scalars = np.full(NSCAL, np.nan) if scalars is None else scalars
+        self.days = np.empty((0, D_NCOL)) if days is None else days
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        snap = {
             "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
             "s": self.scalars.tolist(),  # NaN: serialised as null (orjson) or NaN (json)
         }
+        if len(self.days):
+            snap["days"] = base64.b64encode(np.ascontiguousarray(self.days).tobytes()).decode()
+        return snap
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> AccountLog:
         try:
             raw = base64.b64decode(state["rows"], validate=True)
             scalars = np.array(state["s"], dtype=float)  # None -> NaN
-        except (KeyError, TypeError, ValueError) as exc:
+            days = base64.b64decode(state.get("days", ""), validate=True)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"account log snapshot malformed: {exc!r}") from exc
-        if len(raw) % (8 * NCOL) or scalars.shape != (NSCAL,):
+        if len(raw) % (8 * NCOL) or scalars.shape != (NSCAL,) or len(days) % (8 * D_NCOL):
             raise FeatureError("account log snapshot has the wrong shape")
-        return cls(np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(), scalars)
+        return cls(
+            np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(),
+            scalars,
+            np.frombuffer(days, dtype=float).reshape(-1, D_NCOL).copy(),
+        )
+
+    def drop(self, rows: np.ndarray) -> None:
+        """Count ``rows`` (leaving the raw log) into the day buckets; keep the newest
+        ``MONTH_DAYS_KEPT`` days."""
+        if not len(rows):
+            return
+        buckets = {int(d): [n, t] for d, n, t in self.days.tolist()}
+        for ts, amount in rows[:, [TS, AMOUNT]].tolist():
+            bucket = buckets.setdefault(int(ts // DAY_MS), [0.0, 0.0])
+            bucket[0] += 1.0
+            bucket[1] += amount
+        newest = max(buckets)
+        kept = sorted(d for d in buckets if d > newest - MONTH_DAYS_KEPT)
+        self.days = np.array([[d, *buckets[d]] for d in kept], dtype=float)
 
 
 def _rounds(accounts: Sequence[str], ts: np.ndarray) -> np.ndarray:
@@ -255,12 +291,17 @@ class FeatureEngine:
         cols = self._columns(all_rows, scal[owner, HOME])
         feats: dict[str, np.ndarray] = {**seq, "amount": new[:, AMOUNT]}
         prev = {}
+        ts_int = new[:, TS].astype(np.int64)
         for w in self.windows:
-            lo = np.searchsorted(key, (who << _SHIFT) + (new[:, TS].astype(np.int64) - w), "right")
+            # the 30-day window is day-aligned: from the start of day D - 29 (see library)
+            since = (ts_int // DAY_MS - 29) * DAY_MS - 1 if w == MONTH_MS else ts_int - w
+            lo = np.searchsorted(key, (who << _SHIFT) + since, "right")
             idx, grp, starts = _ranges(lo, at)
             shared: dict[tuple, np.ndarray] = {}  # per window: gathered columns, counts, sums
             for name, op in self.by_window[w]:
-                if isinstance(op, Windowed):
+                if isinstance(op, Windowed) and w == MONTH_MS:
+                    feats[name] = self._month(op, cols, idx, starts, shared, who, new, logs, names)
+                elif isinstance(op, Windowed):
                     feats[name] = self._windowed(op, cols, idx, grp, starts, shared)
                 else:
                     k = cols[op.key]
@@ -368,6 +409,43 @@ class FeatureEngine:
             raise FeatureError(f"unknown aggregate {op.agg!r}")
         return np.where(np.isfinite(r), r, np.nan)
 
+    @staticmethod
+    def _month(op, cols, idx, starts, shared, who, new, logs, names) -> np.ndarray:
+        """A 30-day window: the raw log's events since the start of day D - 29, plus the
+        day buckets of days D - 29 .. D (events the log dropped, all older than it keeps)."""
+        if op.where is not None or op.agg not in ("count", "sum", "mean"):
+            raise FeatureError(f"the 30-day window takes count, sum or mean, not {op}")
+        if ("m30",) not in shared:
+            raw_n = np.add.reduceat(np.ones(len(idx)), starts)
+            raw_s = np.add.reduceat(cols["amount"][idx], starts)
+            dated = [j for j, a in enumerate(names) if len(logs[a].days)]
+            if dated:  # the day buckets of every account at once: (slot, day) keys
+                days = [logs[names[j]].days for j in dated]
+                slot = np.full(len(names), -1, dtype=np.int64)
+                slot[dated] = np.arange(len(dated))
+                stacked = np.concatenate(days)
+                key = (np.repeat(np.arange(len(dated)), [len(d) for d in days]) << 32) + stacked[
+                    :, D_DAY
+                ].astype(np.int64)
+                csum = np.vstack([np.zeros((1, D_NCOL)), np.cumsum(stacked, axis=0)])
+                mine = slot[who]
+                has = mine >= 0
+                base = mine[has] << 32
+                day = (new[has, TS] // DAY_MS).astype(np.int64)
+                lo = np.searchsorted(key, base + day - 29, "left")
+                hi = np.searchsorted(key, base + day, "right")
+                add = csum[hi] - csum[lo]
+                raw_n[has] += add[:, D_COUNT]
+                raw_s[has] += add[:, D_SUM]
+            shared[("m30",)] = (raw_n, raw_s)
+        count, total = shared[("m30",)]
+        if op.agg == "count":
+            return count
+        if op.agg == "sum":
+            return total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(count > 0, total / count, np.nan)
+
     def _sequential(self, who: np.ndarray, new: np.ndarray, scal: np.ndarray) -> dict:
         """Running statistics in arrival order: each account's k-th event of the round is
         handled in step k, all accounts at once."""
@@ -426,6 +504,8 @@ class FeatureEngine:
         for j, a in enumerate(names):
             log = logs[a]
             start = max(cut[j], bounds[j], bounds[j + 1] - MAX_ACCOUNT_ROWS)
+            if start > bounds[j]:  # what leaves the log still counts for 30 days
+                log.drop(rows[:, bounds[j] : start].T)
             log.rows = rows[:, start : bounds[j + 1]].T.copy()
             log.scalars = scal[j]
 

@@ -44,7 +44,7 @@ from vigil.streams.features.library import (
     WEEK_MS,
     Inflow,
 )
-from vigil.streams.features.payee import LabelEntry, PaymentEntry
+from vigil.streams.features.payee import LabelEntry, PaymentRow, payment_row
 
 __all__ = [
     "InflowLog",
@@ -129,7 +129,7 @@ class SideBatch:
 
     def __init__(self, inflows=None, payments=None, labels=None) -> None:
         self.inflows: list[InflowRecord] = inflows or []
-        self.payments: list[PaymentEntry] = payments or []
+        self.payments: list[PaymentRow] = payments or []
         self.labels: list[LabelEntry] = labels or []
 
     def __len__(self) -> int:
@@ -148,10 +148,12 @@ class SideBatch:
 def encode_side(batch: SideBatch) -> bytes:
     """Version 2 of the internal record (version 1 carried inflows only)."""
     doc: dict[str, Any] = {"v": 2}
-    for name in SideBatch.__slots__:
-        items = getattr(batch, name)
-        if items:
-            doc[name] = [r.row() for r in items]
+    if batch.inflows:
+        doc["inflows"] = [r.row() for r in batch.inflows]
+    if batch.payments:
+        doc["payments"] = batch.payments  # rows already
+    if batch.labels:
+        doc["labels"] = [r.row() for r in batch.labels]
     return orjson.dumps(doc)
 
 
@@ -161,7 +163,7 @@ def decode_side(value: bytes | None) -> SideBatch:
         doc = orjson.loads(value or b"")
         if doc.get("v") not in (1, 2):
             raise DataError(f"unknown inflow batch version {doc.get('v')!r}")
-        payments = [PaymentEntry.from_row(r) for r in doc.get("payments", ())]
+        payments = [payment_row(r) for r in doc.get("payments", ())]
         labels = [LabelEntry.from_row(r) for r in doc.get("labels", ())]
         out = []
         for i, row in enumerate(doc.get("inflows", ())):

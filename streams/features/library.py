@@ -5,7 +5,10 @@ Primitives (evaluated for a whole micro-batch at once by ``streams.features.engi
 
 - ``Windowed(agg, column, window, where)``: count / sum / mean / std / min / max of a per-event
   column over the account's events in ``(ts - window, ts]``, optionally only where a flag
-  column is 1 (``Share`` is the mean of a flag);
+  column is 1 (``Share`` is the mean of a flag); the 30-day window (``MONTH_MS``: count,
+  sum and mean of amounts only) is day-aligned, ``[start of the event's UTC day - 29 days,
+  ts]``, and also counts the events older than the raw log keeps, from the account's day
+  buckets (``streams.features.engine``);
 - ``Distinct(key, window)`` and ``FirstSeen(key, window)``: distinct keys (counterparty,
   device, country) in the window, and whether the event's key is new within it;
 - ``Current(column)``: a per-event column of the event itself;
@@ -44,6 +47,7 @@ __all__ = [
     "HOUR_MS",
     "MCC_RISK",
     "MINUTE_MS",
+    "MONTH_MS",
     "REPORTING_THRESHOLD",
     "SMALL_AMOUNT",
     "TRANSFER_CHANNELS",
@@ -203,6 +207,7 @@ Operator = (
     | Labels
 )
 MONTH_MS = 30 * DAY_MS
+MONTH_DAYS_KEPT = 31  # an account's day buckets span at most this many days
 WINDOWS = {"1m": MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS, "7d": WEEK_MS}
 
 
@@ -212,6 +217,11 @@ def _build() -> dict[str, Operator]:
     for label, w in WINDOWS.items():
         f[f"count_{label}"] = Windowed("count", "amount", w)
         f[f"sum_{label}"] = Windowed("sum", "amount", w)
+    # 30 days (day-aligned: the event's UTC day so far and the 29 days before it; the
+    # events older than the raw log's horizon count from day buckets)
+    f["count_30d"] = Windowed("count", "amount", MONTH_MS)
+    f["sum_30d"] = Windowed("sum", "amount", MONTH_MS)
+    f["amount_mean_30d"] = Windowed("mean", "amount", MONTH_MS)
     # amount statistics
     for label in ("24h", "7d"):
         for agg in ("mean", "std", "min", "max"):
@@ -300,6 +310,8 @@ def _build() -> dict[str, Operator]:
     f["velocity_spike_24h_7d"] = Ratio("count_24h", "count_7d", scale=7.0)
     f["amount_to_mean_7d"] = Ratio("amount", "amount_mean_7d")
     f["amount_to_max_7d"] = Ratio("amount", "amount_max_7d")
+    f["amount_to_mean_30d"] = Ratio("amount", "amount_mean_30d")
+    f["count_7d_to_30d"] = Ratio("count_7d", "count_30d")
     return f
 
 
@@ -335,6 +347,7 @@ def _digest() -> str:
     parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, ZSCORE_MIN_REL_STD, CHANNELS)]
     parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
     parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS), repr((KEEP_HOURS, MAX_PAYERS))]
+    parts += [repr((MONTH_MS, MONTH_DAYS_KEPT))]
     parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 

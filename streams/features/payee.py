@@ -22,8 +22,9 @@ stream delivered them in and across restarts (the buckets are the state).
 
 from __future__ import annotations
 
-import base64
+import bisect
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,8 @@ __all__ = [
     "LabelEntry",
     "LabelLog",
     "PayeeLog",
-    "PaymentEntry",
+    "PaymentRow",
+    "payment_row",
     "label_features",
     "payee_features",
 ]
@@ -48,41 +50,21 @@ P_NCOL = 6
 # LabelLog bucket columns: hour known, labels, fraud labels
 L_HOUR, L_LABELLED, L_FRAUD = range(3)
 L_NCOL = 3
-PAYER, LAST_TS = range(2)
 
 
-class PaymentEntry:
-    """One payment as its counterparty's partition receives it."""
+# A payment as its counterparty's partition receives it: a plain row (one per scored
+# transaction, so no object per payment): payee, payer hash, event time, amount, source
+# partition and offset.
+PaymentRow = tuple[str, float, int, float, int, int]
 
-    __slots__ = ("payee", "payer", "ts_ms", "amount", "src_partition", "src_offset")
 
-    def __init__(self, payee, payer, ts_ms, amount, src_partition, src_offset):
-        self.payee: str = payee
-        self.payer: float = payer  # hash of the payer's account id
-        self.ts_ms: int = ts_ms
-        self.amount: float = amount
-        self.src_partition: int = src_partition
-        self.src_offset: int = src_offset
-
-    def row(self) -> list:
-        return [
-            self.payee,
-            int(self.payer),
-            self.ts_ms,
-            self.amount,
-            self.src_partition,
-            self.src_offset,
-        ]
-
-    @classmethod
-    def from_row(cls, row: Sequence) -> PaymentEntry:
-        payee, payer, ts_ms, amount, partition, offset = row
-        entry = cls(
-            str(payee), float(payer), int(ts_ms), float(amount), int(partition), int(offset)
-        )
-        if not (entry.payee and entry.payer > 0 and entry.amount > 0):
-            raise ValueError("a payment needs a payee, a payer and a positive amount")
-        return entry
+def payment_row(row: Sequence) -> PaymentRow:
+    """A decoded payment row, checked; ValueError when it is not one."""
+    payee, payer, ts_ms, amount, partition, offset = row
+    out = (str(payee), float(payer), int(ts_ms), float(amount), int(partition), int(offset))
+    if not (out[0] and out[1] > 0 and out[3] > 0):
+        raise ValueError("a payment needs a payee, a payer and a positive amount")
+    return out
 
 
 class LabelEntry:
@@ -117,33 +99,38 @@ class LabelEntry:
         return entry
 
 
-def _add(rows: np.ndarray, hour: int, values: Mapping[int, float], ncol: int) -> np.ndarray:
-    """``rows`` (sorted by hour) with ``values`` added to the bucket of ``hour``."""
-    at = int(np.searchsorted(rows[:, 0], hour)) if len(rows) else 0
-    if at == len(rows) or rows[at, 0] != hour:
-        row = np.zeros((1, ncol))
-        row[0, 0] = hour
-        rows = np.concatenate([rows[:at], row, rows[at:]])
+def _add(rows: list[list[float]], hour: int, values: Mapping[int, float], ncol: int) -> None:
+    """Add ``values`` to the bucket of ``hour`` in ``rows`` (lists sorted by hour; plain
+    lists: a fold touches one or two buckets, and numpy's per-call cost would dominate)."""
+    if not rows or rows[-1][0] < hour:
+        row = [0.0] * ncol
+        row[0] = float(hour)
+        rows.append(row)
+    elif rows[-1][0] == hour:
+        row = rows[-1]
+    else:
+        at = bisect.bisect_left(rows, hour, key=lambda r: r[0])
+        if rows[at][0] != hour:
+            row = [0.0] * ncol
+            row[0] = float(hour)
+            rows.insert(at, row)
+        else:
+            row = rows[at]
     for col, v in values.items():
-        rows[at, col] += v
+        row[col] += v
+
+
+def _trim(rows: list[list[float]]) -> None:
+    """Drop the buckets more than ``KEEP_HOURS`` before the newest."""
+    if rows and rows[0][0] <= rows[-1][0] - KEEP_HOURS:
+        del rows[: bisect.bisect_right(rows, rows[-1][0] - KEEP_HOURS, key=lambda r: r[0])]
+
+
+def _rows(value: Any, ncol: int) -> list[list[float]]:
+    rows = [[float(v) for v in row] for row in value]
+    if any(len(r) != ncol for r in rows) or any(a[0] >= b[0] for a, b in pairwise(rows)):
+        raise FeatureError("bucket snapshot has the wrong shape or order")
     return rows
-
-
-def _trim(rows: np.ndarray) -> np.ndarray:
-    if len(rows) and rows[0, 0] <= rows[-1, 0] - KEEP_HOURS:
-        return rows[int(np.searchsorted(rows[:, 0], rows[-1, 0] - KEEP_HOURS, "right")) :]
-    return rows
-
-
-def _encode(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype=float).tobytes()).decode()
-
-
-def _decode(text: str, ncol: int) -> np.ndarray:
-    raw = base64.b64decode(text, validate=True)
-    if len(raw) % (8 * ncol):
-        raise FeatureError("bucket snapshot has the wrong shape")
-    return np.frombuffer(raw, dtype=float).reshape(-1, ncol).copy()
 
 
 def _offsets(state: Mapping[str, Any], key: str) -> dict[int, int]:
@@ -152,46 +139,43 @@ def _offsets(state: Mapping[str, Any], key: str) -> dict[int, int]:
 
 class PayeeLog:
     """A counterparty's hour buckets (payments received, labels known), the payers it
-    remembers, and the source offsets folded (payments per transaction partition, labels
-    per label partition)."""
+    remembers (payer hash -> its latest payment's time), and the source offsets folded
+    (payments per transaction partition, labels per label partition)."""
 
     __slots__ = ("rows", "payers", "folded", "labels_folded")
 
     def __init__(self, rows=None, payers=None, folded=None, labels_folded=None) -> None:
-        self.rows = np.empty((0, P_NCOL)) if rows is None else rows
-        self.payers = np.empty((0, 2)) if payers is None else payers  # sorted by payer hash
+        self.rows: list[list[float]] = [] if rows is None else rows
+        self.payers: dict[float, int] = {} if payers is None else payers
         self.folded: dict[int, int] = {} if folded is None else folded
         self.labels_folded: dict[int, int] = {} if labels_folded is None else labels_folded
 
     def __bool__(self) -> bool:
-        return bool(len(self.rows))
+        return bool(self.rows)
 
-    def fold_payments(self, entries: Sequence[PaymentEntry]) -> int:
+    def fold_payments(self, rows: Sequence[PaymentRow]) -> int:
         new = 0
-        for e in entries:
-            if e.src_offset <= self.folded.get(e.src_partition, -1):
+        payers, folded = self.payers, self.folded
+        for _payee, payer, ts_ms, amount, partition, offset in rows:
+            if offset <= folded.get(partition, -1):
                 continue
-            self.folded[e.src_partition] = e.src_offset
+            folded[partition] = offset
             new += 1
-            at = int(np.searchsorted(self.payers[:, PAYER], e.payer))
-            known = at < len(self.payers) and self.payers[at, PAYER] == e.payer
+            last = payers.get(payer)
             # new: never seen, or not within the kept buckets' span
-            fresh = not known or self.payers[at, LAST_TS] <= e.ts_ms - KEEP_HOURS * HOUR_MS
-            if known:
-                self.payers[at, LAST_TS] = max(self.payers[at, LAST_TS], e.ts_ms)
-            else:
-                self.payers = np.insert(self.payers, at, [e.payer, e.ts_ms], axis=0)
-            self.rows = _add(
+            fresh = last is None or last <= ts_ms - KEEP_HOURS * HOUR_MS
+            payers[payer] = ts_ms if last is None else max(last, ts_ms)
+            _add(
                 self.rows,
-                e.ts_ms // HOUR_MS,
-                {P_COUNT: 1.0, P_SUM: e.amount, P_NEW: float(fresh)},
+                ts_ms // HOUR_MS,
+                {P_COUNT: 1.0, P_SUM: amount, P_NEW: float(fresh)},
                 P_NCOL,
             )
         if new:
-            self.rows = _trim(self.rows)
-            if len(self.payers) > MAX_PAYERS:  # forget the payers seen longest ago
-                keep = np.sort(np.argsort(-self.payers[:, LAST_TS], kind="stable")[:MAX_PAYERS])
-                self.payers = self.payers[keep]
+            _trim(self.rows)
+            if len(payers) > MAX_PAYERS:  # forget the payers seen longest ago
+                newest = sorted(payers.items(), key=lambda kv: kv[1])[-MAX_PAYERS:]
+                self.payers = dict(newest)
         return new
 
     def fold_labels(self, entries: Sequence[LabelEntry]) -> int:
@@ -201,24 +185,23 @@ class PayeeLog:
                 continue
             self.labels_folded[e.src_partition] = e.src_offset
             new += 1
-            self.rows = _add(
-                self.rows,
-                e.known_ms // HOUR_MS,
-                {P_LABELLED: 1.0, P_FRAUD: float(e.fraud)},
-                P_NCOL,
+            _add(
+                self.rows, e.known_ms // HOUR_MS, {P_LABELLED: 1.0, P_FRAUD: float(e.fraud)}, P_NCOL
             )
         if new:
-            self.rows = _trim(self.rows)
+            _trim(self.rows)
         return new
 
     def paid_before(self, payer: float) -> bool:
-        at = int(np.searchsorted(self.payers[:, PAYER], payer))
-        return at < len(self.payers) and self.payers[at, PAYER] == payer
+        return payer in self.payers
+
+    def array(self) -> np.ndarray:
+        return np.array(self.rows, dtype=float).reshape(-1, P_NCOL)
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "rows": _encode(self.rows),
-            "payers": _encode(self.payers),
+        return {  # copies: a later fold changes the lists in place
+            "rows": [r[:] for r in self.rows],
+            "payers": list(self.payers.items()),
             "folded": {str(p): o for p, o in self.folded.items()},
             "labels_folded": {str(p): o for p, o in self.labels_folded.items()},
         }
@@ -227,8 +210,8 @@ class PayeeLog:
     def from_snapshot(cls, state: dict[str, Any]) -> PayeeLog:
         try:
             return cls(
-                _decode(state["rows"], P_NCOL),
-                _decode(state["payers"], 2),
+                _rows(state["rows"], P_NCOL),
+                {float(k): int(v) for k, v in state["payers"]},
                 _offsets(state, "folded"),
                 _offsets(state, "labels_folded"),
             )
@@ -242,11 +225,11 @@ class LabelLog:
     __slots__ = ("rows", "folded")
 
     def __init__(self, rows=None, folded=None) -> None:
-        self.rows = np.empty((0, L_NCOL)) if rows is None else rows
+        self.rows: list[list[float]] = [] if rows is None else rows
         self.folded: dict[int, int] = {} if folded is None else folded
 
     def __bool__(self) -> bool:
-        return bool(len(self.rows))
+        return bool(self.rows)
 
     def fold(self, entries: Sequence[LabelEntry]) -> int:
         new = 0
@@ -255,20 +238,24 @@ class LabelLog:
                 continue
             self.folded[e.src_partition] = e.src_offset
             new += 1
-            self.rows = _add(
+            _add(
                 self.rows, e.known_ms // HOUR_MS, {L_LABELLED: 1.0, L_FRAUD: float(e.fraud)}, L_NCOL
             )
         if new:
-            self.rows = _trim(self.rows)
+            _trim(self.rows)
         return new
 
+    def array(self) -> np.ndarray:
+        return np.array(self.rows, dtype=float).reshape(-1, L_NCOL)
+
     def snapshot(self) -> dict[str, Any]:
-        return {"rows": _encode(self.rows), "folded": {str(p): o for p, o in self.folded.items()}}
+        rows = [r[:] for r in self.rows]  # copies: a later fold changes the lists in place
+        return {"rows": rows, "folded": {str(p): o for p, o in self.folded.items()}}
 
     @classmethod
     def from_snapshot(cls, state: dict[str, Any]) -> LabelLog:
         try:
-            return cls(_decode(state["rows"], L_NCOL), _offsets(state, "folded"))
+            return cls(_rows(state["rows"], L_NCOL), _offsets(state, "folded"))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"label log snapshot malformed: {exc!r}") from exc
 
@@ -334,7 +321,7 @@ def payee_features(
     at = np.flatnonzero(slots >= 0)
     if not len(at):
         return out
-    buckets = _Buckets([log.rows for log in held], P_NCOL)
+    buckets = _Buckets([log.array() for log in held], P_NCOL)
     sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
     done: dict[tuple[str, int], np.ndarray] = {}
     for name, op in ops.items():
@@ -385,7 +372,7 @@ def label_features(
     at = np.flatnonzero(slots >= 0)
     if not len(at):
         return out
-    buckets = _Buckets([log.rows for log in logs.values()], L_NCOL)
+    buckets = _Buckets([log.array() for log in logs.values()], L_NCOL)
     sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
     done: dict[int, np.ndarray] = {}
     for name, op in ops.items():

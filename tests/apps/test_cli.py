@@ -316,7 +316,13 @@ def test_bench_inspection_without_a_model_says_how_to_train_one(tmp_path, monkey
 def test_bench_hybrid_evaluates_each_history_as_training_would():
     """Two small histories in two spawned processes: each row is what training and
     evaluating that history's seed gives in this process, and the summary is their mean."""
-    from vigil.models.risk import TabularConfig, evaluate, history_from_generator, temporal_split
+    from vigil.models.risk import (
+        WARMUP_DAYS,
+        TabularConfig,
+        evaluate,
+        history_from_generator,
+        temporal_split,
+    )
     from vigil.models.risk import train as train_model
 
     args = ["--days", "6", "--holdout-days", "2", "--accounts", "300", "--seed", "3"]
@@ -327,7 +333,8 @@ def test_bench_hybrid_evaluates_each_history_as_training_would():
     assert "history 4 (" in result.stderr  # progress, beside the JSON on stdout
     report = json.loads(result.stdout)
     assert [r["seed"] for r in report["runs"]] == [3, 4]
-    train_set, test_set = temporal_split(history_from_generator(6, seed=4, accounts=300), 2)
+    history = history_from_generator(6, seed=4, accounts=300, warmup_days=WARMUP_DAYS)
+    train_set, test_set = temporal_split(history, 2)
     want = evaluate(train_model(train_set, TabularConfig(seed=4), say=lambda _m: None), test_set)
     run = report["runs"][1]
     assert run["auc_pr"] == {name: m["auc_pr"] for name, m in want["models"].items()}

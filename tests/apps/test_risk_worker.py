@@ -221,9 +221,9 @@ def test_idle_account_state_is_forgotten_and_stays_forgotten_after_a_restart(
     day_min = 24 * 60
     topic = settings.topics.transactions
     old = [wire(f"old{i}", "sleeper", "payee", i, 100.0 + i) for i in range(5)]
-    # 40 days later, enough traffic to move the watermark past the 8-day TTL
+    # 40 days later, enough traffic to move the watermark past the 32-day TTL
     busy = [wire(f"b{i}", f"busy{i % 7}", "shop", 40 * day_min + i, 50.0) for i in range(200)]
-    faults = {"VIGIL_STATE_TTL_DAYS": "8", "VIGIL_STATE_SWEEP_S": "0.5", "VIGIL_BATCH_SIZE": "50"}
+    faults = {"VIGIL_STATE_TTL_DAYS": "32", "VIGIL_STATE_SWEEP_S": "0.5", "VIGIL_BATCH_SIZE": "50"}
     publish(bootstrap, topic, [(t["account_id"], json.dumps(t).encode()) for t in old + busy])
     with _worker(settings, tmp_path, "first", faults) as worker:
         got = collect(bootstrap, settings.topics.scores, lambda s: len(s) >= 205,

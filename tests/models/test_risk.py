@@ -184,8 +184,18 @@ def test_the_evaluation_compares_four_scorers_on_the_held_out_days(data, model):
     assert models["rules_only"]["calibration"] is None
     y = data[1].labels
     hybrid_cal = models["hybrid"]["calibration"]
-    want = calibration(y, model.predict(data[1].features).astype(np.float64))
-    assert hybrid_cal == pytest.approx(want, abs=2e-5)  # float32 served vs float64 ranked
+    served = model.predict(data[1].features).astype(np.float64)  # float32, as served
+    want = calibration(y, served)
+    # float32 served vs float64 ranked: the same but where float32 saturates at 0 or 1,
+    # whose log-loss (a wrong 1.0 costs 34.5) float64 does not pay
+    assert hybrid_cal["brier"] == pytest.approx(want["brier"], abs=2e-5)
+    assert hybrid_cal["expected_over_actual"] == pytest.approx(
+        want["expected_over_actual"], abs=2e-4
+    )
+    if ((served == 0) | (served == 1)).any():
+        assert hybrid_cal["log_loss"] <= want["log_loss"] + 1e-4
+    else:
+        assert hybrid_cal["log_loss"] == pytest.approx(want["log_loss"], abs=2e-5)
     for name in ("lightgbm", "nn", "hybrid"):
         assert 0.7 < models[name]["calibration"]["expected_over_actual"] < 1.3, name
     # AUC-PR per typology: that typology's positives against every negative
@@ -220,7 +230,7 @@ def test_onnx_export_matches_the_python_model_on_held_out_rows(data, model, expo
     # would have lost its digits (1 - 0.9999...)
     margin = gbdt_margin(onnx_session((exported / "gbdt.onnx").read_bytes()), x)
     want_margin = model.booster.predict(x, raw_score=True)
-    assert (want_margin < -5).mean() > 0.5  # most rows: p < 0.007
+    assert (want_margin < -4).mean() > 0.5  # most rows: p < 0.018
     np.testing.assert_allclose(margin, want_margin, rtol=1e-6, atol=1e-5)
     assert manifest["feature_spec"] == FEATURE_SPEC.label
 

@@ -35,11 +35,11 @@ def test_idle_accounts_are_forgotten_on_the_second_sweep_if_untouched_in_between
     feed(pipeline, [wire(f"n{i}", "c", "x", 40 * day + i, 10.0) for i in range(5)], store, 2)
     feed(pipeline, [], store)  # deliver the inflows of the transfers above
     assert pipeline.watermark_ms == T0 + (40 * day + 2) * 60_000  # the median of that batch
-    sweep = IdleSweep(ttl_ms=30 * DAY_MS)
+    sweep = IdleSweep(ttl_ms=32 * DAY_MS)
     assert sweep.due(store, pipeline.watermark_ms) == []  # picked, not yet forgotten
     store["b"] = json.loads(json.dumps(store["b"]))  # b written in between: kept, picked again
     due = sweep.due(store, pipeline.watermark_ms)
-    # a: paid 40 days ago (TTL 30); the payees only received money, 40 days ago (their
+    # a: paid 40 days ago (TTL 32); the payees only received money, 40 days ago (their
     # windows span 31 days)
     assert sorted(due) == ["a", "payee-a", "payee-b"]
     assert sweep.due({k: v for k, v in store.items() if k not in due}, pipeline.watermark_ms) == [

@@ -40,6 +40,7 @@ GAPS = st.one_of(
     st.integers(0, 10 * 60_000),  # minutes apart
     st.integers(0, 30 * HOUR_MS),  # hours apart
     st.integers(0, 9 * DAY_MS),  # beyond the week: windows empty out, the log is pruned
+    st.integers(0, 35 * DAY_MS),  # beyond the month: the day buckets are pruned too
     st.integers(-GRACE_MS + 1, 0),  # late, within the grace
 )
 EVENT = st.tuples(
@@ -171,3 +172,18 @@ def test_a_late_event_does_not_see_events_that_arrived_after_it_in_the_same_batc
     got = run_engine(stream, [], via_json=False)
     assert [g["sum_1h"] for g in got] == [10.0, 20.0, 50.0]
     assert [g["count_1h"] for g in got] == [1.0, 1.0, 2.0]
+
+
+def test_an_accounts_memory_is_bounded_by_its_horizon_and_the_months_day_buckets():
+    from vigil.streams.features.library import HORIZON_MS, MONTH_DAYS_KEPT
+
+    stream = make_stream([(0, 6 * HOUR_MS, 10.0, 0, None, "DE", "card", None)] * 400)  # 100 d
+    engine, logs = FeatureEngine(), {}
+    for tx in stream:
+        batch = [Transaction(**tx)]
+        row = engine.compute(["a0"], event_rows(batch), logs)[0]
+    log = logs["a0"]
+    assert len(log.days) <= MONTH_DAYS_KEPT
+    assert len(log.rows) <= (HORIZON_MS + GRACE_MS) // (6 * HOUR_MS) + 1
+    feats = dict(zip(FEATURE_SPEC.names, row, strict=True))
+    assert feats["count_30d"] == 4 * 29 + 1 + (stream[-1]["ts_ms"] % DAY_MS) // (6 * HOUR_MS)
