@@ -101,21 +101,23 @@ class LabelEntry:
 
 def _add(rows: list[list[float]], hour: int, values: Mapping[int, float], ncol: int) -> None:
     """Add ``values`` to the bucket of ``hour`` in ``rows`` (lists sorted by hour; plain
-    lists: a fold touches one or two buckets, and numpy's per-call cost would dominate)."""
+    lists: a fold touches one or two buckets, and numpy's per-call cost would dominate).
+    A bucket that changes is replaced, never changed in place: a saved snapshot may hold
+    the old one (copy on write; the caller copies the outer list before a fold)."""
     if not rows or rows[-1][0] < hour:
         row = [0.0] * ncol
         row[0] = float(hour)
         rows.append(row)
-    elif rows[-1][0] == hour:
-        row = rows[-1]
     else:
-        at = bisect.bisect_left(rows, hour, key=lambda r: r[0])
+        at = len(rows) - 1
+        if rows[at][0] != hour:
+            at = bisect.bisect_left(rows, hour, key=lambda r: r[0])
         if rows[at][0] != hour:
             row = [0.0] * ncol
             row[0] = float(hour)
             rows.insert(at, row)
         else:
-            row = rows[at]
+            row = rows[at] = rows[at][:]
     for col, v in values.items():
         row[col] += v
 
@@ -142,19 +144,21 @@ class PayeeLog:
     remembers (payer hash -> its latest payment's time), and the source offsets folded
     (payments per transaction partition, labels per label partition)."""
 
-    __slots__ = ("rows", "payers", "folded", "labels_folded")
+    __slots__ = ("rows", "payers", "folded", "labels_folded", "_array")
 
     def __init__(self, rows=None, payers=None, folded=None, labels_folded=None) -> None:
         self.rows: list[list[float]] = [] if rows is None else rows
         self.payers: dict[float, int] = {} if payers is None else payers
         self.folded: dict[int, int] = {} if folded is None else folded
         self.labels_folded: dict[int, int] = {} if labels_folded is None else labels_folded
+        self._array: tuple[list, np.ndarray] | None = None  # (rows it was made of, array)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
 
     def fold_payments(self, rows: Sequence[PaymentRow]) -> int:
         new = 0
+        self.rows = list(self.rows)  # copy on write (see _add)
         payers, folded = self.payers, self.folded
         for _payee, payer, ts_ms, amount, partition, offset in rows:
             if offset <= folded.get(partition, -1):
@@ -180,6 +184,7 @@ class PayeeLog:
 
     def fold_labels(self, entries: Sequence[LabelEntry]) -> int:
         new = 0
+        self.rows = list(self.rows)  # copy on write (see _add)
         for e in entries:
             if e.src_offset <= self.labels_folded.get(e.src_partition, -1):
                 continue
@@ -196,11 +201,14 @@ class PayeeLog:
         return payer in self.payers
 
     def array(self) -> np.ndarray:
-        return np.array(self.rows, dtype=float).reshape(-1, P_NCOL)
+        """The buckets as an array (kept until a fold replaces the list: copy on write)."""
+        if self._array is None or self._array[0] is not self.rows:
+            self._array = (self.rows, np.array(self.rows, dtype=float).reshape(-1, P_NCOL))
+        return self._array[1]
 
     def snapshot(self) -> dict[str, Any]:
-        return {  # copies: a later fold changes the lists in place
-            "rows": [r[:] for r in self.rows],
+        return {
+            "rows": self.rows,  # folds copy on write: this list never changes
             "payers": list(self.payers.items()),
             "folded": {str(p): o for p, o in self.folded.items()},
             "labels_folded": {str(p): o for p, o in self.labels_folded.items()},
@@ -233,6 +241,7 @@ class LabelLog:
 
     def fold(self, entries: Sequence[LabelEntry]) -> int:
         new = 0
+        self.rows = list(self.rows)  # copy on write (see _add)
         for e in entries:
             if e.src_offset <= self.folded.get(e.src_partition, -1):
                 continue
@@ -249,7 +258,7 @@ class LabelLog:
         return np.array(self.rows, dtype=float).reshape(-1, L_NCOL)
 
     def snapshot(self) -> dict[str, Any]:
-        rows = [r[:] for r in self.rows]  # copies: a later fold changes the lists in place
+        rows = self.rows  # folds copy on write: this list never changes
         return {"rows": rows, "folded": {str(p): o for p, o in self.folded.items()}}
 
     @classmethod
