@@ -163,6 +163,7 @@ def _platt(z: np.ndarray, y: np.ndarray, steps: int = 500) -> tuple[float, float
     y = np.asarray(y, dtype=float)
     positives = y.sum()
     y = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
+
     def loss(a: float, b: float) -> float:
         t = a * z + b  # log(1 + e^-t) for y, log(1 + e^t) for 1 - y, without overflow
         return float(np.sum(y * np.logaddexp(0, -t) + (1 - y) * np.logaddexp(0, t)))
