@@ -48,6 +48,7 @@ __all__ = [
     "MCC_RISK",
     "MINUTE_MS",
     "MONTH_MS",
+    "READS_COUNTERPARTY",
     "REPORTING_THRESHOLD",
     "SMALL_AMOUNT",
     "TRANSFER_CHANNELS",
@@ -353,3 +354,23 @@ def _digest() -> str:
 
 
 FEATURE_SPEC = FeatureSpec("lib-4", tuple(FEATURES), _digest())
+
+
+def _reads_counterparty() -> frozenset[str]:
+    names = {n for n, op in FEATURES.items() if isinstance(op, Payee)}
+    grew = True
+    while grew:  # and the ratios built on them
+        more = {
+            n
+            for n, op in FEATURES.items()
+            if isinstance(op, Ratio) and (op.num in names or op.den in names)
+        }
+        grew = not more <= names
+        names |= more
+    return frozenset(names)
+
+
+# Features read from the counterparty's state: a payment reaches it a micro-batch after it
+# is scored, so their values depend on where batches were cut (and a transaction scored
+# again after a restart may see more of it); every other feature depends on the events only.
+READS_COUNTERPARTY = _reads_counterparty()
