@@ -128,6 +128,27 @@ def _trim(rows: list[list[float]]) -> None:
         del rows[: bisect.bisect_right(rows, rows[-1][0] - KEEP_HOURS, key=lambda r: r[0])]
 
 
+def _fold_labels(
+    rows: list[list[float]],
+    folded: dict[int, int],
+    entries: Sequence[LabelEntry],
+    labelled: int,
+    fraud: int,
+    ncol: int,
+) -> int:
+    """Count labels not folded before into ``rows`` by the hour each became known."""
+    new = 0
+    for e in entries:
+        if e.src_offset <= folded.get(e.src_partition, -1):
+            continue
+        folded[e.src_partition] = e.src_offset
+        new += 1
+        _add(rows, e.known_ms // HOUR_MS, {labelled: 1.0, fraud: float(e.fraud)}, ncol)
+    if new:
+        _trim(rows)
+    return new
+
+
 def _rows(value: Any, ncol: int) -> list[list[float]]:
     rows = [[float(v) for v in row] for row in value]
     if any(len(r) != ncol for r in rows) or any(a[0] >= b[0] for a, b in pairwise(rows)):
@@ -183,19 +204,8 @@ class PayeeLog:
         return new
 
     def fold_labels(self, entries: Sequence[LabelEntry]) -> int:
-        new = 0
         self.rows = list(self.rows)  # copy on write (see _add)
-        for e in entries:
-            if e.src_offset <= self.labels_folded.get(e.src_partition, -1):
-                continue
-            self.labels_folded[e.src_partition] = e.src_offset
-            new += 1
-            _add(
-                self.rows, e.known_ms // HOUR_MS, {P_LABELLED: 1.0, P_FRAUD: float(e.fraud)}, P_NCOL
-            )
-        if new:
-            _trim(self.rows)
-        return new
+        return _fold_labels(self.rows, self.labels_folded, entries, P_LABELLED, P_FRAUD, P_NCOL)
 
     def paid_before(self, payer: float) -> bool:
         return payer in self.payers
@@ -240,19 +250,8 @@ class LabelLog:
         return bool(self.rows)
 
     def fold(self, entries: Sequence[LabelEntry]) -> int:
-        new = 0
         self.rows = list(self.rows)  # copy on write (see _add)
-        for e in entries:
-            if e.src_offset <= self.folded.get(e.src_partition, -1):
-                continue
-            self.folded[e.src_partition] = e.src_offset
-            new += 1
-            _add(
-                self.rows, e.known_ms // HOUR_MS, {L_LABELLED: 1.0, L_FRAUD: float(e.fraud)}, L_NCOL
-            )
-        if new:
-            _trim(self.rows)
-        return new
+        return _fold_labels(self.rows, self.folded, entries, L_LABELLED, L_FRAUD, L_NCOL)
 
     def array(self) -> np.ndarray:
         return np.array(self.rows, dtype=float).reshape(-1, L_NCOL)
