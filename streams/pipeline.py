@@ -557,11 +557,12 @@ class RiskPipeline:
         for record in records:
             try:
                 batch = decode_side(record.value)
-                for entity in (
+                entities = {
                     *(r.payee for r in batch.inflows),
                     *(r[0] for r in batch.payments),
                     *(r.entity for r in batch.labels),
-                ):
+                }
+                for entity in entities:
                     self._state(out, entity, load_state)
             except (FeatureError, KeyError, TypeError, ValueError) as exc:
                 self._dead(
@@ -575,11 +576,7 @@ class RiskPipeline:
                 payments.setdefault(p[0], []).append(p)
             for e in batch.labels:
                 labels.setdefault((e.entity, e.role), []).append(e)
-            for entity in {
-                *(r.payee for r in batch.inflows),
-                *(r[0] for r in batch.payments),
-                *(r.entity for r in batch.labels),
-            }:
+            for entity in entities:
                 out.partition[entity] = record.partition  # co-partitioned
         folded = sum(out.states[p].inflows.fold(b) for p, b in inflows.items())
         out.counts["inflows"] += folded
