@@ -40,13 +40,14 @@ from vigil.apps.broker import (
     resolve_bootstrap,
 )
 from vigil.apps.follower import ModelFollower
-from vigil.apps.rules_follower import RulesFollower
+from vigil.apps.rules_follower import RatesFollower, RulesFollower
 from vigil.apps.settings import Settings
 from vigil.apps.store import Store as TableStore
 from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
 from vigil.models.kinds import RISK
 from vigil.models.registry import Limits
 from vigil.models.serving import ModelError
+from vigil.streams.currency import load_rates
 from vigil.streams.features import FEATURE_SPEC
 from vigil.streams.features.library import DAY_MS
 from vigil.streams.partitioning import partition_for
@@ -102,6 +103,8 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         labels_topic=topics.labels,
         partitions=partitions,
         max_record_bytes=settings.max_record_bytes,
+        rates=None if settings.rates_path is None else load_rates(settings.rates_path),
+        reporting_currency=settings.reporting_currency,
     )
 
     def model_on_disk() -> BatchScorer | None:
@@ -120,12 +123,16 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         return model
 
     log.info(
-        "ruleset %s version %s (%d rules); feature spec %s (%d features)",
+        "ruleset %s version %s (%d rules); feature spec %s (%d features); rates table %s "
+        "(%d currencies in %s)",
         pipeline.ruleset.name,
         pipeline.ruleset.version,
         len(pipeline.ruleset.rules),
         FEATURE_SPEC.label,
         len(FEATURE_SPEC.names),
+        pipeline.rates.label,
+        len(pipeline.rates.rates),
+        pipeline.rates.base,
     )
     outputs = Outputs(bootstrap, settings.max_record_bytes)
     # the changelog's own producer: its delivery reports give the offsets the table's store
@@ -134,6 +141,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
 
     def rejected(_reason: str) -> None:
         pipeline.counters["ruleset_rejected"] += 1
+
+    def rates_rejected(_reason: str) -> None:
+        pipeline.counters["rates_rejected"] += 1
 
     def check_spec(spec: dict) -> None:
         RISK.check(spec, "the release")  # the input spec names its feature spec
@@ -153,6 +163,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     )
     followers = (
         RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),
+        RatesFollower(bootstrap, topics.rates, pipeline.set_rates, rates_rejected),
         models,
     )
 
@@ -321,7 +332,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             "events=%d scored=%d alerts=%d dlq=%d redelivered=%d inflows=%d payments=%d "
             "labels=%d labels_folded=%d labels_unrouted=%d misrouted=%d model=%s "
             "rules=%s shadow=%s ruleset_swaps=%d ruleset_rejected=%d model_swaps=%d "
-            "model_refused=%d",
+            "model_refused=%d rates=%s rates_swaps=%d rates_rejected=%d",
             c["events"],
             c["scored"],
             c["alerts"],
@@ -340,6 +351,9 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             c["ruleset_rejected"],
             c["model_swaps"],
             c["model_refused"],
+            pipeline.rates.label,
+            c["rates_swaps"],
+            c["rates_rejected"],
         )
         if phases["batches"]:
             log.info(

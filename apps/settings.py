@@ -117,6 +117,19 @@ class Settings(BaseSettings):
         description="YAML/JSON ruleset the workers start with (unset: the shipped aml set)",
     )
 
+    rates_path: Path | None = Field(
+        default=None,
+        description="YAML/JSON rates table the workers start with (unset: the built-in "
+        "approximate reference rates); tables published on vigil.rates replace it",
+    )
+
+    reporting_currency: str = Field(
+        default="EUR",
+        pattern=r"^[A-Z]{3}$",
+        description="the currency amounts are converted to before features and rules; a "
+        "rates table in another base is refused",
+    )
+
     review_threshold: float = Field(
         default=0.5, gt=0, le=1, description="a combined score at or above it is `review`"
     )

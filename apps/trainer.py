@@ -43,6 +43,7 @@ from vigil.models.serving import (
     read_files,
     read_manifest,
 )
+from vigil.streams.currency import load_rates
 from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
@@ -70,10 +71,11 @@ def parse_every(text: str) -> float:
     return seconds
 
 
-def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type: ignore[no-untyped-def]
+def history_from_stream(bootstrap: str, transactions: str, labels: str, rates=None):  # type: ignore[no-untyped-def]
     """The labelled part of the stream: every transaction on ``transactions`` that has a
     label on ``labels`` (the newest label of a tx_id wins), featurised in event-time order
-    as the workers computed them. None when either topic is missing."""
+    as the workers computed them (amounts converted with ``rates``, default the built-in
+    table). None when either topic is missing."""
     from vigil.apps.clients import read_messages
     from vigil.models.risk import featurise
 
@@ -97,7 +99,7 @@ def history_from_stream(bootstrap: str, transactions: str, labels: str):  # type
     except LookupError:
         return None
     lines.sort(key=lambda t: t[0])
-    return featurise((v for _ts, v in lines), truth)
+    return featurise((v for _ts, v in lines), truth, rates=rates)
 
 
 def gate_and_publish(
@@ -227,9 +229,11 @@ def risk_round(
     enough (else on ``history(n)``, generated or from files), export at ``bits``, gate
     against the serving model on the same held-out days, publish when not worse."""
     topics = settings.topics
+    rates = None if settings.rates_path is None else load_rates(settings.rates_path)
 
     def round_(n: int) -> dict[str, Any]:
-        data, source = history_from_stream(bootstrap, topics.transactions, topics.labels), "stream"
+        data = history_from_stream(bootstrap, topics.transactions, topics.labels, rates)
+        source = "stream"
         if data is None or len(data) < MIN_STREAM_ROWS or data.labels.sum() < MIN_STREAM_POSITIVES:
             data, source = history(n)
         say(f"round {n}: training on the {source} history ({len(data)} labelled transactions)")

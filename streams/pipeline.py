@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,8 +42,17 @@ import numpy as np
 import orjson
 
 from vigil.errors import UsageError, VigilError
+from vigil.streams.currency import Rates, RatesError, default_rates
 from vigil.streams.features import FeatureError
-from vigil.streams.features.engine import TS, WM, AccountLog, FeatureEngine, event_rows, key_hash
+from vigil.streams.features.engine import (
+    AMOUNT,
+    TS,
+    WM,
+    AccountLog,
+    FeatureEngine,
+    event_rows,
+    key_hash,
+)
 from vigil.streams.features.inflows import (
     InflowLog,
     InflowRecord,
@@ -93,6 +103,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_SMALLEST = sys.float_info.min
 
 # What a rule may refer to: transaction fields and every feature, with their types.
 RULE_NAMES: dict[str, str] = {**TX_FIELDS, **dict.fromkeys(FEATURE_SPEC.names, NUM)}
@@ -270,8 +282,13 @@ class RiskPipeline:
         partitions: int = 1,
         max_record_bytes: int = MAX_RECORD_BYTES,
         labels_topic: str = "vigil.labels",
+        rates: Rates | None = None,
+        reporting_currency: str = "EUR",
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
+        self.reporting_currency = reporting_currency
+        self.rates = default_rates()
+        self.set_rates(rates or self.rates, counted=False)
         self.shadow: Ruleset | None = None
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
@@ -356,6 +373,8 @@ class RiskPipeline:
             records = [r for r in records if r.topic not in side]
         self._check_routing(out, records)
         valid, dead = decode_transactions(records, clock())
+        rates = self.rates  # one table for the whole batch
+        valid = self._convert(valid, rates, dead, clock)
         t1 = time.perf_counter()
         out.counts["events"] += len(records)
         for record, letter in dead:
@@ -369,9 +388,10 @@ class RiskPipeline:
         # The events these states have not applied yet, in partition order.
         fresh: list[Transaction] = []
         sources: list[RawRecord] = []
+        amounts: list[float] = []  # in the reporting currency
         logs: dict[str, AccountLog] = {}
         inflows: dict[str, InflowLog] = {}
-        for record, tx in valid:
+        for record, tx, amount in valid:
             try:
                 state = self._state(out, tx.account_id, load_state)
             except (FeatureError, KeyError, TypeError, ValueError) as exc:
@@ -383,6 +403,7 @@ class RiskPipeline:
                 continue
             fresh.append(tx)
             sources.append(record)
+            amounts.append(amount)
             logs[tx.account_id] = state.features
             if state._inflows is not None and len(state._inflows):
                 inflows[tx.account_id] = state._inflows
@@ -393,7 +414,7 @@ class RiskPipeline:
         if fresh:
             out.watermark_ms = int(np.median([tx.ts_ms for tx in fresh]))
         accounts = [tx.account_id for tx in fresh]
-        rows = event_rows(fresh)
+        rows = event_rows(fresh, amounts)
         # extreme amounts may overflow a ratio: an infinite feature is caught below
         counterparties = [tx.counterparty_id for tx in fresh]
         payees = self._payees(out, counterparties, load_state)
@@ -411,7 +432,7 @@ class RiskPipeline:
         model_scores = scorer.score_batch(matrix)
         alerts: list[tuple[int, bytes, dict]] = []  # (row, key, alert): explained, then encoded
         needed = ruleset.names | (shadow.names if shadow else frozenset())
-        cols = self._columns(fresh, matrix, needed)
+        cols = self._columns(fresh, rows, rates, matrix, needed)
         all_firings = ruleset.evaluate_batch(cols, len(fresh))
         shadow_firings = shadow.evaluate_batch(cols, len(fresh)) if shadow else None
         t4 = time.perf_counter()
@@ -438,6 +459,7 @@ class RiskPipeline:
                 "rule_hits": hits,
                 "model_version": scorer.version,
                 "ruleset_version": ruleset_version,
+                "rates_version": rates.label,
                 "processed_ms": processed_ms,
                 "consumed_ms": consumed_ms,
                 "feature_spec": spec_label,
@@ -453,6 +475,10 @@ class RiskPipeline:
                     "tx_id": tx.tx_id,
                     "account_id": tx.account_id,
                     "ts_ms": tx.ts_ms,
+                    "amount": tx.amount,  # as paid
+                    "currency": tx.currency,
+                    "reporting_amount": amounts[i],
+                    "reporting_currency": rates.base,
                     "score": score,
                     "decision": decision,
                     "reasons": [
@@ -461,6 +487,7 @@ class RiskPipeline:
                     "rule_hits": hits,
                     "model_version": scorer.version,
                     "ruleset_version": ruleset_version,
+                    "rates_version": rates.label,
                     "processed_ms": processed_ms,
                 }
                 alerts.append((i, key, alert))
@@ -694,8 +721,9 @@ class RiskPipeline:
             record = records[i]
             batch = routed.setdefault(partition_for(payee.encode(), self.partitions), SideBatch())
             payer = key_hash(tx.account_id)
+            amount = float(rows[i, AMOUNT])  # in the reporting currency
             batch.payments.append(
-                (payee, int(payer), tx.ts_ms, tx.amount, record.partition, record.offset)
+                (payee, int(payer), tx.ts_ms, amount, record.partition, record.offset)
             )
             if i in sources:
                 batch.inflows.append(
@@ -703,7 +731,7 @@ class RiskPipeline:
                         payee,
                         payer,
                         tx.ts_ms,
-                        tx.amount,
+                        amount,
                         float(sources[i]),
                         record.partition,
                         record.offset,
@@ -764,9 +792,50 @@ class RiskPipeline:
             self.ruleset = ruleset
         self.counters["ruleset_swaps"] += 1
 
+    def set_rates(self, rates: Rates, counted: bool = True) -> None:
+        """Install a rates table; takes effect at the next micro-batch. One in another base
+        than the reporting currency is refused (``RatesError``): the rules' thresholds and
+        the model were set in that one."""
+        if rates.base != self.reporting_currency:
+            raise RatesError(
+                f"rates table {rates.label} is in {rates.base}, but the reporting currency "
+                f"is {self.reporting_currency} (setting reporting_currency): refused"
+            )
+        self.rates = rates
+        if counted:
+            self.counters["rates_swaps"] += 1
+
+    @staticmethod
+    def _convert(
+        valid: list[tuple[RawRecord, Transaction]],
+        rates: Rates,
+        dead: list[tuple[RawRecord, DeadLetter]],
+        clock: Callable[[], int],
+    ) -> list[tuple[RawRecord, Transaction, float]]:
+        """Each transaction with its amount in the reporting currency; one in a currency
+        the table does not list goes to ``dead``. An amount too small for a double after
+        conversion counts as the smallest normal one (a log of it stays finite)."""
+        table = rates.rates
+        out = []
+        for record, tx in valid:
+            rate = table.get(tx.currency)
+            if rate is None:
+                error = (
+                    f"currency {tx.currency} is not in rates table {rates.label} "
+                    f"({len(table)} currencies, base {rates.base})"
+                )
+                dead.append((record, DeadLetter.of(record, error, clock())))
+                continue
+            out.append((record, tx, max(tx.amount * rate, _SMALLEST)))
+        return out
+
     @staticmethod
     def _columns(
-        txs: list[Transaction], features: np.ndarray, names: frozenset[str]
+        txs: list[Transaction],
+        rows: np.ndarray,
+        rates: Rates,
+        features: np.ndarray,
+        names: frozenset[str],
     ) -> dict[str, np.ndarray]:
         """The batch as columns, only those the ruleset reads (missing numbers: NaN)."""
         cols: dict[str, np.ndarray] = {}
@@ -774,6 +843,14 @@ class RiskPipeline:
             kind = TX_FIELDS.get(name)
             if kind is None:
                 cols[name] = features[:, FEATURE_SPEC.index(name)]
+            elif name == "amount":
+                cols[name] = rows[:, AMOUNT]
+            elif name == "original_amount":
+                cols[name] = np.array([tx.amount for tx in txs], dtype=float)
+            elif name == "paid":
+                cols[name] = np.array([f"{tx.amount:,.2f} {tx.currency}" for tx in txs], object)
+            elif name == "reporting_currency":
+                cols[name] = np.full(len(txs), rates.base, dtype=object)
             elif kind == NUM:
                 cols[name] = np.array([getattr(tx, name) for tx in txs], dtype=float)
             else:

@@ -114,6 +114,8 @@ class ScoreRecord(BaseModel):
     rule_hits: list[RuleHit]
     model_version: str
     ruleset_version: str
+    # extends contract v1: the rates table the amount was converted with (name:version)
+    rates_version: str | None = None
     processed_ms: int
     consumed_ms: int
     feature_spec: str
@@ -133,6 +135,14 @@ class Alert(BaseModel):
     rule_hits: list[RuleHit]
     model_version: str
     processed_ms: int
+    # extend contract v1: the amount and currency as paid, the amount in the reporting
+    # currency that rules and features compared, and the rates table that converted it
+    amount: float | None = None
+    currency: str | None = None
+    reporting_amount: float | None = None
+    reporting_currency: str | None = None
+    ruleset_version: str | None = None
+    rates_version: str | None = None
 
 
 class InspectionAlert(BaseModel):

@@ -31,6 +31,9 @@ CONTRACT_TOPICS: tuple[TopicSpec, ...] = (
         retain_forever=True,
     ),
     TopicSpec("rules", "ruleset name", "ruleset documents", partitioned=False, retain_forever=True),
+    TopicSpec(
+        "rates", "table name", "currency rates tables", partitioned=False, retain_forever=True
+    ),
     TopicSpec("dlq", "original key", "records that could not be processed, with the reason"),
 )
 # Vigil's own topics, not part of the contract (formats may change between versions).
@@ -85,6 +88,10 @@ class TopicNames:
     @property
     def rules(self) -> str:
         return self.name("rules")
+
+    @property
+    def rates(self) -> str:
+        return self.name("rates")
 
     @property
     def dlq(self) -> str:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -29,6 +33,22 @@ def wire(tx_id: str, payer: str, payee: str, minutes: int, amount: float) -> dic
         "device_id": None,
         "merchant_category": None,
     }
+
+
+@cache
+def reference_rates() -> dict[str, float]:
+    """EUR per unit of each currency: the built-in table, read as plain YAML."""
+    path = Path(__file__).resolve().parents[1] / "streams" / "rates" / "reference.yaml"
+    return yaml.safe_load(path.read_text())["rates"]
+
+
+def reporting(tx: dict[str, Any]) -> dict[str, Any]:
+    """``tx`` with its amount in EUR and the amount as paid in ``paid_amount`` (a ``tx``
+    already converted is returned as it is)."""
+    if "paid_amount" in tx:
+        return tx
+    rate = reference_rates()[tx["currency"]]
+    return {**tx, "amount": tx["amount"] * rate, "paid_amount": tx["amount"]}
 
 
 def batch_dependent() -> set[str]:
@@ -53,7 +73,7 @@ def features_by_tx(transactions: Iterable[dict[str, Any]]) -> dict[str, dict[str
     batch-dependent ones (``batch_dependent``)."""
     per_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for tx in transactions:
-        per_account[tx["account_id"]].append(tx)
+        per_account[tx["account_id"]].append(reporting(tx))
     result = {}
     for history in per_account.values():
         for tx, feats in zip(history, library_features(history), strict=True):
@@ -74,7 +94,7 @@ def features_by_batch(batches: list[list[dict[str, Any]]]) -> dict[str, dict[str
     result = {}
     for batch in batches:
         produced = []
-        for tx in batch:
+        for tx in map(reporting, batch):
             feats = dict(mine[tx["tx_id"]])
             received = delivered[tx["account_id"]]
             feats.update(inflow_features(tx, received, feats))
@@ -139,7 +159,7 @@ def expected_decision(tx: dict[str, Any], feats: dict[str, float | None]) -> tup
     block >= 0.9."""
     rules = []
     keep = 1.0
-    if tx["amount"] > 500_000:
+    if reporting(tx)["amount"] > 500_000:
         rules.append("large_transfer")
         keep *= 0.2
     if (feats["small_count_24h"] or 0) > 10:
@@ -166,13 +186,16 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         m = t.get("merchant_category")
         return L.MCC_NONE_RISK if m is None else L.MCC_RISK.get(m, L.MCC_UNKNOWN_RISK)
 
+    history = [reporting(t) for t in history]
     home = history[0]["country"] if history else None
     flags = {
         "small": lambda t: t["amount"] < L.SMALL_AMOUNT,
         "near": lambda t: 0.9 * L.REPORTING_THRESHOLD <= t["amount"] < L.REPORTING_THRESHOLD,
         "night": lambda t: L.NIGHT_HOURS[0] <= hour(t) < L.NIGHT_HOURS[1],
         "weekend": lambda t: ((t["ts_ms"] // L.DAY_MS) + 3) % 7 >= 5,
-        "round": lambda t: t["amount"] >= L.ROUND_UNIT and t["amount"] % L.ROUND_UNIT == 0,
+        "round": lambda t: (
+            t["paid_amount"] >= L.ROUND_UNIT and t["paid_amount"] % L.ROUND_UNIT == 0
+        ),
         "cross_border": lambda t: t["country"] != home,
         "high_risk_country": lambda t: t["country"] in L.HIGH_RISK_COUNTRIES,
         "high_risk_mcc": lambda t: mcc(t) >= L.HIGH_RISK_MCC,

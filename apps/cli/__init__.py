@@ -15,6 +15,7 @@ from vigil.apps.cli import (  # noqa: F401  (each registers its commands)
     label,
     models,
     publish,
+    rates,
     rules,
     train,
     worker,

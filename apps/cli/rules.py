@@ -98,6 +98,7 @@ def rules_backtest(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """What would this ruleset have flagged? Hits, precision, recall, F1, alert rate."""
+    from vigil.streams.currency import load_rates
     from vigil.streams.pipeline import RULE_NAMES, RiskPipeline
     from vigil.streams.rules import RuleError, Thresholds, load_ruleset
     from vigil.streams.rules.backtest import backtest
@@ -111,7 +112,10 @@ def rules_backtest(
         raise typer.Exit(1) from None
     truth = _read_labels(labels)
     pipeline = RiskPipeline(
-        ruleset=ruleset, thresholds=Thresholds(settings.review_threshold, settings.block_threshold)
+        ruleset=ruleset,
+        thresholds=Thresholds(settings.review_threshold, settings.block_threshold),
+        rates=None if settings.rates_path is None else load_rates(settings.rates_path),
+        reporting_currency=settings.reporting_currency,
     )
     total = sum(1 for _ in read_jsonl(input))
     with progress_bar("backtest", disable=as_json) as progress:

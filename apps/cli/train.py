@@ -257,6 +257,7 @@ def train_risk(
         history_from_files,
         history_from_generator,
     )
+    from vigil.streams.currency import load_rates
 
     settings = get_settings()
     say = (lambda _m: None) if as_json else (lambda m: console.print(m))
@@ -265,7 +266,8 @@ def train_risk(
     def history(round_n: int):  # type: ignore[no-untyped-def]
         say("featurising the history through the risk pipeline ...")
         if input is not None and labels is not None:
-            return history_from_files(str(input), str(labels)), "files"
+            rates = None if settings.rates_path is None else load_rates(settings.rates_path)
+            return history_from_files(str(input), str(labels), rates), "files"
         generated = history_from_generator(
             days,
             seed=seed + round_n,  # scheduled rounds: another stretch of synthetic history

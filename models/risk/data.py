@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from vigil.streams.currency import Rates, default_rates
 from vigil.streams.features.library import DAY_MS, FEATURE_SPEC
 
 Progress = Callable[[str], None]
@@ -45,14 +46,18 @@ class History:
 
 
 def featurise(
-    lines: Iterable[bytes], truth: dict[str, tuple[int, str | None]], batch: int = 100
+    lines: Iterable[bytes],
+    truth: dict[str, tuple[int, str | None]],
+    batch: int = 100,
+    rates: Rates | None = None,
 ) -> History:
-    """Run raw transaction JSON through the risk pipeline (rules-only) and keep the feature
-    vector, the rules' score and the label of every labelled, valid transaction."""
+    """Run raw transaction JSON through the risk pipeline (rules-only; amounts converted
+    with ``rates``, default the built-in table) and keep the feature vector, the rules'
+    score and the label of every labelled, valid transaction."""
     from vigil.streams.pipeline import RiskPipeline
     from vigil.streams.schemas import record_batches
 
-    pipeline = RiskPipeline()
+    pipeline = RiskPipeline(rates=rates, reporting_currency=(rates or default_rates()).base)
     store: dict = {}
     rows, labels, ts, rule, typ, ids = [], [], [], [], [], []
     for records in record_batches(lines, "history", batch):
@@ -122,12 +127,13 @@ def history_from_generator(
     return featurise(lines, truth)
 
 
-def history_from_files(tx_path: str, labels_path: str) -> History:
-    """A JSONL history (contract transactions) and its labels (``vigil.labels`` records)."""
+def history_from_files(tx_path: str, labels_path: str, rates: Rates | None = None) -> History:
+    """A JSONL history (contract transactions) and its labels (``vigil.labels`` records);
+    amounts converted with ``rates`` (default: the built-in table)."""
     from vigil.streams.sources import read_jsonl, read_labels
 
     truth = read_labels(labels_path)
-    return featurise((line for _k, line in read_jsonl(tx_path)), truth)
+    return featurise((line for _k, line in read_jsonl(tx_path)), truth, rates=rates)
 
 
 def temporal_split(history: History, holdout_days: float) -> tuple[History, History]:

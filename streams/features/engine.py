@@ -68,9 +68,11 @@ from vigil.streams.schemas import Transaction
 
 __all__ = ["AccountLog", "FeatureEngine", "key_hash", "event_rows"]
 
-# Log columns (float64; keys are hashes < 2**33, exact in a double).
-TS, AMOUNT, CP, DEV, CTRY, CHAN, MCC = range(7)
-NCOL = 7
+# Log columns (float64; keys are hashes < 2**33, exact in a double). AMOUNT is in the
+# reporting currency; ROUND says whether the amount as paid, in its own currency, was round.
+TS, AMOUNT, CP, DEV, CTRY, CHAN, MCC, ROUND = range(8)
+NCOL = 8
+_NCOL_V1 = 7  # snapshots before ROUND (amounts were taken as they came)
 # Running scalars: latest event time, first event time, count, Welford mean and M2, EWMA,
 # home country (country of the first event), NaN when unset.
 WM, FIRST, N, MEAN, M2, EWM, HOME = range(7)
@@ -106,11 +108,19 @@ def _mcc_risk(category: str | None) -> float:
     return MCC_RISK.get(category, MCC_UNKNOWN_RISK)
 
 
-def event_rows(txs: Sequence[Transaction]) -> np.ndarray:
-    """Log rows of transactions (one row each, ``NCOL`` columns)."""
+def is_round(amount: np.ndarray) -> np.ndarray:
+    """1.0 where ``amount`` is a positive multiple of ``ROUND_UNIT``, else 0.0."""
+    return ((amount >= ROUND_UNIT) & (np.fmod(amount, ROUND_UNIT) == 0)).astype(float)
+
+
+def event_rows(txs: Sequence[Transaction], amounts: Sequence[float] | None = None) -> np.ndarray:
+    """Log rows of transactions (one row each, ``NCOL`` columns); ``amounts`` are theirs in
+    the reporting currency (default: as paid)."""
     out = np.empty((len(txs), NCOL))
     out[:, TS] = [t.ts_ms for t in txs]
-    out[:, AMOUNT] = [t.amount for t in txs]
+    paid = np.array([t.amount for t in txs], dtype=float)
+    out[:, AMOUNT] = paid if amounts is None else amounts
+    out[:, ROUND] = is_round(paid)
     out[:, CP] = [key_hash(t.counterparty_id) for t in txs]
     out[:, DEV] = [key_hash(t.device_id) for t in txs]
     out[:, CTRY] = [key_hash(t.country) for t in txs]
@@ -142,6 +152,7 @@ class AccountLog:
 
     def snapshot(self) -> dict[str, Any]:
         snap = {
+            "c": NCOL,
             "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
             "s": self.scalars.tolist(),  # NaN: serialised as null (orjson) or NaN (json)
         }
@@ -157,10 +168,16 @@ class AccountLog:
             days = base64.b64decode(state.get("days", ""), validate=True)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"account log snapshot malformed: {exc!r}") from exc
-        if len(raw) % (8 * NCOL) or scalars.shape != (NSCAL,) or len(days) % (8 * D_NCOL):
+        ncol = state.get("c", _NCOL_V1)
+        if ncol not in (NCOL, _NCOL_V1):
+            raise FeatureError(f"account log snapshot has {ncol!r} columns, not {NCOL}")
+        if len(raw) % (8 * ncol) or scalars.shape != (NSCAL,) or len(days) % (8 * D_NCOL):
             raise FeatureError("account log snapshot has the wrong shape")
+        rows = np.frombuffer(raw, dtype=float).reshape(-1, ncol)
+        if ncol == _NCOL_V1:
+            rows = np.column_stack([rows, is_round(rows[:, AMOUNT])])
         return cls(
-            np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(),
+            rows.copy(),
             scalars,
             np.frombuffer(days, dtype=float).reshape(-1, D_NCOL).copy(),
         )
@@ -352,7 +369,7 @@ class FeatureEngine:
             "near_threshold": (
                 (amount >= NEAR_THRESHOLD_FROM) & (amount < REPORTING_THRESHOLD)
             ).astype(float),
-            "round": ((amount >= ROUND_UNIT) & (np.fmod(amount, ROUND_UNIT) == 0)).astype(float),
+            "round": rows[ROUND],
             "hour": hour,
             "night": ((hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])).astype(float),
             "weekend": (weekday >= 5).astype(float),

@@ -59,9 +59,14 @@ __all__ = [
     "default_ruleset",
 ]
 
-# Transaction fields a rule may use besides the features.
+# Transaction fields a rule may use besides the features. ``amount`` is in the reporting
+# currency (``reporting_currency``, the rates table's base); ``original_amount`` and
+# ``currency`` are as paid, and ``paid`` is the two as text ("2,062,001.52 JPY").
 TX_FIELDS: dict[str, str] = {
     "amount": NUM,
+    "original_amount": NUM,
+    "paid": STR,
+    "reporting_currency": STR,
     "ts_ms": NUM,
     "currency": STR,
     "channel": STR,

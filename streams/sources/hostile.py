@@ -131,6 +131,7 @@ HOSTILE_KINDS: dict[str, tuple[str, _Maker]] = {
     "ts_far_future": ("dead", _invalid(ts_ms=MAX_TS_MS)),
     "ts_negative": ("dead", _invalid(ts_ms=-1)),
     "currency_lowercase": ("dead", _invalid(currency="eur")),
+    "currency_not_in_rates": ("dead", _invalid(currency="XAU")),  # valid, but no rate
     "country_long": ("dead", _invalid(country="DEU")),
     "channel_unknown": ("dead", _invalid(channel="telepathy")),
     "tx_id_too_long": ("dead", _invalid(tx_id="t" * 129)),
@@ -148,6 +149,8 @@ HOSTILE_KINDS: dict[str, tuple[str, _Maker]] = {
     "amount_smallest_subnormal": ("scored", _valid(amount=5e-324)),
     "amount_subnormal": ("scored", _valid(amount=1e-320)),
     "amount_largest": ("scored", _valid(amount=MAX_AMOUNT)),
+    "amount_largest_dearest": ("scored", _valid(amount=MAX_AMOUNT, currency="GBP")),
+    "amount_smallest_cheapest": ("scored", _valid(amount=5e-324, currency="IDR")),
     "ts_earliest": ("scored", _valid(ts_ms=MIN_TS_MS)),
     "ts_latest": ("scored", _valid(ts_ms=MAX_TS_MS - 1)),
     "ids_longest": ("scored", _valid(tx_id=lambda n: f"{n:0128d}", account_id="a" * 128)),

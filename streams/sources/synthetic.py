@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.errors import UsageError
+from vigil.streams.currency import default_rates
 
 __all__ = [
     "GeneratorConfig",
@@ -40,6 +41,13 @@ _HOMES = {
     "JP": "JPY",
     "SG": "SGD",
 }
+
+
+def _rate(currency: str) -> float:
+    """EUR per unit of ``currency`` (the built-in reference table)."""
+    return default_rates().rates[currency]
+
+
 _CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
 _CHANNEL_WEIGHTS = (60, 10, 12, 8, 2, 8)
 _MCC = ("5411", "5812", "5999", "4111", "5732", "7011", "5311", None)
@@ -163,8 +171,15 @@ class TransactionGenerator:
             f"dev-{rng.randrange(10**8):08d}",
         )
 
-    def _tx(self, acct: _Account, ts_ms: int, amount: float, **over: Any) -> dict[str, Any]:
+    def _tx(
+        self, acct: _Account, ts_ms: int, amount: float, round_to: float = 0.01, **over: Any
+    ) -> dict[str, Any]:
+        """A transaction of ``acct``'s: ``amount`` is in EUR, paid in the account's home
+        currency (the built-in reference rates), rounded to a multiple of ``round_to``."""
         rng = self._rng
+        currency = _HOMES[acct.home]
+        paid = amount / _rate(currency)
+        paid = round(max(round(paid / round_to), 1) * round_to, 2)
         self._seq += 1
         abroad = rng.random() < 0.08
         country = rng.choice(list(_HOMES)) if abroad else acct.home
@@ -174,8 +189,8 @@ class TransactionGenerator:
             "ts_ms": int(ts_ms),
             "account_id": acct.account_id,
             "counterparty_id": payee,
-            "amount": round(amount, 2),
-            "currency": _HOMES[acct.home],
+            "amount": paid,
+            "currency": currency,
             "channel": rng.choices(_CHANNELS, _CHANNEL_WEIGHTS)[0],
             "country": country,
             "device_id": acct.device if rng.random() > 0.05 else None,
@@ -242,8 +257,10 @@ class TransactionGenerator:
                 )
         elif typology == "round_amounts":
             for _ in range(rng.randint(5, 8)):
+                # round thousands in the account's own currency
+                amount = rng.randint(2, 20) * 1000.0
                 runs.append(
-                    (rng.randrange(2 * DAY_MS), rng.randint(2, 20) * 1000.0, {"channel": "wire"})
+                    (rng.randrange(2 * DAY_MS), amount, {"channel": "wire", "round_to": 1000})
                 )
         elif typology == "high_risk_geography":
             for _ in range(rng.randint(1, 3)):

@@ -138,7 +138,7 @@ def test_generate_then_backtest_as_json(tmp_path):
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
-    assert report["ruleset"] == "seed:1" and report["transactions"] == 3000
+    assert report["ruleset"] == "seed:2" and report["transactions"] == 3000
     assert [r["name"] for r in report["rules"]] == ["large_transfer", "frequent_small"]
 
 
@@ -217,7 +217,7 @@ def test_bench_features_reports_its_workload_as_json():
         len(FEATURE_SPEC.names),
         FEATURE_SPEC.label,
     )
-    assert report["ruleset"] == aml.label == "aml:2" and report["us_per_tx"] > 0
+    assert report["ruleset"] == aml.label == "aml:3" and report["us_per_tx"] > 0
     stages = report["stage_us_per_tx"]
     assert set(stages) == {"decode", "state", "features", "rules", "outputs"}
     assert report["features_rules_us_per_tx"] == pytest.approx(

@@ -1,4 +1,5 @@
-"""Live ruleset swap on the embedded broker: one switch point, nothing lost or doubled."""
+"""Live ruleset and rates table swaps on the embedded broker: one switch point each, nothing
+lost or doubled."""
 
 from __future__ import annotations
 
@@ -10,17 +11,31 @@ from typer.testing import CliRunner
 
 from tests.apps.helpers import collect
 from tests.conftest import worker_env
+from tests.reference import reference_rates
 from vigil.apps.cli import app
 from vigil.apps.clients import publish
 from vigil.apps.process import WorkerProcess
+from vigil.streams.features.library import FEATURE_SPEC
 from vigil.streams.sources import GeneratorConfig, TransactionGenerator
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
+LOG10 = FEATURE_SPEC.index("amount_log10")
+# every currency the generator pays in, at other rates than the built-in table's
+TREASURY = {
+    "name": "treasury",
+    "version": "7",
+    "base": "EUR",
+    "rates": {c: r * 1.5 for c, r in reference_rates().items() if c != "EUR"},
+}
+RATES_USED = {
+    "reference:2026-12": reference_rates(),
+    "treasury:7": {"EUR": 1.0, **TREASURY["rates"]},
+}
 
 V2 = {
     "ruleset": "seed",
-    "version": "2",
+    "version": "3",
     "rules": [
         {
             "name": "any_wire",
@@ -54,14 +69,14 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
     topic = settings.topics.transactions
     with WorkerProcess("risk", worker_env(settings), tmp_path / "worker.log") as worker:
         publish(bootstrap, topic, [(g.key, g.value) for g in gen[:3000]], rate=3000)
-        # the worker scores under seed:1 (the rules topic is empty when it starts)...
+        # the worker scores under seed:2 (the rules topic is empty when it starts)...
         started = collect(
             bootstrap,
             settings.topics.scores,
             lambda got: len(got) >= 1000,
             alive=lambda: worker.running,
         )
-        assert {s["ruleset_version"] for s in started} == {"seed:1"}
+        assert {s["ruleset_version"] for s in started} == {"seed:2"}
         # an invalid document is refused by the CLI, and by the worker if sent anyway
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({**V2, "rules": [{**V2["rules"][0], "when": "chanel == 1"}]}))
@@ -78,6 +93,17 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
             path.write_text(yaml.safe_dump(doc))
             result = runner.invoke(app, ["rules", "publish", str(path)])
             assert result.exit_code == 0, result.output
+        # a rates table in another base is refused by the CLI and by the worker; a good one
+        # converts from the next micro-batch on
+        in_usd = tmp_path / "usd.yaml"
+        in_usd.write_text(yaml.safe_dump({**TREASURY, "base": "USD", "rates": {"EUR": 1.16}}))
+        refused = runner.invoke(app, ["rates", "publish", str(in_usd)])
+        assert refused.exit_code == 1 and "the reporting currency is EUR" in refused.output
+        publish(bootstrap, settings.topics.rates, [("treasury", in_usd.read_bytes())])
+        good = tmp_path / "treasury.yaml"
+        good.write_text(yaml.safe_dump(TREASURY))
+        result = runner.invoke(app, ["rates", "publish", str(good)])
+        assert result.exit_code == 0, result.output
         publish(bootstrap, topic, [(g.key, g.value) for g in gen[3000:]], rate=3000)
         scores = collect(
             bootstrap,
@@ -87,8 +113,8 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
         )
         time.sleep(0.5)
     assert sorted(s["tx_id"] for s in scores) == sorted(g.tx["tx_id"] for g in gen)  # once each
-    v1 = [s for s in scores if s["ruleset_version"] == "seed:1"]
-    v2 = [s for s in scores if s["ruleset_version"] == "seed:2"]
+    v1 = [s for s in scores if s["ruleset_version"] == "seed:2"]
+    v2 = [s for s in scores if s["ruleset_version"] == "seed:3"]
     assert v1 and v2 and len(v1) + len(v2) == len(scores)
     assert max(s["processed_ms"] for s in v1) <= min(s["processed_ms"] for s in v2)
     channel = {g.tx["tx_id"]: g.tx["channel"] for g in gen}
@@ -101,6 +127,17 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
         assert s["shadow"]["ruleset_version"] == "candidate:9"
         assert s["decision"] != "block"  # shadow alerts never become real decisions
     assert any(s["shadow"]["decision"] == "block" for s in shadowed)
+    # one switch point for the rates too, and the amounts the features saw follow it
+    by_table = {t: [s for s in scores if s["rates_version"] == t] for t in RATES_USED}
+    assert all(by_table.values()) and sum(map(len, by_table.values())) == len(scores)
+    assert max(s["processed_ms"] for s in by_table["reference:2026-12"]) <= min(
+        s["processed_ms"] for s in by_table["treasury:7"]
+    )
+    tx = {g.tx["tx_id"]: g.tx for g in gen}
+    for name, rates in RATES_USED.items():
+        for s in by_table[name]:
+            want = tx[s["tx_id"]]["amount"] * rates[tx[s["tx_id"]]["currency"]]
+            assert 10 ** s["features"][LOG10] == pytest.approx(want, rel=1e-9)
     alerts = collect(bootstrap, settings.topics.alerts, lambda got: False, timeout_s=2)
     assert not any(h["rule"] == "mid_amount" for a in alerts for h in a["rule_hits"])
     log = (tmp_path / "worker.log").read_text(errors="replace")
@@ -108,3 +145,4 @@ def test_ruleset_swaps_mid_stream_at_one_point(settings, bootstrap, tmp_path, mo
     assert log.count("nested over 16 levels") == 2
     assert "unreadable manifest: maximum recursion depth" in log
     assert "stopped" not in log and "RecursionError" not in log
+    assert "rates table at" in log and "in USD, but the reporting currency is EUR" in log

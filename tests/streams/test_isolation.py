@@ -65,7 +65,7 @@ def test_records_that_raise_are_dead_lettered_and_the_rest_scored_as_if_they_nev
     poisoned = {t["tx_id"] for t in txs[100:1400:97]}
     for t in txs:
         if t["tx_id"] in poisoned:
-            t["amount"] = POISON
+            t["amount"], t["currency"] = POISON, "EUR"  # as the model sees it
     pipeline = RiskPipeline(SEED, model=ModelHolder(BuggyModel()))
     scores, alerts, dead = run_isolated(pipeline, as_records(txs), {})
 

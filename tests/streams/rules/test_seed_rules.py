@@ -20,6 +20,8 @@ def evaluate(amount: float, small_count: float | None, currency: str = "EUR") ->
     cols = {
         "amount": np.array([amount]),
         "currency": np.array([currency], dtype=object),
+        "reporting_currency": np.array(["EUR"], dtype=object),
+        "paid": np.array([f"{amount:,.2f} {currency}"], dtype=object),
         "small_count_24h": np.array([np.nan if small_count is None else small_count]),
     }
     return ruleset.evaluate_batch(cols, 1)[0]
@@ -34,7 +36,7 @@ def test_large_transfer_fires_strictly_above_500k(amount, fires):
     if fires:
         [hit] = hits
         assert (hit.typology, hit.score, hit.code) == ("large_value", 0.8, "LARGE_TRANSFER")
-        assert hit.detail == f"amount {amount:,.2f} EUR exceeds 500,000"
+        assert hit.detail == f"amount {amount:,.2f} EUR exceeds 500,000 (paid {amount:,.2f} EUR)"
 
 
 @pytest.mark.parametrize(("count", "fires"), [(None, False), (0, False), (10, False), (11, True)])
@@ -52,7 +54,7 @@ def test_frequent_small_fires_on_more_than_ten(count, fires):
 
 def test_both_rules_fire_in_document_order():
     assert [f.rule for f in evaluate(600_000, 12)] == ["large_transfer", "frequent_small"]
-    assert default_ruleset(RULE_NAMES, "seed").version == "1"
+    assert default_ruleset(RULE_NAMES, "seed").version == "2"
 
 
 def test_combination_and_decisions():

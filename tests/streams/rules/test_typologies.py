@@ -62,7 +62,7 @@ def outcome():
 
 def test_the_default_ruleset_covers_every_generated_typology_and_the_seed_rules(outcome):
     ruleset, _, _, _ = outcome
-    assert ruleset.label == "aml:2"
+    assert ruleset.label == "aml:3"
     covered = {r.typology for r in ruleset.rules}
     assert set(TYPOLOGIES) | set(FLOW_TYPOLOGIES) | {"large_value"} <= covered
     assert {"large_transfer", "frequent_small"} <= {r.name for r in ruleset.rules}
