@@ -59,7 +59,7 @@ from vigil.streams.features.inflows import (
     SideBatch,
     decode_side,
     encode_side,
-    funds_sources,
+    funds_paths,
 )
 from vigil.streams.features.library import (
     FEATURE_SPEC,
@@ -707,13 +707,8 @@ class RiskPipeline:
             and tx.counterparty_id
             and tx.counterparty_id != tx.account_id
         ]
-        sources = dict(
-            zip(
-                transfers,
-                funds_sources([txs[i].account_id for i in transfers], rows[transfers, TS], inflows),
-                strict=True,
-            )
-        )
+        paths = funds_paths([txs[i].account_id for i in transfers], rows[transfers, TS], inflows)
+        sources = dict(zip(transfers, map(tuple, paths.tolist()), strict=True))
         for i, tx in enumerate(txs):
             payee = tx.counterparty_id
             if not payee or payee == tx.account_id:
@@ -732,7 +727,7 @@ class RiskPipeline:
                         payer,
                         tx.ts_ms,
                         amount,
-                        float(sources[i]),
+                        sources[i],
                         record.partition,
                         record.offset,
                         tx.tx_id,

@@ -112,6 +112,8 @@ def features_by_batch(batches: list[list[dict[str, Any]]]) -> dict[str, dict[str
                         "ts_ms": tx["ts_ms"],
                         "amount": tx["amount"],
                         "source": latest and latest["payer"],
+                        # the accounts the money came through, the payer first: 5 at most
+                        "path": [tx["account_id"], *(latest["path"][:4] if latest else [])],
                     }
                 )
         for inflow in produced:
@@ -148,9 +150,17 @@ def inflow_features(
         if r["source"] is not None:
             payers_by_source[r["source"]].add(r["payer"])
     f["shared_source_payers_7d"] = float(max(map(len, payers_by_source.values()), default=0))
+    rings = [
+        r["path"].index(tx["counterparty_id"]) + 2
+        for r in week
+        if tx["counterparty_id"] in r["path"]
+    ]
+    f["cycle_7d"] = float(min(rings, default=0))
     in_day, in_week = f["inflow_sum_24h"], f["inflow_sum_7d"]
     f["pass_through_24h"] = own["sum_24h"] / in_day if in_day else None
     f["pass_through_7d"] = own["sum_7d"] / in_week if in_week else None
+    mean = own["amount_mean_30d"]
+    f["inflow_24h_to_mean_30d"] = in_day / mean if mean else None
     return f
 
 

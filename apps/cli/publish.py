@@ -182,6 +182,12 @@ def generate(
     count: int = typer.Option(10000, min=1, help="records to generate"),
     out_file: Path = typer.Option(..., "--out", dir_okay=False, help="transactions JSONL"),
     labels: Path | None = typer.Option(None, "--labels", dir_okay=False, help="labels JSONL"),
+    account_labels: Path | None = typer.Option(
+        None,
+        "--account-labels",
+        dir_okay=False,
+        help="per-account labels JSONL: each account that paid within an injected case",
+    ),
     seed: int = typer.Option(7),
     accounts: int = typer.Option(1000, min=1),
     malformed_rate: float = typer.Option(0.0, min=0, max=1),
@@ -196,6 +202,7 @@ def generate(
     from itertools import islice
 
     from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+    from vigil.streams.sources.synthetic import AccountLabels
 
     cfg = GeneratorConfig(
         seed=seed,
@@ -205,17 +212,24 @@ def generate(
         flow_typology_rate=flow_typology_rate,
     )
     n_tx = n_labels = 0
+    per_account = AccountLabels()
     with open(out_file, "wb") as tx_fh, open(labels, "w") if labels else _null() as lab_fh:
         for g in islice(TransactionGenerator(cfg), count):
             tx_fh.write(g.value + b"\n")
             n_tx += 1
+            per_account.add(g)
             record = g.label_record()
             if lab_fh is not None and record is not None:
                 lab_fh.write(json.dumps(record) + "\n")
                 n_labels += 1
+    if account_labels is not None:
+        with open(account_labels, "w") as fh:
+            for record in per_account.records():
+                fh.write(json.dumps(record) + "\n")
     console.print(
         f"wrote {n_tx} records to {out_file}"
         + (f" and {n_labels} labels to {labels}" if labels else "")
+        + (f" and {len(per_account.records())} account labels" if account_labels else "")
     )
 
 

@@ -347,4 +347,18 @@ def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: b
         for t in first[key]:
             typ.add_row(t, *(f"{m[key][t]:.{digits}f}" for m in report["models"].values()))
         out.print(typ)
+    if accounts := report.get("accounts"):
+        acc = Table(
+            title=f"accounts: AUC-PR of flow-case accounts ({accounts['labelled']} of "
+            f"{accounts['accounts']} accounts paid in a labelled case), an account's score "
+            "its highest"
+        )
+        acc.add_column("accounts")
+        acc.add_column("n", justify="right")
+        for name in accounts["models"]:
+            acc.add_column(name, justify="right")
+        for group, n in accounts["positives"].items():
+            label = f"{group} flow cases" if group in ("small", "large") else group
+            acc.add_row(label, str(n), *(f"{m[group]:.4f}" for m in accounts["models"].values()))
+        out.print(acc)
     out.print(f"model {path.name} written to {path} (workers load the newest at start)")

@@ -29,6 +29,8 @@ class History:
     rule_scores: np.ndarray  # the rules-only score the worker gave each transaction
     typologies: list[str | None]
     tx_ids: list[str]
+    accounts: list[str] | None = None  # the paying account of each row
+    cases: list[str | None] | None = None  # the injected case of each row (generated)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -42,12 +44,14 @@ class History:
             self.rule_scores[idx],
             [self.typologies[i] for i in idx],
             [self.tx_ids[i] for i in idx],
+            None if self.accounts is None else [self.accounts[i] for i in idx],
+            None if self.cases is None else [self.cases[i] for i in idx],
         )
 
 
 def featurise(
     lines: Iterable[bytes],
-    truth: dict[str, tuple[int, str | None]],
+    truth: dict[str, tuple[int, str | None]] | dict[str, tuple[int, str | None, str | None]],
     batch: int = 100,
     rates: Rates | None = None,
 ) -> History:
@@ -59,7 +63,7 @@ def featurise(
 
     pipeline = RiskPipeline(rates=rates, reporting_currency=(rates or default_rates()).base)
     store: dict = {}
-    rows, labels, ts, rule, typ, ids = [], [], [], [], [], []
+    rows, labels, ts, rule, typ, ids, payers, cases = [], [], [], [], [], [], [], []
     for records in record_batches(lines, "history", batch):
         result = pipeline.process_local(records, store)
         for _key, value in result.scores:
@@ -73,6 +77,8 @@ def featurise(
             ts.append(s["ts_ms"])
             rule.append(s["score"])
             ids.append(s["tx_id"])
+            payers.append(s["account_id"])
+            cases.append(known[2] if len(known) > 2 else None)
     return History(
         np.array(rows, dtype=np.float32).reshape(-1, len(FEATURE_SPEC.names)),
         np.array(labels, dtype=np.int8),
@@ -80,6 +86,8 @@ def featurise(
         np.array(rule, dtype=float),
         typ,
         ids,
+        payers,
+        cases,
     )
 
 
@@ -114,7 +122,7 @@ def history_from_generator(
     )
     begin_ms = cfg.start_ms + warmup_days * DAY_MS
     end_ms = begin_ms + days * DAY_MS
-    truth: dict[str, tuple[int, str | None]] = {}
+    truth: dict[str, tuple[int, str | None, str | None]] = {}
     lines = []
     for g in TransactionGenerator(cfg):
         if g.tx is None:
@@ -122,7 +130,7 @@ def history_from_generator(
         if g.tx["ts_ms"] >= end_ms:
             break
         if g.tx["ts_ms"] >= begin_ms:  # the warm-up's rows are featurised, not kept
-            truth[g.tx["tx_id"]] = (g.label, g.typology)
+            truth[g.tx["tx_id"]] = (g.label, g.typology, g.case)
         lines.append(g.value)
     return featurise(lines, truth)
 

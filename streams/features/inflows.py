@@ -22,8 +22,11 @@ the payee remembers the highest offset folded per source partition and skips any
 or below it, so redelivery and re-publication after a restart are counted once.
 
 Each inflow also carries the payer's *source of funds*: the payer of the payer's latest
-inflow (within a week, as of the transfer). A payee whose payers share one source received
-money that fanned out from one account and gathered again: scatter-gather.
+inflow (within a week, as of the transfer), and that one's source, and so on: the path the
+money came along, ``PATH_HOPS`` accounts back. A payee whose payers share one source
+received money that fanned out from one account and gathered again: scatter-gather. A
+payment to an account that is on the path of the payer's own recent inflows closes a
+cycle: money that went round a ring of 2 to ``PATH_HOPS + 1`` accounts (``cycle_7d``).
 """
 
 from __future__ import annotations
@@ -54,13 +57,17 @@ __all__ = [
     "decode_side",
     "encode_inflows",
     "encode_side",
-    "funds_sources",
+    "funds_paths",
     "inflow_features",
 ]
 
-# Inflow log columns (float64): event time, amount, payer hash, payer's source-of-funds hash.
-TS, AMOUNT, PAYER, SOURCE = range(4)
-NCOL = 4
+# Inflow log columns (float64): event time, amount, payer hash, then the path of the
+# money before it (hashes, 0 where unknown): the payer's source of funds, its source, ...
+TS, AMOUNT, PAYER, SOURCE, HOP3, HOP4, HOP5 = range(7)
+NCOL = 7
+PATH = slice(PAYER, NCOL)  # the accounts the money came through, nearest first
+PATH_HOPS = NCOL - PAYER  # 5: a ring of up to 6 accounts shows
+_NCOL_V1 = 4  # snapshots and records before the path (payer and source only)
 _EMPTY = {  # a feature's value when the window holds no inflow
     "count": 0.0,
     "sum": 0.0,
@@ -69,6 +76,7 @@ _EMPTY = {  # a feature's value when the window holds no inflow
     "time_since": np.nan,
     "round_trip": 0.0,
     "shared_source": 0.0,
+    "cycle": 0.0,
 }
 
 
@@ -80,21 +88,28 @@ class InflowRecord:
         "payer",
         "ts_ms",
         "amount",
-        "source",
+        "path",
         "src_partition",
         "src_offset",
         "tx_id",
     )
 
-    def __init__(self, payee, payer, ts_ms, amount, source, src_partition, src_offset, tx_id):
+    def __init__(self, payee, payer, ts_ms, amount, path, src_partition, src_offset, tx_id):
         self.payee: str = payee
         self.payer: float = payer  # hash of the payer's account id
         self.ts_ms: int = ts_ms
         self.amount: float = amount
-        self.source: float = source  # hash of the payer's source of funds, 0 if none
+        # hashes of the accounts the money came through before the payer, nearest (its
+        # source of funds) first, 0 where unknown: PATH_HOPS - 1 of them
+        self.path: tuple[float, ...] = path
         self.src_partition: int = src_partition
         self.src_offset: int = src_offset
         self.tx_id: str = tx_id
+
+    @property
+    def source(self) -> float:
+        """The payer's source of funds (hash), 0 if none."""
+        return self.path[0]
 
     def row(self) -> list:
         return [
@@ -103,9 +118,10 @@ class InflowRecord:
             int(self.payer),
             self.ts_ms,
             self.amount,
-            int(self.source),
+            int(self.path[0]),
             self.src_partition,
             self.src_offset,
+            [int(h) for h in self.path[1:]],
         ]
 
 
@@ -146,8 +162,9 @@ class SideBatch:
 
 
 def encode_side(batch: SideBatch) -> bytes:
-    """Version 2 of the internal record (version 1 carried inflows only)."""
-    doc: dict[str, Any] = {"v": 2}
+    """Version 3 of the internal record (version 1 carried inflows only, version 2 no
+    path beyond the source of funds)."""
+    doc: dict[str, Any] = {"v": 3}
     if batch.inflows:
         doc["inflows"] = [r.row() for r in batch.inflows]
     if batch.payments:
@@ -158,22 +175,26 @@ def encode_side(batch: SideBatch) -> bytes:
 
 
 def decode_side(value: bytes | None) -> SideBatch:
-    """A version 1 or 2 internal record; FeatureError when it is malformed."""
+    """A version 1, 2 or 3 internal record; FeatureError when it is malformed."""
     try:
         doc = orjson.loads(value or b"")
-        if doc.get("v") not in (1, 2):
+        if doc.get("v") not in (1, 2, 3):
             raise DataError(f"unknown inflow batch version {doc.get('v')!r}")
         payments = [payment_row(r) for r in doc.get("payments", ())]
         labels = [LabelEntry.from_row(r) for r in doc.get("labels", ())]
         out = []
         for i, row in enumerate(doc.get("inflows", ())):
-            payee, tx_id, payer, ts_ms, amount, source, partition, offset = row
+            payee, tx_id, payer, ts_ms, amount, source, partition, offset, *rest = row
+            further = [float(h) for h in (rest[0] if rest else ())]
+            if len(rest) > 1 or len(further) > PATH_HOPS - 2:
+                raise DataError(f"inflow {i}: {len(row)} fields, a path of {len(further)}")
+            further += [0.0] * (PATH_HOPS - 2 - len(further))
             rec = InflowRecord(
                 str(payee),
                 float(payer),
                 int(ts_ms),
                 float(amount),
-                float(source),
+                (float(source), *further),
                 int(partition),
                 int(offset),
                 str(tx_id),
@@ -205,7 +226,7 @@ class InflowLog:
             if r.src_offset <= self.folded.get(r.src_partition, -1):
                 continue
             self.folded[r.src_partition] = r.src_offset
-            new.append((r.ts_ms, r.amount, r.payer, r.source))
+            new.append((r.ts_ms, r.amount, r.payer, *r.path))
         if new:
             rows = np.concatenate([self.rows, np.array(new, dtype=float)])
             rows = rows[np.argsort(rows[:, TS], kind="stable")]
@@ -218,6 +239,7 @@ class InflowLog:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "c": NCOL,
             "rows": base64.b64encode(np.ascontiguousarray(self.rows).tobytes()).decode(),
             "folded": {str(p): o for p, o in self.folded.items()},
         }
@@ -229,9 +251,13 @@ class InflowLog:
             folded = {int(p): int(o) for p, o in state["folded"].items()}
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"inflow log snapshot malformed: {exc!r}") from exc
-        if len(raw) % (8 * NCOL):
+        ncol = state.get("c", _NCOL_V1)
+        if ncol not in (NCOL, _NCOL_V1) or len(raw) % (8 * ncol):
             raise FeatureError("inflow log snapshot has the wrong shape")
-        return cls(np.frombuffer(raw, dtype=float).reshape(-1, NCOL).copy(), folded)
+        rows = np.frombuffer(raw, dtype=float).reshape(-1, ncol)
+        if ncol == _NCOL_V1:  # no path beyond the source: unknown (0)
+            rows = np.hstack([rows, np.zeros((len(rows), NCOL - ncol))])
+        return cls(rows.copy(), folded)
 
 
 def inflow_features(
@@ -283,15 +309,21 @@ def _inflow_value(kind: str, rows: np.ndarray, at: float, counterparty: float) -
             return 0.0
         pairs = np.unique(sourced[:, [SOURCE, PAYER]], axis=0)  # distinct (source, payer)
         return float(np.unique(pairs[:, 0], return_counts=True)[1].max())
+    if kind == "cycle":  # accounts in the shortest ring this payment closes, 0 if none
+        if counterparty == 0:
+            return 0.0
+        hit = (rows[:, PATH] == counterparty).any(axis=0)
+        return float(np.argmax(hit) + 2) if hit.any() else 0.0
     raise FeatureError(f"unknown inflow feature kind {kind!r}")
 
 
-def funds_sources(
+def funds_paths(
     accounts: Sequence[str], ts: np.ndarray, logs: Mapping[str, InflowLog]
 ) -> np.ndarray:
-    """Each payer's source of funds as of its transfer: the payer of its latest inflow with
-    event time in ``(ts - 1 week, ts]`` (hash), 0 if none."""
-    out = np.zeros(len(accounts))
+    """Each payer's path of funds as of its transfer (one row of ``PATH_HOPS - 1`` hashes
+    each): its source of funds, the payer of its latest inflow with event time in
+    ``(ts - 1 week, ts]``, then that inflow's own path; zeros if none."""
+    out = np.zeros((len(accounts), PATH_HOPS - 1))
     for i, account in enumerate(accounts):
         log = logs.get(account)
         if log is None or not len(log.rows):
@@ -299,5 +331,5 @@ def funds_sources(
         t = log.rows[:, TS]
         hi = int(np.searchsorted(t, ts[i], "right"))
         if hi and t[hi - 1] > ts[i] - WEEK_MS:
-            out[i] = log.rows[hi - 1, PAYER]
+            out[i] = log.rows[hi - 1, PAYER : NCOL - 1]
     return out

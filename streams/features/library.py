@@ -168,7 +168,9 @@ class Inflow:
     """Over the account's inflows in the window: ``count`` / ``sum`` / ``max`` of amounts,
     ``distinct_payers``, ``time_since`` the latest one, ``round_trip`` (the event's
     counterparty paid this account), ``shared_source`` (the most distinct payers whose own
-    latest inflow came from one and the same account: scatter-gather)."""
+    latest inflow came from one and the same account: scatter-gather), ``cycle`` (the
+    accounts in the shortest ring the payment closes: its counterparty is on the path the
+    money of an inflow came along; 0 if none)."""
 
     kind: str
     window_ms: int
@@ -285,6 +287,7 @@ def _build() -> dict[str, Operator]:
     f["time_since_inflow_ms"] = Inflow("time_since", WEEK_MS)
     f["round_trip_7d"] = Inflow("round_trip", WEEK_MS)
     f["shared_source_payers_7d"] = Inflow("shared_source", WEEK_MS)
+    f["cycle_7d"] = Inflow("cycle", WEEK_MS)
     # the counterparty's side: its payments from every payer and the labels known of it
     for label, w in (("1h", HOUR_MS), ("24h", DAY_MS), ("7d", WEEK_MS), ("30d", MONTH_MS)):
         f[f"payee_count_{label}"] = Payee("count", w)
@@ -307,6 +310,8 @@ def _build() -> dict[str, Operator]:
     # ratios
     f["pass_through_24h"] = Ratio("sum_24h", "inflow_sum_24h")
     f["pass_through_7d"] = Ratio("sum_7d", "inflow_sum_7d")
+    # money in against the account's own habits: a day's inflows in its typical payments
+    f["inflow_24h_to_mean_30d"] = Ratio("inflow_sum_24h", "amount_mean_30d")
     f["sum_1h_to_24h"] = Ratio("sum_1h", "sum_24h")
     f["velocity_spike_24h_7d"] = Ratio("count_24h", "count_7d", scale=7.0)
     f["amount_to_mean_7d"] = Ratio("amount", "amount_mean_7d")
@@ -353,7 +358,7 @@ def _digest() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-4", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-5", tuple(FEATURES), _digest())
 
 
 def _reads_counterparty() -> frozenset[str]:

@@ -125,10 +125,43 @@ class Generated:
         }
 
     @property
+    def scale(self) -> str | None:
+        """``small`` or ``large`` for a flow case (from its case id), else None."""
+        if self.case is None or self.typology not in FLOW_TYPOLOGIES:
+            return None
+        return self.case.split("-")[-2]
+
+    @property
     def value(self) -> bytes:
         if self.raw is not None:
             return self.raw
         return json.dumps(self.tx, separators=(",", ":")).encode()
+
+
+class AccountLabels:
+    """Per-account ground truth: every account that paid money within an injected case,
+    once per case, with the time of its first payment in it. Feed it the generated items
+    (``add``) in order; ``records`` are the label records (JSON-ready)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, item: Generated) -> None:
+        if item.tx is None or not item.label or item.case is None:
+            return
+        key = (item.key, item.case)
+        if key not in self._seen:
+            self._seen[key] = {
+                "account_id": item.key,
+                "label": 1,
+                "typology": item.typology,
+                "case": item.case,
+                "scale": item.scale,
+                "ts_ms": item.tx["ts_ms"],
+            }
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._seen.values())
 
 
 @dataclass
@@ -296,15 +329,25 @@ class TransactionGenerator:
             self._schedule(item, tx["ts_ms"])
 
     def _flow_case(self, typology: str, acct: _Account, ts_ms: int) -> None:
-        """A case whose money moves between accounts: payee ids are account ids."""
+        """A case whose money moves between accounts: payee ids are account ids. Half the
+        cases are *small*: amounts of the size of the accounts' own payments (tens to
+        hundreds), which no fixed amount threshold sees; the rest move thousands."""
         rng = self._rng
+        small = rng.random() < 0.5
+        habit = acct.median_amount  # the initiating account's typical payment
+
+        def size(low: float, high: float, times: tuple[float, float]) -> float:
+            return habit * rng.uniform(*times) if small else rng.uniform(low, high)
+
         moves: list[tuple[_Account, str, int, float]] = []  # (payer, payee id, at, amount)
         if typology == "fan_in":
             collector = self._side_account("col")
             payers = rng.sample(self._accounts, rng.randint(10, 20))
             total = 0.0
             for payer in payers:
-                amount = rng.uniform(500, 3000)
+                amount = (
+                    payer.median_amount * rng.uniform(0.5, 3) if small else rng.uniform(500, 3000)
+                )
                 total += amount
                 moves.append(
                     (payer, collector.account_id, ts_ms + rng.randrange(6 * HOUR_MS), amount)
@@ -313,7 +356,7 @@ class TransactionGenerator:
             moves.append((collector, self._outside_payee(), out_at, total * 0.95))
         elif typology == "pass_through":
             mule = self._side_account("mul")
-            amount = rng.uniform(5000, 80000)
+            amount = size(5000, 80000, (3, 15))
             moves.append((acct, mule.account_id, ts_ms, amount))
             out_at = ts_ms + HOUR_MS + rng.randrange(5 * HOUR_MS)
             moves.append((mule, self._outside_payee(), out_at, amount * rng.uniform(0.85, 0.98)))
@@ -322,7 +365,7 @@ class TransactionGenerator:
             gathered = 0.0
             for _ in range(rng.randint(5, 10)):
                 mule = self._side_account("mul")
-                amount = rng.uniform(1000, 9000)
+                amount = size(1000, 9000, (1, 5))
                 at = ts_ms + rng.randrange(3 * HOUR_MS)
                 moves.append((acct, mule.account_id, at, amount))
                 gathered += amount * 0.95
@@ -337,14 +380,18 @@ class TransactionGenerator:
             out_at = ts_ms + 10 * HOUR_MS + rng.randrange(12 * HOUR_MS)
             moves.append((collector, self._outside_payee(), out_at, gathered * 0.95))
         elif typology == "round_tripping":
-            other = self._side_account("rtp")
-            amount = rng.uniform(5000, 50000)
-            moves.append((acct, other.account_id, ts_ms, amount))
-            back_at = ts_ms + DAY_MS + rng.randrange(2 * DAY_MS)
-            moves.append((other, acct.account_id, back_at, amount * rng.uniform(0.9, 0.99)))
+            # a ring of 2 to 6 accounts: the money goes round, a little less at each hop,
+            # and comes back to the sender within days
+            ring = [acct] + [self._side_account("rtp") for _ in range(rng.randint(1, 5))]
+            amount = size(5000, 50000, (3, 15))
+            at = ts_ms
+            for payer, payee in zip(ring, [*ring[1:], acct], strict=True):
+                moves.append((payer, payee.account_id, at, amount))
+                at += 2 * HOUR_MS + rng.randrange(18 * HOUR_MS)
+                amount *= rng.uniform(0.9, 0.99)
         else:
             raise UsageError(f"unknown flow typology {typology!r}")
-        case = f"{typology}-{self._seq}"
+        case = f"{typology}-{'small' if small else 'large'}-{self._seq}"
         for payer, payee, at, amount in moves:
             tx = self._tx(payer, at, amount, counterparty_id=payee, channel="wire")
             item = Generated(payer.account_id, tx, label=1, typology=typology, case=case)

@@ -217,7 +217,7 @@ def test_bench_features_reports_its_workload_as_json():
         len(FEATURE_SPEC.names),
         FEATURE_SPEC.label,
     )
-    assert report["ruleset"] == aml.label == "aml:3" and report["us_per_tx"] > 0
+    assert report["ruleset"] == aml.label == "aml:4" and report["us_per_tx"] > 0
     stages = report["stage_us_per_tx"]
     assert set(stages) == {"decode", "state", "features", "rules", "outputs"}
     assert report["features_rules_us_per_tx"] == pytest.approx(

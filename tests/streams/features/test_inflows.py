@@ -2,6 +2,9 @@
 scatter-gather) against a brute-force reference of the whole micro-batch run (hypothesis),
 plus exactly-once folding and bad inflow records."""
 
+import base64
+
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -147,7 +150,7 @@ def test_inflows_of_a_batch_are_seen_from_the_next_batch_on():
 
 
 def record(payer: float, offset: int, src_partition: int = 0, ts: int = T0) -> InflowRecord:
-    return InflowRecord("c", payer, ts, 100.0, 0.0, src_partition, offset, f"t{offset}")
+    return InflowRecord("c", payer, ts, 100.0, (0.0,) * 4, src_partition, offset, f"t{offset}")
 
 
 def test_an_inflow_is_folded_once_however_often_it_is_delivered():
@@ -176,7 +179,9 @@ GOOD = ["c", "t1", 7, T0, 5.0, 0, 0, 1]
     ("value", "error"),
     [
         (b"not json", "inflow batch malformed"),
-        (b'{"v": 3, "inflows": []}', "unknown inflow batch version"),
+        (b'{"v": 4, "inflows": []}', "unknown inflow batch version"),
+        (orjson.dumps({"v": 3, "inflows": [[*GOOD, [1, 2, 3, 4]]]}), "a path of 4"),
+        (orjson.dumps({"v": 3, "inflows": [[*GOOD, [1], [2]]]}), "10 fields"),
         (orjson.dumps({"v": 1, "inflows": [GOOD, GOOD[:5]]}), "not enough values"),
         (orjson.dumps({"v": 1, "inflows": [GOOD[:4] + [-5.0] + GOOD[5:]]}), "inflow 0: payee"),
         (orjson.dumps({"v": 1, "inflows": [[""] + GOOD[1:]]}), "inflow 0: payee"),
@@ -231,3 +236,28 @@ def test_transactions_placed_by_another_partitioner_are_counted_and_logged(caplo
     pipeline.process([wrong], {}.get)
     assert pipeline.counters["misrouted"] == 1
     assert "murmur2_random" in caplog.text
+
+
+@pytest.mark.parametrize(("size", "seen"), [(2, 2.0), (4, 4.0), (6, 6.0), (7, 0.0)])
+def test_a_payment_that_closes_a_ring_counts_its_accounts(size, seen):
+    """a0 -> a1 -> ... -> a0, one micro-batch per hop (an inflow is seen from the next batch
+    on): the closing payment sees its payee on the path its money came along, up to five
+    accounts back, so rings of 2 to 6 accounts show and a longer one does not."""
+    ring = [wire(f"r{i}", f"a{i}", f"a{(i + 1) % size}", 60 * i, 500.0 - i) for i in range(size)]
+    _, got = run(ring, list(range(1, size)))
+    assert [got[f"r{i}"]["cycle_7d"] for i in range(size)] == [0.0] * (size - 1) + [seen]
+    assert got[f"r{size - 1}"]["round_trip_7d"] == float(size == 2)
+
+
+def test_a_path_is_carried_on_and_older_records_and_snapshots_still_read():
+    v2 = decode_inflows(orjson.dumps({"v": 2, "inflows": [GOOD]}))[0]  # before the path
+    assert (v2.source, v2.path) == (0.0, (0.0, 0.0, 0.0, 0.0))
+    rec = InflowRecord("c", 7.0, T0, 5.0, (1.0, 2.0, 3.0, 4.0), 0, 1, "t1")
+    assert decode_inflows(encode_inflows([rec]))[0].path == (1.0, 2.0, 3.0, 4.0)
+    log = InflowLog()
+    log.fold([rec])
+    assert log.rows.tolist() == [[T0, 5.0, 7.0, 1.0, 2.0, 3.0, 4.0]]
+    rows = np.array([[T0, 5.0, 7.0, 1.0]])
+    old = {"rows": base64.b64encode(rows.tobytes()).decode(), "folded": {"0": 1}}
+    assert InflowLog.from_snapshot(old).rows.tolist() == [[T0, 5.0, 7.0, 1.0, 0.0, 0.0, 0.0]]
+    assert InflowLog.from_snapshot(log.snapshot()).rows.tolist() == log.rows.tolist()

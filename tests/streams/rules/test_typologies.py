@@ -4,14 +4,18 @@ Truth comes from the generator (each injected case is labelled with its typology
 id), not from the rules: a case is caught when the rule of its typology fires on at least
 one of its transactions; a false positive is a firing on a transaction labelled ordinary.
 Flow cases (fan-in, pass-through, scatter-gather, round-tripping) are caught when the
-receiving account moves the money on. Measured on this population (seed 11, 60,000 events):
-recall 1.00 for structuring, large_value, dormant_activation, velocity_spike,
-high_risk_geography and pass_through; 0.96-0.97 for fan_in, fan_out, round_amounts,
-scatter_gather and open_and_close; round_tripping 0.92 (a return beyond the end of the
-stream cannot be seen); profile_mismatch 0.70 (cases whose account had under five earlier
-payments or a larger one that week). False-positive rates per rule: 0 for the four flow
-rules, at most 0.09 % for the others, except the seed rule frequent_small, 0.55 % (it flags
-ordinary small payments next to bursts).
+receiving account moves the money on. Half the flow cases are small (amounts of the size
+of the accounts' own payments): the rules must find fan-ins and rings of 3-6 accounts among
+them from their shape alone. Measured on this population (seed 11, 60,000 events, flow
+cases at 0.4 %): recall 1.00 for structuring, large_value, dormant_activation,
+velocity_spike, high_risk_geography, and the large fan_in, pass_through and round_tripping
+cases; 0.93-0.97 for fan_out, round_amounts, open_and_close and large scatter_gather;
+profile_mismatch 0.67 (cases whose account had under five earlier payments or a larger one
+that week). Small cases: scatter_gather 1.00 (22), fan_in 0.93 (27), rings of 3-6
+accounts 0.90 (20; the misses are rings cut by the end of the stream), two-account round
+trips 0.43 and pass-through 0.30 (left to the model). False-positive rates per rule: 0 for
+fan_in, scatter_gather, round_tripping and ring, at most 0.08 % for the others, except the
+seed rule frequent_small, 0.63 % (it flags ordinary small payments next to bursts).
 """
 
 from collections import Counter, defaultdict
@@ -37,7 +41,7 @@ MAX_FP = defaultdict(lambda: 0.002, frequent_small=0.01)
 
 @pytest.fixture(scope="module")
 def outcome():
-    config = GeneratorConfig(seed=11, typology_rate=0.004, flow_typology_rate=0.002)
+    config = GeneratorConfig(seed=11, typology_rate=0.004, flow_typology_rate=0.004)
     gen = TransactionGenerator(config).take(60_000)
     pipeline = RiskPipeline(default_ruleset(RULE_NAMES))
     store: dict = {}
@@ -62,19 +66,46 @@ def outcome():
 
 def test_the_default_ruleset_covers_every_generated_typology_and_the_seed_rules(outcome):
     ruleset, _, _, _ = outcome
-    assert ruleset.label == "aml:3"
+    assert ruleset.label == "aml:4"
     covered = {r.typology for r in ruleset.rules}
     assert set(TYPOLOGIES) | set(FLOW_TYPOLOGIES) | {"large_value"} <= covered
     assert {"large_transfer", "frequent_small"} <= {r.name for r in ruleset.rules}
 
 
+def small(case: str) -> bool:
+    """A flow case of the size of the accounts' own payments (tens to hundreds)."""
+    return case.split("-")[-2] == "small"
+
+
 @pytest.mark.parametrize("typology", [*TYPOLOGIES, *FLOW_TYPOLOGIES, "large_value"])
 def test_each_typology_is_caught_by_its_own_rule(outcome, typology):
     _, cases, _, _ = outcome
-    mine = [hits for (typ, _), hits in cases.items() if typ == typology]
+    mine = [hits for (typ, case), hits in cases.items() if typ == typology and not small(case)]
     assert len(mine) >= 20, f"too few {typology} cases generated to measure"
     caught = sum(any(t == typology for h in hits for t in h.values()) for hits in mine)
     assert caught / len(mine) >= MIN_RECALL[typology], f"{typology}: {caught}/{len(mine)}"
+
+
+@pytest.mark.parametrize(
+    ("typology", "shape"),
+    [
+        ("fan_in", lambda hits: True),  # many payers, the money moved on
+        ("round_tripping", lambda hits: len(hits) >= 3),  # rings of 3-6 accounts
+    ],
+)
+def test_small_value_flows_are_caught_from_their_shape(outcome, typology, shape):
+    """Small cases move what the accounts themselves usually pay: no amount threshold
+    sees them. (Small pass-throughs, scatter-gathers and two-account round trips are
+    left to the model: their shape alone is ordinary for a rule.)"""
+    _, cases, _, _ = outcome
+    mine = [
+        hits
+        for (typ, case), hits in cases.items()
+        if typ == typology and small(case) and shape(hits)
+    ]
+    assert len(mine) >= 10, f"too few small {typology} cases generated to measure"
+    caught = sum(any(t == typology for h in hits for t in h.values()) for hits in mine)
+    assert caught / len(mine) >= 0.9, f"{typology}: {caught}/{len(mine)}"
 
 
 def test_an_ordinary_population_rarely_triggers_any_rule(outcome):

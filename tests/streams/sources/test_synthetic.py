@@ -3,6 +3,7 @@ import json
 from tests.reference import expected_decision, features_by_tx, reporting
 from vigil.streams.schemas import RawRecord, decode_transactions
 from vigil.streams.sources import MALFORMED_KINDS, GeneratorConfig, TransactionGenerator, read_jsonl
+from vigil.streams.sources.synthetic import FLOW_TYPOLOGIES as FLOW
 
 
 def test_same_seed_same_stream_and_event_time_order():
@@ -100,16 +101,34 @@ def test_flow_cases_move_money_between_accounts_as_labelled():
             into[tx["counterparty_id"]].add(tx["account_id"])
     paid_out = {t["account_id"] for t in by_typology["fan_in"] if t["account_id"] in into}
     assert paid_out and all(len(into[c]) >= 10 for c in paid_out)
-    # round trip: what went out comes back (a little less) to the sender, later
-    sent = {(t["account_id"], t["counterparty_id"]): t for t in by_typology["round_tripping"]}
-    trips = [
-        (out, sent[(b, a)]) for (a, b), out in sent.items() if (b, a) in sent and b[:4] == "rtp-"
-    ]
-    assert trips  # (a return may also lie beyond the end of the taken stream)
-    for out, back in trips:
-        # (in EUR: the two accounts may pay in different currencies)
-        assert back["ts_ms"] > out["ts_ms"]
-        assert reporting(back)["amount"] < reporting(out)["amount"]
+    # round trip: the money goes round a ring of 2-6 accounts (a little less at each hop,
+    # later at each hop) and comes back to the sender; rings whose return lies beyond the
+    # end of the taken stream are open
+    rings: dict[str, list[dict]] = defaultdict(list)
+    for g in gen:
+        if g.label and g.typology == "round_tripping":
+            rings[g.case].append(g.tx)
+    closed = [r for r in rings.values() if r[-1]["counterparty_id"] == r[0]["account_id"]]
+    assert {len(r) for r in closed} == {2, 3, 4, 5, 6}
+    for ring in rings.values():
+        assert len(ring) <= 6
+        for a, b in zip(ring, ring[1:], strict=False):
+            assert a["counterparty_id"] == b["account_id"] and a["ts_ms"] < b["ts_ms"]
+            # (in EUR: the two accounts may pay in different currencies)
+            assert reporting(b)["amount"] < reporting(a)["amount"]
+    # half the flow cases are small: amounts of the size of the accounts' own payments
+    scales = {g.case: g.scale for g in gen if g.label and g.typology in FLOW_TYPOLOGIES}
+    assert set(scales.values()) == {"small", "large"}
+    assert 0.35 < sum(v == "small" for v in scales.values()) / len(scales) < 0.65
+    small_max = max(
+        reporting(g.tx)["amount"] for g in gen if g.scale == "small" and g.typology != "fan_in"
+    )
+    large_min = min(
+        reporting(g.tx)["amount"]
+        for g in gen
+        if g.scale == "large" and g.typology == "pass_through"
+    )
+    assert small_max < large_min
     # pass-through: the mule sends on 85-98 % of what it received, within 6 h
     got = {
         t["counterparty_id"]: t
@@ -124,3 +143,22 @@ def test_flow_cases_move_money_between_accounts_as_labelled():
                 0.85 - 1e-4 <= reporting(t)["amount"] / reporting(inflow)["amount"] <= 0.98 + 1e-4
             )
             assert 0 < t["ts_ms"] - inflow["ts_ms"] <= 6 * 3_600_000
+
+
+def test_every_account_that_paid_within_a_case_is_labelled_once_per_case():
+    from vigil.streams.sources.synthetic import AccountLabels
+
+    gen = TransactionGenerator(
+        GeneratorConfig(seed=8, typology_rate=0.004, flow_typology_rate=0.01)
+    ).take(10_000)
+    labels = AccountLabels()
+    for g in gen:
+        labels.add(g)
+    records = labels.records()
+    want = {(g.key, g.case) for g in gen if g.label and g.case}
+    assert {(r["account_id"], r["case"]) for r in records} == want
+    assert len(records) == len(want)
+    for r in records:
+        first = min(g.tx["ts_ms"] for g in gen if g.case == r["case"] and g.key == r["account_id"])
+        assert r["ts_ms"] == first and r["label"] == 1
+        assert r["scale"] == (r["case"].split("-")[-2] if r["typology"] in FLOW else None)
