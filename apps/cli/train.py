@@ -225,6 +225,13 @@ def train_risk(
     out_dir: Path | None = typer.Option(
         None, "--out", help="models directory (default: VIGIL_MODEL_DIR or STATE_DIR/models)"
     ),
+    warmup_days: int | None = typer.Option(
+        None,
+        "--warmup-days",
+        min=0,
+        help="the first days only fill the state (30-day windows are full after them) and "
+        "are not trained or evaluated on (default: 30 generated, 0 with --input)",
+    ),
     seed: int = typer.Option(7, help="generator and training seed"),
     accounts: int = typer.Option(1000, min=10, help="generated account population"),
     typology_rate: float = typer.Option(
@@ -267,14 +274,15 @@ def train_risk(
         say("featurising the history through the risk pipeline ...")
         if input is not None and labels is not None:
             rates = None if settings.rates_path is None else load_rates(settings.rates_path)
-            return history_from_files(str(input), str(labels), rates), "files"
+            got = history_from_files(str(input), str(labels), rates, warmup_days or 0)
+            return got, "files"
         generated = history_from_generator(
             days,
             seed=seed + round_n,  # scheduled rounds: another stretch of synthetic history
             accounts=accounts,
             typology_rate=typology_rate,
             flow_typology_rate=flow_typology_rate,
-            warmup_days=WARMUP_DAYS,
+            warmup_days=WARMUP_DAYS if warmup_days is None else warmup_days,
         )
         return generated, "generated"
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from vigil.errors import DataError
 from vigil.streams.currency import Rates, default_rates
 from vigil.streams.features.library import DAY_MS, FEATURE_SPEC
 
@@ -135,13 +136,26 @@ def history_from_generator(
     return featurise(lines, truth)
 
 
-def history_from_files(tx_path: str, labels_path: str, rates: Rates | None = None) -> History:
+def history_from_files(
+    tx_path: str, labels_path: str, rates: Rates | None = None, warmup_days: float = 0
+) -> History:
     """A JSONL history (contract transactions) and its labels (``vigil.labels`` records);
-    amounts converted with ``rates`` (default: the built-in table)."""
+    amounts converted with ``rates`` (default: the built-in table). Rows of the first
+    ``warmup_days`` (from the earliest labelled transaction) are featurised, not kept: they
+    only fill the state. DataError when nothing is left after them."""
     from vigil.streams.sources import read_jsonl, read_labels
 
     truth = read_labels(labels_path)
-    return featurise((line for _k, line in read_jsonl(tx_path)), truth, rates=rates)
+    history = featurise((line for _k, line in read_jsonl(tx_path)), truth, rates=rates)
+    if not warmup_days or not len(history):
+        return history
+    begin_ms = int(history.ts_ms.min()) + int(warmup_days * DAY_MS)
+    kept = history.take(history.ts_ms >= begin_ms)
+    if not len(kept):
+        raise DataError(
+            f"no labelled transaction after the {warmup_days:g} warm-up days of {tx_path}"
+        )
+    return kept
 
 
 def temporal_split(history: History, holdout_days: float) -> tuple[History, History]:

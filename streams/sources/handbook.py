@@ -122,7 +122,9 @@ class Handbook:
 def read_handbook(data: Path, start: dt.date | None = None, end: dt.date | None = None) -> Handbook:
     """The transactions of days ``[start, end)`` (all when None) from ``data`` (the shared
     data folder, the ``fraud-handbook`` folder or the CSV itself). DataError naming the file
-    and line when the file is not the handbook's."""
+    and line when the file is not the handbook's. The handbook's file is in time order:
+    reading stops at the first row past ``end``, and a row that goes back in time before
+    it is an error (a file out of order would lose rows silently)."""
     path = _resolve(data)
     lo = start.isoformat() if start else ""
     hi = end.isoformat() if end else "9999"
@@ -138,10 +140,18 @@ def read_handbook(data: Path, start: dt.date | None = None, end: dt.date | None 
             header = next(reader, None)
             if header is None or tuple(h.strip() for h in header) != COLUMNS:
                 raise DataError(f"{path}: not the handbook's columns ({header!r})")
+            previous = ""
             for n, row in enumerate(reader, 2):
-                when = row[1]
+                when = row[1] if len(row) > 1 else ""
+                if when < previous:
+                    raise DataError(
+                        f"{path}:{n}: {when!r} is before the row above: not in time order"
+                    )
+                previous = when
                 date = when[:10]
-                if date < lo or date >= hi:
+                if date >= hi:
+                    break
+                if date < lo:
                     continue
                 try:
                     midnight = day_cache.get(date)

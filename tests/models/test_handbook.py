@@ -190,3 +190,26 @@ def test_missing_handbook_data_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not gzip")
     with pytest.raises(DataError, match="cannot read"):
         read_handbook(tmp_path)
+
+
+def test_a_handbook_file_out_of_time_order_or_with_a_bad_row_is_a_clear_error(tmp_path):
+    import gzip
+
+    from vigil.errors import DataError
+    from vigil.streams.sources.handbook import COLUMNS
+
+    def write(*rows: str):
+        with gzip.open(tmp_path / "transactions.csv.gz", "wt") as fh:
+            fh.write(",".join(COLUMNS) + "\n" + "".join(r + "\n" for r in rows))
+
+    day1 = "0,2018-04-01 00:00:31,596,3156,57.16,0,0"
+    day2 = "1,2018-04-02 00:00:01,597,3157,12.00,1,1"
+    write(day1, day2)
+    got = read_handbook(tmp_path, dt.date(2018, 4, 2), dt.date(2018, 4, 3))
+    assert got.customer.tolist() == [597] and got.fraud.tolist() == [1]
+    write(day2, day1)
+    with pytest.raises(DataError, match=r"transactions.csv.gz:3: .* not in time order"):
+        read_handbook(tmp_path, dt.date(2018, 4, 2), dt.date(2018, 4, 3))
+    write(day1, "2,2018-04-01 00:01:00,x,3157,12.00,0,0")
+    with pytest.raises(DataError, match=r"transactions.csv.gz:3: not a handbook row"):
+        read_handbook(tmp_path)

@@ -158,6 +158,7 @@ def test_vigil_export_risk_writes_a_complete_risk_model_the_workers_load(tmp_pat
     assert np.mean(np.abs(got - want) < 0.05) > 0.99
 
 
+@pytest.mark.slow  # a benchmark command over every width: make test-all
 def test_bench_quantization_measures_every_width_of_both_models(tmp_path, monkeypatch, tiny_risk):
     import shutil
 
