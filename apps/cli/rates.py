@@ -20,13 +20,22 @@ rates_app = typer.Typer(
 app.add_typer(rates_app, name="rates")
 
 
-def _load(file: Path | None, refused: str):
+def _load(file: Path | None, refused: str, base: str | None = None):
+    """The table in ``file`` (the built-in one when None); exit 1 when it is invalid or,
+    given ``base``, in another base (the workers would refuse it)."""
     from vigil.streams.currency import RatesError, default_rates, load_rates
 
     try:
-        return default_rates() if file is None else load_rates(file)
+        rates = default_rates() if file is None else load_rates(file)
     except RatesError as exc:
         fail(f"{refused}{exc}", 1)
+    if base is not None and rates.base != base:
+        fail(
+            f"{refused}{rates.label} is in {rates.base}, the reporting currency is {base}: "
+            "workers would refuse it",
+            1,
+        )
+    return rates
 
 
 def _print(rates) -> None:
@@ -47,14 +56,7 @@ def rates_show(
 @rates_app.command("validate")
 def rates_validate(file: Path = typer.Argument(..., help="rates table (YAML or JSON)")) -> None:
     """Check a rates table: codes, rates, the base, against the reporting currency."""
-    rates = _load(file, "invalid: ")
-    settings = get_settings()
-    if rates.base != settings.reporting_currency:
-        fail(
-            f"invalid: {rates.label} is in {rates.base}, the reporting currency is "
-            f"{settings.reporting_currency}: workers would refuse it",
-            1,
-        )
+    rates = _load(file, "invalid: ", get_settings().reporting_currency)
     console.print(f"[green]valid:[/] {rates.label}, {len(rates.rates)} currencies in {rates.base}")
 
 
@@ -64,14 +66,8 @@ def rates_publish(file: Path = typer.Argument(..., help="rates table (YAML or JS
     with it from their next micro-batch."""
     from vigil.streams.rules import read_document
 
-    rates = _load(file, "invalid, not published: ")
     settings = get_settings()
-    if rates.base != settings.reporting_currency:
-        fail(
-            f"invalid, not published: {rates.label} is in {rates.base}, the reporting "
-            f"currency is {settings.reporting_currency}",
-            1,
-        )
+    rates = _load(file, "invalid, not published: ", settings.reporting_currency)
     bootstrap = get_bootstrap(settings)
     ensure_one(bootstrap, settings.topics, settings.topics.rates)
     document = read_document(file.read_bytes())  # validated above

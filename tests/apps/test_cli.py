@@ -27,6 +27,26 @@ def test_bad_configuration_is_named(monkeypatch):
     assert "invalid configuration" in result.output and "partitions" in result.output
 
 
+def test_rates_show_and_validate_say_what_a_table_holds_or_what_is_wrong(tmp_path, monkeypatch):
+    shown = runner.invoke(app, ["rates", "show"])
+    assert shown.exit_code == 0 and "reference:2026-12" in shown.output and "JPY" in shown.output
+    good = tmp_path / "good.yaml"
+    good.write_text('name: t\nversion: "1"\nbase: CHF\nrates: {EUR: 0.93, USD: 0.8}\n')
+    listed = runner.invoke(app, ["rates", "show", str(good)]).output
+    assert "CHF per unit" in listed and "0.93" in listed and "JPY" not in listed
+    refused = runner.invoke(app, ["rates", "validate", str(good)])
+    assert refused.exit_code == 1 and "is in CHF, the reporting currency is EUR" in refused.output
+    monkeypatch.setenv("VIGIL_REPORTING_CURRENCY", "CHF")
+    ok = runner.invoke(app, ["rates", "validate", str(good)])
+    assert ok.exit_code == 0 and "valid: t:1, 3 currencies in CHF" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: t\nversion: "1"\nbase: CHF\nrates: {EUR: -1}\n')
+    refused = runner.invoke(app, ["rates", "validate", str(bad)])
+    assert refused.exit_code == 1 and "rate of EUR is -1.0" in refused.output
+    missing = runner.invoke(app, ["rates", "validate", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 1 and "cannot read rates table" in missing.output
+
+
 def test_config_prints_the_settings_in_effect(monkeypatch):
     monkeypatch.setenv("VIGIL_NAMESPACE", "bank-eu")
     monkeypatch.setenv("VIGIL_PARTITIONS", "12")
