@@ -16,7 +16,7 @@ def test_same_seed_same_stream_and_event_time_order():
 
 
 def test_injected_cases_trigger_their_rules_and_normal_traffic_rarely_does():
-    gen = TransactionGenerator(GeneratorConfig(seed=5, accounts=500)).take(30_000)
+    gen = TransactionGenerator(GeneratorConfig(seed=5, accounts=200)).take(12_000)
     txs = [g.tx for g in gen]
     feats = features_by_tx(txs)
     fired = {t["tx_id"]: expected_decision(t, feats[t["tx_id"]])[1] for t in txs}
@@ -31,9 +31,9 @@ def test_injected_cases_trigger_their_rules_and_normal_traffic_rarely_does():
         and t["tx_id"] in {g.tx["tx_id"] for g in gen if g.label}
     }
     assert burst_accounts == flagged
-    # Normal payments of accounts that never had an injected case: measured 0.085 % flagged
-    # (seed 5). An injected account's own later payments inside the 24 h window are flagged
-    # too, by design: the account is under suspicion.
+    # Normal payments of accounts that never had an injected case: measured 0.094 % flagged
+    # (seed 5, 9 of 9,562). An injected account's own later payments inside the 24 h window
+    # are flagged too, by design: the account is under suspicion.
     injected = {g.key for g in gen if g.label}
     clean = [g for g in gen if g.key not in injected]
     false_positive_rate = sum(1 for g in clean if fired[g.tx["tx_id"]]) / len(clean)
