@@ -87,9 +87,10 @@ CHANNELS = ("card", "wire", "ach", "cash", "crypto", "p2p")
 TRANSFER_CHANNELS = ("wire", "ach", "p2p", "crypto")
 MAX_INFLOW_ROWS = 4096
 # the counterparty's and the labels' hour buckets span at most this many hours (31 days),
-# and a counterparty remembers at most its newest this many payers
+# and a counterparty remembers at least its newest this many payers
 KEEP_HOURS = 31 * 24
-MAX_PAYERS = 1024  # an entity keeps at most its latest this many inflows
+MAX_PAYERS = 1024
+PAYERS_SLACK = MAX_PAYERS // 4  # and forgets the older ones once it holds this many more
 # an account keeps at most its latest this many own events within the horizon (one a
 # minute for a week and a half): a bound on memory per key; windowed features of an account
 # busier than that count only these
@@ -352,7 +353,8 @@ def _digest() -> str:
     parts += [repr(c) for c in (HORIZON_MS, GRACE_MS, SMALL_AMOUNT, REPORTING_THRESHOLD)]
     parts += [repr(c) for c in (ROUND_UNIT, NIGHT_HOURS, EWM_ALPHA, ZSCORE_MIN_REL_STD, CHANNELS)]
     parts += [repr(sorted(HIGH_RISK_COUNTRIES)), repr(sorted(MCC_RISK.items()))]
-    parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS), repr((KEEP_HOURS, MAX_PAYERS))]
+    parts += [repr(TRANSFER_CHANNELS), repr(MAX_INFLOW_ROWS)]
+    parts += [repr((KEEP_HOURS, MAX_PAYERS, PAYERS_SLACK))]
     parts += [repr((MONTH_MS, MONTH_DAYS_KEPT))]
     parts += [repr((MCC_UNKNOWN_RISK, MCC_NONE_RISK, HIGH_RISK_MCC))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

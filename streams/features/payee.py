@@ -8,10 +8,12 @@ counterparty's ``PayeeLog``. Labels (``vigil.labels``, keyed by transaction) tra
 way: a label naming its transaction's account and counterparty is routed to both, and folds
 into the account's ``LabelLog`` and the counterparty's ``PayeeLog``.
 
-Memory per key is bounded: hour buckets over ``KEEP_HOURS`` (31 days) at most, and at most
-``MAX_PAYERS`` payers remembered per counterparty (the newest; a busier counterparty's
-"new payer" counts payers it has forgotten as new). Restarts count nothing twice: each log
-remembers the highest source offset folded per source partition, and skips the rest.
+Memory per key is bounded: hour buckets over ``KEEP_HOURS`` (31 days) at most, and at least
+the newest ``MAX_PAYERS`` payers remembered per counterparty, at most ``PAYERS_SLACK`` more
+(a busier counterparty's "new payer" counts payers it has forgotten as new; it forgets in
+bulk, once every ``PAYERS_SLACK`` new payers, not at every payment). Restarts count
+nothing twice: each log remembers the highest source offset folded per source partition,
+and skips the rest.
 
 Windows are hour-aligned. A payment counts in the windows of hour buckets ``(H - w, H]``,
 H the hour of the event scored (the current hour so far included). A label counts by the
@@ -30,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from vigil.streams.features.base import FeatureError
-from vigil.streams.features.library import HOUR_MS, KEEP_HOURS, MAX_PAYERS, Labels, Payee
+from vigil.streams.features.library import (
+    HOUR_MS,
+    KEEP_HOURS,
+    MAX_PAYERS,
+    PAYERS_SLACK,
+    Labels,
+    Payee,
+)
 
 __all__ = [
     "KEEP_HOURS",
@@ -198,7 +207,7 @@ class PayeeLog:
             )
         if new:
             _trim(self.rows)
-            if len(payers) > MAX_PAYERS:  # forget the payers seen longest ago
+            if len(payers) > MAX_PAYERS + PAYERS_SLACK:  # forget those seen longest ago
                 newest = sorted(payers.items(), key=lambda kv: kv[1])[-MAX_PAYERS:]
                 self.payers = dict(newest)
         return new

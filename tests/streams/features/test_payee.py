@@ -218,3 +218,21 @@ def test_the_side_features_are_in_the_spec_as_the_reference_names_them():
     ops = {n for n, op in FEATURES.items() if isinstance(op, Payee)}
     assert ops <= set(NAMES)
     assert {"account_frauds_30d", "payee_fraud_risk_7d", "payee_count_30d"} <= set(NAMES)
+
+
+def test_a_busy_counterparty_keeps_its_newest_payers_and_a_bounded_number_of_them():
+    from vigil.streams.features.library import HOUR_MS, MAX_PAYERS, PAYERS_SLACK
+    from vigil.streams.features.payee import P_NEW, PayeeLog
+
+    log, t0 = PayeeLog(), 1_767_225_600_000
+    n = 3 * MAX_PAYERS
+    for i in range(n):  # payer i pays at minute i (one fold each, as batches come)
+        log.fold_payments([("m", float(i + 1), t0 + i * 60_000, 10.0, 0, i)])
+        assert len(log.payers) <= MAX_PAYERS + PAYERS_SLACK
+        newest = range(max(0, i + 1 - MAX_PAYERS), i + 1)
+        assert all(log.paid_before(float(j + 1)) for j in newest[:: max(1, len(newest) // 50)])
+    assert not log.paid_before(1.0)  # the first payer was forgotten long ago...
+    before = log.array()[:, P_NEW].sum()
+    log.fold_payments([("m", 1.0, t0 + n * 60_000, 10.0, 0, n)])
+    assert log.array()[:, P_NEW].sum() == before + 1  # ...so it counts as new again
+    assert log.rows[-1][0] == (t0 + n * 60_000) // HOUR_MS
