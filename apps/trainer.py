@@ -43,7 +43,7 @@ from vigil.models.serving import (
     read_files,
     read_manifest,
 )
-from vigil.streams.currency import load_rates
+from vigil.streams.currency import Rates, RatesError, load_rates, read_rates
 from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
@@ -69,6 +69,28 @@ def parse_every(text: str) -> float:
     if seconds < 10:
         raise UsageError(f"--every {text!r}: at least 10s between rounds")
     return seconds
+
+
+def rates_in_force(settings: Settings, bootstrap: str) -> Rates | None:
+    """The rates table the workers convert with now: the newest table on the rates topic
+    that they would install (it parses, in the reporting currency), else the one at
+    ``VIGIL_RATES_PATH``, else None (the built-in table)."""
+    from vigil.apps.clients import read_messages
+
+    newest = None
+    try:
+        for msg in read_messages(bootstrap, settings.topics.rates):
+            try:
+                rates = read_rates(msg.value() or b"", "rates record")
+            except RatesError:
+                continue  # the workers refused it too
+            if rates.base == settings.reporting_currency:
+                newest = rates
+    except LookupError:  # no rates topic yet
+        pass
+    if newest is not None:
+        return newest
+    return None if settings.rates_path is None else load_rates(settings.rates_path)
 
 
 def history_from_stream(bootstrap: str, transactions: str, labels: str, rates=None):  # type: ignore[no-untyped-def]
@@ -229,9 +251,9 @@ def risk_round(
     enough (else on ``history(n)``, generated or from files), export at ``bits``, gate
     against the serving model on the same held-out days, publish when not worse."""
     topics = settings.topics
-    rates = None if settings.rates_path is None else load_rates(settings.rates_path)
 
     def round_(n: int) -> dict[str, Any]:
+        rates = rates_in_force(settings, bootstrap)  # as the workers convert now
         data = history_from_stream(bootstrap, topics.transactions, topics.labels, rates)
         source = "stream"
         if data is None or len(data) < MIN_STREAM_ROWS or data.labels.sum() < MIN_STREAM_POSITIVES:
