@@ -287,8 +287,7 @@ class RiskPipeline:
     ) -> None:
         self.ruleset = ruleset or default_ruleset(RULE_NAMES)
         self.reporting_currency = reporting_currency
-        self.rates = default_rates()
-        self.set_rates(rates or self.rates, counted=False)
+        self.set_rates(rates or default_rates(), counted=False)
         self.shadow: Ruleset | None = None
         self.model = model or ModelHolder()
         self.thresholds = thresholds or Thresholds()
@@ -709,6 +708,7 @@ class RiskPipeline:
         ]
         paths = funds_paths([txs[i].account_id for i in transfers], rows[transfers, TS], inflows)
         sources = dict(zip(transfers, map(tuple, paths.tolist()), strict=True))
+        amounts = rows[:, AMOUNT].tolist()  # in the reporting currency
         for i, tx in enumerate(txs):
             payee = tx.counterparty_id
             if not payee or payee == tx.account_id:
@@ -716,7 +716,7 @@ class RiskPipeline:
             record = records[i]
             batch = routed.setdefault(partition_for(payee.encode(), self.partitions), SideBatch())
             payer = key_hash(tx.account_id)
-            amount = float(rows[i, AMOUNT])  # in the reporting currency
+            amount = amounts[i]
             batch.payments.append(
                 (payee, int(payer), tx.ts_ms, amount, record.partition, record.offset)
             )

@@ -93,7 +93,7 @@ def account_level(test: History, scores: dict[str, np.ndarray]) -> dict:
     score in the held-out period; an account is positive for a flow typology when it paid
     within such a case there. AUC-PR per flow typology (its accounts against every account
     with no labelled payment), and over the small-value and the large flow cases."""
-    from vigil.streams.sources.synthetic import FLOW_TYPOLOGIES
+    from vigil.streams.sources.synthetic import FLOW_TYPOLOGIES, case_scale
 
     names, row_account = np.unique(np.asarray(test.accounts), return_inverse=True)
     n = len(names)
@@ -102,7 +102,7 @@ def account_level(test: History, scores: dict[str, np.ndarray]) -> dict:
     np.logical_or.at(labelled, row_account, y)
     groups: dict[str, np.ndarray] = {}
     typologies = np.asarray([t or "" for t in test.typologies])
-    scale = np.asarray([(c or "").rsplit("-", 2)[-2:][0] for c in (test.cases or [""] * len(y))])
+    scale = np.asarray([case_scale(c) or "" for c in (test.cases or [None] * len(y))])
     for name in (*FLOW_TYPOLOGIES, "small", "large"):
         rows = y & (typologies == name if name in FLOW_TYPOLOGIES else scale == name)
         rows &= np.isin(typologies, FLOW_TYPOLOGIES)

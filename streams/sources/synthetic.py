@@ -127,15 +127,19 @@ class Generated:
     @property
     def scale(self) -> str | None:
         """``small`` or ``large`` for a flow case (from its case id), else None."""
-        if self.case is None or self.typology not in FLOW_TYPOLOGIES:
-            return None
-        return self.case.split("-")[-2]
+        return case_scale(self.case) if self.typology in FLOW_TYPOLOGIES else None
 
     @property
     def value(self) -> bytes:
         if self.raw is not None:
             return self.raw
         return json.dumps(self.tx, separators=(",", ":")).encode()
+
+
+def case_scale(case: str | None) -> str | None:
+    """``small`` or ``large`` from a flow case's id (``<typology>-<scale>-<n>``), else None."""
+    parts = (case or "").split("-")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in ("small", "large") else None
 
 
 class AccountLabels:
