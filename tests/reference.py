@@ -301,6 +301,21 @@ def library_features(history: list[dict[str, Any]]) -> list[dict[str, float | No
         f["amount_to_max_7d"] = a / f["amount_max_7d"]
         f["amount_to_mean_30d"] = a / f["amount_mean_30d"]
         f["count_7d_to_30d"] = f["count_7d"] / f["count_30d"]
+        # the latest earlier events of the week, latest first: by event time, and at equal
+        # times the one that arrived later first
+        week = [
+            (t["ts_ms"], j, t) for j, t in enumerate(earlier) if ts - L.WEEK_MS < t["ts_ms"] <= ts
+        ]
+        week.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        for step in range(1, L.RECENT_STEPS + 1):
+            prev = week[step - 1][2] if step <= len(week) else None
+            f[f"prev{step}_hours_ago"] = None if prev is None else (ts - prev["ts_ms"]) / L.HOUR_MS
+            f[f"prev{step}_log_amount_ratio"] = (
+                None if prev is None else math.log(prev["amount"]) - math.log(a)
+            )
+            f[f"prev{step}_same_counterparty"] = (
+                None if prev is None else float(prev["counterparty_id"] == tx["counterparty_id"])
+            )
         out.append(f)
     return out
 

@@ -1,14 +1,15 @@
 """The GBDT+NN hybrid risk model on the feature vector (``FEATURE_SPEC``).
 
 - LightGBM learns the feature interactions trees are good at.
-- A small torch NN takes the normalised features (signed log, standardised, with missing
-  flags) plus the GBDT's logit, and adds what the trees miss: ``z = w * gbdt_logit +
-  mlp(features)``. Its last layer starts at zero and ``w`` at one, so training starts from
-  the GBDT and learns a correction. The logit it sees while training is out-of-fold (each
-  time block scored by trees fitted on the other blocks), so it learns how far to trust
-  the GBDT on unseen data rather than on the GBDT's own training rows.
-- Platt scaling on the last part of the training period turns the logit into a calibrated
-  probability.
+- A small torch NN reads the normalised features (signed log, standardised, with missing
+  flags) and, through a step network of its own, the account's last 16 events as a
+  sequence (the ``Recent`` features, which the trees do not see).
+- The hybrid stacks them: ``z = a * gbdt_logit + b * nn_logit + c``, with ``a, b, c`` fitted
+  by logistic regression on the last part of the training period (so the probability is
+  calibrated as it is fitted), exported as one graph over the features and the GBDT's
+  logit. (``TabularConfig.hybrid = "residual"``: an NN learning a correction to out-of-fold
+  GBDT logits, then Platt scaling.) LightGBM and the NN alone are Platt-scaled on the same
+  block for the comparison.
 
 Training data: the labelled synthetic history (or a JSONL history with labels) run through
 the same pipeline as the worker, so the features are exactly what serving sees. Split in

@@ -198,6 +198,42 @@ def _metrics(y, s, days, customers, scenarios) -> dict:
     }
 
 
+@dataclass
+class Replayed:
+    """The handbook's rows of a protocol's period, featurised by the worker's pipeline."""
+
+    protocol: str
+    data: Path
+    hb: Handbook
+    history: History
+    idx: np.ndarray  # the hb row of each history row
+    dead: int
+    with_labels: bool
+    featurise_s: float
+
+
+def replay_handbook(
+    data: Path,
+    protocol: str = "ch5",
+    warmup_days: int = 30,
+    with_labels: bool = True,
+    batch: int = 500,
+    say: Progress = print,
+) -> Replayed:
+    """Read the protocol's period (and ``warmup_days`` before it) and run it through the
+    pipeline, labels published ``DELAY_DAYS`` after their transactions."""
+    plan = folds(protocol)
+    start = plan[0].train_start - dt.timedelta(days=warmup_days)
+    end = plan[-1].end
+    t0 = time.monotonic()
+    hb = read_handbook(data, start, end)
+    say(f"{len(hb):,} transactions {start}..{end - dt.timedelta(days=1)} read")
+    history, idx, dead = featurise_handbook(hb, DELAY_DAYS * DAY_MS, with_labels, batch, say)
+    featurise_s = time.monotonic() - t0
+    say(f"featurised in {featurise_s:.0f} s ({dead} dead-lettered)")
+    return Replayed(protocol, data, hb, history, idx, dead, with_labels, featurise_s)
+
+
 def run_handbook(
     data: Path,
     protocol: str = "ch5",
@@ -209,26 +245,27 @@ def run_handbook(
 ) -> dict:
     """The benchmark: one JSON-able report (per fold, the mean over folds, per scenario,
     the published numbers beside, and the hybrid's lead over LightGBM with an interval)."""
-    cfg = cfg or TabularConfig()
-    plan = folds(protocol)
-    start = plan[0].train_start - dt.timedelta(days=warmup_days)
-    end = plan[-1].end
     t0 = time.monotonic()
-    hb = read_handbook(data, start, end)
-    say(f"{len(hb):,} transactions {start}..{end - dt.timedelta(days=1)} read")
-    history, idx, dead = featurise_handbook(hb, DELAY_DAYS * DAY_MS, with_labels, batch, say)
-    featurise_s = time.monotonic() - t0
-    say(f"featurised in {featurise_s:.0f} s ({dead} dead-lettered)")
+    replayed = replay_handbook(data, protocol, warmup_days, with_labels, batch, say)
+    report = evaluate_handbook(replayed, cfg or TabularConfig(), say)
+    report["seconds"] = round(time.monotonic() - t0, 1)
+    return report
+
+
+def evaluate_handbook(replayed: Replayed, cfg: TabularConfig, say: Progress = print) -> dict:
+    """Train and test on every fold of the replayed protocol (see ``run_handbook``)."""
+    plan = folds(replayed.protocol)
+    hb, history, idx = replayed.hb, replayed.history, replayed.idx
     days = (hb.ts_ms[idx] // DAY_MS + dt.date(1970, 1, 1).toordinal()).astype(np.int64)
     customers, scenarios = hb.customer[idx], hb.scenario[idx]
     y = history.labels.astype(float)
     report: dict = {
-        "protocol": protocol,
-        "data": str(data),
+        "protocol": replayed.protocol,
+        "data": str(replayed.data),
         "transactions": len(hb),
-        "dead_lettered": dead,
-        "labels_in_features": with_labels,
-        "featurise_s": round(featurise_s, 1),
+        "dead_lettered": replayed.dead,
+        "labels_in_features": replayed.with_labels,
+        "featurise_s": round(replayed.featurise_s, 1),
         "folds": [],
     }
     pooled: dict[str, list] = {"y": [], "hours": [], **{m: [] for m in MODELS}}
@@ -306,6 +343,5 @@ def run_handbook(
         rounds=500,
         seed=cfg.seed,
     )
-    report["published"] = PUBLISHED[protocol]
-    report["seconds"] = round(time.monotonic() - t0, 1)
+    report["published"] = PUBLISHED[replayed.protocol]
     return report

@@ -9,9 +9,17 @@ from torch import nn
 
 
 class TabularNet(nn.Module):
-    """``logit = w * gbdt_logit + mlp(normalised features, missing flags)`` (no GBDT input
-    when ``use_gbdt`` is False: the NN-only baseline). Calibrated probability:
-    ``sigmoid(a * logit + b)``."""
+    """``logit = w * gbdt_logit + mlp(normalised features, missing flags, sequence code)``
+    (no GBDT input when ``use_gbdt`` is False: the NN-only baseline). Calibrated
+    probability: ``sigmoid(a * logit + b)``.
+
+    ``sequence`` (steps x kinds indices into the feature vector, latest step first: the
+    ``Recent`` features, ``library.recent_layout``) makes those features a sequence rather
+    than columns: each step's values and flags go through one small step network (shared
+    by every step, plus a learnt vector per position), and the mean and the maximum over
+    the steps present (those with a time) are the sequence code the MLP reads beside the
+    other features. The trees see a column per step and position; this sees the account's
+    last events as events."""
 
     def __init__(
         self,
@@ -20,6 +28,8 @@ class TabularNet(nn.Module):
         hidden: int,
         use_gbdt: bool,
         keep: np.ndarray | None = None,
+        sequence: np.ndarray | tuple | None = None,
+        sequence_hidden: int = 16,
     ) -> None:
         super().__init__()
         n = len(mean)
@@ -28,8 +38,23 @@ class TabularNet(nn.Module):
         # 1 per feature the net learns from, 0 per ignored one (TabularConfig.ignored)
         keep = np.ones(n) if keep is None else keep
         self.register_buffer("keep", torch.tensor(keep, dtype=torch.float32))
+        index = torch.as_tensor(
+            np.asarray(sequence if sequence is not None else []), dtype=torch.long
+        )
+        self.has_sequence = index.numel() > 0
+        code = 0
+        if self.has_sequence:
+            steps, kinds = index.shape
+            self.register_buffer("seq_index", index)
+            flat = torch.ones(n)
+            flat[index.reshape(-1)] = 0.0
+            self.register_buffer("flat", flat)  # 0 where a feature is a sequence step's
+            self.step = nn.Linear(2 * kinds, sequence_hidden)
+            self.position = nn.Parameter(torch.zeros(steps, sequence_hidden))
+            self.step_out = nn.Linear(sequence_hidden, sequence_hidden)
+            code = 2 * sequence_hidden
         self.mlp = nn.Sequential(
-            nn.Linear(2 * n, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            nn.Linear(2 * n + code, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
         )
         self.out = nn.Linear(hidden, 1)
         self.use_gbdt = use_gbdt
@@ -48,10 +73,26 @@ class TabularNet(nn.Module):
         # the net extrapolated from the pipeline's warm-up rows
         v = torch.where(missing, torch.zeros_like(v), (v - self.mean) / self.std) * self.keep
         flags = missing.to(x.dtype) * self.keep
-        z = self.out(self.mlp(torch.cat([v, flags], dim=1))).squeeze(1)
+        parts = [v, flags]
+        if self.has_sequence:
+            parts = [v * self.flat, flags * self.flat, self._sequence_code(v, flags, missing)]
+        z = self.out(self.mlp(torch.cat(parts, dim=1))).squeeze(1)
         if self.use_gbdt:
             z = z + self.gbdt_weight * gbdt_logit
         return z
+
+    def _sequence_code(
+        self, v: torch.Tensor, flags: torch.Tensor, missing: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean and maximum of the step network's output over the steps present (zeros
+        when there are none)."""
+        steps = torch.cat([v[:, self.seq_index], flags[:, self.seq_index]], dim=2)
+        h = torch.relu(self.step(steps) + self.position)
+        h = torch.relu(self.step_out(h))
+        present = (~missing[:, self.seq_index[:, 0]]).to(v.dtype).unsqueeze(2)  # rows, steps, 1
+        h = h * present
+        count = present.sum(dim=1).clamp(min=1.0)
+        return torch.cat([h.sum(dim=1) / count, h.amax(dim=1)], dim=1)
 
     def forward(self, x: torch.Tensor, gbdt_logit: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probability; the GBDT enters as its raw margin (what the exported

@@ -64,8 +64,16 @@ def quantize_risk(
         )
     state = torch.load(io.BytesIO(files["hybrid.pt"]), weights_only=True)
     cfg = TabularConfig(**manifest["config"])
-    net = TabularNet(state["mean"].numpy(), state["std"].numpy(), cfg.hidden, use_gbdt=True)
-    state.setdefault("keep", net.keep)  # models from before TabularConfig.ignored use all
+    seq = state.get("seq_index")
+    net = TabularNet(
+        state["mean"].numpy(),
+        state["std"].numpy(),
+        cfg.hidden,
+        True,
+        None,
+        None if seq is None else seq.numpy(),
+        cfg.sequence_hidden,
+    )
     net.load_state_dict(state)
     gbdt = onnx_session(files["gbdt.onnx"])
 

@@ -60,6 +60,7 @@ from vigil.streams.features.library import (
     Labels,
     Payee,
     Ratio,
+    Recent,
     Sequential,
     Windowed,
 )
@@ -235,6 +236,7 @@ class FeatureEngine:
         self.inflow_ops = {n: op for n, op in self.ops.items() if isinstance(op, Inflow)}
         self.payee_ops = {n: op for n, op in self.ops.items() if isinstance(op, Payee)}
         self.label_ops = {n: op for n, op in self.ops.items() if isinstance(op, Labels)}
+        self.recent_ops = {n: op for n, op in self.ops.items() if isinstance(op, Recent)}
         own = {n: op for n, op in self.ops.items() if not isinstance(op, Inflow | Payee | Labels)}
         self.windows = sorted({op.window_ms for op in own.values() if hasattr(op, "window_ms")})
         self.by_window = {
@@ -333,6 +335,10 @@ class FeatureEngine:
         for name, op in self.ops.items():
             if isinstance(op, Current):
                 feats[name] = cols[op.column][at]
+        if self.recent_ops:
+            # the account's events in (ts - 7 days, ts] sit at [lo, at) in the sorted log
+            lo = np.searchsorted(key, (who << _SHIFT) + ts_int - HORIZON_MS, "right")
+            feats.update(self._recent(all_rows, at, lo))
         ts = new[:, TS]
         feats.update(inflow_features(self.inflow_ops, accounts, ts, new[:, CP], side.inflows))
         if self.payee_ops:
@@ -354,6 +360,30 @@ class FeatureEngine:
 
         self._keep(names, key, all_rows, owner, scal, logs)
         return np.stack([feats[n] for n in self.spec.names], axis=1)
+
+    def _recent(self, rows: np.ndarray, at: np.ndarray, lo: np.ndarray) -> dict[str, np.ndarray]:
+        """``Recent`` features of the events at ``at`` in column-major sorted ``rows``, whose
+        window starts at ``lo``: the step-th latest earlier event sits at ``at - step``."""
+        out = {}
+        ts, cp, amount = rows[TS], rows[CP], rows[AMOUNT]
+        log_amount = np.log(amount[at])
+        gathered: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for name, op in self.recent_ops.items():
+            if op.step not in gathered:
+                j = at - op.step
+                there = j >= lo
+                gathered[op.step] = (there, np.where(there, j, at))
+            there, j = gathered[op.step]
+            if op.kind == "hours_ago":
+                v = (ts[at] - ts[j]) / HOUR_MS
+            elif op.kind == "log_amount_ratio":
+                v = np.log(amount[j]) - log_amount
+            elif op.kind == "same_counterparty":
+                v = ((cp[j] == cp[at]) & (cp[at] != 0)).astype(float)
+            else:
+                raise FeatureError(f"unknown Recent kind {op.kind!r}")
+            out[name] = np.where(there, v, np.nan)
+        return out
 
     @staticmethod
     def _columns(rows: np.ndarray, home: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,10 @@ Primitives (evaluated for a whole micro-batch at once by ``streams.features.engi
   the inflow log that the worker's repartition keeps per payee (``streams.features.inflows``);
 - ``Payee(kind, window)``: the event's counterparty's own history (payments it received
   from every payer, labels known of it) and ``Labels(kind, window)``: the labels known of
-  the account itself, both over hour buckets (``streams.features.payee``).
+  the account itself, both over hour buckets (``streams.features.payee``);
+- ``Recent(kind, step)``: the account's ``step``-th latest earlier event within the week,
+  as seen from this one (how many hours before it, its amount against this one's, the same
+  counterparty or not): the last ``RECENT_STEPS`` events as a sequence, for the risk NN.
 
 Window semantics, shared by the engine and the tests' brute-force reference: as of an event,
 aggregate the account's events that arrived no later than it and whose event time lies in
@@ -59,9 +62,13 @@ __all__ = [
     "Inflow",
     "Labels",
     "Payee",
+    "RECENT_KINDS",
+    "RECENT_STEPS",
     "Ratio",
+    "Recent",
     "Sequential",
     "Windowed",
+    "recent_layout",
 ]
 
 MINUTE_MS = 60_000
@@ -95,6 +102,9 @@ PAYERS_SLACK = MAX_PAYERS // 4  # and forgets the older ones once it holds this 
 # minute for a week and a half): a bound on memory per key; windowed features of an account
 # busier than that count only these
 MAX_ACCOUNT_ROWS = 16_384
+# The account's latest events as a sequence (Recent): this many, each with these values
+RECENT_STEPS = 16
+RECENT_KINDS = ("hours_ago", "log_amount_ratio", "same_counterparty")
 # FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
 # havens; a ruleset's own list can differ, this one feeds the behaviour features.
 HIGH_RISK_COUNTRIES = frozenset(
@@ -198,6 +208,19 @@ class Labels:
     window_ms: int
 
 
+@dataclass(frozen=True)
+class Recent:
+    """The account's ``step``-th latest event before this one (1: the latest) among those
+    in its 7-day window (``(ts - 7 days, ts]``, arrived no later; at equal event times the
+    one that arrived later is the later): ``hours_ago`` (this event's time minus its),
+    ``log_amount_ratio`` (ln of its amount over this one's: finite for any two amounts the
+    contract accepts) and ``same_counterparty`` (1 when both paid the same counterparty).
+    No value (NaN) when the account has fewer such events."""
+
+    kind: str
+    step: int
+
+
 Operator = (
     Windowed
     | Distinct
@@ -209,6 +232,7 @@ Operator = (
     | Inflow
     | Payee
     | Labels
+    | Recent
 )
 MONTH_MS = 30 * DAY_MS
 MONTH_DAYS_KEPT = 31  # an account's day buckets span at most this many days
@@ -319,6 +343,11 @@ def _build() -> dict[str, Operator]:
     f["amount_to_max_7d"] = Ratio("amount", "amount_max_7d")
     f["amount_to_mean_30d"] = Ratio("amount", "amount_mean_30d")
     f["count_7d_to_30d"] = Ratio("count_7d", "count_30d")
+    # the last events as a sequence, latest first (lib-6): what the risk NN reads as one
+    # (models.risk.net); the trees do not see them
+    for step in range(1, RECENT_STEPS + 1):
+        for kind in RECENT_KINDS:
+            f[f"prev{step}_{kind}"] = Recent(kind, step)
     return f
 
 
@@ -360,7 +389,7 @@ def _digest() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-5", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-6", tuple(FEATURES), _digest())
 
 
 def _reads_counterparty() -> frozenset[str]:
@@ -381,3 +410,16 @@ def _reads_counterparty() -> frozenset[str]:
 # is scored, so their values depend on where batches were cut (and a transaction scored
 # again after a restart may see more of it); every other feature depends on the events only.
 READS_COUNTERPARTY = _reads_counterparty()
+
+
+def recent_layout(names: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """Where the ``Recent`` features sit in ``names``: one row per step (latest first), one
+    column per ``RECENT_KINDS`` entry; empty when ``names`` has none of them."""
+    index = {n: i for i, n in enumerate(names)}
+    rows = []
+    for step in range(1, RECENT_STEPS + 1):
+        row = tuple(index.get(f"prev{step}_{kind}", -1) for kind in RECENT_KINDS)
+        if -1 in row:
+            break
+        rows.append(row)
+    return tuple(rows)

@@ -30,6 +30,7 @@ from vigil.models.risk import (
     export,
     float32_thresholds,
     gbdt_to_onnx,
+    net_logits,
     train,
 )
 from vigil.models.serving import (
@@ -39,7 +40,7 @@ from vigil.models.serving import (
     onnx_session,
     read_manifest,
 )
-from vigil.streams.features.library import FEATURE_SPEC
+from vigil.streams.features.library import FEATURE_SPEC, recent_layout
 
 SMALL = TabularConfig(seed=3, trees=40, epochs=4, folds=3)
 
@@ -251,6 +252,79 @@ def test_the_history_length_features_move_no_score(data, model, exported):
     moved = x.copy()
     moved[:, FEATURE_SPEC.names.index("sum_1h")] *= 50
     assert not np.array_equal(scorer.score_batch(moved), scorer.score_batch(x))
+
+
+def test_the_hybrid_stacks_the_two_logits_fitted_on_the_calibration_block(data, model):
+    # reference: the same objective (log-loss against Platt's targets) minimised by scipy
+    from scipy.optimize import minimize
+
+    history = data[0]
+    order = np.argsort(history.ts_ms, kind="stable")
+    x, y = history.features[order], history.labels[order].astype(float)
+    n_fit = int(len(y) * (1 - SMALL.calibration_share))
+    xc, yc = x[n_fit:], y[n_fit:]
+    g = model.booster.predict(xc, raw_score=True).astype(np.float32).astype(float)
+    z = np.c_[g, net_logits(model.nn_only, xc, None), np.ones(len(g))]
+    pos = yc.sum()
+    t = np.where(yc > 0, (pos + 1) / (pos + 2), 1 / (len(yc) - pos + 2))
+
+    def loss(w):
+        v = z @ w
+        return np.sum(t * np.logaddexp(0, -v) + (1 - t) * np.logaddexp(0, v))
+
+    want = minimize(loss, np.zeros(3), method="BFGS", options={"gtol": 1e-8}).x
+    got = net_logits(model.hybrid, xc, g.astype(np.float32))
+    assert got == pytest.approx(z @ want, abs=2e-3)
+    # on that block it fits at least as well as the GBDT alone (Platt-scaled)
+    gbdt_only = minimize(lambda w: loss(np.array([w[0], 0.0, w[1]])), np.zeros(2)).fun
+    assert loss(want) <= gbdt_only + 1e-6
+
+
+def test_the_trees_do_not_see_the_recent_events_and_the_nn_does(data, model):
+    # the Recent features are the NN's own view (TabularConfig.trees_see_recent is False)
+    x = data[1].features[:1000]
+    layout = np.array(recent_layout(FEATURE_SPEC.names))
+    assert layout.shape == (16, 3)
+    assert FEATURE_SPEC.names[layout[0, 0]] == "prev1_hours_ago"
+    shuffled = x.copy()
+    shuffled[:, layout.reshape(-1)] = x[::-1][:, layout.reshape(-1)]  # another row's events
+    assert np.array_equal(model.booster.predict(shuffled), model.booster.predict(x))
+    assert not np.array_equal(
+        net_logits(model.nn_only, shuffled, None), net_logits(model.nn_only, x, None)
+    )
+
+
+def test_the_nn_reads_the_recent_events_as_a_sequence_of_the_steps_present():
+    import torch
+
+    from vigil.models.risk import TabularNet
+
+    rng = np.random.default_rng(5)
+    n, layout = 8, np.array([[2, 3], [4, 5], [6, 7]])  # 3 steps of 2 values, latest first
+    net = TabularNet(np.zeros(n), np.ones(n), 8, use_gbdt=False, sequence=layout, sequence_hidden=4)
+    for p in net.parameters():
+        torch.nn.init.normal_(p)
+    x = rng.normal(size=(50, n)).astype(np.float32)
+    x[:, 6] = np.nan  # the oldest step absent: no time
+
+    def logit(v):
+        return net_logits(net, v, None)
+
+    base = logit(x)
+    absent = x.copy()
+    absent[:, 7] = 1e6  # an absent step's other values do not count
+    assert np.array_equal(logit(absent), base)
+    present = x.copy()
+    present[:, 4] = 9.0  # a present step's do
+    assert not np.allclose(logit(present), base)
+    # sequence values reach the MLP only through the step network: zeroed, they move nothing
+    for p in (*net.step.parameters(), *net.step_out.parameters(), net.position):
+        torch.nn.init.zeros_(p)
+    assert np.array_equal(logit(present), logit(x))
+    # while the other features do
+    other = x.copy()
+    other[:, 0] += 3.0
+    assert not np.allclose(logit(other), logit(x))
 
 
 def test_ignoring_a_feature_the_spec_does_not_have_is_refused(data):
