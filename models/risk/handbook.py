@@ -23,7 +23,6 @@ compared with the handbook's published numbers.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from vigil.models.metrics import (
     card_precision_at_k,
     roc_auc,
 )
-from vigil.models.risk.data import History, Progress
+from vigil.models.risk.data import History, Progress, feature_matrix
 from vigil.models.risk.evaluation import model_scores
 from vigil.models.risk.training import TabularConfig, train
 from vigil.streams.sources.handbook import (
@@ -133,7 +132,7 @@ def featurise_handbook(
     published when known: the featurised history (rows aligned with ``hb``: ``take`` by the
     returned row index), the ``hb`` row of each history row, and how many rows the pipeline
     dead-lettered (amount 0.00 is not a payment under the contract)."""
-    from vigil.streams.pipeline import RiskPipeline
+    from vigil.streams.pipeline import RiskPipeline, fewer_collections
     from vigil.streams.schemas import RawRecord
 
     pipeline = RiskPipeline()
@@ -146,33 +145,36 @@ def featurise_handbook(
 
     def flush() -> None:
         result = pipeline.process_local(records, store)
+        vectors = []
         for _key, value in result.scores:
             s = orjson.loads(value)
-            feats.append([math.nan if v is None else v for v in s["features"]])
+            vectors.append(s["features"])
             ts.append(s["ts_ms"])
             rule.append(s["score"])
             which.append(rows[s["tx_id"]])
+        feats.append(feature_matrix(vectors))
         records.clear()
 
-    for kind, i, value in merged_replay(hb, delay_ms, labels=with_labels):
-        topic = pipeline.labels_topic if kind == "labels" else "transactions"
-        records.append(RawRecord(topic, 0, offsets[kind], None, value))
-        offsets[kind] += 1
-        if kind == "transactions":
-            rows[hb.tx_id(i)] = i
-            done += 1
-            if done % 100_000 == 0:
-                say(
-                    f"  {done:,} of {len(hb):,} transactions through the pipeline "
-                    f"({done / (time.monotonic() - started):,.0f}/s)"
-                )
-        if len(records) >= batch:
+    with fewer_collections():
+        for kind, i, value in merged_replay(hb, delay_ms, labels=with_labels):
+            topic = pipeline.labels_topic if kind == "labels" else "transactions"
+            records.append(RawRecord(topic, 0, offsets[kind], None, value))
+            offsets[kind] += 1
+            if kind == "transactions":
+                rows[hb.tx_id(i)] = i
+                done += 1
+                if done % 100_000 == 0:
+                    say(
+                        f"  {done:,} of {len(hb):,} transactions through the pipeline "
+                        f"({done / (time.monotonic() - started):,.0f}/s)"
+                    )
+            if len(records) >= batch:
+                flush()
+        if records:
             flush()
-    if records:
-        flush()
     idx = np.array(which, dtype=np.int64)
     history = History(
-        np.array(feats, dtype=np.float32).reshape(len(idx), -1),
+        np.concatenate(feats) if feats else feature_matrix([]),
         hb.fraud[idx].astype(np.int8),
         np.array(ts, dtype=np.int64),
         np.array(rule, dtype=float),
