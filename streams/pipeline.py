@@ -125,15 +125,17 @@ GC_THRESHOLDS = (700, 20, 100)
 @contextlib.contextmanager
 def fewer_collections() -> Iterator[None]:
     """Run the block with ``GC_THRESHOLDS``, everything allocated before it out of the
-    collector's sight (``gc.freeze``); then restore both."""
-    before = gc.get_threshold()
+    collector's sight (``gc.freeze``); then restore both (what was frozen before the block
+    stays frozen)."""
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:
         gc.set_threshold(*before)
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
 
 
 def now_ms() -> int:

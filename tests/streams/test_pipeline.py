@@ -152,3 +152,25 @@ def test_a_shadow_ruleset_is_recorded_but_never_alerts():
     assert {s["shadow"]["decision"] for s in scores} == {"block"}
     assert {s["shadow"]["ruleset_version"] for s in scores} == {"cand:2"}
     assert pipeline.counters["shadow_hits"] == len(scores)
+
+
+def test_fewer_collections_sets_the_worker_policy_and_restores_the_collector():
+    import gc
+
+    from vigil.streams.pipeline import GC_THRESHOLDS, fewer_collections
+
+    before, start = gc.get_threshold(), gc.get_freeze_count()
+    kept = [[i] for i in range(1000)]  # allocated before the block: frozen in it
+    with fewer_collections():
+        assert gc.get_threshold() == GC_THRESHOLDS != before
+        assert gc.get_freeze_count() >= start + len(kept)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0 if start == 0 else gc.get_freeze_count() >= start
+    # what the caller froze stays frozen
+    gc.freeze()
+    try:
+        with fewer_collections():
+            pass
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
