@@ -2,7 +2,7 @@
 
 - LightGBM learns the feature interactions trees are good at.
 - A small torch NN reads the normalised features (signed log, standardised, with missing
-  flags) and, through a step network of its own, the account's last 16 events as a
+  flags) and, through a step network of its own, the account's last 8 events as a
   sequence (the ``Recent`` features, which the trees do not see).
 - The hybrid stacks them: ``z = a * gbdt_logit + b * nn_logit + c``, with ``a, b, c`` fitted
   by logistic regression on the last part of the training period (so the probability is

@@ -102,8 +102,10 @@ PAYERS_SLACK = MAX_PAYERS // 4  # and forgets the older ones once it holds this 
 # minute for a week and a half): a bound on memory per key; windowed features of an account
 # busier than that count only these
 MAX_ACCOUNT_ROWS = 16_384
-# The account's latest events as a sequence (Recent): this many, each with these values
-RECENT_STEPS = 16
+# The account's latest events as a sequence (Recent): this many, each with these values.
+# 8 ranked as 16 did on the Fraud Detection Handbook (hybrid AP 0.7085 vs 0.7079) for half
+# the values every score record carries
+RECENT_STEPS = 8
 RECENT_KINDS = ("hours_ago", "log_amount_ratio", "same_counterparty")
 # FATF "call for action" and "increased monitoring" jurisdictions plus common secrecy
 # havens; a ruleset's own list can differ, this one feeds the behaviour features.

@@ -284,7 +284,7 @@ def test_the_trees_do_not_see_the_recent_events_and_the_nn_does(data, model):
     # the Recent features are the NN's own view (TabularConfig.trees_see_recent is False)
     x = data[1].features[:1000]
     layout = np.array(recent_layout(FEATURE_SPEC.names))
-    assert layout.shape == (16, 3)
+    assert layout.shape == (8, 3)
     assert FEATURE_SPEC.names[layout[0, 0]] == "prev1_hours_ago"
     shuffled = x.copy()
     shuffled[:, layout.reshape(-1)] = x[::-1][:, layout.reshape(-1)]  # another row's events
