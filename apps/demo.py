@@ -14,7 +14,7 @@ from rich.table import Table
 
 from vigil.apps.broker import clear_runtime, ensure_all, write_runtime
 from vigil.apps.clients import publish, read_topic
-from vigil.apps.process import WorkerProcess
+from vigil.apps.process import WorkerProcess, stop_on_signals
 from vigil.apps.session import broker_for
 from vigil.apps.settings import Settings
 from vigil.models.kinds import INSPECTION
@@ -137,7 +137,7 @@ def run_demo(
     stop = threading.Event()
     stats = _Stats()
     topics = settings.topics
-    with broker_for(settings) as (bootstrap, embedded):
+    with stop_on_signals(stop), broker_for(settings) as (bootstrap, embedded):
         ensure_all(bootstrap, topics, settings.partitions)
         if embedded is not None:
             write_runtime(settings, embedded)  # `vigil consume` in another terminal finds it

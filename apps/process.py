@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "stop_on_signals"]
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    stop: threading.Event, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
+) -> Iterator[threading.Event]:
+    """Set ``stop`` on ``signals`` while the block runs, then restore the handlers before it.
+
+    A long-running command (the demo, the broker, the refresh job) then stops on a
+    supervisor's SIGTERM or a closed terminal's SIGHUP the way it stops on Ctrl-C, and
+    stops what it started: Python's default for both is to die on the spot, and the demo's
+    workers and broker (in sessions of their own, out of the terminal's reach) ran on."""
+    previous = {s: signal.signal(s, lambda *_a: stop.set()) for s in signals}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class WorkerProcess:

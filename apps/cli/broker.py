@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 
 import typer
@@ -23,6 +22,7 @@ from vigil.apps.cli.base import (
     out,
     setup_logging,
 )
+from vigil.apps.process import stop_on_signals
 
 
 @app.command()
@@ -42,11 +42,10 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
             f"other vigil commands here find it. Ctrl-C stops it and discards all data."
         )
         out.print(b.bootstrap)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            while b.running and not stop.wait(0.5):
-                pass
+            with stop_on_signals(threading.Event()) as stop:
+                while b.running and not stop.wait(0.5):
+                    pass
         except KeyboardInterrupt:
             pass
     finally:

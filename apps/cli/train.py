@@ -20,6 +20,7 @@ from vigil.apps.cli.base import (
     setup_logging,
     show,
 )
+from vigil.apps.process import stop_on_signals
 from vigil.apps.settings import Settings
 from vigil.errors import VigilError
 
@@ -193,9 +194,8 @@ def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -
     from vigil.apps.trainer import run_schedule
 
     stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if every_s is not None else ()
     if every_s is not None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_a: stop.set())
         console.print(f"refreshing every {every_s:g} s; Ctrl-C stops after the current round")
 
     def report(result: dict) -> None:
@@ -205,7 +205,8 @@ def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -
             show(result, False, width=18)
 
     try:
-        failed = run_schedule(round_, every_s, stop, report)
+        with stop_on_signals(stop, signals):
+            failed = run_schedule(round_, every_s, stop, report)
     except VigilError as exc:
         fail(exc, 1)
     if failed:

@@ -494,6 +494,62 @@ def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_pa
     assert published > 0 and scored + dead == published
 
 
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_demo_stops_the_broker_and_workers_it_started(tmp_path, sig):
+    """A supervisor's SIGTERM or a closed terminal's SIGHUP stops the demo the way Ctrl-C
+    does: its workers and broker (in sessions of their own) do not run on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "VIGIL_KAFKA_BOOTSTRAP"}
+    env |= {"VIGIL_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "vigil.apps.cli", "demo"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        started: set[int] = set()
+        while len(started) < 3 and time.monotonic() < deadline:  # broker + two workers
+            started = _children(demo.pid)
+            time.sleep(0.5)
+        assert len(started) >= 3, started
+        time.sleep(3)  # the workers past their start
+        demo.send_signal(getattr(signal, sig))
+        output, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "stopping: publisher, worker, broker" in output, output[-2000:]
+    assert "published" in output
+    time.sleep(1)
+    running = {p for p in started if Path(f"/proc/{p}").exists()}
+    zombies = {p for p in running if (Path(f"/proc/{p}/stat").read_text().split(") ")[1][0] == "Z")}
+    assert running <= zombies, f"still running after the demo exited: {running - zombies}"
+
+
 @pytest.mark.integration
 def test_label_a_transaction_or_an_alert_and_a_bad_id_is_a_clear_error(settings, monkeypatch):
     from tests.reference import wire
