@@ -194,8 +194,9 @@ def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -
     from vigil.apps.trainer import run_schedule
 
     stop = threading.Event()
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if every_s is not None else ()
+    signals: tuple[signal.Signals, ...] = ()
     if every_s is not None:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         console.print(f"refreshing every {every_s:g} s; Ctrl-C stops after the current round")
 
     def report(result: dict) -> None:

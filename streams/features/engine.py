@@ -311,10 +311,11 @@ class FeatureEngine:
         feats: dict[str, np.ndarray] = {**seq, "amount": new[:, AMOUNT]}
         prev = {}
         ts_int = new[:, TS].astype(np.int64)
+        starts_at: dict[int, np.ndarray] = {}  # per window: where each event's window starts
         for w in self.windows:
             # the 30-day window is day-aligned: from the start of day D - 29 (see library)
             since = (ts_int // DAY_MS - 29) * DAY_MS - 1 if w == MONTH_MS else ts_int - w
-            lo = np.searchsorted(key, (who << _SHIFT) + since, "right")
+            lo = starts_at[w] = np.searchsorted(key, (who << _SHIFT) + since, "right")
             idx, grp, starts = _ranges(lo, at)
             shared: dict[tuple, np.ndarray] = {}  # per window: gathered columns, counts, sums
             for name, op in self.by_window[w]:
@@ -337,7 +338,9 @@ class FeatureEngine:
                 feats[name] = cols[op.column][at]
         if self.recent_ops:
             # the account's events in (ts - 7 days, ts] sit at [lo, at) in the sorted log
-            lo = np.searchsorted(key, (who << _SHIFT) + ts_int - HORIZON_MS, "right")
+            lo = starts_at.get(HORIZON_MS)
+            if lo is None:  # a spec with no other 7-day feature
+                lo = np.searchsorted(key, (who << _SHIFT) + ts_int - HORIZON_MS, "right")
             feats.update(self._recent(all_rows, at, lo))
         ts = new[:, TS]
         feats.update(inflow_features(self.inflow_ops, accounts, ts, new[:, CP], side.inflows))
@@ -366,7 +369,8 @@ class FeatureEngine:
         window starts at ``lo``: the step-th latest earlier event sits at ``at - step``."""
         out = {}
         ts, cp, amount = rows[TS], rows[CP], rows[AMOUNT]
-        log_amount = np.log(amount[at])
+        ts_at, cp_at, log_amount_at = ts[at], cp[at], np.log(amount[at])
+        has_cp = cp_at != 0
         gathered: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for name, op in self.recent_ops.items():
             if op.step not in gathered:
@@ -375,11 +379,11 @@ class FeatureEngine:
                 gathered[op.step] = (there, np.where(there, j, at))
             there, j = gathered[op.step]
             if op.kind == "hours_ago":
-                v = (ts[at] - ts[j]) / HOUR_MS
+                v = (ts_at - ts[j]) / HOUR_MS
             elif op.kind == "log_amount_ratio":
-                v = np.log(amount[j]) - log_amount
+                v = np.log(amount[j]) - log_amount_at
             elif op.kind == "same_counterparty":
-                v = ((cp[j] == cp[at]) & (cp[at] != 0)).astype(float)
+                v = ((cp[j] == cp_at) & has_cp).astype(float)
             else:
                 raise FeatureError(f"unknown Recent kind {op.kind!r}")
             out[name] = np.where(there, v, np.nan)

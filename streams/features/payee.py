@@ -125,15 +125,14 @@ def _add(rows: list[Bucket], hour: int, values: Mapping[int, float], ncol: int) 
         at -= 1
         if rows[at][0] != hour:
             at = bisect.bisect_left(rows, hour, key=lambda r: r[0])
-    if at < len(rows) and rows[at][0] == hour:
-        row = list(rows[at])
-    else:
-        row = [0.0] * ncol
-        row[0] = float(hour)
-        rows.insert(at, ())
+    found = at < len(rows) and rows[at][0] == hour
+    row = list(rows[at]) if found else [float(hour)] + [0.0] * (ncol - 1)
     for col, v in values.items():
         row[col] += v
-    rows[at] = tuple(row)
+    if found:
+        rows[at] = tuple(row)
+    else:
+        rows.insert(at, tuple(row))
 
 
 def _trim(rows: list[Bucket]) -> None:
