@@ -8,14 +8,19 @@ import itertools
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from vigil.models.metrics import card_precision_at_k, roc_auc
-from vigil.models.risk.handbook import Fold, folds, known_compromised_removed
+from vigil.models.risk.handbook import Fold, folds, known_compromised_removed, label_visible
 from vigil.streams.schemas import Label, Transaction
-from vigil.streams.sources.handbook import default_data_dir, merged_replay, read_handbook
+from vigil.streams.sources.handbook import (
+    Handbook,
+    default_data_dir,
+    merged_replay,
+    read_handbook,
+)
 
 HANDBOOK = default_data_dir() / "fraud-handbook"
 needs_data = pytest.mark.skipif(
@@ -114,6 +119,45 @@ def test_the_protocols_folds_are_the_handbooks():
         "2018-08-22..2018-08-28",
         "2018-08-29..2018-09-04",
     ]
+    # the handbook's model selection: training from 2018-07-11 back, one fold a week
+    valid = [f.describe() for f in folds("ch5-valid")]
+    assert [v["train"] for v in valid] == [
+        "2018-06-20..2018-06-26",
+        "2018-06-27..2018-07-03",
+        "2018-07-04..2018-07-10",
+        "2018-07-11..2018-07-17",
+    ]
+    assert valid[-1]["test"] == "2018-07-25..2018-07-31"
+
+
+@given(
+    st.lists(
+        # whole days apart, so the 7- and 37-day edges are hit often
+        st.tuples(st.integers(0, 1), st.integers(0, 60).map(lambda d: 24 * d), st.integers(0, 3)),
+        min_size=1,
+        max_size=80,
+    )
+)
+@example([(0, 0, 2), (0, 24 * 7, 2), (0, 24 * 37, 2), (0, 24 * 38, 2), (1, 24 * 7, 2)])
+@example([(0, 0, 2), (0, 24 * 6, 2), (1, 24 * 7, 0), (0, 24 * 7 + 1, 3)])
+@settings(max_examples=200, deadline=None)
+def test_a_compromised_terminal_shows_only_once_an_earlier_fraud_of_it_is_known(rows):
+    # reference: plain loops over (terminal, hour, scenario); scenario 0 is genuine
+    rows = sorted(rows, key=lambda r: r[1])
+    hour = 3_600_000
+    hb = Handbook(
+        tx=np.arange(len(rows)),
+        ts_ms=np.array([h * hour for _t, h, _s in rows], dtype=np.int64),
+        customer=np.zeros(len(rows), dtype=np.int64),
+        terminal=np.array([t for t, _h, _s in rows]),
+        amount=np.ones(len(rows)),
+        fraud=np.array([int(s > 0) for _t, _h, s in rows]),
+        scenario=np.array([s for _t, _h, s in rows]),
+    )
+    got = label_visible(hb, np.arange(len(rows)))
+    for i, (t, h, s) in enumerate(rows):
+        known = any(tt == t and ss == 2 and 7 * 24 <= h - hh <= 37 * 24 for tt, hh, ss in rows)
+        assert got[i] == (s in (1, 3) or (s == 2 and known)), rows[i]
 
 
 @given(
