@@ -364,6 +364,11 @@ def payee_features(
         f[f"payee_frauds_{label}"] = float(frauds)
         f[f"payee_labelled_{label}"] = float(len(known))
         f[f"payee_fraud_risk_{label}"] = frauds / len(known) if known else None
+    fraud_hours = [
+        x["hour"] for x in labels if x["label"] and hour_now - 30 * 24 <= x["hour"] < hour_now
+    ]
+    f["payee_fraud_first_hours_30d"] = hour_now - min(fraud_hours) if fraud_hours else None
+    f["payee_fraud_last_hours_30d"] = hour_now - max(fraud_hours) if fraud_hours else None
     f["payee_first_payment"] = float(
         not any(p["payer"] == tx["account_id"] for p in payee["payments"])
     )

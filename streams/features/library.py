@@ -194,7 +194,10 @@ class Payee:
     """The event's counterparty as a payee, over hour buckets: ``count`` / ``sum`` of the
     payments it received, ``new_payers`` (payments from a payer it had not seen within 31
     days) and ``new_payer_share``, in ``(H - w, H]``; ``frauds`` / ``labelled`` / ``fraud_rate``
-    (frauds over labelled) of the labels known of its payments in ``[H - w, H)``; and
+    (frauds over labelled) of the labels known of its payments in ``[H - w, H)``;
+    ``fraud_first_hours`` / ``fraud_last_hours``: hours from H back to the first / the
+    latest hour in ``[H - w, H)`` in which a fraud label of its payments became known (NaN
+    when none did), how old its fraud episode is and whether it goes on; and
     ``first_payment``: this payer never paid it (within what it remembers)."""
 
     kind: str
@@ -328,6 +331,10 @@ def _build() -> dict[str, Operator]:
         f[f"payee_frauds_{label}"] = Payee("frauds", w)
         f[f"payee_labelled_{label}"] = Payee("labelled", w)
         f[f"payee_fraud_risk_{label}"] = Payee("fraud_rate", w)
+    # how old the counterparty's fraud episode is (lib-7): a compromised terminal whose
+    # first fraud label came weeks ago and whose payments go on may have been closed
+    f["payee_fraud_first_hours_30d"] = Payee("fraud_first_hours", MONTH_MS)
+    f["payee_fraud_last_hours_30d"] = Payee("fraud_last_hours", MONTH_MS)
     # the labels known of the account itself
     for label, w in (("7d", WEEK_MS), ("30d", MONTH_MS)):
         f[f"account_frauds_{label}"] = Labels("frauds", w)
@@ -391,7 +398,7 @@ def _digest() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-FEATURE_SPEC = FeatureSpec("lib-6", tuple(FEATURES), _digest())
+FEATURE_SPEC = FeatureSpec("lib-7", tuple(FEATURES), _digest())
 
 
 def _reads_counterparty() -> frozenset[str]:
