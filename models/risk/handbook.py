@@ -154,9 +154,12 @@ def label_visible(hb: Handbook, rows: np.ndarray) -> np.ndarray:
     payments: no model can rank them above chance."""
     rows = np.asarray(rows, dtype=np.int64)
     s2 = np.flatnonzero(hb.scenario == 2)
-    shift = np.int64(1) << np.int64(42)  # ms since 1970 stay below 2**42 until 2109
-    keys = np.sort(hb.terminal[s2].astype(np.int64) * shift + hb.ts_ms[s2])
-    base = hb.terminal[rows].astype(np.int64) * shift + hb.ts_ms[rows]
+    # (terminal, time) as one int64: terminals as dense codes (fewer than 2**21 rows in
+    # the handbook's whole file) above the times (ms since 1970 below 2**42 until 2109)
+    _, code = np.unique(np.concatenate([hb.terminal[s2], hb.terminal[rows]]), return_inverse=True)
+    code = code.astype(np.int64) << np.int64(42)
+    keys = np.sort(code[: len(s2)] + hb.ts_ms[s2])
+    base = code[len(s2) :] + hb.ts_ms[rows]
     lo = np.searchsorted(keys, base - (DELAY_DAYS + VISIBLE_FOR_DAYS) * DAY_MS, "left")
     hi = np.searchsorted(keys, base - DELAY_DAYS * DAY_MS, "right")
     return (hb.fraud[rows] == 1) & ((hb.scenario[rows] != 2) | (hi > lo))
