@@ -236,3 +236,29 @@ def test_a_busy_counterparty_keeps_its_newest_payers_and_a_bounded_number_of_the
     log.fold_payments([("m", 1.0, t0 + n * 60_000, 10.0, 0, n)])
     assert log.array()[:, P_NEW].sum() == before + 1  # ...so it counts as new again
     assert log.rows[-1][0] == (t0 + n * 60_000) // HOUR_MS
+
+
+def test_the_fraud_episode_features_tell_its_first_label_from_its_latest():
+    # by hand: fraud labels known at hours 10 and 40 (a legit one at 60); at hour 100 the
+    # 30-day window starts at hour -620, so both frauds are in it
+    import numpy as np
+
+    from vigil.streams.features.payee import LabelEntry, PayeeLog
+    from vigil.streams.features.payee import payee_features as engine_payee_features
+
+    base_hour = T0 // HOUR_MS
+    log = PayeeLog()
+    log.fold_labels(
+        [
+            LabelEntry("m0", "c", (base_hour + h) * HOUR_MS + 5, fraud, 0, i)
+            for i, (h, fraud) in enumerate(((10, 1), (40, 1), (60, 0)))
+        ]
+    )
+    ops = {n: op for n, op in FEATURES.items() if isinstance(op, Payee)}
+    ts = np.array([(base_hour + 100) * HOUR_MS + 7, (base_hour + 750) * HOUR_MS])
+    got = engine_payee_features(ops, ["m0", "m0"], np.array([1.0, 1.0]), ts, {"m0": log})
+    assert got["payee_fraud_first_hours_30d"][0] == 90
+    assert got["payee_fraud_last_hours_30d"][0] == 60
+    # at hour 750 the window starts at hour 30: the hour-10 label has left it, not hour 40
+    assert got["payee_fraud_first_hours_30d"][1] == 710
+    assert got["payee_fraud_last_hours_30d"][1] == 710
