@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -19,7 +18,7 @@ from vigil.apps.kafka import make_producer
 from vigil.apps.settings import Settings
 from vigil.apps.store import SCHEME as STORE_SCHEME
 from vigil.apps.transport import VigilApp
-from vigil.streams.pipeline import GC_THRESHOLDS
+from vigil.streams.pipeline import fewer_collections
 from vigil.streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
@@ -130,10 +129,9 @@ def run_app(app: faust.App, settings: Settings) -> None:
     # Everything loaded so far (torch, LightGBM, ONNX Runtime, faust, the model) lives as
     # long as the worker: out of the collector's sight; and full collections 10x rarer
     # (see GC_THRESHOLDS)
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
-    worker.execute_from_commandline()
+    with fewer_collections():
+        worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+        worker.execute_from_commandline()
 
 
 class Outputs:

@@ -112,11 +112,10 @@ def folds(protocol: str) -> list[Fold]:
     first = dt.date(2018, 7, 25)
     if protocol == "ch3":
         return [Fold(first)]
-    if protocol in ("ch5", "ch5-valid"):
-        if protocol == "ch5-valid":
-            first -= dt.timedelta(days=7 * 5)
-        return [Fold(first + dt.timedelta(days=7 * k)) for k in range(4)]
-    raise UsageError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
+    starts = {"ch5": first, "ch5-valid": first - dt.timedelta(days=7 * 5)}
+    if protocol not in starts:
+        raise UsageError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
+    return [Fold(starts[protocol] + dt.timedelta(days=7 * k)) for k in range(4)]
 
 
 def known_compromised_removed(

@@ -294,24 +294,21 @@ class _Buckets:
         self.key = (slot << self._SHIFT) + stacked[:, 0].astype(np.int64)
         self.csum = np.vstack([np.zeros((1, ncol)), np.cumsum(stacked, axis=0)])
         self._stacked = stacked
-        self._nonzero: dict[int, np.ndarray] = {}
 
     def first_last(
         self, column: int, slots: np.ndarray, lo: np.ndarray, hi: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per event (its log's slot, hours ``[lo, hi)``): the first and the latest hour
         whose ``column`` is not 0 (-1 where none is)."""
-        if column not in self._nonzero:
-            self._nonzero[column] = self.key[self._stacked[:, column] != 0]
-        key = self._nonzero[column]
+        key = self.key[self._stacked[:, column] != 0]
         if not len(key):
             return np.full(len(slots), -1), np.full(len(slots), -1)
         base = slots.astype(np.int64) << self._SHIFT
         a = np.searchsorted(key, base + lo, "left")
         b = np.searchsorted(key, base + hi, "left")
-        found, hours = b > a, key & ((1 << self._SHIFT) - 1)
-        first = np.where(found, hours[np.minimum(a, len(key) - 1)], -1)
-        return first, np.where(found, hours[np.maximum(b - 1, 0)], -1)
+        found, hour_of = b > a, (1 << self._SHIFT) - 1
+        first = np.where(found, key[np.minimum(a, len(key) - 1)] & hour_of, -1)
+        return first, np.where(found, key[np.maximum(b - 1, 0)] & hour_of, -1)
 
     def sums(self, slots: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Per event (its log's slot, hours ``[lo, hi)``): every column's sum."""
@@ -373,8 +370,10 @@ def payee_features(
             continue
         w = op.window_ms // HOUR_MS
         if op.kind in ("fraud_first_hours", "fraud_last_hours"):
-            first, last = buckets.first_last(P_FRAUD, sl, hour - w, hour)
-            at_hour = first if op.kind == "fraud_first_hours" else last
+            which = ("fraud hours", w)  # both kinds from one search
+            if which not in done:
+                done[which] = np.stack(buckets.first_last(P_FRAUD, sl, hour - w, hour))
+            at_hour = done[which][0 if op.kind == "fraud_first_hours" else 1]
             out[name][at] = np.where(at_hour >= 0, hour - at_hour, np.nan)
             continue
         labels = op.kind in ("frauds", "labelled", "fraud_rate")
