@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,9 @@ P_NCOL = 6
 # LabelLog bucket columns: hour known, labels, fraud labels
 L_HOUR, L_LABELLED, L_FRAUD = range(3)
 L_NCOL = 3
+# a payee log with this many buckets keeps their array until its next fold (smaller ones
+# are made again by every batch that reads them: cheaper than keeping them)
+KEEP_ARRAY_ROWS = 48
 
 
 # A payment as its counterparty's partition receives it: a plain row (one per scored
@@ -223,11 +226,14 @@ class PayeeLog:
     def paid_before(self, payer: float) -> bool:
         return payer in self.payers
 
-    def array(self) -> np.ndarray:
-        """The buckets as an array (kept until a fold replaces the list: copy on write)."""
-        if self._array is None or self._array[0] is not self.rows:
-            self._array = (self.rows, np.array(self.rows, dtype=float).reshape(-1, P_NCOL))
-        return self._array[1]
+    def kept(self) -> np.ndarray | None:
+        """The buckets as an array, where one is kept for this very list of them (a fold
+        replaces the list: copy on write)."""
+        kept = self._array
+        return kept[1] if kept is not None and kept[0] is self.rows else None
+
+    def keep(self, array: np.ndarray) -> None:
+        self._array = (self.rows, array)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -266,8 +272,8 @@ class LabelLog:
         self.rows = list(self.rows)  # copy on write (see _add)
         return _fold_labels(self.rows, self.folded, entries, L_LABELLED, L_FRAUD, L_NCOL)
 
-    def array(self) -> np.ndarray:
-        return np.array(self.rows, dtype=float).reshape(-1, L_NCOL)
+    def kept(self) -> None:
+        return None  # few buckets: made again for every batch that reads them
 
     def snapshot(self) -> dict[str, Any]:
         rows = self.rows  # folds copy on write: this list never changes
@@ -283,14 +289,33 @@ class LabelLog:
 
 class _Buckets:
     """The hour buckets of several logs as one array keyed by (log slot, hour), with column
-    prefix sums: a window's sum for many events is two ``searchsorted`` calls."""
+    prefix sums: a window's sum for many events is two ``searchsorted`` calls.
+
+    ``slot_of[k]``: the slot of the k-th log. The logs that keep an array of their buckets
+    (``KEEP_ARRAY_ROWS`` or more) go last, one array each; the others first, all of them
+    from one pass over their rows (a batch reads a thousand small logs: an array per log
+    cost five times that pass)."""
 
     _SHIFT = 32  # hours since 1970 stay below 2**32
 
-    def __init__(self, rows: Sequence[np.ndarray], ncol: int) -> None:
-        lengths = [len(r) for r in rows]
-        stacked = np.concatenate(rows) if rows else np.empty((0, ncol))
-        slot = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    def __init__(self, logs: Sequence[PayeeLog | LabelLog], ncol: int) -> None:
+        kept = [log.kept() for log in logs]
+        made = [k for k, a in enumerate(kept) if a is None]
+        have = [k for k, a in enumerate(kept) if a is not None]
+        self.slot_of = np.empty(len(logs), dtype=np.int64)
+        self.slot_of[made + have] = np.arange(len(logs))
+        lengths = [len(logs[k].rows) for k in made]
+        cells = chain.from_iterable(chain.from_iterable(logs[k].rows for k in made))
+        count = sum(lengths) * ncol
+        fresh = np.fromiter(cells, dtype=float, count=count).reshape(-1, ncol)
+        at = 0
+        for k, n in zip(made, lengths, strict=True):
+            if n >= KEEP_ARRAY_ROWS:  # a copy: a view would hold the whole batch's array
+                logs[k].keep(fresh[at : at + n].copy())
+            at += n
+        lengths += [len(kept[k]) for k in have]
+        stacked = np.concatenate([fresh, *(kept[k] for k in have)]) if have else fresh
+        slot = np.repeat(np.arange(len(logs), dtype=np.int64), lengths)
         self.key = (slot << self._SHIFT) + stacked[:, 0].astype(np.int64)
         self.csum = np.vstack([np.zeros((1, ncol)), np.cumsum(stacked, axis=0)])
         self._stacked = stacked
@@ -341,31 +366,21 @@ def payee_features(
     not held here (the features are then NaN)."""
     n = len(payees)
     out = {name: np.full(n, np.nan) for name in ops}
-    slot_of: dict[str, int] = {}
-    held: list[PayeeLog] = []
-    slots = np.full(n, -1, dtype=np.int64)
-    for i, p in enumerate(payees):
-        if p is None:
-            continue
-        k = slot_of.get(p)
-        if k is None:
-            log = logs.get(p)
-            if log is None:
-                continue
-            k = slot_of[p] = len(held)
-            held.append(log)
-        slots[i] = k
+    held = [(p, log) for p in dict.fromkeys(payees) if (log := logs.get(p)) is not None]
+    slot_of = {p: k for k, (p, _log) in enumerate(held)}
+    slots = np.array([slot_of.get(p, -1) for p in payees], dtype=np.int64)
     at = np.flatnonzero(slots >= 0)
     if not len(at):
         return out
-    buckets = _Buckets([log.array() for log in held], P_NCOL)
-    sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
+    buckets = _Buckets([log for _p, log in held], P_NCOL)
+    sl, hour = buckets.slot_of[slots[at]], (ts[at] // HOUR_MS).astype(np.int64)
     done: dict[tuple[str, int], np.ndarray] = {}
     for name, op in ops.items():
         if op.kind == "first_payment":
+            known = [held[k][1].payers for k in slots[at].tolist()]
             out[name][at] = [
-                0.0 if held[k].paid_before(payers[i]) else 1.0
-                for i, k in zip(at.tolist(), sl.tolist(), strict=True)
+                0.0 if payer in seen else 1.0
+                for payer, seen in zip(payers[at].tolist(), known, strict=True)
             ]
             continue
         w = op.window_ms // HOUR_MS
@@ -416,8 +431,8 @@ def label_features(
     at = np.flatnonzero(slots >= 0)
     if not len(at):
         return out
-    buckets = _Buckets([log.array() for log in logs.values()], L_NCOL)
-    sl, hour = slots[at], (ts[at] // HOUR_MS).astype(np.int64)
+    buckets = _Buckets(list(logs.values()), L_NCOL)
+    sl, hour = buckets.slot_of[slots[at]], (ts[at] // HOUR_MS).astype(np.int64)
     done: dict[int, np.ndarray] = {}
     for name, op in ops.items():
         w = op.window_ms // HOUR_MS

@@ -232,9 +232,9 @@ def test_a_busy_counterparty_keeps_its_newest_payers_and_a_bounded_number_of_the
         newest = range(max(0, i + 1 - MAX_PAYERS), i + 1)
         assert all(log.paid_before(float(j + 1)) for j in newest[:: max(1, len(newest) // 50)])
     assert not log.paid_before(1.0)  # the first payer was forgotten long ago...
-    before = log.array()[:, P_NEW].sum()
+    before = sum(r[P_NEW] for r in log.rows)
     log.fold_payments([("m", 1.0, t0 + n * 60_000, 10.0, 0, n)])
-    assert log.array()[:, P_NEW].sum() == before + 1  # ...so it counts as new again
+    assert sum(r[P_NEW] for r in log.rows) == before + 1  # ...so it counts as new again
     assert log.rows[-1][0] == (t0 + n * 60_000) // HOUR_MS
 
 
@@ -262,3 +262,49 @@ def test_the_fraud_episode_features_tell_its_first_label_from_its_latest():
     # at hour 750 the window starts at hour 30: the hour-10 label has left it, not hour 40
     assert got["payee_fraud_first_hours_30d"][1] == 710
     assert got["payee_fraud_last_hours_30d"][1] == 710
+
+
+def test_big_and_small_counterparties_read_together_get_their_own_windows():
+    # logs above and below KEEP_ARRAY_ROWS, interleaved in one batch, read three times:
+    # arrays made, then kept, then one made again after a fold; each event's window sums
+    # against plain loops over its own counterparty's buckets
+    import numpy as np
+
+    from vigil.streams.features.payee import (
+        KEEP_ARRAY_ROWS,
+        P_COUNT,
+        P_SUM,
+        PayeeLog,
+    )
+    from vigil.streams.features.payee import payee_features as engine_payee_features
+
+    base = T0 // HOUR_MS
+    sizes = {"m0": 3, "m1": KEEP_ARRAY_ROWS + 5, "m2": 1, "m3": 2 * KEEP_ARRAY_ROWS, "m4": 0}
+    logs = {}
+    for k, (cp, n) in enumerate(sizes.items()):
+        log = PayeeLog()
+        log.fold_payments(
+            [(cp, 1.0, (base + 2 * h) * HOUR_MS, 10.0 + h + k, 0, h) for h in range(n)]
+        )
+        logs[cp] = log
+    ops = {
+        n: op for n, op in FEATURES.items() if isinstance(op, Payee) and op.kind in ("count", "sum")
+    }
+    payees = ["m1", "m0", "m3", "m2", "m1", "m4", "m3", "m0"]
+    ts = np.array([(base + 2 * KEEP_ARRAY_ROWS + 30 * i) * HOUR_MS + 9 for i in range(8)])
+
+    def check():
+        got = engine_payee_features(ops, payees, np.ones(len(payees)), ts, logs)
+        for name, op in ops.items():
+            col, w = (P_COUNT if op.kind == "count" else P_SUM), op.window_ms // HOUR_MS
+            for i, cp in enumerate(payees):
+                hour = int(ts[i]) // HOUR_MS
+                want = sum(r[col] for r in logs[cp].rows if hour - w < r[0] <= hour)
+                assert got[name][i] == pytest.approx(want), (name, i, cp)
+
+    check()
+    assert logs["m1"].kept() is not None and logs["m0"].kept() is None
+    check()  # the big ones from their kept arrays
+    logs["m1"].fold_payments([("m1", 2.0, (base + 2 * KEEP_ARRAY_ROWS + 100) * HOUR_MS, 5.0, 1, 0)])
+    assert logs["m1"].kept() is None  # the fold replaced its buckets
+    check()
