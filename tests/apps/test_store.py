@@ -53,10 +53,11 @@ def test_faust_finds_the_store_by_scheme_and_recovers_from_its_offsets():
 
 
 def _rows(path: Path) -> dict[bytes, bytes]:
-    """The rows as any SQLite client reads them: keys and values in hex."""
+    """The rows as any SQLite client reads them: keys and values as blobs."""
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT key, value FROM state").fetchall()
-    return {bytes.fromhex(k): bytes.fromhex(v) for k, v in rows}
+    assert all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in rows)
+    return dict(rows)
 
 
 def test_a_file_keeps_the_newest_value_of_each_key_deletes_tombstones_and_the_offset(tmp_path):
@@ -74,6 +75,19 @@ def test_a_file_of_another_changelog_is_removed_not_loaded(tmp_path):
     f.close()
     assert PartitionFile(f.path).read("new-topic-id") == (None, [])
     assert not f.path.exists()
+
+
+def test_a_file_of_the_hex_format_before_is_removed_not_loaded(tmp_path):
+    path = tmp_path / "t-0.sqlite3"
+    with sqlite3.connect(path) as conn:  # as version 1 wrote it: keys and values in hex
+        conn.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO state VALUES (?, ?)", (b"a".hex(), b"1".hex()))
+        meta = [("format", "vigil-table-1"), ("topic_id", "id"), ("offset", "4")]
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", meta)
+    conn.close()
+    assert PartitionFile(path).read("id") == (None, [])
+    assert not path.exists()
 
 
 def test_no_file_and_an_empty_file_mean_recover_from_the_changelog(tmp_path):
