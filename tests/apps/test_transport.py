@@ -30,6 +30,7 @@ OVERRIDDEN = {
     (faust_consumer.Consumer, "perform_seek"): ["self"],
     (faust_consumer.Consumer, "_wait_next_records"): ["self", "timeout"],
     (Service, "wait_first"): ["self", "coros", "timeout"],
+    (faust.App, "on_init_dependencies"): ["self"],
 }
 USED = {  # upstream names the overrides call
     (faust_consumer.Consumer, "_is_changelog_tp"): ["self", "tp"],
@@ -77,6 +78,23 @@ def test_faust_finds_the_transport_by_scheme_and_its_own_classes_stay_as_they_we
             assert getattr(faust_consumer.Consumer, name) is method
         plain = faust.App("plain", broker="kafka://127.0.0.1:1", web_enabled=False)
         assert type(plain.consumer) is faust_aiokafka.Consumer
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_a_worker_app_starts_without_faust_s_per_event_monitor(tmp_path):
+    settings = Settings(namespace="transport", state_dir=tmp_path)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = faust_app(settings, "127.0.0.1:1", "risk", partitions=1, batch_size=10)
+        started = list(app.on_init_dependencies())  # what faust starts with the app
+        assert app.monitor not in list(app.sensors) and app.monitor not in started
+        assert any(s is app.consumer for s in started)  # the rest as faust has them
+        plain = faust.App("plain", broker="kafka://127.0.0.1:1", web_enabled=False)
+        plain.on_init_dependencies()
+        assert plain.monitor in list(plain.sensors)  # what the override takes away
     finally:
         asyncio.set_event_loop(None)
         loop.close()
