@@ -191,17 +191,20 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             store.persist(rows, {p: state_out.offsets[(changelog, p)] for p in rows})
 
     def load_state(account_id: str) -> dict[str, Any] | None:
-        return state.get(account_id.encode())
+        # the store's own dict, as ``save`` writes it (faust's table reads go through
+        # Mapping.get, a KeyError for every id not seen yet, and the table's get hooks)
+        return state.data.data.get(account_id.encode())
 
     phases: Counter[str] = Counter()  # seconds per phase of the batch loop, and batches
 
     def save(result: BatchResult, saved: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """Put a result's account states in the table's store (the next part of a batch
         reads them there); ``saved`` collects them for the changelog."""
+        rows = state.data.data  # the store's dict (see load_state)
         for account_id, partition in result.partition.items():
             account = result.states[account_id]
             snapshot = account.snapshot()
-            state.data[account_id.encode()] = snapshot
+            rows[account_id.encode()] = snapshot
             pipeline.remember(account_id, snapshot, account)
             saved[account_id] = (partition, snapshot)
 
