@@ -140,7 +140,8 @@ class InspectionPipeline:
                 frame = decode_frame(record.key, record.value, record.headers)
             except FrameError as exc:
                 self.counters["dlq"] += 1
-                letter = DeadLetter.of(record, str(exc), consumed_ms)
+                self.counters["dlq:invalid"] += 1
+                letter = DeadLetter.of(record, str(exc), consumed_ms, "invalid")
                 out.dead.append((record.key, letter.model_dump_json().encode()))
                 out.done.append(ref)
                 continue

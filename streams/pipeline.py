@@ -376,7 +376,7 @@ class RiskPipeline:
             yield result
             return
         out = BatchResult(failed=1)
-        self._dead(out, record, DeadLetter.of(record, error, clock()))
+        self._dead(out, record, DeadLetter.of(record, error, clock(), "raised"))
         out.counts["events"] += 1
         out.counts["failed"] += 1
         self.counters.update(out.counts)
@@ -422,7 +422,7 @@ class RiskPipeline:
                 state = self._state(out, tx.account_id, load_state)
             except (FeatureError, KeyError, TypeError, ValueError) as exc:
                 error = f"account state unreadable: {exc}"
-                self._dead(out, record, DeadLetter.of(record, error, clock()))
+                self._dead(out, record, DeadLetter.of(record, error, clock(), "state"))
                 continue
             if state.applied(record):
                 out.counts["redelivered"] += 1
@@ -619,7 +619,9 @@ class RiskPipeline:
                     self._state(out, entity, load_state)
             except (FeatureError, KeyError, TypeError, ValueError) as exc:
                 self._dead(
-                    out, record, DeadLetter.of(record, f"inflows not folded: {exc}", clock())
+                    out,
+                    record,
+                    DeadLetter.of(record, f"inflows not folded: {exc}", clock(), "internal"),
                 )
                 continue
             received += len(batch.inflows)
@@ -666,7 +668,7 @@ class RiskPipeline:
                         raise ValueError(f"{entity!r} is not an account or counterparty id")
             except ValueError as exc:
                 error = f"not a label: {_short(exc)}"
-                self._dead(out, record, DeadLetter.of(record, error, clock()))
+                self._dead(out, record, DeadLetter.of(record, error, clock(), "label"))
                 continue
             named = [(e, role) for e, role in ids if e is not None]
             if not named:
@@ -846,7 +848,7 @@ class RiskPipeline:
                     f"currency {tx.currency} is not in rates table {rates.label} "
                     f"({len(table)} currencies, base {rates.base})"
                 )
-                dead.append((record, DeadLetter.of(record, error, clock())))
+                dead.append((record, DeadLetter.of(record, error, clock(), "currency")))
                 continue
             out.append((record, tx, max(tx.amount * rate, _SMALLEST)))
         return out
@@ -934,6 +936,7 @@ class RiskPipeline:
 
     def _dead(self, out: BatchResult, record: RawRecord, letter: DeadLetter) -> None:
         out.counts["dlq"] += 1
+        out.counts[f"dlq:{letter.reason}"] += 1
         log.debug(
             "dead letter %s:%s@%s: %s", record.topic, record.partition, record.offset, letter.error
         )

@@ -206,6 +206,19 @@ def record_batches(lines: Iterable[bytes], topic: str, size: int) -> Iterator[li
         yield batch
 
 
+# Why a record went to the DLQ, in a word (``reason`` on the record; the workers count dead
+# letters by it)
+DLQ_REASONS = {
+    "empty": "no value (a tombstone or a missing payload)",
+    "invalid": "not a valid record of its topic (JSON, schema, limits)",
+    "currency": "a currency the rates table does not list",
+    "state": "the account's saved state could not be read",
+    "internal": "an internal record between workers could not be read",
+    "label": "a record on the labels topic that is no label",
+    "raised": "processing it raised (the batch went on without it)",
+}
+
+
 class DeadLetter(BaseModel):
     """``vigil.dlq`` value."""
 
@@ -216,6 +229,8 @@ class DeadLetter(BaseModel):
     value_b64: str | None
     error: str
     ts_ms: int
+    # extends contract v1: why, as one of ``DLQ_REASONS`` (the error says it in words)
+    reason: str = "invalid"
     # extends contract v1: the record's headers, [name, base64 value], where it had any
     # (left out of the JSON when it had none)
     headers: list[tuple[str, str | None]] | None = None
@@ -234,7 +249,9 @@ class DeadLetter(BaseModel):
         return doc
 
     @classmethod
-    def of(cls, record: RawRecord, error: str, now_ms: int) -> DeadLetter:
+    def of(cls, record: RawRecord, error: str, now_ms: int, reason: str) -> DeadLetter:
+        if reason not in DLQ_REASONS:
+            raise ValueError(f"dead-letter reason {reason!r} is not one of {sorted(DLQ_REASONS)}")
         return cls(
             source_topic=record.topic,
             partition=record.partition,
@@ -243,6 +260,7 @@ class DeadLetter(BaseModel):
             value_b64=_b64(record.value),
             error=_cut(error, MAX_ERROR_CHARS),
             ts_ms=now_ms,
+            reason=reason,
             headers=[(k, _b64(v)) for k, v in record.headers] if record.headers else None,
         )
 
@@ -342,10 +360,11 @@ def decode_transactions(
     for record in records:
         if not record.value:
             error = "empty value (tombstone or missing payload)"
-            dead.append((record, DeadLetter.of(record, error, now_ms)))
+            dead.append((record, DeadLetter.of(record, error, now_ms, "empty")))
             continue
         try:
             valid.append((record, validate(record.value)))
         except ValidationError as exc:
-            dead.append((record, DeadLetter.of(record, describe_validation_error(exc), now_ms)))
+            error = describe_validation_error(exc)
+            dead.append((record, DeadLetter.of(record, error, now_ms, "invalid")))
     return valid, dead

@@ -73,6 +73,7 @@ def test_records_that_raise_are_dead_lettered_and_the_rest_scored_as_if_they_nev
         poisoned
     )
     assert all(d["error"].startswith("processing raised RuntimeError: model kernel") for d in dead)
+    assert {d["reason"] for d in dead} == {"raised"}
     clean = [t for t in txs if t["tx_id"] not in poisoned]
     assert [s["tx_id"] for s in scores] == [t["tx_id"] for t in clean]  # in order, once each
     ref = features_by_tx(clean)  # the failed records were never applied to any state
@@ -128,7 +129,7 @@ def test_a_dead_letter_always_fits_and_keeps_the_reason_the_coordinates_and_dige
     hdrs = tuple((f"h{i}", b"v" * 20) for i in range(headers)) or None
     rec = RawRecord("vigil.transactions", 3, 77, key, value, hdrs)
     limit = 1_000_000
-    out_key, out = DeadLetter.of(rec, "bad", 5).encode(rec, limit)
+    out_key, out = DeadLetter.of(rec, "bad", 5, "invalid").encode(rec, limit)
     assert len(out_key or b"") + len(out) <= limit
     letter = DeadLetter.model_validate_json(out)
     assert (letter.source_topic, letter.partition, letter.offset, letter.error) == (
@@ -137,7 +138,7 @@ def test_a_dead_letter_always_fits_and_keeps_the_reason_the_coordinates_and_dige
         77,
         "bad",
     )
-    whole = DeadLetter.of(rec, "bad", 5).model_dump_json().encode()
+    whole = DeadLetter.of(rec, "bad", 5, "invalid").model_dump_json().encode()
     if len(whole) + len(key or b"") <= limit:  # fits: as is, headers kept
         assert out == whole and out_key == key and letter.truncated is None
         assert [tuple(h) for h in letter.headers or []] == [

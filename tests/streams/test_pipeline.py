@@ -100,6 +100,7 @@ def test_unreadable_state_sends_the_record_to_the_dlq_not_a_crash():
     store = {first_valid.key.decode(): {"v": "old-version"}}
     _, _, dead = run(RiskPipeline(SEED), [first_valid], store)
     assert "account state unreadable" in dead[0]["error"] and "old-version" in dead[0]["error"]
+    assert dead[0]["reason"] == "state"
 
 
 def test_model_score_blends_and_version_is_stamped():

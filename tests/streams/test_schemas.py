@@ -101,5 +101,7 @@ def test_dead_letter_is_contract_json():
         "value_b64",
         "error",
         "ts_ms",
+        "reason",  # extends contract v1
     }
+    assert doc["reason"] == "invalid"
     assert DeadLetter.model_validate(doc) == letter

@@ -212,6 +212,8 @@ def test_a_record_on_the_labels_topic_that_is_no_label_is_dead_lettered():
     result = pipeline.process_local(records, {})
     assert len(result.dead) == 3
     assert all(b"not a label" in d for _k, d in result.dead)
+    assert [json.loads(d)["reason"] for _k, d in result.dead] == ["label"] * 3
+    assert pipeline.counters["dlq:label"] == 3
 
 
 def test_the_side_features_are_in_the_spec_as_the_reference_names_them():

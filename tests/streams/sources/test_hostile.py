@@ -37,6 +37,14 @@ def test_each_hostile_record_is_scored_or_dead_lettered_as_its_kind_says(model):
         else:
             assert r.tx_id in scored and i not in dead_ids, r.kind
     assert len(scores) + len(dead) == len(records)
+    # each letter says why in a word, and the pipeline counts them by it
+    reason = {d["offset"]: d["reason"] for d in dead}
+    special = {"empty": "empty", "tombstone": "empty", "currency_not_in_rates": "currency"}
+    for i, r in enumerate(records):
+        if r.expect == "dead":
+            assert reason[i] == special.get(r.kind, "invalid"), r.kind
+    by_reason = {k: v for k, v in pipeline.counters.items() if k.startswith("dlq:")}
+    assert by_reason == {f"dlq:{w}": list(reason.values()).count(w) for w in set(reason.values())}
     for s in scores:
         ScoreRecord.model_validate(s)
     assert all(len(json.dumps(d)) <= pipeline.max_record_bytes for d in dead)
