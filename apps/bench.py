@@ -17,7 +17,7 @@ from rich.console import Console
 from vigil.apps.broker import check_copartitioned, ensure_all
 from vigil.apps.clients import publish, read_topic
 from vigil.apps.kafka import make_producer
-from vigil.apps.process import WorkerProcess
+from vigil.apps.process import WorkerProcess, free_port
 from vigil.apps.session import broker_for
 from vigil.apps.settings import Settings
 from vigil.errors import DataError, NotFoundError, VigilError
@@ -72,6 +72,9 @@ def scratch_namespace(
                 "VIGIL_NAMESPACE": namespace,
                 "VIGIL_STATE_DIR": str(settings.state_dir / namespace),
                 "VIGIL_MODEL_DIR": str(settings.models_path.resolve()),
+                # served as in production (their cost is in the numbers), on free ports
+                "VIGIL_RISK_METRICS_PORT": str(free_port()),
+                "VIGIL_INSPECTION_METRICS_PORT": str(free_port()),
             },
         )
 
@@ -113,7 +116,11 @@ def bench_risk(
         with contextlib.ExitStack() as stack:
             group = [
                 stack.enter_context(
-                    WorkerProcess("risk", env, log_path.with_suffix(f".{i}.log") if i else log_path)
+                    WorkerProcess(
+                        "risk",
+                        {**env, "VIGIL_RISK_METRICS_PORT": "0"} if i else env,  # one port
+                        log_path.with_suffix(f".{i}.log") if i else log_path,
+                    )
                 )
                 for i in range(workers)
             ]

@@ -155,6 +155,22 @@ def run_demo(
         env = {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}
         worker = WorkerProcess("risk", env, log_path).start()
         inspector = WorkerProcess("inspection", env, inspection_log).start()
+        ports = [
+            (name, port)
+            for name, port in (
+                ("risk", settings.risk_metrics_port),
+                ("inspection", settings.inspection_metrics_port),
+            )
+            if port
+        ]
+        if ports:
+            console.print(
+                "metrics and health: "
+                + ", ".join(
+                    f"http://localhost:{port}/metrics ({name}; /healthz, /readyz)"
+                    for name, port in ports
+                )
+            )
         readers = [
             (topics.scores, "scores"),
             (topics.alerts, "alerts"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import faust
@@ -27,7 +28,7 @@ import faust
 from vigil.apps.broker import check_copartitioned, ensure_all, resolve_bootstrap
 from vigil.apps.follower import ModelFollower
 from vigil.apps.settings import Settings
-from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.apps.worker import Outputs, Watch, exit_on_error, faust_app, raw_records, run_app
 from vigil.models.kinds import INSPECTION
 from vigil.models.registry import Limits, Release, ReleaseError
 from vigil.models.serving import ClipScorer, ModelError
@@ -115,6 +116,42 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         limits=Limits(release_bytes=settings.max_release_bytes),
     )
 
+    counted: dict[str, float] = {}  # the last counts read (see counts)
+
+    def counts() -> dict[str, float]:
+        """The pipeline's counters and its reorder buffers' (late, duplicates, gaps): read
+        while a batch may run in the executor's thread, so a read that meets a camera being
+        added keeps the last counts."""
+        try:
+            buffers = pipeline.buffer_counts()
+        except RuntimeError:  # the cameras changed while read
+            return counted
+        buffers.pop("held")  # a level, not a count
+        counted.clear()
+        counted.update({**pipeline.counters, **buffers})
+        return counted
+
+    def ready() -> tuple[bool, str]:
+        """``/readyz``: partitions of the frames topic assigned (without a model the
+        worker still cuts clips, unscored, and says so)."""
+        mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames)
+        if not mine or not streams:
+            return False, f"no partition of {topics.frames} assigned to this worker yet"
+        model = pipeline.model.version if pipeline.model else "none (clips unscored)"
+        return True, f"ready: partitions {mine} of {topics.frames}; model {model}"
+
+    watch = Watch(
+        app,
+        "inspection",
+        settings,
+        settings.inspection_metrics_port,
+        counts,
+        ready,
+        info=lambda: {"model": {"version": pipeline.model.version if pipeline.model else "none"}},
+        lag_topics=[topics.frames],
+        latency_topics=[topics.frames],
+    )
+
     @app.task
     async def follow_models() -> None:
         loops.append(asyncio.get_running_loop())
@@ -142,10 +179,12 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
             consumed_ms = now_ms()
             records = raw_records(events)
             async with lock, exit_on_error(len(events)):
+                started = time.perf_counter()
                 result = await loop.run_in_executor(
                     None, pipeline.process, records, consumed_ms, events
                 )
                 await deliver(stream, result)
+                watch.batch(events, time.perf_counter() - started)
 
     @app.timer(settings.inspection_idle_ms / 1000)
     async def release_idle() -> None:

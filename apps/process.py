@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-__all__ = ["WorkerProcess", "stop_on_signals"]
+__all__ = ["WorkerProcess", "free_port", "stop_on_signals"]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (for a worker's metrics endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ from vigil.apps.follower import ModelFollower
 from vigil.apps.rules_follower import RatesFollower, RulesFollower
 from vigil.apps.settings import Settings
 from vigil.apps.store import Store as TableStore
-from vigil.apps.worker import Outputs, exit_on_error, faust_app, raw_records, run_app
+from vigil.apps.worker import Outputs, Watch, exit_on_error, faust_app, raw_records, run_app
 from vigil.models.kinds import RISK
 from vigil.models.registry import Limits
 from vigil.models.serving import ModelError
@@ -196,6 +196,37 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         return state.data.data.get(account_id.encode())
 
     phases: Counter[str] = Counter()  # seconds per phase of the batch loop, and batches
+    scoring: list[bool] = []  # set once the first batch may be scored (see caught_up)
+
+    def ready() -> tuple[bool, str]:
+        """``/readyz``: scoring, with partitions of the transactions topic assigned."""
+        if not scoring:
+            return False, "loading the model and catching up with the control topics"
+        mine = sorted(owned())
+        if not mine:
+            return False, f"no partition of {topics.transactions} assigned to this worker"
+        return True, (
+            f"ready: partitions {mine} of {topics.transactions}; model "
+            f"{pipeline.model.current.version}, ruleset {pipeline.ruleset.label}"
+        )
+
+    watch = Watch(
+        app,
+        "risk",
+        settings,
+        settings.risk_metrics_port,
+        pipeline.counters,
+        ready,
+        info=lambda: {
+            "model": {"version": pipeline.model.current.version},
+            "ruleset": {"version": pipeline.ruleset.label},
+            "shadow_ruleset": {"version": pipeline.shadow.label if pipeline.shadow else "-"},
+            "rates": {"version": pipeline.rates.label},
+            "feature_spec": {"version": FEATURE_SPEC.label},
+        },
+        lag_topics=[topics.transactions, topics.inflows, topics.labels],
+        latency_topics=[topics.transactions],
+    )
 
     def save(result: BatchResult, saved: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """Put a result's account states in the table's store (the next part of a batch
@@ -248,6 +279,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         # taking the in-memory state with it, before any event of the batch is acked
         await write_state(rows)
         t4 = time.perf_counter()
+        watch.batch(events, t4 - t0)
         for ev in events:
             await stream.ack(ev)
         spent = phases
@@ -311,6 +343,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         within_s = settings.batch_wait_ms / 1000
         loop = asyncio.get_running_loop()
         await caught_up()
+        scoring.append(True)
         log.info(
             "scoring with model %s and ruleset %s",
             pipeline.model.current.version,

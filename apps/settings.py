@@ -62,6 +62,19 @@ class Settings(BaseSettings):
         description="largest record (key + value) a worker produces: dead letters are cut "
         "to fit, larger outputs are dead-lettered; at most the topics' max.message.bytes",
     )
+    metrics_host: str = Field(
+        default="0.0.0.0",
+        description="address the workers serve /metrics, /healthz and /readyz on",
+    )
+    risk_metrics_port: int = Field(
+        default=9108, ge=0, le=65535, description="risk worker's metrics and health port (0: off)"
+    )
+    inspection_metrics_port: int = Field(
+        default=9109,
+        ge=0,
+        le=65535,
+        description="inspection worker's metrics and health port (0: off)",
+    )
     state_ttl_days: float = Field(
         default=400.0,
         ge=31.05,

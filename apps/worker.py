@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import faust
 from confluent_kafka import KafkaError, Message
@@ -15,6 +16,7 @@ from faust.tables import TableManager
 
 from vigil.apps.broker import RECORD_OVERHEAD_BYTES
 from vigil.apps.kafka import make_producer
+from vigil.apps.metrics import BatchHistogram, Metrics, Ready, serve
 from vigil.apps.settings import Settings
 from vigil.apps.store import SCHEME as STORE_SCHEME
 from vigil.apps.transport import VigilApp
@@ -22,6 +24,7 @@ from vigil.streams.pipeline import fewer_collections
 from vigil.streams.schemas import MAX_RECORD_BYTES, RawRecord
 
 __all__ = [
+    "Watch",
     "EXIT_OUTPUT_LOST",
     "EXIT_SOFTWARE",
     "Outputs",
@@ -216,3 +219,106 @@ class Outputs:
                 self.errors[0],
             )
             os._exit(EXIT_OUTPUT_LOST)
+
+
+REFRESH_S = 1.0  # how often the event loop hands the metrics a copy of the counters
+# seconds: a micro-batch's handling; publish (the record's timestamp) to outputs on the broker
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Watch:
+    """A worker's metrics and health endpoints (apps/metrics.py): started with the app,
+    before it joins its group (so ``/healthz`` answers during a long recovery), fed by the
+    event loop once a second (the counters, consumer lag per partition, the versions in
+    service) and by :meth:`batch` once per micro-batch (handling time, publish-to-output
+    latency)."""
+
+    def __init__(
+        self,
+        app: VigilApp,
+        kind: str,
+        settings: Settings,
+        port: int,
+        counters: Mapping[str, float] | Callable[[], Mapping[str, float]],
+        ready: Ready,
+        info: Callable[[], Mapping[str, Mapping[str, str]]] = dict,
+        lag_topics: Sequence[str] = (),
+        latency_topics: Sequence[str] = (),
+    ) -> None:
+        self.app, self.counters, self.info = app, counters, info
+        self.lag_topics, self.latency_topics = set(lag_topics), set(latency_topics)
+        self.metrics = Metrics(
+            kind,
+            [
+                BatchHistogram(
+                    "batch_seconds",
+                    "time to handle a micro-batch, outputs included",
+                    BATCH_BUCKETS,
+                ),
+                BatchHistogram(
+                    "latency_seconds",
+                    "record published (its timestamp) to its outputs on the broker",
+                    LATENCY_BUCKETS,
+                ),
+            ],
+        )
+        self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to handle
+        self._server = None
+
+        @app.at_start
+        def start() -> None:
+            self._server = serve(self.metrics, ready, settings.metrics_host, port)
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+        @app.on_before_shutdown.connect
+        async def stop(*_args: object, **_kwargs: object) -> None:
+            if self._server is not None:
+                self._server.stop()
+
+    def batch(self, events: Sequence[faust.EventT], seconds: float) -> None:
+        """A micro-batch handled (its outputs on the broker) in ``seconds``."""
+        self.metrics.histograms["batch_seconds"].observe([seconds])
+        now_s = time.time()
+        topics = self.latency_topics
+        published = [ev.message.timestamp for ev in events if ev.message.topic in topics]
+        self.metrics.histograms["latency_seconds"].observe([now_s - t for t in published if t])
+        nxt = self._next
+        for ev in events:
+            m = ev.message
+            where = (m.topic, m.partition)
+            if m.offset >= nxt.get(where, 0):
+                nxt[where] = m.offset + 1
+
+    async def lag(self) -> dict[tuple[tuple[str, str], ...], float]:
+        """Records on the broker not yet handled, per assigned partition of ``lag_topics``:
+        the end offset the last fetch reported, less the next offset to handle (before
+        this process handled any of a partition: the consumer's position in it)."""
+        out = {}
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in self.lag_topics:
+                continue
+            end = consumer.highwater(tp)
+            at = self._next.get((tp.topic, tp.partition))
+            if at is None:
+                at = await consumer.position(tp)
+            if end is None or at is None:
+                continue  # not fetched yet
+            behind = max(0, int(end) - int(at))
+            out[(("partition", str(tp.partition)), ("topic", tp.topic))] = float(behind)
+        return out
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                lag = await self.lag()
+            except Exception:  # no consumer or assignment yet (starting, rebalancing)
+                lag = {}
+            counters = self.counters
+            self.metrics.refresh(
+                counters() if callable(counters) else counters,
+                gauges={"consumer_lag": ("records not yet handled, per partition", lag)},
+                info=self.info(),
+            )
+            await asyncio.sleep(REFRESH_S)

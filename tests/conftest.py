@@ -53,6 +53,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "VIGIL_STATE_DIR": str(settings.state_dir),
         "VIGIL_PARTITIONS": str(settings.partitions),
         "VIGIL_LOG_LEVEL": "INFO",
+        # no metrics endpoints (tests run workers side by side): test_metrics_worker.py
+        # serves them on ports of its own
+        "VIGIL_RISK_METRICS_PORT": "0",
+        "VIGIL_INSPECTION_METRICS_PORT": "0",
         # the seed rules: the decisions tests.reference recomputes independently
         "VIGIL_RULESET_PATH": str(
             resources.files("vigil.streams.rules").joinpath("rulesets", "seed.yaml")

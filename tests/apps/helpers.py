@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from vigil.apps.clients import read_topic
 
@@ -90,3 +94,25 @@ FAULTS = Path(__file__).parent / "faults"
 def with_faults(env: dict[str, str], faults: dict[str, str] | None) -> dict[str, str]:
     """A worker environment with fault injection (tests/apps/faults/sitecustomize.py)."""
     return env if not faults else env | {"PYTHONPATH": str(FAULTS), **faults}
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """A worker's HTTP endpoint on this host: (status, body); (0, "") while none answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""  # not serving yet
+
+
+def series(port: int) -> dict[tuple[str, tuple], float]:
+    """A worker's /metrics as {(sample name, sorted labels): value}."""
+    status, text = get(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

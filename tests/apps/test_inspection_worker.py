@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 
 import pytest
 
-from tests.apps.helpers import collect, wait_for_log
+from tests.apps.helpers import collect, get, series, wait_for_log
 from tests.conftest import worker_env
 from vigil.apps.clients import publish
-from vigil.apps.process import WorkerProcess
+from vigil.apps.process import WorkerProcess, free_port
 from vigil.apps.releases import publish_release
 from vigil.models.inspection import (
     VideoConfig,
@@ -81,7 +82,11 @@ def test_defects_raise_alerts_where_they_are_and_a_clean_line_raises_none(
     bad = [(b"cam-0", b"\x89PNG broken", records[0][2])]  # undecodable: the dead-letter topic
     sent = publish(settings.kafka_bootstrap, settings.topics.frames, [*records, *bad])
     assert sent.failed == 0
-    env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(model_dir)}
+    port = free_port()
+    env = worker_env(settings) | {
+        "VIGIL_MODEL_DIR": str(model_dir),
+        "VIGIL_INSPECTION_METRICS_PORT": str(port),
+    }
     with WorkerProcess("inspection", env, tmp_path / "worker.log") as worker:
         # every clip of both cameras: (240 - 8) // 4 + 1 = 59 each
         clips = collect(
@@ -94,6 +99,17 @@ def test_defects_raise_alerts_where_they_are_and_a_clean_line_raises_none(
             settings.kafka_bootstrap, settings.topics.inspection_alerts, lambda _g: False, 2
         )
         dead = collect(settings.kafka_bootstrap, settings.topics.dlq, lambda g: len(g) >= 1)
+        # its metrics (refreshed about once a second) count what was published
+        deadline = time.monotonic() + 30
+        while (got := series(port)).get(("vigil_inspection_frames_total", ())) != len(records):
+            assert time.monotonic() < deadline, got
+            time.sleep(0.5)
+        ready = get(port, "/readyz")
+    assert got[("vigil_inspection_clips_total", ())] == 2 * 59
+    assert got[("vigil_inspection_alerts_total", ())] == len(alerts)
+    assert got[("vigil_inspection_dead_letters_total", (("reason", "invalid"),))] == 1
+    assert got[("vigil_inspection_latency_seconds_count", ())] == len(records) + 1
+    assert ready[0] == 200 and "model " in ready[1]
     assert len(clips) == 2 * 59
     # the reference: the same frames through the pipeline in this process
     scorer = ClipScorer.load(next((model_dir / "inspection").iterdir()))

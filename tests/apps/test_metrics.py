@@ -1,0 +1,117 @@
+"""The workers' metrics and health endpoints (apps/metrics.py), over real HTTP; the
+histogram against prometheus_client's own, fed the same values one at a time."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from vigil.apps.metrics import BatchHistogram, Metrics, serve
+
+BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_batch_histogram_equals_prometheus_own_fed_one_value_at_a_time():
+    rng = np.random.default_rng(3)
+    values = np.concatenate(
+        [rng.exponential(0.2, 500), list(BUCKETS), [0.0, 1e9, float("nan")]]  # edges: le
+    )
+    ours = Metrics("t", [BatchHistogram("latency_seconds", "doc", BUCKETS)])
+    for part in np.array_split(values, 7):
+        ours.histograms["latency_seconds"].observe(part)
+    registry = CollectorRegistry()
+    theirs = Histogram("vigil_t_latency_seconds", "doc", buckets=BUCKETS, registry=registry)
+    for v in values[~np.isnan(values)]:  # no value, nothing observed
+        theirs.observe(v)
+    theirs_text = generate_latest(registry).decode()
+    want = {k: v for k, v in samples(theirs_text).items() if "created" not in k[0]}
+    got = samples(generate_latest(ours.registry).decode())
+    assert {k: got[k] for k in want} == pytest.approx(want)
+
+
+def test_counters_gauges_and_versions_are_served_and_dead_letters_by_reason():
+    m = Metrics("risk")
+    m.refresh(
+        {"events": 10, "scored": 7, "dlq": 3, "dlq:invalid": 2, "dlq:currency": 1},
+        gauges={"consumer_lag": ("records behind", {(("partition", "0"),): 4.0})},
+        info={"model": {"version": "risk-7"}},
+    )
+    server = serve(m, lambda: (True, "ready"), "127.0.0.1", _free_port())
+    try:
+        status, text = get(server.port, "/metrics")
+        got = samples(text)
+        assert status == 200
+        assert got[("vigil_risk_events_total", ())] == 10
+        assert got[("vigil_risk_scored_total", ())] == 7
+        assert got[("vigil_risk_dead_letters_total", (("reason", "invalid"),))] == 2
+        assert got[("vigil_risk_dead_letters_total", (("reason", "currency"),))] == 1
+        assert got[("vigil_risk_consumer_lag", (("partition", "0"),))] == 4
+        assert got[("vigil_risk_model_info", (("version", "risk-7"),))] == 1
+        m.refresh({"events": 12, "scored": 12, "dlq": 0})  # the next copy replaces it
+        assert samples(get(server.port, "/metrics")[1])[("vigil_risk_events_total", ())] == 12
+        assert get(server.port, "/nothing")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_health_fails_when_the_loop_stops_refreshing_and_readiness_says_why():
+    m = Metrics("risk", stall_s=60)
+    state = {"ready": (False, "no partitions assigned yet")}
+
+    def ready():
+        if state["ready"] is None:
+            raise RuntimeError("consumer gone")
+        return state["ready"]
+
+    server = serve(m, ready, "127.0.0.1", _free_port())
+    try:
+        assert get(server.port, "/healthz") == (200, "ok\n")
+        assert get(server.port, "/readyz") == (503, "no partitions assigned yet\n")
+        state["ready"] = (True, "ready: 2 partitions, model risk-7")
+        assert get(server.port, "/readyz") == (200, "ready: 2 partitions, model risk-7\n")
+        state["ready"] = None
+        status, text = get(server.port, "/readyz")
+        assert status == 503 and "consumer gone" in text
+        m.stall_s = 0.0  # as if the loop had stopped turning
+        status, text = get(server.port, "/healthz")
+        assert status == 503 and "has not turned" in text
+    finally:
+        server.stop()
+
+
+def test_port_zero_serves_nothing_and_a_taken_port_is_an_error_not_a_crash(caplog):
+    m = Metrics("risk")
+    assert serve(m, lambda: (True, ""), "127.0.0.1", 0) is None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert serve(m, lambda: (True, ""), "127.0.0.1", taken.getsockname()[1]) is None
+    assert "not served" in caplog.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
