@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, Message
@@ -264,6 +265,7 @@ class Watch:
             ],
         )
         self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to handle
+        self._start: dict[Any, int | None] = {}  # TP -> the consumer's position at first sight
         self._server = None
 
         @app.at_start
@@ -293,7 +295,8 @@ class Watch:
     async def lag(self) -> dict[tuple[tuple[str, str], ...], float]:
         """Records on the broker not yet handled, per assigned partition of ``lag_topics``:
         the end offset the last fetch reported, less the next offset to handle (before
-        this process handled any of a partition: the consumer's position in it)."""
+        this process handled any of a partition: the consumer's position in it when first
+        seen)."""
         out = {}
         consumer = self.app.consumer
         for tp in consumer.assignment():
@@ -301,8 +304,10 @@ class Watch:
                 continue
             end = consumer.highwater(tp)
             at = self._next.get((tp.topic, tp.partition))
-            if at is None:
-                at = await consumer.position(tp)
+            if at is None:  # asked once: a call to the consumer's thread
+                if tp not in self._start:
+                    self._start[tp] = await consumer.position(tp)
+                at = self._start[tp]
             if end is None or at is None:
                 continue  # not fetched yet
             behind = max(0, int(end) - int(at))
