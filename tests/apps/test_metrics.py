@@ -4,14 +4,13 @@ histogram against prometheus_client's own, fed the same values one at a time."""
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.apps.helpers import get
 from vigil.apps.metrics import BatchHistogram, Metrics, serve
 
 BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -23,14 +22,6 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_a_batch_histogram_equals_prometheus_own_fed_one_value_at_a_time():
