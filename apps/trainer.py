@@ -246,10 +246,14 @@ def risk_round(
     target: Path,
     bits: int,
     say: Say,
+    allow_synthetic: bool = False,
 ) -> Callable[[int], dict[str, Any]]:
     """The risk refresh job's round ``n``: train on the labelled stream when it holds
     enough (else on ``history(n)``, generated or from files), export at ``bits``, gate
-    against the serving model on the same held-out days, publish when not worse."""
+    against the serving model on the same held-out days, publish when not worse. A round
+    whose stream is short publishes nothing unless ``allow_synthetic`` (the caller's word
+    that ``history`` may be used: a model of generated customers must not reach
+    production by default; the round does not even train)."""
     topics = settings.topics
 
     def round_(n: int) -> dict[str, Any]:
@@ -257,6 +261,16 @@ def risk_round(
         data = history_from_stream(bootstrap, topics.transactions, topics.labels, rates)
         source = "stream"
         if data is None or len(data) < MIN_STREAM_ROWS or data.labels.sum() < MIN_STREAM_POSITIVES:
+            rows = 0 if data is None else len(data)
+            positives = 0 if data is None else int(data.labels.sum())
+            if not allow_synthetic:
+                reason = (
+                    f"the stream holds {rows} labelled transactions ({positives} positive), "
+                    f"fewer than {MIN_STREAM_ROWS} ({MIN_STREAM_POSITIVES}): a model trained "
+                    "on generated history is published only with --allow-synthetic"
+                )
+                say(f"round {n}: nothing published: {reason}")
+                return {"source": "stream", "published": False, "reason": reason}
             data, source = history(n)
         say(f"round {n}: training on the {source} history ({len(data)} labelled transactions)")
         round_cfg = replace(cfg, seed=cfg.seed + n)

@@ -249,6 +249,12 @@ def train_risk(
     publish_: bool = PUBLISH,
     every: str | None = EVERY,
     bits: int = typer.Option(8, help="with --publish: the width published (32: float)"),
+    allow_synthetic: bool = typer.Option(
+        False,
+        "--allow-synthetic",
+        help="with --publish: when the stream holds too few labels, train on generated "
+        "history and publish that (without it such a round publishes nothing)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as one JSON object"),
 ) -> None:
     """Train the GBDT+NN risk model, evaluate it against rules-only, LightGBM-only and
@@ -259,6 +265,8 @@ def train_risk(
     if (input is None) != (labels is None):
         fail("--input and --labels go together", 2)
     every_s = _publish_options_ok(publish_, every, bits)
+    if allow_synthetic and not publish_:
+        fail("--allow-synthetic is about what --publish may publish: it goes with --publish", 2)
     from vigil.models.risk import (
         WARMUP_DAYS,
         TabularConfig,
@@ -300,7 +308,18 @@ def train_risk(
     from vigil.apps.trainer import risk_round
 
     bootstrap = get_bootstrap(settings)
-    round_ = risk_round(settings, bootstrap, history, holdout_days, cfg, target, bits, say)
+    round_ = risk_round(
+        settings,
+        bootstrap,
+        history,
+        holdout_days,
+        cfg,
+        target,
+        bits,
+        say,
+        # files given: the user's own data to fall back on; generated: only when allowed
+        allow_synthetic=allow_synthetic or input is not None,
+    )
     _refresh(settings, every_s, round_, as_json)
 
 

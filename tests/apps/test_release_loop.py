@@ -286,7 +286,18 @@ def test_vigil_train_risk_publish_runs_one_refresh_round(settings, tmp_path, mon
     args = ["train", "risk", "--days", "6", "--holdout-days", "2", "--accounts", "300"]
     assert runner.invoke(app, [*args, "--every", "10m"]).exit_code == 2  # needs --publish
     assert runner.invoke(app, [*args, "--publish", "--every", "5s"]).exit_code == 2
+    assert runner.invoke(app, [*args, "--allow-synthetic"]).exit_code == 2  # needs --publish
+    # the stream holds no labels: without --allow-synthetic nothing is trained or published
     result = runner.invoke(app, [*args, "--publish", "--json"])
+    assert result.exit_code == 0, result.output
+    refused = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not refused["published"] and "--allow-synthetic" in refused["reason"]
+    assert "0 labelled transactions" in refused["reason"]
+    releases = read_releases(
+        settings.kafka_bootstrap, settings.topics.models, settings.release_trusted()
+    )
+    assert releases.latest("risk") is None
+    result = runner.invoke(app, [*args, "--publish", "--allow-synthetic", "--json"])
     assert result.exit_code == 0, result.output
     decision = json.loads(result.stdout.strip().splitlines()[-1])
     assert decision["published"] and decision["source"] == "generated"
