@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
         description="DEBUG, INFO, WARNING, ERROR or CRITICAL",
     )
+    log_format: str = Field(
+        default="text",
+        pattern=r"^(text|json)$",
+        description="workers' logs: text, or json (one object per line: ts, level, logger, "
+        "message, process, exception)",
+    )
     state_dir: Path = Field(
         default=Path(".vigil"),
         description="worker data, broker runtime file, logs, development keys",

@@ -17,6 +17,7 @@ from faust.tables import TableManager
 
 from vigil.apps.broker import RECORD_OVERHEAD_BYTES
 from vigil.apps.kafka import make_producer
+from vigil.apps.logs import logging_config
 from vigil.apps.metrics import BatchHistogram, Metrics, Ready, serve
 from vigil.apps.settings import Settings
 from vigil.apps.store import SCHEME as STORE_SCHEME
@@ -134,7 +135,12 @@ def run_app(app: faust.App, settings: Settings) -> None:
     # long as the worker: out of the collector's sight; and full collections 10x rarer
     # (see GC_THRESHOLDS)
     with fewer_collections():
-        worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+        worker = faust.Worker(
+            app,
+            loglevel=settings.log_level.lower(),
+            quiet=True,
+            logging_config=logging_config(settings.log_format, settings.log_level),
+        )
         worker.execute_from_commandline()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 from typing import NoReturn
 
 import typer
@@ -17,6 +18,7 @@ from vigil.apps.broker import (
     resolve_bootstrap,
     wait_ready,
 )
+from vigil.apps.logs import logging_config
 from vigil.apps.settings import Settings, load_settings
 from vigil.models.signing import SignatureError, SigningKey
 
@@ -85,6 +87,12 @@ def get_bootstrap(settings: Settings) -> str:
 
 
 def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Logging as ``VIGIL_LOG_LEVEL`` and ``VIGIL_LOG_FORMAT`` say (a worker's faust sets the
+    same up again as it starts: apps.worker.run_app)."""
+    config = logging_config(settings.log_format, settings.log_level)
+    if config is None:
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    else:
+        logging.config.dictConfig(config)

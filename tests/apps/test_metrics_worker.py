@@ -29,7 +29,10 @@ def test_the_risk_worker_serves_its_counts_latency_lag_and_readiness(settings, t
     publish(settings.kafka_bootstrap, settings.topics.transactions, [(g.key, g.value) for g in txs])
     publish(settings.kafka_bootstrap, settings.topics.transactions, bad)
     port = free_port()
-    env = worker_env(settings) | {"VIGIL_RISK_METRICS_PORT": str(port)}
+    env = worker_env(settings) | {
+        "VIGIL_RISK_METRICS_PORT": str(port),
+        "VIGIL_LOG_FORMAT": "json",
+    }
 
     ready_seen: list[int] = []
     stop = threading.Event()
@@ -90,3 +93,10 @@ def test_the_risk_worker_serves_its_counts_latency_lag_and_readiness(settings, t
     assert health == (200, "ok\n")
     assert ready[0] == 200 and ready[1].startswith("ready: partitions [0, 1, 2, 3]")
     assert ready_seen[-1] == 200 and 200 not in ready_seen[:-1]  # once ready, it stayed
+    # its log: one JSON object per line (after the line WorkerProcess stamps the start with)
+    stamp, *rest = (tmp_path / "worker.log").read_text().splitlines()
+    assert stamp.endswith("starting: vigil worker risk")
+    lines = [json.loads(line) for line in rest]
+    assert all({"ts", "level", "logger", "message", "process"} <= set(d) for d in lines)
+    assert any(d["message"].startswith("first batch:") for d in lines)
+    assert any(d["logger"] == "vigil.metrics" and "/metrics" in d["message"] for d in lines)
