@@ -112,6 +112,10 @@ class Metrics:
             self._gauges[name] = (doc, dict(series))
         for name, labels in info.items():
             self._info[name] = dict(labels)
+        self.beat()
+
+    def beat(self) -> None:
+        """From the event loop: it turns (``refresh`` does this too)."""
         self._refreshed = time.monotonic()
 
     def alive(self) -> tuple[bool, str]:

@@ -305,13 +305,19 @@ class Watch:
         seen)."""
         out = {}
         consumer = self.app.consumer
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        for where in [w for w in self._next if w not in mine]:  # revoked: forgotten, so a
+            del self._next[where]  # partition assigned again starts from its position
+        for tp in [tp for tp in self._start if tp not in assigned]:
+            del self._start[tp]
+        for tp in assigned:
             if tp.topic not in self.lag_topics:
                 continue
             end = consumer.highwater(tp)
             at = self._next.get((tp.topic, tp.partition))
-            if at is None:  # asked once: a call to the consumer's thread
-                if tp not in self._start:
+            if at is None:  # asked once it is known: a call to the consumer's thread
+                if self._start.get(tp) is None:
                     self._start[tp] = await consumer.position(tp)
                 at = self._start[tp]
             if end is None or at is None:
@@ -327,9 +333,13 @@ class Watch:
             except Exception:  # no consumer or assignment yet (starting, rebalancing)
                 lag = {}
             counters = self.counters
-            self.metrics.refresh(
-                counters() if callable(counters) else counters,
-                gauges={"consumer_lag": ("records not yet handled, per partition", lag)},
-                info=self.info(),
-            )
+            try:
+                self.metrics.refresh(
+                    counters() if callable(counters) else counters,
+                    gauges={"consumer_lag": ("records not yet handled, per partition", lag)},
+                    info=self.info(),
+                )
+            except Exception:  # the metrics stay as they were; the loop still turns
+                log.exception("metrics not refreshed")
+                self.metrics.beat()
             await asyncio.sleep(REFRESH_S)

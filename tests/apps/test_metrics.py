@@ -106,3 +106,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_failing_refresh_keeps_the_old_metrics_and_the_worker_alive(tmp_path, caplog):
+    import asyncio
+
+    from vigil.apps.settings import Settings
+    from vigil.apps.worker import Watch, faust_app
+
+    settings = Settings(namespace="metrics", state_dir=tmp_path)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        app = faust_app(settings, "127.0.0.1:1", "risk", partitions=1, batch_size=10)
+        counters = {"events": 5}
+        watch = Watch(app, "risk", settings, 0, counters, lambda: (True, ""), info=lambda: 1 / 0)
+        watch.metrics.stall_s = 0.5
+        watch.metrics._refreshed -= 10  # as if the loop had not turned for a while
+
+        async def a_few_rounds():
+            task = asyncio.ensure_future(watch._refresh_loop())
+            await asyncio.sleep(0.2)
+            task.cancel()
+
+        loop.run_until_complete(a_few_rounds())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert watch.metrics.alive()[0]  # the loop turned, though the refresh failed
+    assert "metrics not refreshed" in caplog.text
+    assert ("vigil_risk_events_total", ()) not in samples(
+        generate_latest(watch.metrics.registry).decode()
+    )  # nothing half-refreshed
