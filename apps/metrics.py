@@ -36,11 +36,12 @@ from prometheus_client.core import (
     Metric,
 )
 
+from vigil.streams.schemas import DLQ_COUNTER_PREFIX
+
 __all__ = ["BatchHistogram", "Metrics", "MetricsServer", "serve"]
 
 log = logging.getLogger("vigil.metrics")
 STALL_S = 30.0  # /healthz fails when the event loop has not refreshed the metrics for this long
-DLQ_PREFIX = "dlq:"
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 Ready = Callable[[], tuple[bool, str]]  # (ready, why) for /readyz
@@ -130,8 +131,8 @@ class Metrics:
             f"{self.prefix}_dead_letters", "records sent to the DLQ, by reason", labels=["reason"]
         )
         for key in sorted(counters):
-            if key.startswith(DLQ_PREFIX):
-                dead.add_metric([key[len(DLQ_PREFIX) :]], counters[key])
+            if key.startswith(DLQ_COUNTER_PREFIX):
+                dead.add_metric([key[len(DLQ_COUNTER_PREFIX) :]], counters[key])
             else:
                 name = f"{self.prefix}_{_NAME.sub('_', key)}"
                 yield CounterMetricFamily(name, f"{key} (worker counter)", value=counters[key])

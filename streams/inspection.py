@@ -32,7 +32,13 @@ import numpy as np
 
 from vigil.streams.alignment import ClipWindows, ReorderBuffer, prepare_clip
 from vigil.streams.frames import Frame, FrameError, decode_frame
-from vigil.streams.schemas import ClipScore, DeadLetter, InspectionAlert, RawRecord
+from vigil.streams.schemas import (
+    ClipScore,
+    DeadLetter,
+    InspectionAlert,
+    RawRecord,
+    dlq_counter,
+)
 
 __all__ = ["ClipModel", "InspectionPipeline", "InspectionResult", "clip_bbox"]
 
@@ -139,9 +145,9 @@ class InspectionPipeline:
             try:
                 frame = decode_frame(record.key, record.value, record.headers)
             except FrameError as exc:
-                self.counters["dlq"] += 1
-                self.counters["dlq:invalid"] += 1
                 letter = DeadLetter.of(record, str(exc), consumed_ms, "invalid")
+                self.counters["dlq"] += 1
+                self.counters[dlq_counter(letter.reason)] += 1
                 out.dead.append((record.key, letter.model_dump_json().encode()))
                 out.done.append(ref)
                 continue

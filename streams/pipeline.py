@@ -91,6 +91,7 @@ from vigil.streams.schemas import (
     RawRecord,
     Transaction,
     decode_transactions,
+    dlq_counter,
 )
 from vigil.streams.scorers import ModelHolder
 
@@ -936,7 +937,7 @@ class RiskPipeline:
 
     def _dead(self, out: BatchResult, record: RawRecord, letter: DeadLetter) -> None:
         out.counts["dlq"] += 1
-        out.counts[f"dlq:{letter.reason}"] += 1
+        out.counts[dlq_counter(letter.reason)] += 1
         log.debug(
             "dead letter %s:%s@%s: %s", record.topic, record.partition, record.offset, letter.error
         )

@@ -217,6 +217,12 @@ DLQ_REASONS = {
     "label": "a record on the labels topic that is no label",
     "raised": "processing it raised (the batch went on without it)",
 }
+DLQ_COUNTER_PREFIX = "dlq:"  # a worker's counter of dead letters with one reason
+
+
+def dlq_counter(reason: str) -> str:
+    """The name of a worker's counter of dead letters with ``reason``."""
+    return DLQ_COUNTER_PREFIX + reason
 
 
 class DeadLetter(BaseModel):
