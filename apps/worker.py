@@ -288,15 +288,15 @@ class Watch:
         """A micro-batch handled (its outputs on the broker) in ``seconds``."""
         self.metrics.histograms["batch_seconds"].observe([seconds])
         now_s = time.time()
-        topics = self.latency_topics
-        published = [ev.message.timestamp for ev in events if ev.message.topic in topics]
-        self.metrics.histograms["latency_seconds"].observe([now_s - t for t in published if t])
-        nxt = self._next
-        for ev in events:
+        topics, nxt, waited = self.latency_topics, self._next, []
+        for ev in events:  # one pass: the latency of each, and where each partition is
             m = ev.message
+            if m.topic in topics and m.timestamp:
+                waited.append(now_s - m.timestamp)
             where = (m.topic, m.partition)
             if m.offset >= nxt.get(where, 0):
                 nxt[where] = m.offset + 1
+        self.metrics.histograms["latency_seconds"].observe(waited)
 
     async def lag(self) -> dict[tuple[tuple[str, str], ...], float]:
         """Records on the broker not yet handled, per assigned partition of ``lag_topics``:
