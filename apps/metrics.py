@@ -163,8 +163,10 @@ class _Collector:
 class MetricsServer:
     """The HTTP thread serving one worker's ``/metrics``, ``/healthz`` and ``/readyz``."""
 
-    def __init__(self, metrics: Metrics, ready: Ready, host: str, port: int) -> None:
-        handler = _handler(metrics, ready)
+    def __init__(
+        self, metrics: Metrics, ready: Ready, host: str, port: int, alive: Ready | None = None
+    ) -> None:
+        handler = _handler(metrics, ready, alive or metrics.alive)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -182,15 +184,17 @@ class MetricsServer:
         self._thread.join(5.0)
 
 
-def serve(metrics: Metrics, ready: Ready, host: str, port: int) -> MetricsServer | None:
+def serve(
+    metrics: Metrics, ready: Ready, host: str, port: int, alive: Ready | None = None
+) -> MetricsServer | None:
     """Start serving on ``host:port`` (port 0: not at all); a port that cannot be bound is
     logged, not fatal: the worker's job is scoring, and its readiness probe will say the
-    rest."""
+    rest. ``alive`` answers ``/healthz`` (default: the loop refreshed within ``stall_s``)."""
     if not port:
         log.info("metrics and health endpoints off (port 0)")
         return None
     try:
-        server = MetricsServer(metrics, ready, host, port).start()
+        server = MetricsServer(metrics, ready, host, port, alive).start()
     except OSError as exc:
         log.error("metrics and health endpoints not served: %s:%d: %s", host, port, exc)
         return None
@@ -198,7 +202,7 @@ def serve(metrics: Metrics, ready: Ready, host: str, port: int) -> MetricsServer
     return server
 
 
-def _handler(metrics: Metrics, ready: Ready) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Metrics, ready: Ready, alive: Ready) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
@@ -206,7 +210,7 @@ def _handler(metrics: Metrics, ready: Ready) -> type[BaseHTTPRequestHandler]:
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/readyz"):
                 try:
-                    ok, why = metrics.alive() if path == "/healthz" else ready()
+                    ok, why = alive() if path == "/healthz" else ready()
                 except Exception as exc:  # a probe must answer, whatever went wrong
                     ok, why = False, f"{type(exc).__name__}: {exc}"
                 self._send(200 if ok else 503, f"{why}\n".encode(), "text/plain; charset=utf-8")

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         le=65535,
         description="inspection worker's metrics and health port (0: off)",
     )
+    trainer_metrics_port: int = Field(
+        default=9110,
+        ge=0,
+        le=65535,
+        description="a scheduled refresh job's (`vigil train ... --every`) metrics and health "
+        "port (0: off)",
+    )
     state_ttl_days: float = Field(
         default=400.0,
         ge=31.05,

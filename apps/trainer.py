@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vigil.apps.broker import ensure_one
+from vigil.apps.metrics import BatchHistogram, Metrics
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import UsageError
@@ -48,6 +49,7 @@ from vigil.streams.sources.camera import HELDOUT_TEXTURES
 
 __all__ = [
     "MIN_STREAM_POSITIVES",
+    "RefreshWatch",
     "gate_and_publish",
     "inspection_round",
     "risk_round",
@@ -203,6 +205,80 @@ def run_schedule(
         n += 1
         if every_s is None or stop.wait(max(0.0, every_s - (time.monotonic() - began))):
             return failed
+
+
+# a round: seconds (risk ~30 s to minutes, inspection 10-40 min on a CPU)
+ROUND_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 2400, 3600, 7200)
+
+
+class RefreshWatch:
+    """Metrics and health of a scheduled refresh job (``--every``): its rounds, failed
+    rounds, releases published and challengers kept out, the time of a round, the scores
+    it last compared and the release it last published. ``/healthz`` says what the job
+    is doing (a round runs on the main thread for minutes: nothing for a stall check to
+    see); ``/readyz`` fails while the last round failed, so an alert can watch it."""
+
+    def __init__(self, model: str) -> None:
+        self.metrics = Metrics(
+            f"{model}_trainer",
+            [BatchHistogram("round_seconds", "time of a refresh round", ROUND_BUCKETS)],
+        )
+        self.counters = {"rounds": 0, "rounds_failed": 0, "published": 0, "kept": 0}
+        self._gauges: dict[str, float] = {}
+        self._info: dict[str, dict[str, str]] = {}
+        self._round: tuple[int, float] | None = None  # the round running, and since when
+        self._last_error: str | None = None
+        self.metrics.refresh(self.counters)
+
+    def wrap(self, round_: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
+        """``round_`` observed: counted, timed, its decision kept for the metrics."""
+
+        def watched(n: int) -> dict[str, Any]:
+            began = time.monotonic()
+            self._round = (n, began)
+            try:
+                result = round_(n)
+            except BaseException as exc:
+                self._ended(began, None, f"{type(exc).__name__}: {exc}")
+                raise
+            self._ended(began, result, None)
+            return result
+
+        return watched
+
+    def _ended(self, began: float, result: dict[str, Any] | None, error: str | None) -> None:
+        self._round = None
+        self.counters["rounds"] += 1
+        now_s = time.time()
+        self._gauges["last_round_timestamp_seconds"] = now_s
+        self._last_error = error
+        if result is None:
+            self.counters["rounds_failed"] += 1
+        else:
+            self._gauges["last_success_timestamp_seconds"] = now_s
+            self.counters["published" if result.get("published") else "kept"] += 1
+            for side in ("challenger", "champion"):
+                if isinstance(result.get(f"{side}_score"), int | float):
+                    self._gauges[f"{side}_score"] = float(result[f"{side}_score"])
+            if result.get("published") and result.get("challenger"):
+                self._info["published"] = {
+                    "model": str(result.get("model", "")),
+                    "version": str(result["challenger"]),
+                }
+        self.metrics.histograms["round_seconds"].observe([time.monotonic() - began])
+        gauges = {k: (k.replace("_", " "), {(): v}) for k, v in self._gauges.items()}
+        self.metrics.refresh(self.counters, gauges, self._info)
+
+    def alive(self) -> tuple[bool, str]:
+        running = self._round
+        if running is not None:
+            return True, f"round {running[0]} running for {time.monotonic() - running[1]:.0f} s"
+        return True, f"waiting for the next round ({self.counters['rounds']} done)"
+
+    def ready(self) -> tuple[bool, str]:
+        if self._last_error is not None:
+            return False, f"the last round failed: {self._last_error}"
+        return True, f"{self.counters['rounds']} rounds, {self.counters['published']} published"
 
 
 Say = Callable[[str], object]

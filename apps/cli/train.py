@@ -171,7 +171,7 @@ def train_inspection(
     from vigil.apps.trainer import inspection_round
 
     round_ = inspection_round(settings, get_bootstrap(settings), cfg, root, bits, say)
-    _refresh(settings, every_s, round_, as_json)
+    _refresh(settings, "inspection", every_s, round_, as_json)
 
 
 def _publish_options_ok(publish_: bool, every: str | None, bits: int) -> float | None:
@@ -189,15 +189,22 @@ def _publish_options_ok(publish_: bool, every: str | None, bits: int) -> float |
         fail(exc, 2)
 
 
-def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Run the refresh job's rounds (apps.trainer) until SIGINT/SIGTERM when scheduled."""
-    from vigil.apps.trainer import run_schedule
+def _refresh(settings: Settings, model: str, every_s: float | None, round_, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    """Run the refresh job's rounds (apps.trainer) until SIGINT/SIGTERM when scheduled;
+    a scheduled job serves its metrics and health (VIGIL_TRAINER_METRICS_PORT)."""
+    from vigil.apps.metrics import serve
+    from vigil.apps.trainer import RefreshWatch, run_schedule
 
     stop = threading.Event()
     signals: tuple[signal.Signals, ...] = ()
+    server = None
     if every_s is not None:
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         console.print(f"refreshing every {every_s:g} s; Ctrl-C stops after the current round")
+        watch = RefreshWatch(model)
+        round_ = watch.wrap(round_)
+        port = settings.trainer_metrics_port
+        server = serve(watch.metrics, watch.ready, settings.metrics_host, port, watch.alive)
 
     def report(result: dict) -> None:
         if as_json:
@@ -210,6 +217,9 @@ def _refresh(settings: Settings, every_s: float | None, round_, as_json: bool) -
             failed = run_schedule(round_, every_s, stop, report)
     except VigilError as exc:
         fail(exc, 1)
+    finally:
+        if server is not None:
+            server.stop()
     if failed:
         raise typer.Exit(1)
 
@@ -320,7 +330,7 @@ def train_risk(
         # files given: the user's own data to fall back on; generated: only when allowed
         allow_synthetic=allow_synthetic or input is not None,
     )
-    _refresh(settings, every_s, round_, as_json)
+    _refresh(settings, "risk", every_s, round_, as_json)
 
 
 def _print_risk_report(path: Path, report: dict, holdout_days: float, as_json: bool) -> None:

@@ -3,7 +3,9 @@ histogram against prometheus_client's own, fed the same values one at a time."""
 
 from __future__ import annotations
 
+import re
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -138,3 +140,49 @@ def test_a_failing_refresh_keeps_the_old_metrics_and_the_worker_alive(tmp_path, 
     assert ("vigil_risk_events_total", ()) not in samples(
         generate_latest(watch.metrics.registry).decode()
     )  # nothing half-refreshed
+
+
+def test_a_scheduled_refresh_job_counts_its_rounds_and_readiness_follows_the_last():
+    from vigil.apps.trainer import RefreshWatch, run_schedule
+
+    outcomes = [
+        {"model": "risk", "challenger": "risk-2", "published": True, "challenger_score": 0.9},
+        {"model": "risk", "challenger": "risk-3", "published": False, "champion_score": 0.95},
+        RuntimeError("broker away"),
+    ]
+    watch = RefreshWatch("risk")
+    server = serve(watch.metrics, watch.ready, "127.0.0.1", _free_port(), watch.alive)
+    stop = threading.Event()
+    seen: list[tuple[int, str]] = []
+
+    def round_(n: int) -> dict:
+        seen.append(get(server.port, "/healthz"))  # asked while the round runs
+        outcome = outcomes[n]
+        if n == len(outcomes) - 1:
+            stop.set()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    try:
+        assert get(server.port, "/readyz")[0] == 200  # no round yet: nothing failed
+        failed = run_schedule(watch.wrap(round_), 0.01, stop, lambda _r: None)
+        got = samples(get(server.port, "/metrics")[1])
+        ready = get(server.port, "/readyz")
+    finally:
+        server.stop()
+    assert failed == 1
+    assert seen[1][0] == 200 and re.fullmatch(r"round 1 running for \d+ s\n", seen[1][1])
+    assert got[("vigil_risk_trainer_rounds_total", ())] == 3
+    assert got[("vigil_risk_trainer_rounds_failed_total", ())] == 1
+    assert got[("vigil_risk_trainer_published_total", ())] == 1
+    assert got[("vigil_risk_trainer_kept_total", ())] == 1
+    assert got[("vigil_risk_trainer_round_seconds_count", ())] == 3
+    assert got[("vigil_risk_trainer_challenger_score", ())] == 0.9
+    assert got[("vigil_risk_trainer_champion_score", ())] == 0.95
+    published = (("model", "risk"), ("version", "risk-2"))
+    assert got[("vigil_risk_trainer_published_info", published)] == 1
+    assert got[("vigil_risk_trainer_last_success_timestamp_seconds", ())] <= got[
+        ("vigil_risk_trainer_last_round_timestamp_seconds", ())
+    ]
+    assert ready == (503, "the last round failed: RuntimeError: broker away\n")
