@@ -62,7 +62,7 @@ def scratch_namespace(
     topics = TopicNames(namespace)
     with broker_for(settings) as (bootstrap, embedded):
         say(f"broker {bootstrap}{' (embedded)' if embedded else ''}, namespace {namespace}")
-        ensure_all(bootstrap, topics, settings.partitions)
+        ensure_all(bootstrap, topics, settings.partitions, settings.replication_factor)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         yield (
             bootstrap,

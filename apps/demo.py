@@ -138,7 +138,7 @@ def run_demo(
     stats = _Stats()
     topics = settings.topics
     with stop_on_signals(stop), broker_for(settings) as (bootstrap, embedded):
-        ensure_all(bootstrap, topics, settings.partitions)
+        ensure_all(bootstrap, topics, settings.partitions, settings.replication_factor)
         if embedded is not None:
             write_runtime(settings, embedded)  # `vigil consume` in another terminal finds it
         log_path = settings.state_dir / "demo-worker.log"

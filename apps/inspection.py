@@ -44,7 +44,7 @@ STATS_EVERY_S = 10.0
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
-    ensure_all(bootstrap, topics, settings.partitions)
+    ensure_all(bootstrap, topics, settings.partitions, settings.replication_factor)
     partitions = check_copartitioned(bootstrap, [topics.frames])
     # frames held for a pending clip are never acknowledged before a rebalance or shutdown:
     # do not wait for them (their offsets are not committed; they are redelivered)

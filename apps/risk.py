@@ -65,7 +65,7 @@ CATCH_UP_S = 15.0  # longest the first batch waits for the control topics' backl
 def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
     bootstrap = bootstrap or resolve_bootstrap(settings)
     topics = settings.topics
-    ensure_all(bootstrap, topics, settings.partitions)
+    ensure_all(bootstrap, topics, settings.partitions, settings.replication_factor)
     # the topics' real partition count wins over settings (they may predate this worker)
     partitions = check_copartitioned(
         bootstrap, [topics.transactions, topics.inflows, topics.labels]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vigil.models.signing import SigningKey, TrustedKeys, dev_signing_key
@@ -22,11 +22,52 @@ class Settings(BaseSettings):
     Environment: ``VIGIL_KAFKA_BOOTSTRAP``, ``VIGIL_NAMESPACE``, ``VIGIL_PARTITIONS``, ...
     """
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", frozen=True)
+    # an empty variable is an unset one (compose files and shells leave them empty)
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     kafka_bootstrap: str | None = Field(
         default=None,
         description="host:port list of a Kafka cluster; unset = the embedded dev broker",
+    )
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT",
+        pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$",
+        description="how every Vigil client (workers, trainers, CLI, console) talks to the "
+        "brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: str = Field(
+        default="PLAIN",
+        pattern=r"^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$",
+        description="with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="with SASL_*: the user")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="with SASL_*: the password (never printed)"
+    )
+    kafka_ssl_ca_file: FilePath | None = Field(
+        default=None,
+        description="with SSL or SASL_SSL: the CA certificates (PEM) the brokers' certificates "
+        "are checked against (unset: the system's)",
+    )
+    kafka_ssl_cert_file: FilePath | None = Field(
+        default=None,
+        description="with SSL or SASL_SSL: this client's certificate (PEM), for brokers that "
+        "ask for one (mutual TLS); goes with VIGIL_KAFKA_SSL_KEY_FILE",
+    )
+    kafka_ssl_key_file: FilePath | None = Field(
+        default=None, description="the private key (PEM) of VIGIL_KAFKA_SSL_CERT_FILE"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="the password of VIGIL_KAFKA_SSL_KEY_FILE, if it has one"
+    )
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="replication factor of every topic Vigil or faust creates (3 on a "
+        "production cluster; 1 for a single broker)",
     )
     namespace: str = Field(
         default="vigil",
@@ -217,6 +258,31 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(
         default=1.0, gt=0, description="a third of the session timeout or less"
     )
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"VIGIL_KAFKA_SECURITY_PROTOCOL={protocol} needs VIGIL_KAFKA_SASL_USERNAME "
+                "and VIGIL_KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("VIGIL_KAFKA_SSL_CERT_FILE and VIGIL_KAFKA_SSL_KEY_FILE go together")
+        tls_files = [
+            n
+            for n in ("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
+            if getattr(self, n) is not None
+        ]
+        if tls_files and protocol not in ("SSL", "SASL_SSL"):
+            names = ", ".join(f"VIGIL_{n.upper()}" for n in tls_files)
+            raise ValueError(
+                f"{names} set but VIGIL_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                "(SSL or SASL_SSL)"
+            )
+        return self
 
     def release_signer(self) -> SigningKey:
         """The key that signs model releases; a development key (warned about) when

@@ -152,7 +152,7 @@ def gate_and_publish(
         "rows": len(data.labels),
         "positives": int(np.sum(data.labels)),
     }
-    ensure_one(bootstrap, settings.topics, topic)
+    ensure_one(bootstrap, settings.topics, topic, settings.replication_factor)
     champion = read_releases(bootstrap, topic, settings.release_trusted()).latest(name)
     if champion is None:
         out |= {"champion": None, "published": True, "reason": "no model serves yet"}

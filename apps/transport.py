@@ -64,12 +64,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import faust
-from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import TP
 from mode import ServiceT
 from mode.services import WaitResults
+
+from vigil.apps.kafka import make_consumer
 
 __all__ = ["SCHEME", "Consumer", "ConsumerThread", "Transport", "VigilApp", "verified_end_offsets"]
 
@@ -125,14 +126,14 @@ def verified_end_offsets(
     result = dict(reported)
     if not reported:
         return result
-    consumer = KafkaConsumer(
-        {
-            "bootstrap.servers": bootstrap,
+    consumer = make_consumer(
+        bootstrap,
+        **{
             "group.id": f"vigil-end-offsets-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 50,
-        }
+        },
     )
     try:
         keys = {(tp[0], tp[1]): tp for tp in reported}  # (topic, partition) -> caller's key

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, Message
 from faust.tables import TableManager
 
 from vigil.apps.broker import RECORD_OVERHEAD_BYTES
-from vigil.apps.kafka import make_producer
+from vigil.apps.kafka import KafkaSecurity, make_producer
 from vigil.apps.logs import logging_config
 from vigil.apps.metrics import BatchHistogram, Metrics, Ready, serve
 from vigil.apps.settings import Settings
@@ -112,7 +112,8 @@ def faust_app(
         web_enabled=False,
         datadir=str(datadir),
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
+        broker_credentials=KafkaSecurity.from_settings(settings).faust_credentials(),
         consumer_auto_offset_reset="earliest",
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_session_timeout=settings.session_timeout_s,

@@ -151,3 +151,33 @@ def test_no_package_exports_a_name_that_is_also_one_of_its_modules() -> None:
         exported = set(getattr(importlib.import_module(name), "__all__", ()))
         clashes += [f"{name}.{n}" for n in sorted(exported & modules)]
     assert clashes == []
+
+
+KAFKA_CLIENTS = {"Producer", "Consumer", "AdminClient", "KafkaConsumer", "KafkaProducer"}
+KAFKA_CLIENTS |= {f"AIOKafka{k}" for k in ("Consumer", "Producer", "Client", "AdminClient")}
+
+
+def _calls(path: Path) -> list[ast.Call]:
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)]
+
+
+def _called(call: ast.Call) -> str:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+
+def test_every_kafka_client_is_made_where_the_security_settings_are_applied() -> None:
+    """apps/kafka.py applies VIGIL_KAFKA_SECURITY_PROTOCOL, SASL and TLS to each client it
+    makes; a client constructed anywhere else would skip them (a plaintext connection to a
+    secured cluster, or none). faust apps take them as broker_credentials."""
+    made: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for call in _calls(path):
+            called = _called(call)
+            if called in KAFKA_CLIENTS:
+                made.setdefault(name, []).append(called)
+            if called in ("App", "VigilApp"):
+                keywords = {k.arg for k in call.keywords}
+                assert "broker_credentials" in keywords, f"{name}: a faust app without them"
+    assert set(made) == {"vigil.apps.kafka"}, made
+    assert {"Producer", "Consumer", "AdminClient"} <= set(made["vigil.apps.kafka"])

@@ -35,7 +35,9 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
     except BrokerError as exc:
         fail(exc, 1)
     try:
-        created = ensure_all(b.bootstrap, settings.topics, settings.partitions)
+        created = ensure_all(
+            b.bootstrap, settings.topics, settings.partitions, settings.replication_factor
+        )
         write_runtime(settings, b)
         console.print(
             f"broker ready on [bold]{b.bootstrap}[/] (created {len(created)} topics); "
@@ -55,7 +57,11 @@ def broker(port: int = typer.Option(0, help="listen port on 127.0.0.1 (0 = a fre
 
 @app.command()
 def topics(
-    replication: int = typer.Option(1, min=1, help="replication factor of topics it creates"),
+    replication: int | None = typer.Option(
+        None,
+        min=1,
+        help="replication factor of topics it creates (default: VIGIL_REPLICATION_FACTOR)",
+    ),
 ) -> None:
     """Create every topic of the namespace that does not exist yet (VIGIL_PARTITIONS
     partitions; the control topics, models and rules, one partition, kept forever), then
@@ -63,7 +69,12 @@ def topics(
     settings = get_settings()
     bootstrap = get_bootstrap(settings)
     try:
-        created = ensure_all(bootstrap, settings.topics, settings.partitions, replication)
+        created = ensure_all(
+            bootstrap,
+            settings.topics,
+            settings.partitions,
+            replication or settings.replication_factor,
+        )
     except BrokerError as exc:
         fail(exc, 1)
     configs = settings.topics.configs()

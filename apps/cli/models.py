@@ -41,7 +41,7 @@ def models_publish(
     settings = get_settings()
     signer = get_signer(settings)  # a key problem is said before the broker is reached
     bootstrap = get_bootstrap(settings)
-    ensure_one(bootstrap, settings.topics, settings.topics.models)
+    ensure_one(bootstrap, settings.topics, settings.topics.models, settings.replication_factor)
     try:
         release = build_release(model_dir, signer)
         n = publish_release(bootstrap, settings.topics.models, release)
@@ -130,7 +130,7 @@ def models_rollback(
     if release.name != name:
         fail(f"{version} is a {release.name} model, not {name}", 1)
     release = resign(release, signer, rollback=True, replaces=serving and serving.version)
-    ensure_one(bootstrap, settings.topics, settings.topics.models)
+    ensure_one(bootstrap, settings.topics, settings.topics.models, settings.replication_factor)
     try:
         publish_release(bootstrap, settings.topics.models, release)
     except PublishError as exc:

@@ -69,7 +69,7 @@ def rates_publish(file: Path = typer.Argument(..., help="rates table (YAML or JS
     settings = get_settings()
     rates = _load(file, "invalid, not published: ", settings.reporting_currency)
     bootstrap = get_bootstrap(settings)
-    ensure_one(bootstrap, settings.topics, settings.topics.rates)
+    ensure_one(bootstrap, settings.topics, settings.topics.rates, settings.replication_factor)
     document = read_document(file.read_bytes())  # validated above
     result = publish(
         bootstrap, settings.topics.rates, [(rates.name, json.dumps(document).encode())]

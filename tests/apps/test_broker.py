@@ -60,3 +60,29 @@ def test_topics_with_different_partition_counts_are_refused_as_copartitioned(boo
     assert check_copartitioned(bootstrap, ["cp-a", "cp-a"]) == 4
     with pytest.raises(BrokerError, match=r"same partition count.*cp-a: 4, cp-b: 2"):
         check_copartitioned(bootstrap, ["cp-a", "cp-b"])
+
+
+def test_every_topic_is_created_with_the_configured_replication_factor(
+    bootstrap, namespace, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from vigil.apps.cli import app
+    from vigil.apps.worker import faust_app
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", bootstrap)
+    monkeypatch.setenv("VIGIL_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("VIGIL_REPLICATION_FACTOR", "3")  # Tansu records what it is asked
+    runner = CliRunner()
+    for ns, args, want in [(namespace, [], 3), (f"{namespace}-b", ["--replication", "2"], 2)]:
+        monkeypatch.setenv("VIGIL_NAMESPACE", ns)
+        made = runner.invoke(app, ["topics", *args])
+        assert made.exit_code == 0, made.output
+        settings = Settings()
+        topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        names = set(settings.topics.all(settings.partitions))
+        assert names <= set(topics)
+        replicas = {len(p.replicas) for n in names for p in topics[n].partitions.values()}
+        assert replicas == {want}, (ns, replicas)
+    # and the topics faust itself would create (changelogs, when missing)
+    assert faust_app(Settings(), bootstrap, "risk", 4, 10).conf.topic_replication_factor == 3

@@ -182,7 +182,8 @@ def test_a_scheduled_refresh_job_counts_its_rounds_and_readiness_follows_the_las
     assert got[("vigil_risk_trainer_champion_score", ())] == 0.95
     published = (("model", "risk"), ("version", "risk-2"))
     assert got[("vigil_risk_trainer_published_info", published)] == 1
-    assert got[("vigil_risk_trainer_last_success_timestamp_seconds", ())] <= got[
-        ("vigil_risk_trainer_last_round_timestamp_seconds", ())
-    ]
+    assert (
+        got[("vigil_risk_trainer_last_success_timestamp_seconds", ())]
+        <= got[("vigil_risk_trainer_last_round_timestamp_seconds", ())]
+    )
     assert ready == (503, "the last round failed: RuntimeError: broker away\n")
