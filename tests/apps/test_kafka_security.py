@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_vigil_config_never_prints_a_password(monkeypatch):
     assert "alice" in shown.output and "s3cret-pw" not in shown.output
 
 
-def _faust_producer(bootstrap: str) -> None:
+def _faust_producer(bootstrap: str) -> threading.Thread:
     """What the faust app's aiokafka clients are given (faust's own conversion of the
     app's broker_credentials), used by an aiokafka producer."""
     settings = Settings()  # from the environment, as in a worker
@@ -106,38 +107,32 @@ def _faust_producer(bootstrap: str) -> None:
 
     async def connect() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000, **auth)
-        try:
+        with contextlib.suppress(Exception):  # the stand-in hangs up after the first auth
             await asyncio.wait_for(producer.start(), 5)
-        except Exception:  # the stand-in hangs up after the first auth message
-            pass
-        finally:
-            await producer.stop()
+        await producer.stop()
 
-    asyncio.run(connect())
-
-
-def _produce(bootstrap: str) -> None:
-    producer = make_producer(bootstrap)
-    producer.produce("t", b"x")
-    producer.flush(3)  # alive while it tries to deliver
+    thread = threading.Thread(target=asyncio.run, args=(connect(),), daemon=True)
+    thread.start()
+    return thread
 
 
+# each makes a client, which connects to its bootstrap server at once, and returns it
 CLIENTS: dict[str, Callable[[str], object]] = {
-    "producer": _produce,
-    "reader": lambda b: make_reader(b).list_topics(timeout=2),
-    "admin": lambda b: make_admin(b).list_topics(timeout=2),
-    "consumer": lambda b: make_consumer(b, **{"group.id": "g"}).list_topics(timeout=2),
+    "producer": make_producer,
+    "reader": make_reader,
+    "admin": make_admin,
+    "consumer": lambda b: make_consumer(b, **{"group.id": "g"}),
     "faust": _faust_producer,
 }
 
 
 def _run(client: Callable[[str], object], standin: SaslStandin) -> None:
-    with contextlib.suppress(Exception):  # no metadata served: every client fails in the end
-        client(standin.bootstrap)
+    made = client(standin.bootstrap)  # kept alive until the stand-in has seen it
     deadline = time.monotonic() + 10
     while not any(s.auth or METADATA in s.api_keys for s in standin.seen):
         assert time.monotonic() < deadline, standin.seen
-        time.sleep(0.05)
+        time.sleep(0.02)
+    del made
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
