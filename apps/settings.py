@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         description="replication factor of every topic Vigil or faust creates (3 on a "
         "production cluster; 1 for a single broker)",
     )
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="a schema registry (Confluent REST API; https://user:password@host "
+        "for basic authentication): `vigil topics` registers the contract's JSON Schemas "
+        "there as subjects <topic>-value",
+    )
     namespace: str = Field(
         default="vigil",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",

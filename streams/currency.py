@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vigil.errors import VigilError
 
 __all__ = [
+    "RatesDocument",
     "MAX_CURRENCIES",
     "Rates",
     "RatesError",
@@ -54,7 +55,9 @@ class RatesError(VigilError, ValueError):
     """A rates table that cannot be used."""
 
 
-class _Document(BaseModel):
+class RatesDocument(BaseModel):
+    """``vigil.rates`` value: a currency rates table (``vigil rates validate`` checks it)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)
     version: str = Field(min_length=1, max_length=64)
@@ -110,7 +113,7 @@ def parse_rates(document: Any) -> Rates:
     if not isinstance(document, dict):
         raise RatesError(f"a rates table is a mapping, not {type(document).__name__}")
     try:
-        doc = _Document.model_validate(document)
+        doc = RatesDocument.model_validate(document)
     except ValidationError as exc:
         raise RatesError(_describe(exc)) from None
     table = dict(doc.rates)

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     TypeAdapter,
     ValidationError,
     model_serializer,
@@ -53,7 +54,15 @@ MAX_RECORD_BYTES = 1_000_000
 # and far enough below float64's range that sums over a window stay finite.
 MAX_AMOUNT = 1e15
 
-TsMs = Annotated[int, Field(ge=MIN_TS_MS, lt=MAX_TS_MS)]
+TsMs = Annotated[
+    int,
+    Field(
+        ge=MIN_TS_MS,
+        lt=MAX_TS_MS,
+        description="epoch milliseconds in 2000-2100, written as an integer (1767225600000, "
+        "not 1767225600000.0 or 1.7672256e12)",
+    ),
+]
 Channel = Literal["card", "wire", "ach", "cash", "crypto", "p2p"]
 
 
@@ -80,7 +89,8 @@ class Label(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     tx_id: str = Field(min_length=1)
-    label: Literal[0, 1]
+    # 0 or 1 as an integer: Literal[0, 1] let `true` through (True == 1 in Python)
+    label: Annotated[int, Strict(), Field(ge=0, le=1)]
     typology: str | None = None
     ts_ms: TsMs
 
@@ -217,6 +227,7 @@ DLQ_REASONS = {
     "label": "a record on the labels topic that is no label",
     "raised": "processing it raised (the batch went on without it)",
 }
+DlqReason = Literal["empty", "invalid", "currency", "state", "internal", "label", "raised"]
 DLQ_COUNTER_PREFIX = "dlq:"  # a worker's counter of dead letters with one reason
 
 
@@ -236,7 +247,7 @@ class DeadLetter(BaseModel):
     error: str
     ts_ms: int
     # extends contract v1: why, as one of ``DLQ_REASONS`` (the error says it in words)
-    reason: str = "invalid"
+    reason: DlqReason = "invalid"
     # extends contract v1: the record's headers, [name, base64 value], where it had any
     # (left out of the JSON when it had none)
     headers: list[tuple[str, str | None]] | None = None

@@ -46,6 +46,7 @@ def test_the_wheel_holds_only_the_vigil_package(tmp_path: Path) -> None:
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"vigil"}
     assert "vigil/streams/rules/rulesets/aml.yaml" in names  # package data travels too
+    assert "vigil/streams/jsonschema/vigil.transactions.json" in names  # the contract's schemas
     assert "vigil/apps/cli/__main__.py" in names and "vigil/models/tasks.py" in names
 
 

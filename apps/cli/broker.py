@@ -82,3 +82,12 @@ def topics(
         state = "created" if name in created else "exists"
         kept = " (kept forever)" if name in configs else ""
         out.print(f"{name}: {partitions} partition{'s' if partitions > 1 else ''}, {state}{kept}")
+    if settings.schema_registry_url:
+        from vigil.apps.registry import RegistryError, register_schemas
+
+        try:
+            ids = register_schemas(settings.schema_registry_url, settings.topics)
+        except RegistryError as exc:
+            fail(exc, 1)
+        for subject, schema_id in ids.items():
+            out.print(f"{subject}: JSON Schema registered, id {schema_id}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import typer
 
 from vigil.apps.cli.base import (
@@ -27,4 +29,10 @@ def config(
         return
     settings = get_settings()
     values = {f"VIGIL_{name.upper()}": getattr(settings, name) for name in Settings.model_fields}
-    show({k: None if v is None else str(v) for k, v in values.items()}, as_json, width=30)
+    shown = {k: None if v is None else _redacted(str(v)) for k, v in values.items()}
+    show(shown, as_json, width=30)
+
+
+def _redacted(value: str) -> str:
+    """A URL's password (scheme://user:password@host) is not printed."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", value)

@@ -49,6 +49,7 @@ from vigil.streams.rules.language import (
 )
 
 __all__ = [
+    "RulesetDocument",
     "LIMITS",
     "TX_FIELDS",
     "Ruleset",
@@ -120,7 +121,9 @@ class _Rule(BaseModel):
         return self
 
 
-class _Document(BaseModel):
+class RulesetDocument(BaseModel):
+    """``vigil.rules`` value: a ruleset document (``vigil rules validate`` checks it)."""
+
     model_config = ConfigDict(extra="forbid")
     ruleset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     version: str = Field(min_length=1, max_length=64)
@@ -132,7 +135,7 @@ class _Document(BaseModel):
     rules: list[_Rule] = Field(min_length=1, max_length=LIMITS.rules)
 
     @model_validator(mode="after")
-    def _list_sizes(self) -> _Document:
+    def _list_sizes(self) -> RulesetDocument:
         for name, items in self.lists.items():
             if len(items) > LIMITS.list_items:
                 raise ValueError(
@@ -262,7 +265,7 @@ def _where(doc: Any, loc: Sequence[Any]) -> str:
 def parse_ruleset(doc: Any, names: Mapping[str, str]) -> Ruleset:
     """Validate and compile a parsed document against the available typed ``names``."""
     try:
-        parsed = _Document.model_validate(doc)
+        parsed = RulesetDocument.model_validate(doc)
     except ValidationError as exc:
         problems = [f"{_where(doc, e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise RuleError("invalid ruleset: " + "; ".join(problems)) from None
