@@ -6,22 +6,31 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-all bench lint format clean
 
+# the console's browser test drives Debian's Chromium (playwright never downloads one)
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+		chromium fonts-dejavu-core
+
 demo: $(STAMP)
 	$(BIN)/vigil demo $(ARGS)
 
 # the edit-run loop: unit and fast integration tests (under 8 minutes on 2 cores)
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 # what CI runs: lint, then every test (slow ones included: the fault suite's short run,
 # worker and rank restarts, release rounds, multi-process training)
-test-all: lint
+test-all: lint $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)

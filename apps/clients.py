@@ -100,13 +100,15 @@ def read_messages(
     from_end: bool = False,
     idle_timeout_s: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
+    since_ms: int | None = None,
 ) -> Iterator[Any]:
     """Yield every partition's messages (confluent-kafka ``Message``: key, value, headers,
-    partition, offset, timestamp). Without ``follow`` it stops once every partition has
-    reached its end."""
+    partition, offset, timestamp), from the start, the end, or the first timestamped
+    ``since_ms`` or later. Without ``follow`` it stops once every partition has reached
+    its end."""
     reader = make_reader(bootstrap)
     try:
-        n_parts = read_from_start(reader, topic, from_end=from_end)
+        n_parts = read_from_start(reader, topic, from_end=from_end, since_ms=since_ms)
         at_end: set[int] = set()
         seen = 0
         while not should_stop():
@@ -118,6 +120,8 @@ def read_messages(
                         continue
                     raise BrokerError(f"reading {topic}: {msg.error()}")
                 at_end.discard(msg.partition())
+                if since_ms is not None and msg.timestamp()[1] < since_ms:
+                    continue  # a broker without timestamp lookup (Tansu) starts earlier
                 yield msg
                 seen += 1
                 if limit is not None and seen >= limit:

@@ -132,7 +132,12 @@ def _view(stats: _Stats, bootstrap: str, elapsed_s: float) -> Group:
 
 
 def run_demo(
-    settings: Settings, duration_s: float, rate: float, console: Console, camera_fps: float = 50.0
+    settings: Settings,
+    duration_s: float,
+    rate: float,
+    console: Console,
+    camera_fps: float = 50.0,
+    ui_port: int = 8080,
 ) -> int:
     stop = threading.Event()
     stats = _Stats()
@@ -155,6 +160,12 @@ def run_demo(
         env = {"VIGIL_KAFKA_BOOTSTRAP": bootstrap}
         worker = WorkerProcess("risk", env, log_path).start()
         inspector = WorkerProcess("inspection", env, inspection_log).start()
+        web = None
+        if ui_port:
+            ui_log = settings.state_dir / "demo-ui.log"
+            args = ["ui", "--port", str(ui_port)]
+            web = WorkerProcess("ui", env, ui_log, args=args).start()
+            console.print(f"console: http://localhost:{ui_port}/ (log {ui_log})")
         ports = [
             (name, port)
             for name, port in (
@@ -230,6 +241,8 @@ def run_demo(
                 t.join(5)
             worker.stop()
             inspector.stop()
+            if web is not None:
+                web.stop()
             if embedded is not None:
                 clear_runtime(settings)
     console.print(

@@ -167,12 +167,32 @@ def make_reader(bootstrap: str, **extra: Any) -> Consumer:
     return Consumer(client_conf(bootstrap, conf, extra))
 
 
-def read_from_start(reader: Consumer, topic: str, from_end: bool = False) -> int:
-    """Assign every partition of ``topic`` at its beginning (or end); returns the count."""
+def read_from_start(
+    reader: Consumer, topic: str, from_end: bool = False, since_ms: int | None = None
+) -> int:
+    """Assign every partition of ``topic`` at its beginning, its end, or its first record
+    timestamped ``since_ms`` or later; returns the count."""
     meta = reader.list_topics(topic, timeout=10).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise NotFoundError(f"topic {topic!r} does not exist on this broker")
+    if since_ms is not None:
+        reader.assign(_since(reader, topic, list(meta.partitions), since_ms))
+        return len(meta.partitions)
     # -2 = OFFSET_BEGINNING, -1 = OFFSET_END
     offset = -1 if from_end else -2
     reader.assign([TopicPartition(topic, p, offset) for p in meta.partitions])
     return len(meta.partitions)
+
+
+def _since(reader: Consumer, topic: str, partitions: list[int], since_ms: int) -> list:
+    found = reader.offsets_for_times(
+        [TopicPartition(topic, p, since_ms) for p in partitions], timeout=10
+    )
+    out = []
+    for tp in found:
+        offset = tp.offset
+        if offset < 0:  # nothing that new yet: the end as it is now, as a number (a logical
+            # "end" is resolved at the first fetch and would skip what comes before it)
+            offset = reader.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[1]
+        out.append(TopicPartition(topic, tp.partition, offset))
+    return out

@@ -43,10 +43,18 @@ def stop_on_signals(
 
 
 class WorkerProcess:
-    """``python -m vigil.apps.cli worker KIND`` with the given ``VIGIL_*`` environment."""
+    """``python -m vigil.apps.cli worker KIND`` with the given ``VIGIL_*`` environment (or
+    another long-running ``vigil`` command: ``args``, e.g. ``["ui", "--port", "8080"]``)."""
 
-    def __init__(self, kind: str, env: dict[str, str], log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        env: dict[str, str],
+        log_path: Path | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.kind = kind
+        self.args = args or ["worker", kind]
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -57,10 +65,10 @@ class WorkerProcess:
             out = open(self.log_path, "ab")  # noqa: SIM115
             # where each run begins in the log, and when (restart times are read from it)
             stamp = datetime.now().isoformat(sep=" ", timespec="milliseconds")
-            out.write(f"{stamp} starting: vigil worker {self.kind}\n".encode())
+            out.write(f"{stamp} starting: vigil {' '.join(self.args)}\n".encode())
             out.flush()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil.apps.cli", "worker", self.kind],
+            [sys.executable, "-m", "vigil.apps.cli", *self.args],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,

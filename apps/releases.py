@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vigil.apps.clients import publish, read_messages
 from vigil.errors import VigilError
 from vigil.models.kinds import KINDS
-from vigil.models.registry import Assembler, Refusal, Release, release_messages
+from vigil.models.registry import Assembler, Refusal, Release, describe, release_messages
 from vigil.models.signing import TrustedKeys
 
 __all__ = ["PublishError", "ReleaseLog", "find_model_dir", "publish_release", "read_releases"]
@@ -44,6 +45,20 @@ class ReleaseLog:
         """The newest complete, verified release of ``name``: what workers serve unless
         it fails their own checks (input spec, parity)."""
         return self.find(name)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per release (what `vigil models list` and the console show): the valid
+        ones described, the newest of each model marked ``latest``; refused and incomplete
+        ones with their status."""
+        latest = {r.name: self.latest(r.name) for r in self.releases}
+        return (
+            [{**describe(r), "latest": latest[r.name] is r, "status": "ok"} for r in self.releases]
+            + [
+                {"name": f.name, "version": f.version, "status": f"refused: {f.reason}"}
+                for f in self.refused
+            ]
+            + [{"version": v, "status": "incomplete"} for v in self.incomplete]
+        )
 
     def find(self, name: str, version: str | None = None) -> Release | None:
         """The newest release of ``name`` (of that ``version``, if given)."""

@@ -19,6 +19,7 @@ from vigil.apps.cli import (  # noqa: F401  (each registers its commands)
     rules,
     schema,
     train,
+    ui,
     worker,
 )
 from vigil.apps.cli.base import app, console

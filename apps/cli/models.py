@@ -60,20 +60,10 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="one JSON obj
     from datetime import UTC, datetime
 
     from vigil.apps.releases import read_releases
-    from vigil.models.registry import describe
 
     settings = get_settings()
     bootstrap = get_bootstrap(settings)
-    log = read_releases(bootstrap, settings.topics.models, settings.release_trusted())
-    latest = {r.name: log.latest(r.name) for r in log.releases}
-    rows = (
-        [{**describe(r), "latest": latest[r.name] is r, "status": "ok"} for r in log.releases]
-        + [
-            {"name": f.name, "version": f.version, "status": f"refused: {f.reason}"}
-            for f in log.refused
-        ]
-        + [{"version": v, "status": "incomplete"} for v in log.incomplete]
-    )
+    rows = read_releases(bootstrap, settings.topics.models, settings.release_trusted()).rows()
     if as_json:
         for row in rows:
             print(json.dumps(row))

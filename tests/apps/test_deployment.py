@@ -34,8 +34,8 @@ PORTS = {  # each long-running service's metrics port, as the settings define it
 
 
 def test_every_service_runs_a_real_vigil_command_with_known_settings():
-    assert {"kafka", "prometheus"} | {"topics", *PORTS} == set(SERVICES)
-    assert set(VIGIL) == {"topics", *PORTS}
+    assert {"kafka", "prometheus"} | {"topics", "console", *PORTS} == set(SERVICES)
+    assert set(VIGIL) == {"topics", "console", *PORTS}
     known = {f"VIGIL_{name.upper()}" for name in Settings.model_fields}
     runner = CliRunner()
     for name, service in VIGIL.items():
@@ -63,6 +63,10 @@ def test_the_stack_initialises_topics_runs_both_workers_and_refreshes_both_model
     assert SERVICES["topics"]["restart"] == "no"
     assert SERVICES["risk-worker"]["command"] == ["vigil", "worker", "risk"]
     assert SERVICES["inspection-worker"]["command"] == ["vigil", "worker", "inspection"]
+    console = SERVICES["console"]
+    assert console["command"][:2] == ["vigil", "ui"] and "0.0.0.0" in console["command"]
+    port = console["command"][console["command"].index("--port") + 1]
+    assert console["ports"] == [f"{port}:{port}"]
     for model in ("risk", "inspection"):
         command = SERVICES[f"{model}-trainer"]["command"]
         assert command[:3] == ["vigil", "train", model] and "--publish" in command

@@ -1,7 +1,7 @@
 """Vigil on a TLS-only broker: a CA made here, a TLS-terminating proxy on loopback in front
 of the embedded broker (which advertises the proxy), and `vigil topics`, a risk worker
 (its faust consumer and producer, its confluent output producer and follower threads),
-`vigil publish` and `vigil consume` all through it. A client that does not trust the
+`vigil publish`, `vigil consume` and `vigil ui` all through it. A client that does not trust the
 broker's certificate, or does not speak TLS, gets a clear error, not a hang."""
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.apps.helpers import get
 from tests.apps.tls import Pki, TlsProxy, make_pki
 from tests.conftest import worker_env
 from vigil.apps.broker import EmbeddedBroker
-from vigil.apps.clients import read_topic
+from vigil.apps.clients import publish, read_topic
 from vigil.apps.process import WorkerProcess, free_port
 from vigil.apps.settings import Settings
 
@@ -109,3 +112,44 @@ def test_a_wrong_ca_or_plaintext_on_a_tls_broker_is_a_clear_error(tls_broker, tm
     assert "refused the connection (PLAINTEXT)" in plaintext.stderr
     assert "VIGIL_KAFKA_SECURITY_PROTOCOL" in plaintext.stderr
     assert proxy.handshakes == sessions  # neither got a session
+
+
+def test_the_console_reads_and_writes_through_tls(tls_broker, tmp_path, namespace):
+    bootstrap, pki, _proxy = tls_broker
+    env = {
+        "VIGIL_KAFKA_BOOTSTRAP": bootstrap,
+        "VIGIL_NAMESPACE": namespace,
+        "VIGIL_STATE_DIR": str(tmp_path / "state"),
+        "VIGIL_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "VIGIL_KAFKA_SSL_CA_FILE": str(pki.ca),
+    }
+    assert _vigil(env, "topics").returncode == 0
+    topics = Settings(namespace=namespace).topics
+    alert = {
+        "alert_id": "al-tls",
+        "tx_id": "tx-tls",
+        "account_id": "acct-tls",
+        "ts_ms": 1_767_225_600_000,
+        "score": 0.95,
+        "decision": "block",
+        "reasons": [],
+        "rule_hits": [],
+        "model_version": "m",
+        "processed_ms": 1_767_225_600_100,
+    }
+    publish(bootstrap, topics.alerts, [(b"acct-tls", json.dumps(alert).encode())])
+    port = free_port()
+    ui = WorkerProcess("ui", env, tmp_path / "console.log", args=["ui", "--port", str(port)])
+    with ui:
+        deadline = time.monotonic() + 60
+        while get(port, "/api/cases/acct-tls")[0] != 200:
+            assert ui.running and time.monotonic() < deadline, "the alert never reached it"
+            time.sleep(0.3)
+        body = json.dumps({"tx_id": "tx-tls", "fraud": True}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/labels", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+    (label,) = [v for _k, v, _ts in read_topic(bootstrap, topics.labels)]
+    assert (label["tx_id"], label["label"], label["account_id"]) == ("tx-tls", 1, "acct-tls")
