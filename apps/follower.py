@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, Message
 
 from vigil.apps.kafka import make_reader, read_from_start
 from vigil.models.registry import Assembler, Limits, Refusal, Release, ReleaseError, serve_release
+from vigil.models.serving import is_demo
 from vigil.models.signing import TrustedKeys
 
 __all__ = ["ModelFollower", "TopicFollower"]
@@ -113,9 +114,11 @@ class ModelFollower(TopicFollower):
         timeout_s: float = 30.0,
         limits: Limits | None = None,
         initial: Callable[[], object | None] | None = None,
+        serve_demo: bool = False,
     ) -> None:
         super().__init__(bootstrap, topic)
         self.name = name
+        self.serve_demo = serve_demo
         self.initial = initial
         self.loaded = threading.Event()
         self.assembler = Assembler(trusted, {name}, timeout_s, limits)
@@ -170,6 +173,13 @@ class ModelFollower(TopicFollower):
         if release.version == self.serving():
             log.info("%s release %s is already serving", self.name, release.version)
             return True
+        if is_demo(release.manifest.get("model", {})) and not self.serve_demo:
+            reason = (
+                "a demo model (trained by `vigil demo` on generated data): served only with "
+                "VIGIL_SERVE_DEMO_MODELS=true"
+            )
+            self._refused(release.version, reason, -1)
+            return False
         try:
             scorer = serve_release(release, self.check_spec, self.assembler.limits)
         except ReleaseError as exc:

@@ -114,6 +114,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         serving=lambda: pipeline.model.version if pipeline.model else "none",
         counters=pipeline.counters,
         limits=Limits(release_bytes=settings.max_release_bytes),
+        serve_demo=settings.serve_demo_models,
     )
 
     counted: dict[str, float] = {}  # the last counts read (see counts)

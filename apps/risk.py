@@ -160,6 +160,7 @@ def create_app(settings: Settings, bootstrap: str | None = None) -> faust.App:
         counters=pipeline.counters,
         limits=Limits(release_bytes=settings.max_release_bytes),
         initial=model_on_disk,
+        serve_demo=settings.serve_demo_models,
     )
     followers = (
         RulesFollower(bootstrap, topics.rules, RULE_NAMES, pipeline.set_ruleset, rejected),

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         description="a scheduled refresh job's (`vigil train ... --every`) metrics and health "
         "port (0: off)",
     )
+    serve_demo_models: bool = Field(
+        default=False,
+        description="serve models labelled demo (`vigil demo` trains them in seconds on "
+        "generated data and sets this for its own workers); off: a worker refuses them",
+    )
     state_ttl_days: float = Field(
         default=400.0,
         ge=31.05,

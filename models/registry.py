@@ -53,7 +53,7 @@ import numpy as np
 
 from vigil.errors import VigilError
 from vigil.models.kinds import Scorer, kind_of
-from vigil.models.serving import ModelError, read_files, read_manifest
+from vigil.models.serving import ModelError, is_demo, read_files, read_manifest
 from vigil.models.signing import SignatureError, SigningKey, TrustedKeys
 
 __all__ = [
@@ -513,5 +513,6 @@ def describe(release: Release) -> dict[str, Any]:
         "published_ms": release.published_ms,
         "parent_version": m.get("parent_version"),
         "replaces": m.get("replaces"),
+        "demo": is_demo(m.get("model", {})),
         "metrics": m.get("metrics", {}),
     }

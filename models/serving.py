@@ -22,6 +22,8 @@ from vigil.errors import VigilError
 from vigil.streams.scorers import BatchScorer, ModelHolder, RulesOnly
 
 __all__ = [
+    "DEMO_MANIFEST",
+    "is_demo",
     "BatchScorer",
     "ClipScorer",
     "GBDT_OUTPUT",
@@ -184,12 +186,25 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
+DEMO_MANIFEST = {
+    "demo": True,
+    "purpose": "a demo model: trained by `vigil demo` in seconds on generated data; workers "
+    "serve it only with VIGIL_SERVE_DEMO_MODELS=true",
+}
+
+
+def is_demo(manifest: dict) -> bool:
+    """Whether a model manifest is a demo model's (``DEMO_MANIFEST``)."""
+    return manifest.get("demo") is True
+
+
 def write_model(out_dir: Path, files: dict[str, bytes], manifest: dict) -> Path:
     """Write a model directory atomically (a temporary directory renamed into place); the
     version is derived from the content, so the same model always has the same version."""
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
     content = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:12]
-    version = f"{manifest['name']}-{content}"
+    # a demo model says so wherever its version is shown (scores, alerts, logs, releases)
+    version = f"{manifest['name']}-{'demo-' if is_demo(manifest) else ''}{content}"
     manifest = {**manifest, "version": version, "created_ms": time.time_ns() // 1_000_000}
     manifest["files"] = digests
     target = Path(out_dir) / version

@@ -47,6 +47,9 @@ def test_the_wheel_holds_only_the_vigil_package(tmp_path: Path) -> None:
     assert top == {"vigil"}
     assert "vigil/streams/rules/rulesets/aml.yaml" in names  # package data travels too
     assert "vigil/streams/jsonschema/vigil.transactions.json" in names  # the contract's schemas
+    assert any(
+        n.startswith("vigil/models/inspection/demo/") and n.endswith("clip.onnx") for n in names
+    )
     assert "vigil/apps/cli/__main__.py" in names and "vigil/models/tasks.py" in names
 
 

@@ -22,6 +22,12 @@ def demo(
     ui_port: int = typer.Option(
         8080, min=0, max=65535, help="the web console's port (vigil ui; 0: no console)"
     ),
+    demo_models: bool = typer.Option(
+        True,
+        "--demo-models/--no-demo-models",
+        help="train small demo models (seconds) and serve them in the demo's workers, "
+        "where no model of yours is under the models path",
+    ),
 ) -> None:
     """Broker + risk and inspection workers + a transaction publisher and a camera, with a
     live view of events, alerts, defects and the DLQ, and the web console (vigil ui)."""
@@ -38,5 +44,6 @@ def demo(
             console=console,
             camera_fps=camera_fps,
             ui_port=ui_port,
+            demo_models=demo_models,
         )
     )

@@ -73,13 +73,13 @@ def predict(net: VideoNet, clips: np.ndarray, batch: int = 64) -> tuple[np.ndarr
 
 
 def fit_inspection(
-    cfg: VideoConfig, root: Path, say: Callable[[str], object] = print
+    cfg: VideoConfig, root: Path, say: Callable[[str], object] = print, extra: dict | None = None
 ) -> tuple[Path, dict]:
     """What ``vigil train inspection`` does: train on simulated clips, evaluate on 1,000-clip
     sets (held-out, fresh and seen textures: AUROC with its interval, location accuracy,
     recall and false alarms at the threshold, recall per defect kind), pick the alert
     threshold at 1 % false alarms on validation clips and export under ``root/inspection``.
-    Returns the model directory and the evaluation (plain data)."""
+    ``extra``: more manifest entries. Returns the model directory and the evaluation."""
     from vigil.streams.sources.camera import FRESH_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
 
     seed, clips, test_clips, size = cfg.seed, cfg.train_clips, cfg.test_clips, cfg.size
@@ -130,7 +130,7 @@ def fit_inspection(
         }
     report["train_s"] = round(time.perf_counter() - began, 1)
     path = save_video_model(
-        net, cfg, root / "inspection", test_set.clips[:8], report, threshold=threshold
+        net, cfg, root / "inspection", test_set.clips[:8], report, threshold, extra
     )
     report["model"] = str(path)
     return path, report

@@ -34,6 +34,7 @@ def save_video_model(
     check: np.ndarray,
     metrics: dict,
     threshold: float = 0.5,
+    extra: dict | None = None,
 ) -> Path:
     """Export to ONNX, check ONNX Runtime against torch on ``check`` clips (both outputs
     within ``PARITY_TOLERANCE``), and write ``out_dir/<version>`` with a manifest that
@@ -62,6 +63,7 @@ def save_video_model(
         "config": asdict(cfg),
         "metrics": metrics,
         "bits": 32,
+        **(extra or {}),
     }
     # the torch weights too: quantized exports (vigil export) start from them
     state = io.BytesIO()

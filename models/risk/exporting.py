@@ -103,11 +103,17 @@ def net_to_onnx(net: TabularNet, n: int) -> bytes:
 
 
 def fit_and_export(
-    history: History, holdout_days: float, cfg: TabularConfig, target: Path, say: Progress = print
+    history: History,
+    holdout_days: float,
+    cfg: TabularConfig,
+    target: Path,
+    say: Progress = print,
+    extra: dict | None = None,
 ) -> tuple[Path, dict, History]:
     """What ``vigil train risk`` does: split in time, train, evaluate and export under
-    ``target``. Returns the model directory, the evaluation (plain data) and the held-out
-    set; a :class:`DataError` when the held-out days cannot be evaluated on."""
+    ``target`` (``extra``: more manifest entries). Returns the model directory, the
+    evaluation (plain data) and the held-out set; a :class:`DataError` when the held-out
+    days cannot be evaluated on."""
     model, report, test_set = fit_and_evaluate(history, holdout_days, cfg, say)
     path = export(
         model,
@@ -117,6 +123,7 @@ def fit_and_export(
             "metrics": report,
             "train_rows": len(history) - len(test_set),
             "holdout_days": holdout_days,
+            **(extra or {}),
         },
     )
     report["model"] = str(path)

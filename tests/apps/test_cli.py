@@ -470,7 +470,9 @@ def test_every_error_vigil_raises_on_purpose_is_a_vigil_error():
 @pytest.mark.slow
 def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_path):
     """``make demo`` (``vigil demo``) on its own embedded broker: every published transaction
-    ends scored or dead-lettered (the demo's publisher sends some malformed ones)."""
+    ends scored or dead-lettered (the demo's publisher sends some malformed ones), and
+    within its 100 s both workers serve demo models (the risk one trained as it runs, the
+    inspection one shipped)."""
     import os
     import re
     import subprocess
@@ -479,12 +481,12 @@ def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "VIGIL_KAFKA_BOOTSTRAP"}
     env |= {"VIGIL_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
     run = subprocess.run(
-        [sys.executable, "-m", "vigil.apps.cli", "demo", "--duration", "20"],
+        [sys.executable, "-m", "vigil.apps.cli", "demo", "--duration", "100", "--ui-port", "0"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     said = " ".join((run.stdout + run.stderr).split())
@@ -492,6 +494,9 @@ def test_the_demo_runs_the_whole_stack_and_accounts_for_every_transaction(tmp_pa
     assert found, said[-2000:]
     published, scored, _alerts, dead = map(int, found.groups())
     assert published > 0 and scored + dead == published
+    served = re.search(r"last served: risk (\S+), inspection (\S+)", said)
+    assert served and served[1].startswith("risk-demo-"), said[-500:]
+    assert served[2].startswith("inspection-demo-"), said[-500:]
 
 
 def _children(pid: int) -> set[int]:
