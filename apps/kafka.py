@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "make_producer",
     "make_reader",
     "read_from_start",
+    "security",
 ]
 
 
@@ -41,11 +42,11 @@ class KafkaSecurity:
     protocol: str = "PLAINTEXT"
     mechanism: str = "PLAIN"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    key_password: str | None = None
+    key_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaSecurity:

@@ -89,6 +89,16 @@ def test_incomplete_or_contradictory_security_settings_are_refused(pem, settings
         Settings(**values)
 
 
+def test_no_password_is_in_the_security_objects_repr():
+    settings = Settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="alice",
+        kafka_sasl_password="s3cret-pw",
+    )
+    shown = repr(KafkaSecurity.from_settings(settings))
+    assert "alice" in shown and "s3cret-pw" not in shown
+
+
 def test_vigil_config_never_prints_a_password(monkeypatch):
     monkeypatch.setenv("VIGIL_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     monkeypatch.setenv("VIGIL_KAFKA_SASL_USERNAME", "alice")
