@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
+from vigil.apps.settings import redacted
 from vigil.errors import VigilError
 from vigil.streams.contract import JSON_TOPICS, json_schema
 from vigil.streams.topics import TopicNames
@@ -64,6 +64,6 @@ def register_schemas(
                 f"the schema registry refused {subject} (HTTP {exc.code}): {detail}"
             ) from None
         except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-            where = re.sub(r"//[^/@]*@", "//", base)  # no credentials in the message
+            where = redacted(base)
             raise RegistryError(f"cannot register {subject} at {where}: {exc}") from None
     return ids

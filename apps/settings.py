@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from pydantic import Field, FilePath, SecretStr, model_validator
@@ -12,7 +13,7 @@ from vigil.models.signing import SigningKey, TrustedKeys, dev_signing_key
 from vigil.streams.schemas import MAX_RECORD_BYTES
 from vigil.streams.topics import TopicNames
 
-__all__ = ["Settings", "load_settings", "settings_reference"]
+__all__ = ["Settings", "load_settings", "redacted", "settings_reference"]
 log = logging.getLogger("vigil.settings")
 
 
@@ -323,6 +324,18 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         # not cached: a cached value would survive model_copy(update={"namespace": ...})
         return TopicNames(self.namespace)
+
+
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@")
+
+
+def redacted(value: str) -> str:
+    """``value`` fit to print: a URL's password (scheme://user:password@host) masked.
+
+    >>> redacted("https://ops:s3cret@registry:8081")
+    'https://ops:***@registry:8081'
+    """
+    return _URL_PASSWORD.sub(r"\1:***@", value)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -31,6 +31,7 @@ __all__ = [
     "FrameError",
     "decode_frame",
     "encode_frame",
+    "frame_seq",
 ]
 
 CODECS = ("raw", "png", "jpeg")
@@ -90,6 +91,19 @@ def encode_frame(
     return frame.camera_id.encode(), value, headers
 
 
+def _text_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    try:
+        return {k: (v or b"").decode("ascii") for k, v in (headers or [])}
+    except UnicodeDecodeError:
+        raise FrameError("frame headers are not ASCII") from None
+
+
+def frame_seq(headers: Sequence[tuple[str, bytes | None]] | None) -> int:
+    """A frame record's ``seq`` header, without decoding its image (``FrameError`` when it
+    is missing or not a non-negative integer)."""
+    return _int_header(_text_headers(headers), "seq")
+
+
 def _header(headers: dict[str, str], name: str) -> str:
     if name not in headers:
         raise FrameError(f"missing header {name!r}")
@@ -117,10 +131,7 @@ def decode_frame(
         raise FrameError("frame has no value")
     if len(value) > MAX_FRAME_BYTES:
         raise FrameError(f"frame is {len(value)} bytes, over the {MAX_FRAME_BYTES}-byte limit")
-    try:
-        h = {k: (v or b"").decode("ascii") for k, v in (headers or [])}
-    except UnicodeDecodeError:
-        raise FrameError("frame headers are not ASCII") from None
+    h = _text_headers(headers)
     camera_id = _header(h, "camera_id")
     if key is not None and key.decode(errors="replace") != camera_id:
         raise FrameError(f"key {key[:40]!r} is not the camera_id header {camera_id!r}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import typer
 
 from vigil.apps.cli.base import (
@@ -11,7 +9,7 @@ from vigil.apps.cli.base import (
     get_settings,
     show,
 )
-from vigil.apps.settings import Settings
+from vigil.apps.settings import Settings, redacted
 
 
 @app.command()
@@ -29,10 +27,5 @@ def config(
         return
     settings = get_settings()
     values = {f"VIGIL_{name.upper()}": getattr(settings, name) for name in Settings.model_fields}
-    shown = {k: None if v is None else _redacted(str(v)) for k, v in values.items()}
+    shown = {k: None if v is None else redacted(str(v)) for k, v in values.items()}
     show(shown, as_json, width=30)
-
-
-def _redacted(value: str) -> str:
-    """A URL's password (scheme://user:password@host) is not printed."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", value)

@@ -26,7 +26,7 @@ from vigil.apps.labels import label_record, publish_label
 from vigil.apps.releases import read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import VigilError
-from vigil.streams.frames import FrameError, decode_frame
+from vigil.streams.frames import FrameError, decode_frame, frame_seq
 
 __all__ = ["Console", "console_app"]
 
@@ -44,6 +44,18 @@ def _json(msg: Any) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _each(handler: Callable[..., None], *also: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """A reader's handler: ``handler(doc, *(f(msg) for f in also))`` for each JSON object
+    record (anything else is the workers' to dead-letter, not the console's to show)."""
+
+    def handle(msg: Any) -> None:
+        doc = _json(msg)
+        if doc is not None:
+            handler(doc, *(f(msg) for f in also))
+
+    return handle
+
+
 class Console:
     """The readers feeding one ``ConsoleState``, and what the web handlers call."""
 
@@ -57,45 +69,32 @@ class Console:
     def start(self) -> Console:
         t, s = self.settings.topics, self.state
 
-        def scores(msg: Any) -> None:
-            if (doc := _json(msg)) is not None:
-                s.on_score(doc, msg.partition())
-
-        def clips(msg: Any) -> None:
-            if (doc := _json(msg)) is not None:
-                s.on_clip(doc, msg.partition())
-
-        def transactions(msg: Any) -> None:
-            if (doc := _json(msg)) is not None:
-                s.on_transaction(doc, msg.timestamp()[1])
-
         def frames(msg: Any) -> None:
             headers = tuple(msg.headers() or ())
-            seq = ts_ms = None
-            for name, value in headers:
-                if name in ("seq", "ts_ms") and value is not None:
-                    try:
-                        number = int(value)
-                    except ValueError:
-                        return
-                    seq, ts_ms = (number, ts_ms) if name == "seq" else (seq, number)
-            key = (msg.key() or b"").decode(errors="replace")
-            if seq is not None and msg.value():
-                s.on_frame(key, HeldFrame(seq, ts_ms or 0, msg.value(), headers))
+            try:
+                seq = frame_seq(headers)
+            except FrameError:
+                return  # the workers dead-letter it; nothing to show
+            if msg.value():
+                key = (msg.key() or b"").decode(errors="replace")
+                s.on_frame(key, HeldFrame(seq, msg.value(), headers))
 
-        def each(handler: Callable[[dict[str, Any]], None]) -> Callable[[Any], None]:
-            return lambda msg: None if (doc := _json(msg)) is None else handler(doc)
+        def partition(msg: Any) -> int:
+            return msg.partition()
+
+        def published_ms(msg: Any) -> int:
+            return msg.timestamp()[1]
 
         # live views start a minute back; cases, labels and dead letters at the beginning
         since_ms = int(time.time() * 1000) - LIVE_HISTORY_MS
-        self._read(t.transactions, transactions, since_ms)
-        self._read(t.scores, scores, since_ms)
+        self._read(t.transactions, _each(s.on_transaction, published_ms), since_ms)
+        self._read(t.scores, _each(s.on_score, partition), since_ms)
         self._read(t.frames, frames, since_ms)
-        self._read(t.inspection_clips, clips, since_ms)
-        self._read(t.alerts, each(s.on_alert))
-        self._read(t.labels, each(s.on_label))
-        self._read(t.dlq, each(s.on_dead_letter))
-        self._read(t.inspection_alerts, each(s.on_inspection_alert))
+        self._read(t.inspection_clips, _each(s.on_clip, partition), since_ms)
+        self._read(t.alerts, _each(s.on_alert))
+        self._read(t.labels, _each(s.on_label))
+        self._read(t.dlq, _each(s.on_dead_letter))
+        self._read(t.inspection_alerts, _each(s.on_inspection_alert))
         thread = threading.Thread(target=self._releases, name="console-releases", daemon=True)
         thread.start()
         self._threads.append(thread)

@@ -38,7 +38,6 @@ FRAMES_PER_CAMERA = 512  # about 5 s at 100 fps: an alert comes well within it
 @dataclass(frozen=True)
 class HeldFrame:
     seq: int
-    ts_ms: int
     value: bytes
     headers: tuple[tuple[str, bytes | None], ...]
 
@@ -91,6 +90,8 @@ class ConsoleState:
         self.dlq: Counter[str] = Counter()
         self.alerts: OrderedDict[str, dict[str, Any]] = OrderedDict()  # alert_id -> alert
         self.by_tx: dict[str, str] = {}  # tx_id -> alert_id
+        # the cases: account -> its alerts (alert_id -> alert), kept as alerts come and go
+        self.by_account: dict[str, dict[str, dict[str, Any]]] = {}
         self.features: dict[str, tuple[str, list[float | None]]] = {}  # tx_id -> (spec, vec)
         self.labels: dict[str, dict[str, Any]] = {}  # tx_id -> newest label
         self.recent_tx: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -127,11 +128,22 @@ class ConsoleState:
         if not isinstance(alert_id, str) or not isinstance(tx_id, str):
             return
         with self._lock:
+            if alert_id in self.alerts:  # again (at-least-once): as the new copy says
+                self._forget(alert_id, self.alerts[alert_id])
             self.alerts[alert_id] = doc
             self.by_tx[tx_id] = alert_id
+            self.by_account.setdefault(str(doc.get("account_id")), {})[alert_id] = doc
             while len(self.alerts) > MAX_ALERTS:
-                _old_id, old = self.alerts.popitem(last=False)
-                self.by_tx.pop(str(old.get("tx_id")), None)
+                self._forget(*next(iter(self.alerts.items())))
+
+    def _forget(self, alert_id: str, alert: dict[str, Any]) -> None:
+        del self.alerts[alert_id]
+        self.by_tx.pop(str(alert.get("tx_id")), None)
+        account = str(alert.get("account_id"))
+        case = self.by_account.get(account, {})
+        case.pop(alert_id, None)
+        if not case:
+            self.by_account.pop(account, None)
 
     def on_transaction(self, doc: dict[str, Any], published_ms: int) -> None:
         tx_id = doc.get("tx_id")
@@ -208,7 +220,11 @@ class ConsoleState:
                 "versions": [self.versions[k] for k in sorted(self.versions)],
                 "releases": list(self.releases),
                 "rulesets": list(self.rulesets),
-                "open_cases": sum(1 for c in self._cases() if c["status"] == "open"),
+                "open_cases": sum(
+                    1
+                    for alerts in self.by_account.values()
+                    if any(a.get("tx_id") not in self.labels for a in alerts.values())
+                ),
                 "alerts": len(self.alerts),
             }
 
@@ -233,11 +249,9 @@ class ConsoleState:
         return found[:limit]
 
     def _cases(self) -> list[dict[str, Any]]:
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for alert in self.alerts.values():
-            grouped.setdefault(str(alert.get("account_id")), []).append(alert)
         out = []
-        for account, alerts in grouped.items():
+        for account, case in self.by_account.items():
+            alerts = list(case.values())
             undecided = [a for a in alerts if a.get("tx_id") not in self.labels]
             out.append(
                 {
@@ -254,7 +268,7 @@ class ConsoleState:
 
     def case(self, account_id: str) -> dict[str, Any] | None:
         with self._lock:
-            alerts = [a for a in self.alerts.values() if a.get("account_id") == account_id]
+            alerts = list(self.by_account.get(account_id, {}).values())
             if not alerts:
                 return None
             detail = []

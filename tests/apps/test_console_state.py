@@ -124,7 +124,7 @@ def test_dead_letters_count_by_reason_and_versions_by_partition():
 def test_an_inspection_alert_gets_the_frame_it_points_at_while_it_is_held():
     s = ConsoleState()
     for seq in range(FRAMES_PER_CAMERA + 10):
-        s.on_frame("c1", HeldFrame(seq, seq, bytes([seq % 256]), ()))
+        s.on_frame("c1", HeldFrame(seq, bytes([seq % 256]), ()))
     s.on_inspection_alert({"alert_id": "i1", "camera_id": "c1", "ref_seq": 9})  # gone
     s.on_inspection_alert({"alert_id": "i2", "camera_id": "c1", "ref_seq": 500})
     s.on_inspection_alert({"alert_id": "i3", "camera_id": "c2", "ref_seq": 500})
