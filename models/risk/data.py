@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
@@ -12,6 +12,7 @@ import orjson
 from vigil.errors import DataError
 from vigil.streams.currency import Rates, default_rates
 from vigil.streams.features.library import DAY_MS, FEATURE_SPEC
+from vigil.streams.sources.synthetic import GeneratorConfig
 
 Progress = Callable[[str], None]
 
@@ -117,21 +118,25 @@ def history_from_generator(
     typology_rate: float = 0.004,
     flow_typology_rate: float = 0.002,
     warmup_days: int = 0,
+    stream: GeneratorConfig | None = None,
 ) -> History:
     """``days`` of the seeded synthetic population with its injected, labelled cases,
     after ``warmup_days`` more that only fill the state (models train on what follows:
-    ``WARMUP_DAYS`` for training)."""
-    from vigil.streams.sources import GeneratorConfig, TransactionGenerator
+    ``WARMUP_DAYS`` for training). ``stream``: the generator's whole configuration instead
+    (its seed, accounts and rates; the history starts at its ``start_ms``)."""
+    from vigil.streams.sources import TransactionGenerator
     from vigil.streams.sources.synthetic import DEFAULT_START_MS
 
-    cfg = GeneratorConfig(
-        seed=seed,
-        accounts=accounts,
-        typology_rate=typology_rate,
-        flow_typology_rate=flow_typology_rate,
-        start_ms=DEFAULT_START_MS - warmup_days * DAY_MS,
-    )
-    begin_ms = cfg.start_ms + warmup_days * DAY_MS
+    if stream is None:
+        stream = GeneratorConfig(
+            seed=seed,
+            accounts=accounts,
+            typology_rate=typology_rate,
+            flow_typology_rate=flow_typology_rate,
+            start_ms=DEFAULT_START_MS,
+        )
+    cfg = replace(stream, start_ms=stream.start_ms - warmup_days * DAY_MS)
+    begin_ms = stream.start_ms
     end_ms = begin_ms + days * DAY_MS
     truth: dict[str, tuple[int, str | None, str | None]] = {}
     lines = []
