@@ -242,6 +242,7 @@ def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> di
             pipeline.process_local(records[i : i + batch], store)
         elapsed_s = time.perf_counter() - start
     stages = {k: round(v / events * 1e6, 2) for k, v in pipeline.stage_seconds.items()}
+    metrics_us = _metrics_us_per_tx(batch)
     return {
         "events": events,
         "batch": batch,
@@ -255,7 +256,38 @@ def bench_features(events: int = 50_000, batch: int = 1000, seed: int = 7) -> di
         "us_per_tx": round(elapsed_s / events * 1e6, 2),
         "stage_us_per_tx": stages,
         "tx_per_s": round(events / elapsed_s, 1),
+        # what the worker's metrics add per transaction (BatchWatch.batch, once a batch),
+        # measured here beside the pipeline: its share of the cost
+        "metrics_us_per_tx": metrics_us,
+        "metrics_share": round(metrics_us / (elapsed_s / events * 1e6), 5),
     }
+
+
+def _metrics_us_per_tx(batch: int, repeats: int = 7) -> float:
+    """CPU per transaction of the risk worker's metrics work on a batch of ``batch``
+    consumed records (the fields the worker reads of faust's events), best of
+    ``repeats``: the only metrics work on the per-event path."""
+    from types import SimpleNamespace
+
+    from vigil.apps.worker import BatchWatch
+
+    topic = "vigil.transactions"
+    watch = BatchWatch("risk", [topic])
+    now_s = time.time()
+    events = [
+        SimpleNamespace(
+            message=SimpleNamespace(topic=topic, partition=i % 4, offset=i, timestamp=now_s - 0.05)
+        )
+        for i in range(batch)
+    ]
+    rounds = max(20, 200_000 // batch)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(rounds):
+            watch.batch(events, 0.01)
+        best = min(best, (time.process_time() - start) / rounds)
+    return round(best / batch * 1e6, 3)
 
 
 def bench_scoring(

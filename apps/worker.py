@@ -235,27 +235,14 @@ BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-class Watch:
-    """A worker's metrics and health endpoints (apps/metrics.py): started with the app,
-    before it joins its group (so ``/healthz`` answers during a long recovery), fed by the
-    event loop once a second (the counters, consumer lag per partition, the versions in
-    service) and by :meth:`batch` once per micro-batch (handling time, publish-to-output
-    latency)."""
+class BatchWatch:
+    """What a worker's event loop records once per micro-batch (:meth:`batch`): its
+    handling time, each record's publish-to-output latency, and the next offset to handle
+    per partition (for the consumer lag). Needs no app: ``vigil bench features`` measures
+    its cost per event."""
 
-    def __init__(
-        self,
-        app: VigilApp,
-        kind: str,
-        settings: Settings,
-        port: int,
-        counters: Mapping[str, float] | Callable[[], Mapping[str, float]],
-        ready: Ready,
-        info: Callable[[], Mapping[str, Mapping[str, str]]] = dict,
-        lag_topics: Sequence[str] = (),
-        latency_topics: Sequence[str] = (),
-    ) -> None:
-        self.app, self.counters, self.info = app, counters, info
-        self.lag_topics, self.latency_topics = set(lag_topics), set(latency_topics)
+    def __init__(self, kind: str, latency_topics: Sequence[str] = ()) -> None:
+        self.latency_topics = set(latency_topics)
         self.metrics = Metrics(
             kind,
             [
@@ -271,7 +258,47 @@ class Watch:
                 ),
             ],
         )
-        self._next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to handle
+        self.next: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to handle
+
+    def batch(self, events: Sequence[faust.EventT], seconds: float) -> None:
+        """A micro-batch handled (its outputs on the broker) in ``seconds``."""
+        self.metrics.histograms["batch_seconds"].observe([seconds])
+        now_s = time.time()
+        topics, nxt, waited = self.latency_topics, self.next, []
+        for ev in events:  # one pass: the latency of each, and where each partition is
+            m = ev.message
+            if m.topic in topics and m.timestamp:
+                waited.append(now_s - m.timestamp)
+            where = (m.topic, m.partition)
+            if m.offset >= nxt.get(where, 0):
+                nxt[where] = m.offset + 1
+        self.metrics.histograms["latency_seconds"].observe(waited)
+
+
+class Watch:
+    """A worker's metrics and health endpoints (apps/metrics.py): started with the app,
+    before it joins its group (so ``/healthz`` answers during a long recovery), fed by the
+    event loop once a second (the counters, consumer lag per partition, the versions in
+    service) and by ``batch`` once per micro-batch (its :class:`BatchWatch`: handling
+    time, publish-to-output latency)."""
+
+    def __init__(
+        self,
+        app: VigilApp,
+        kind: str,
+        settings: Settings,
+        port: int,
+        counters: Mapping[str, float] | Callable[[], Mapping[str, float]],
+        ready: Ready,
+        info: Callable[[], Mapping[str, Mapping[str, str]]] = dict,
+        lag_topics: Sequence[str] = (),
+        latency_topics: Sequence[str] = (),
+    ) -> None:
+        self.app, self.counters, self.info = app, counters, info
+        self.lag_topics = set(lag_topics)
+        self.batches = BatchWatch(kind, latency_topics)
+        self.metrics = self.batches.metrics
+        self.batch = self.batches.batch
         self._start: dict[Any, int | None] = {}  # TP -> the consumer's position at first sight
         self._server = None
 
@@ -285,20 +312,6 @@ class Watch:
             if self._server is not None:
                 self._server.stop()
 
-    def batch(self, events: Sequence[faust.EventT], seconds: float) -> None:
-        """A micro-batch handled (its outputs on the broker) in ``seconds``."""
-        self.metrics.histograms["batch_seconds"].observe([seconds])
-        now_s = time.time()
-        topics, nxt, waited = self.latency_topics, self._next, []
-        for ev in events:  # one pass: the latency of each, and where each partition is
-            m = ev.message
-            if m.topic in topics and m.timestamp:
-                waited.append(now_s - m.timestamp)
-            where = (m.topic, m.partition)
-            if m.offset >= nxt.get(where, 0):
-                nxt[where] = m.offset + 1
-        self.metrics.histograms["latency_seconds"].observe(waited)
-
     async def lag(self) -> dict[tuple[tuple[str, str], ...], float]:
         """Records on the broker not yet handled, per assigned partition of ``lag_topics``:
         the end offset the last fetch reported, less the next offset to handle (before
@@ -308,15 +321,16 @@ class Watch:
         consumer = self.app.consumer
         assigned = consumer.assignment()
         mine = {(tp.topic, tp.partition) for tp in assigned}
-        for where in [w for w in self._next if w not in mine]:  # revoked: forgotten, so a
-            del self._next[where]  # partition assigned again starts from its position
+        handled = self.batches.next
+        for where in [w for w in handled if w not in mine]:  # revoked: forgotten, so a
+            del handled[where]  # partition assigned again starts from its position
         for tp in [tp for tp in self._start if tp not in assigned]:
             del self._start[tp]
         for tp in assigned:
             if tp.topic not in self.lag_topics:
                 continue
             end = consumer.highwater(tp)
-            at = self._next.get((tp.topic, tp.partition))
+            at = handled.get((tp.topic, tp.partition))
             if at is None:  # asked once it is known: a call to the consumer's thread
                 if self._start.get(tp) is None:
                     self._start[tp] = await consumer.position(tp)

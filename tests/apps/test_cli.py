@@ -238,6 +238,10 @@ def test_bench_features_reports_its_workload_as_json():
         FEATURE_SPEC.label,
     )
     assert report["ruleset"] == aml.label == "aml:4" and report["us_per_tx"] > 0
+    assert report["metrics_us_per_tx"] > 0
+    assert report["metrics_share"] == pytest.approx(
+        report["metrics_us_per_tx"] / report["us_per_tx"], abs=1e-4
+    )
     stages = report["stage_us_per_tx"]
     assert set(stages) == {"decode", "state", "features", "rules", "outputs"}
     assert report["features_rules_us_per_tx"] == pytest.approx(
