@@ -35,9 +35,16 @@ def publish_frames(
     labels: Path | None = typer.Option(
         None, "--labels", dir_okay=False, help="write each frame's ground truth here (JSONL)"
     ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="parts made of your own images (the layout of vigil train inspection --images): "
+        "a defective one with --defect-rate, else a defect-free one",
+    ),
 ) -> None:
     """Publish simulated camera frames (a conveyor of textured parts, some with defects)
     to the frames topic at FPS per camera, keyed by camera id."""
+    from vigil.models.inspection.images import ImageParts, load_parts, scan_images
     from vigil.streams.frames import CODECS, FrameError, encode_frame
     from vigil.streams.sources.camera import HELDOUT_TEXTURES, CameraConfig, CameraSimulator
 
@@ -55,12 +62,23 @@ def publish_frames(
         )
     except VigilError as exc:
         fail(exc, 2)
+    parts = None
+    if images is not None:
+        try:
+            found = scan_images(images)
+            problems = list(found.problems)
+            parts = ImageParts(load_parts(found.images, problems), order="line")
+        except VigilError as exc:
+            fail(exc, 2)
+        for problem in problems:
+            console.print(f"left out: {problem}")
+        console.print(f"parts from {images}: {found.counts()}")
     settings = get_settings()
     bootstrap = get_bootstrap(settings)
     topic = settings.topics.frames
     per_camera = max(1, int(round(fps * seconds)))
     total = per_camera * cameras
-    sim = CameraSimulator(cfg)
+    sim = CameraSimulator(cfg, parts)
     streams = [sim.frames(f"cam-{i}", i) for i in range(cameras)]
     truth = open(labels, "w") if labels else None  # noqa: SIM115
 

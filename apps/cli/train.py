@@ -135,14 +135,43 @@ def train_inspection(
     publish_: bool = PUBLISH,
     every: str | None = EVERY,
     bits: int = typer.Option(32, help="with --publish: the width published (32: float)"),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="train on your own part images instead: a folder with good/ and one folder per "
+        "defect kind (docs/models/inspection.md)",
+    ),
+    mode: str | None = typer.Option(
+        None,
+        help="with --images: normal-only (synthetic defects painted on your defect-free "
+        "images) or supervised (your labelled defects too; the default when DIR has some)",
+    ),
+    false_alarms: float = typer.Option(
+        0.01,
+        min=0.0001,
+        max=0.5,
+        help="with --images: the alert threshold's false-alarm rate on held-out defect-free images",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as JSON"),
 ) -> None:
     """Train the 3D-CNN + Transformer clip classifier on simulated, aligned clips; evaluate
     on clips of part textures it never saw (AUROC, location cell accuracy); export to ONNX
-    (checked against torch) under MODELS/inspection. With --publish: the refresh job."""
+    (checked against torch) under MODELS/inspection. With --images: on your own part
+    images on the simulated conveyor, evaluated on held-out images. With --publish: the
+    refresh job."""
     from vigil.models.inspection import VideoConfig, VideoNet, fit_inspection
+    from vigil.models.inspection.from_images import MODES, train_from_images
+    from vigil.models.serving import ModelError
 
     every_s = _publish_options_ok(publish_, every, bits)
+    if images is not None and publish_:
+        fail(
+            "--publish trains on simulated parts; train on --images, then publish the model "
+            "directory with `vigil models publish DIR`",
+            2,
+        )
+    if mode is not None and (images is None or mode not in MODES):
+        fail(f"--mode is one of {', '.join(MODES)}, with --images", 2)
     try:
         cfg = VideoConfig(
             size=size,
@@ -160,6 +189,13 @@ def train_inspection(
     setup_logging(settings)
     say = console.print
     root = Path(out_dir) if out_dir else settings.models_path
+    if images is not None:
+        try:
+            path, report = train_from_images(images, mode, cfg, root, say, false_alarms)
+        except VigilError as exc:  # no usable images; the export does not match
+            fail(exc, 1 if isinstance(exc, ModelError) else 2)
+        show(report, as_json, width=24)
+        return
     if not publish_:
         try:
             path, report = fit_inspection(cfg, root, say)

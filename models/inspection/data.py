@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vigil.errors import DataError
 from vigil.models.inspection.net import GRID, VideoConfig
+from vigil.streams.sources.camera import PartSource
 
 
 @dataclass
@@ -29,6 +31,7 @@ def make_clips(
     positive_share: float = 0.5,
     belt: bool = False,
     regions: float = 0.0,
+    parts: PartSource | None = None,
 ) -> ClipDataset:
     """``n`` aligned clips from simulated cameras (balanced positives and negatives), cut
     as the worker cuts them (every ``frames // 2``).
@@ -37,7 +40,8 @@ def make_clips(
     view, negative with none in view. A defect cut by the frame's edge is neither (a
     "don't care" clip, left out). ``belt``: also clips with bare belt under the camera's
     centre (negatives the worker sees between parts; for training). ``regions``: the share
-    of two-tone parts (training data; see ``training_clips``)."""
+    of two-tone parts (training data; see ``training_clips``). ``parts``: the parts come
+    from there (a user's images: ``images.ImageParts``) instead of ``textures``."""
     from vigil.streams.alignment import prepare_clip
     from vigil.streams.sources.camera import CameraConfig, CameraSimulator
 
@@ -50,7 +54,8 @@ def make_clips(
             defect_rate=0.5,
             textures=textures,
             regions=regions,
-        )
+        ),
+        parts,
     )
     want_pos = int(round(n * positive_share))
     # filled in place: thousands of 128x128 clips are gigabytes, a list to stack twice that
@@ -58,6 +63,8 @@ def make_clips(
     labels, cells, boxes, kinds, textures = [], [], [], [], []
     pos = neg = 0
     for camera in itertools.count():
+        if camera >= 50 and not pos and want_pos:
+            raise DataError("no defect in view in 50 cameras' frames: no positive clips to make")
         shots = list(itertools.islice(sim.frames(f"cam-{camera}", camera), 600))
         for start in range(0, len(shots) - cfg.frames, cfg.frames // 2):
             window = shots[start : start + cfg.frames]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -45,7 +46,9 @@ __all__ = [
     "CameraConfig",
     "CameraSimulator",
     "Defect",
+    "PartSource",
     "Shot",
+    "draw_defect",
     "texture",
     "two_tone",
 ]
@@ -181,8 +184,11 @@ class Defect:
     bbox: tuple[int, int, int, int]  # x, y, w, h in the part's (later: the frame's) pixels
 
 
-def _draw_defect(part: np.ndarray, kind: str, rng: np.random.Generator) -> Defect:
-    """Draw a defect into ``part`` (in place); its bounding box."""
+def draw_defect(
+    part: np.ndarray, kind: str, rng: np.random.Generator, contrast: float = 1.0
+) -> Defect:
+    """Draw a defect into ``part`` (in place; ``contrast`` scales its shade); its bounding
+    box."""
     h, w = part.shape
     mask = np.zeros((h, w), np.uint8)
     cx, cy = int(rng.integers(w // 4, 3 * w // 4)), int(rng.integers(h // 4, 3 * h // 4))
@@ -217,7 +223,7 @@ def _draw_defect(part: np.ndarray, kind: str, rng: np.random.Generator) -> Defec
     else:
         raise UsageError(f"unknown defect {kind!r}")
     soft = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), 0.8)
-    part += shade * soft
+    part += contrast * shade * soft
     x, y, bw, bh = cv2.boundingRect(mask)
     return Defect(kind, (x, y, bw, bh))
 
@@ -257,12 +263,44 @@ class Shot:
     part: int | None  # the part under the camera's centre, if any
     defect: Defect | None  # fully in view in this frame (bbox in frame pixels)
     partial: bool = False  # a defect is partly in view (cut by the frame's edge)
-    texture: str | None = None  # of the part under the camera's centre
+    texture: str | None = None  # of the part under the camera's centre (its name)
+    part_xy: tuple[float, float] | None = None  # that part's top-left corner in the frame
+
+
+class PartSource(Protocol):
+    """Where a camera's parts come from instead of the procedural textures (the user's
+    own images: ``models.inspection.images.ImageParts``)."""
+
+    def make(
+        self, k: int, rng: np.random.Generator, size: int, defect_rate: float
+    ) -> tuple[np.ndarray, Defect | None, str]:
+        """Part ``k``: (size, size) float32 grey pixels, its defect (box in the part's
+        pixels) or None, and its name."""
+        ...
 
 
 @dataclass
 class CameraSimulator:
     config: CameraConfig = field(default_factory=CameraConfig)
+    parts: PartSource | None = None  # None: procedural textures (config.textures)
+
+    def _part(self, index: int, k: int) -> tuple[np.ndarray, Defect | None, str]:
+        """Part ``k`` of camera ``index``: its pixels (float32, ``part_px`` square), its
+        defect (box in the part's pixels) and its name (the texture, or the image's)."""
+        cfg = self.config
+        prng = np.random.default_rng([cfg.seed, index, k])
+        if self.parts is not None:
+            return self.parts.make(k, prng, cfg.part_px, cfg.defect_rate)
+        kind = cfg.textures[int(prng.integers(len(cfg.textures)))]
+        tex = texture(kind, cfg.part_px, cfg.part_px, prng)
+        if cfg.regions:  # its own stream: the parts' defects stay as they were
+            trng = np.random.default_rng([cfg.seed, index, k, 1])
+            if trng.random() < cfg.regions:
+                tex = two_tone(tex, trng)
+        defect = None
+        if prng.random() < cfg.defect_rate:
+            defect = draw_defect(tex, DEFECTS[int(prng.integers(len(DEFECTS)))], prng)
+        return tex, defect, kind
 
     def frames(self, camera_id: str, index: int = 0) -> Iterator[Shot]:
         """Endless frames of camera ``index`` (its own seeded line)."""
@@ -273,6 +311,7 @@ class CameraSimulator:
         belt = 0.35 * belt + 20
         parts: dict[int, tuple[np.ndarray, Defect | None]] = {}
         walk = np.zeros(2)
+        top = (size + 8 - cfg.part_px) // 2  # the parts' top edge in the view's pixels
         period_ms = 1000.0 / cfg.fps
         for seq in range(10**12):
             t_s = seq / cfg.fps
@@ -290,22 +329,12 @@ class CameraSimulator:
             first, last = left // pitch, (left + size + 8) // pitch
             for k in range(max(0, first), last + 1):
                 if k not in parts:
-                    prng = np.random.default_rng([cfg.seed, index, k])
-                    kind = cfg.textures[int(prng.integers(len(cfg.textures)))]
-                    tex = texture(kind, cfg.part_px, cfg.part_px, prng)
-                    if cfg.regions:  # its own stream: the parts' defects stay as they were
-                        trng = np.random.default_rng([cfg.seed, index, k, 1])
-                        if trng.random() < cfg.regions:
-                            tex = two_tone(tex, trng)
-                    defect = None
-                    if prng.random() < cfg.defect_rate:
-                        defect = _draw_defect(tex, DEFECTS[int(prng.integers(len(DEFECTS)))], prng)
-                    parts[k] = (tex, defect, kind)
+                    parts[k] = self._part(index, k)
                     for old in [p for p in parts if p < k - 2]:
                         del parts[old]
                 tex, _, _ = parts[k]
                 px = k * pitch - left  # part's left edge in view pixels
-                py = (size + 8 - cfg.part_px) // 2
+                py = top
                 a, b = max(0, px), min(size + 8, px + cfg.part_px)
                 if a < b:
                     view[py : py + cfg.part_px, a:b] = tex[:, a - px : b - px]
@@ -331,7 +360,7 @@ class CameraSimulator:
                     continue
                 dx, dy, dw, dh = defect.bbox
                 fx0 = kk * pitch + dx - x0 - jx  # frame coordinates of the defect box
-                fy0 = (size + 8 - cfg.part_px) // 2 + dy - 4 - jy
+                fy0 = top + dy - 4 - jy
                 if fx0 >= 0 and fx0 + dw <= size and fy0 >= 0 and fy0 + dh <= size:
                     shown = Defect(defect.kind, (int(round(fx0)), int(round(fy0)), dw, dh))
                 elif fx0 < size and fx0 + dw > 0 and fy0 < size and fy0 + dh > 0:
@@ -347,4 +376,5 @@ class CameraSimulator:
                 shown,
                 partial,
                 parts[part][2] if part is not None and part in parts else None,
+                None if part is None else (part * pitch - x0 - jx, top - 4 - jy),
             )

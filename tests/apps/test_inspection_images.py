@@ -1,0 +1,149 @@
+"""The inspection model from a user's own images, as a user runs it: ``vigil train
+inspection --images`` writes a model the worker loads, ``vigil publish frames --images``
+puts the user's parts on the camera, ``vigil bench inspection-data`` reports the
+literature's measures; bad folders are clear errors and unreadable files are listed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.models.test_images import TILES, needs_tiles
+from vigil.apps.cli import app
+from vigil.models.serving import ClipScorer, read_manifest
+from vigil.streams.sources.camera import draw_defect, texture
+
+runner = CliRunner()
+SMALL = ["--clips", "40", "--epochs", "1", "--size", "32"]
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory):
+    """A line's photographs: 14 defect-free parts (grain texture, 90x140 pixels, some in
+    colour), 3 scratched and 3 pitted ones with masks, and a file that is no image."""
+    root = tmp_path_factory.mktemp("parts")
+    rng = np.random.default_rng(0)
+    for i in range(14):
+        grey = texture("grain", 90, 140, rng).astype(np.uint8)
+        image = cv2.merge([grey, grey, grey]) if i % 3 == 0 else grey
+        (root / "good").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "good" / f"g{i}.jpg"), image)
+    for kind in ("scratch", "pit"):
+        (root / kind).mkdir()
+        for i in range(3):
+            tex = texture("grain", 90, 140, rng)
+            before = tex.copy()
+            draw_defect(tex, kind, rng)
+            cv2.imwrite(str(root / kind / f"{kind}{i}.png"), np.clip(tex, 0, 255).astype(np.uint8))
+            mask = (np.abs(tex - before) > 5).astype(np.uint8) * 255
+            cv2.imwrite(str(root / kind / f"{kind}{i}_mask.png"), mask)
+    (root / "good" / "notes.png").write_bytes(b"this is not a png")
+    return root
+
+
+def test_train_from_images_writes_a_model_the_worker_loads(parts_dir, tmp_path):
+    out = tmp_path / "models"
+    args = ["train", "inspection", "--images", str(parts_dir), *SMALL, "--camera-size", "64"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "left out" in result.output and "notes.png" in result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    directory = next((out / "inspection").iterdir())
+    scorer = ClipScorer.load(directory)  # what the worker does
+    manifest = read_manifest(directory)
+    trained_on = manifest["trained_on"]
+    assert trained_on["mode"] == "supervised"  # the folder has labelled defects
+    # 70 % of each kind for training, a tenth of the defect-free training images held out
+    # for the threshold: 14 good -> 8 + 1, 5 to test; 3 of each kind -> 2, 1 to test
+    assert trained_on["train"] == {"good": 8, "pit": 2, "scratch": 2}
+    assert trained_on["validation"] == {"good": 1}
+    assert trained_on["test"] == {"good": 5, "pit": 1, "scratch": 1}
+    assert scorer.threshold == manifest["threshold"] == report["threshold"]
+    assert 0 <= report["auroc"] <= 1 and report["images"] == 7
+    assert set(report["recall_by_kind_at_0.01_false_alarms"]) == {"pit", "scratch"}
+
+
+def test_normal_only_trains_on_defect_free_images_alone(parts_dir, tmp_path):
+    good = tmp_path / "line"
+    shutil.copytree(parts_dir / "good", good / "ok")
+    args = ["train", "inspection", "--images", str(good), *SMALL, "--camera-size", "64"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "m"), "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(next((tmp_path / "m" / "inspection").iterdir()))
+    assert manifest["trained_on"]["mode"] == "normal-only"
+    assert manifest["trained_on"]["test"] == {"good": 3}  # 20 % of the 14 readable
+    report = json.loads(result.output.strip().splitlines()[-1])
+    # no real defect to test on: the false alarms, and the measures on painted copies
+    assert (report["images"], report["defective"]) == (3, 0) and "auroc" not in report
+    assert 0 <= report["false_alarms_at_threshold"] <= 1
+    synthetic = report["synthetic_defects"]
+    assert (synthetic["images"], synthetic["defective"]) == (6, 3)
+    assert 0 <= synthetic["auroc"] <= 1 and synthetic["located_images"] == 3
+
+
+def test_bad_image_folders_and_options_are_clear_errors(parts_dir, tmp_path):
+    only_defects = tmp_path / "defects"
+    shutil.copytree(parts_dir / "scratch", only_defects / "scratch")
+    cases = [
+        (["--images", str(only_defects)], "no defect-free images"),
+        (["--images", str(tmp_path / "absent")], "not a folder of images"),
+        (["--images", str(parts_dir), "--publish"], "vigil models publish"),
+        (["--images", str(parts_dir), "--mode", "half"], "--mode is one of"),
+        (["--mode", "supervised"], "--mode is one of"),
+    ]
+    for extra, said in cases:
+        result = runner.invoke(app, ["train", "inspection", *SMALL, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert said in " ".join(result.output.split()), (extra, result.output)
+
+
+@pytest.mark.integration
+def test_publish_frames_puts_the_users_parts_on_the_camera(
+    settings, monkeypatch, tmp_path, parts_dir
+):
+    from vigil.apps.clients import read_messages
+    from vigil.streams.frames import decode_frame
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    labels = tmp_path / "truth.jsonl"
+    args = ["publish", "frames", "--images", str(parts_dir), "--fps", "400", "--seconds", "1"]
+    args += ["--size", "64", "--defect-rate", "0.5", "--labels", str(labels)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "notes.png" in result.output and "published 400 frames" in result.output
+    frames = [
+        decode_frame(m.key(), m.value(), m.headers())
+        for m in read_messages(settings.kafka_bootstrap, settings.topics.frames)
+    ]
+    assert len(frames) == 400 and all(f.image.shape == (64, 64) for f in frames)
+    truth = [json.loads(line) for line in labels.read_text().splitlines()]
+    # the defects in view are the images' own kinds (none painted on a camera)
+    assert {t["defect"] for t in truth} - {None} <= {"scratch", "pit"}
+    assert any(t["defect"] for t in truth)
+
+
+@needs_tiles
+def test_bench_inspection_data_reports_the_literatures_measures_on_a_slice():
+    args = ["bench", "inspection-data", "--images", str(TILES), "--limit", "12", *SMALL]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["mode"] == "normal-only" and report["images"] == 3 + 5 * 12
+    assert set(report["recall_by_kind_at_0.01_false_alarms"]) == {
+        "blowhole",
+        "break",
+        "crack",
+        "fray",
+        "uneven",
+    }
+    lo, hi = report["auroc_ci95"]
+    assert lo <= report["auroc"] <= hi
+    assert report["located_images"] == 60 and 0 <= report["location_accuracy"] <= 1
+    assert report["published_auroc_normal_only"]["PatchCore"] == 0.979
+    assert report["train_s"] > 0
