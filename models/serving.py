@@ -127,13 +127,18 @@ class ClipScorer:
         _batch, _channels, self.frames, self.size, _w = manifest["input"]["clip"]
         self.grid: int = manifest["grid"]
         self.threshold: float = float(manifest.get("threshold", 0.5))
+        # per camera, from `vigil inspection calibrate` (THRESHOLDS_FILE among its files)
+        self.camera_thresholds: dict[str, float] = {}
         self.manifest = manifest
 
     @classmethod
     def from_bytes(cls, files: dict[str, bytes], manifest: dict, threads: int = 1) -> ClipScorer:
         if "clip.onnx" not in files:
             raise ModelError(f"model {manifest['version']} lacks clip.onnx")
-        return cls(files["clip.onnx"], manifest, threads)
+        scorer = cls(files["clip.onnx"], manifest, threads)
+        if THRESHOLDS_FILE in files:
+            scorer.camera_thresholds = read_camera_thresholds(files[THRESHOLDS_FILE])
+        return scorer
 
     @classmethod
     def load(cls, directory: Path, threads: int = 1) -> ClipScorer:
@@ -146,6 +151,23 @@ class ClipScorer:
         """(B, 1, T, H, W) clips in [0, 1] -> defect probability (B,), location cell (B,)."""
         logit, where = self.session.run(None, {"clip": np.ascontiguousarray(clips, np.float32)})
         return 1.0 / (1.0 + np.exp(-logit.astype(np.float64))), where.argmax(1)
+
+
+THRESHOLDS_FILE = "thresholds.json"  # an inspection model's per-camera alert thresholds
+
+
+def read_camera_thresholds(data: bytes) -> dict[str, float]:
+    """``{"cameras": {camera id: threshold}, ...}`` (``THRESHOLDS_FILE``): each a number in
+    (0, 1]; ModelError otherwise."""
+    try:
+        cameras = json.loads(data)["cameras"]
+        out = {str(k): float(v) for k, v in cameras.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{THRESHOLDS_FILE}: not a table of camera thresholds ({exc})") from None
+    bad = {k: v for k, v in out.items() if not 0 < v <= 1}
+    if bad:
+        raise ModelError(f"{THRESHOLDS_FILE}: thresholds outside (0, 1]: {bad}")
+    return out
 
 
 def check_feature_spec(found: str | None, expected: str, what: str = "model") -> None:

@@ -52,6 +52,7 @@ class ClipModel(Protocol):
     size: int  # input height and width
     grid: int  # location cells per side
     threshold: float
+    camera_thresholds: dict[str, float]  # calibrated per camera (vigil inspection calibrate)
 
     def score(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -106,9 +107,17 @@ class InspectionPipeline:
 
     @property
     def threshold(self) -> float:
+        """The alert threshold of a camera without one of its own."""
         if self.threshold_override is not None:
             return self.threshold_override
         return self.model.threshold if self.model is not None else 1.0
+
+    def threshold_for(self, camera_id: str) -> float:
+        """``VIGIL_INSPECTION_THRESHOLD`` if set, else the camera's calibrated threshold,
+        else the model's."""
+        if self.threshold_override is None and self.model is not None:
+            return self.model.camera_thresholds.get(camera_id, self.model.threshold)
+        return self.threshold
 
     @property
     def clip_frames(self) -> int:
@@ -204,14 +213,13 @@ class InspectionPipeline:
         self.stage_seconds["align"] += t1 - t0
         self.stage_seconds["classify"] += t2 - t1
         processed_ms = time.time_ns() // 1_000_000
-        threshold = self.threshold
         self.counters["clips"] += len(clips)
         for (cam, clip), prob, cell in zip(clips, probs, cells, strict=True):
             score = float(prob)
             ref = clip[len(clip) // 2]
             camera_id = ref.camera_id
             alerted = False
-            if score >= threshold:
+            if score >= self.threshold_for(camera_id):
                 cam.quiet = 0
                 if cam.incident:
                     self.counters["suppressed"] += 1

@@ -11,6 +11,7 @@ from vigil.apps.cli import (  # noqa: F401  (each registers its commands)
     consume,
     demo,
     export,
+    inspection,
     keys,
     label,
     models,

@@ -147,3 +147,67 @@ def test_bench_inspection_data_reports_the_literatures_measures_on_a_slice():
     assert report["located_images"] == 60 and 0 <= report["location_accuracy"] <= 1
     assert report["published_auroc_normal_only"]["PatchCore"] == 0.979
     assert report["train_s"] > 0
+
+
+@pytest.mark.integration
+def test_calibrate_sets_one_cameras_threshold_from_its_clean_frames_and_releases_it(
+    settings, monkeypatch, tmp_path
+):
+    """The shipped demo model (under the models path) scores 2.4 s of a clean camera
+    with textures it never saw; the threshold lets at most 5 % of those clips alert,
+    against the same frames scored in this process by the worker's pipeline."""
+    import itertools
+
+    from vigil.apps.clients import publish
+    from vigil.apps.demo import SHIPPED_DEMO_MODELS
+    from vigil.apps.releases import read_releases
+    from vigil.models.registry import GOLDEN
+    from vigil.models.serving import latest_dir
+    from vigil.streams.frames import encode_frame
+    from vigil.streams.inspection import InspectionPipeline
+    from vigil.streams.schemas import RawRecord
+    from vigil.streams.sources.camera import FRESH_TEXTURES, CameraConfig, CameraSimulator
+
+    models = tmp_path / "models"
+    shutil.copytree(latest_dir(SHIPPED_DEMO_MODELS, "inspection"), models / "inspection" / "m")
+    for name, value in {
+        "VIGIL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "VIGIL_NAMESPACE": settings.namespace,
+        "VIGIL_STATE_DIR": str(settings.state_dir),
+        "VIGIL_MODEL_DIR": str(models),
+    }.items():
+        monkeypatch.setenv(name, value)
+    sim = CameraSimulator(CameraConfig(seed=5, defect_rate=0.0, textures=FRESH_TEXTURES))
+    shots = list(itertools.islice(sim.frames("cam-7", 7), 240))
+    records = [encode_frame(s.frame, "png") for s in shots]
+    assert publish(settings.kafka_bootstrap, settings.topics.frames, records).failed == 0
+
+    args = ["inspection", "calibrate", "--camera", "cam-7", "--seconds", "600"]
+    result = runner.invoke(app, [*args, "--false-alarms", "0.05", "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output.strip().splitlines()[-1])
+    # the reference: the worker's own pipeline on the same frames, every clip scored
+    reference = InspectionPipeline(ClipScorer.load(models / "inspection" / "m"), threshold=1.0)
+    raw = [RawRecord("f", 0, i, k, v, tuple(h)) for i, (k, v, h) in enumerate(records)]
+    scores = np.array([json.loads(v)["score"] for _k, v in reference.process(raw, 0).clips])
+    assert got["clips"] == len(scores) == (240 - 8) // 4 + 1 and got["frames"] == 240
+    t = got["threshold"]
+    assert (scores >= t).mean() <= 0.05  # at most 5 % alert ...
+    assert (scores >= scores[scores < t].max()).mean() > 0.05  # ... and no higher than needed
+    before = (scores >= got["threshold_before"]).mean()
+    assert got["false_alarms_before"] == pytest.approx(before, abs=1e-4)
+    # released, signed (read_releases verifies), with this camera's threshold alone
+    log = read_releases(
+        settings.kafka_bootstrap, settings.topics.models, settings.release_trusted()
+    )
+    release = log.latest("inspection")
+    assert release is not None and release.version == got["version"] != got["model_version"]
+    files = {k: v for k, v in release.files().items() if k != GOLDEN}
+    served = ClipScorer.from_bytes(files, release.manifest["model"])
+    assert served.camera_thresholds == {"cam-7": pytest.approx(t, abs=1e-6)}
+    assert release.manifest["model"]["parent_version"] == got["model_version"]
+
+    dry = runner.invoke(app, [*args, "--dry-run", "--json"])
+    assert dry.exit_code == 0 and json.loads(dry.output.strip().splitlines()[-1])["version"] is None
+    unknown = runner.invoke(app, ["inspection", "calibrate", "--camera", "cam-none"])
+    assert unknown.exit_code == 2 and "at least 50" in " ".join(unknown.output.split())

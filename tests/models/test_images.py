@@ -203,3 +203,21 @@ def test_the_magnetic_tile_split_follows_the_literatures_protocol():
     }
     with pytest.raises(DataError, match="mode"):
         split_images(TILES, "half-supervised")
+
+
+def test_a_thresholds_table_outside_zero_to_one_or_malformed_is_refused():
+    from vigil.models.serving import ModelError, read_camera_thresholds
+
+    assert read_camera_thresholds(b'{"cameras": {"c": 0.7, "7": 1}}') == {"c": 0.7, "7": 1.0}
+    for bad in (
+        b'{"cameras": {"c": 0}}',
+        b'{"cameras": {"c": NaN}}',
+        b'{"cameras": {"c": 1e308}}',
+        b'{"cameras": {"c": -0.5}}',
+        b'{"cameras": ["c"]}',
+        b"{}",
+        b"[1]",
+        b"\xff",
+    ):
+        with pytest.raises(ModelError, match="thresholds"):
+            read_camera_thresholds(bad)

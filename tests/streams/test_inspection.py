@@ -30,6 +30,7 @@ class BrightClips:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.camera_thresholds: dict[str, float] = {}
 
     def score(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(clips))
@@ -165,3 +166,14 @@ def test_an_idle_camera_releases_frames_held_behind_a_gap():
     assert _ranges(flushed) == [(12, 19)]  # 9..11 start no clip (not a stride multiple)
     assert pipeline.buffer_counts()["gaps"] == 1
     assert len(result.done) + len(flushed.done) == 19 - len(pipeline.cameras["c"].windows.frames)
+
+
+def test_a_cameras_calibrated_threshold_holds_for_it_alone_and_the_setting_overrides_all():
+    bright = set(range(0, 40))
+    model = BrightClips()  # every clip scores 0.9
+    model.camera_thresholds = {"cam-b": 0.95}
+    records = [_record(cam, s, bright) for s in range(16) for cam in ("cam-a", "cam-b")]
+    alerted = {a["camera_id"] for a in _alerts(InspectionPipeline(model).process(records, 1))}
+    assert alerted == {"cam-a"}  # 0.9 >= the model's 0.5, < cam-b's 0.95
+    overridden = InspectionPipeline(model, threshold=0.3).process(records, 1)
+    assert {a["camera_id"] for a in _alerts(overridden)} == {"cam-a", "cam-b"}
