@@ -17,6 +17,7 @@ from vigil.apps.cli import (  # noqa: F401  (each registers its commands)
     models,
     publish,
     rates,
+    record,
     rules,
     schema,
     train,

@@ -141,6 +141,14 @@ def train_inspection(
         help="train on your own part images instead: a folder with good/ and one folder per "
         "defect kind (docs/models/inspection.md)",
     ),
+    frames_dir: Path | None = typer.Option(
+        None,
+        "--frames",
+        help="train on a recording instead (vigil record frames) with its labels file",
+    ),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="with --frames: the labels file (default: DIR/labels.jsonl)"
+    ),
     mode: str | None = typer.Option(
         None,
         help="with --images: normal-only (synthetic defects painted on your defect-free "
@@ -164,12 +172,16 @@ def train_inspection(
     from vigil.models.serving import ModelError
 
     every_s = _publish_options_ok(publish_, every, bits)
-    if images is not None and publish_:
+    if images is not None and frames_dir is not None:
+        fail("--images or --frames, not both", 2)
+    if (images is not None or frames_dir is not None) and publish_:
         fail(
-            "--publish trains on simulated parts; train on --images, then publish the model "
-            "directory with `vigil models publish DIR`",
+            "--publish trains on simulated parts; train on --images or --frames, then "
+            "publish the model directory with `vigil models publish DIR`",
             2,
         )
+    if labels is not None and frames_dir is None:
+        fail("--labels goes with --frames", 2)
     if mode is not None and (images is None or mode not in MODES):
         fail(f"--mode is one of {', '.join(MODES)}, with --images", 2)
     try:
@@ -189,9 +201,16 @@ def train_inspection(
     setup_logging(settings)
     say = console.print
     root = Path(out_dir) if out_dir else settings.models_path
-    if images is not None:
+    if images is not None or frames_dir is not None:
+        from vigil.models.inspection.recorded import train_from_frames
+
         try:
-            path, report = train_from_images(images, mode, cfg, root, say, false_alarms)
+            if images is not None:
+                path, report = train_from_images(images, mode, cfg, root, say, false_alarms)
+            else:
+                path, report = train_from_frames(
+                    frames_dir, labels, cfg, root, say, false_alarms, settings.inspection_stride
+                )
         except VigilError as exc:  # no usable images; the export does not match
             fail(exc, 1 if isinstance(exc, ModelError) else 2)
         show(report, as_json, width=24)

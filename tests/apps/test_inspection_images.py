@@ -211,3 +211,68 @@ def test_calibrate_sets_one_cameras_threshold_from_its_clean_frames_and_releases
     assert dry.exit_code == 0 and json.loads(dry.output.strip().splitlines()[-1])["version"] is None
     unknown = runner.invoke(app, ["inspection", "calibrate", "--camera", "cam-none"])
     assert unknown.exit_code == 2 and "at least 50" in " ".join(unknown.output.split())
+
+
+@pytest.mark.integration
+def test_record_a_camera_then_train_on_the_recording_and_its_labels(
+    settings, monkeypatch, tmp_path
+):
+    """vigil record frames saves exactly what the camera sent (pixels compared with the
+    simulator's frames); the simulator's own labels file turns it into training data."""
+    import itertools
+    import threading
+
+    from vigil.apps.recording import record_frames
+    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
+
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    out, truth = tmp_path / "rec", tmp_path / "truth.jsonl"
+    began, done, got = threading.Event(), threading.Event(), {}
+
+    def record() -> None:
+        got["r"] = record_frames(
+            settings.kafka_bootstrap,
+            settings.topics.frames,
+            "cam-0",
+            60,
+            out,
+            should_stop=done.is_set,
+            ready=began.set,
+        )
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    assert began.wait(30)
+    args = ["publish", "frames", "--cameras", "2", "--fps", "400", "--seconds", "1"]
+    sent = runner.invoke(
+        app, [*args, "--size", "64", "--defect-rate", "0.6", "--labels", str(truth)]
+    )
+    assert sent.exit_code == 0, sent.output
+    index = out / "frames.jsonl"
+    for _ in range(300):  # until the recorder has the camera's 400 frames
+        if index.exists() and len(index.read_text().splitlines()) >= 400:
+            break
+        threading.Event().wait(0.1)
+    done.set()
+    recorder.join(30)
+    r = got["r"]
+    assert (r.frames, r.undecodable, r.first_seq, r.last_seq) == (400, 0, 0, 399)
+    config = CameraConfig(seed=0, size=64, fps=400, part_px=56, gap_px=24, defect_rate=0.6)
+    sim = CameraSimulator(config)  # as vigil publish frames made them
+    for shot in itertools.islice(sim.frames("cam-0", 0), 0, 400, 37):
+        saved = cv2.imread(str(out / "cam-0" / f"{shot.frame.seq:012d}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(saved, shot.frame.image), shot.frame.seq
+
+    models = tmp_path / "models"
+    args = ["train", "inspection", "--frames", str(out), "--labels", str(truth), "--epochs", "2"]
+    trained = runner.invoke(app, [*args, "--size", "32", "--out", str(models), "--json"])
+    assert trained.exit_code == 0, trained.output
+    report = json.loads(trained.output.strip().splitlines()[-1])
+    clips = report["clips"]
+    # (400 - 8) // 4 + 1 = 99 clips, split 70 / 10 / 19 in time
+    assert [clips[k]["clips"] for k in ("train", "validation", "test")] == [69, 9, 21]
+    assert 0 < clips["train"]["defective"] < 69
+    ClipScorer.load(next((models / "inspection").iterdir()))
+    missing = runner.invoke(app, ["train", "inspection", "--frames", str(tmp_path)])
+    assert missing.exit_code == 2 and "labels" in missing.output
