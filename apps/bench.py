@@ -546,3 +546,57 @@ def _last_clip_per_camera(clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if c["seq_end"] > last.get(c["camera_id"], {"seq_end": -1})["seq_end"]:
             last[c["camera_id"]] = c
     return list(last.values())
+
+
+def bench_calibration(
+    settings: Settings,
+    model_dir: Path | None = None,
+    seconds: float = 30.0,
+    max_fpr: float = 0.01,
+    test_clips: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Calibration on textures the model never saw (``FRESH_TEXTURES``), one camera per
+    texture: the camera's clean frames over ``seconds`` (100 fps, clips cut as the worker
+    cuts them) set its threshold at ``max_fpr`` (what `vigil inspection calibrate` does);
+    false alarms and recall before and after, on ``test_clips`` other clips of that
+    texture (half with a defect), scored by ONNX Runtime as the worker scores them."""
+    from vigil.models.inspection import VideoConfig, make_clips, pick_threshold
+    from vigil.models.kinds import INSPECTION
+    from vigil.models.serving import ClipScorer
+    from vigil.streams.sources.camera import FRESH_TEXTURES
+
+    path = model_dir or INSPECTION.latest(settings.models_path)
+    if path is None:
+        raise NotFoundError(
+            f"no inspection model under {settings.models_path / 'inspection'}: train one "
+            "(vigil train inspection) or give --model"
+        )
+    scorer = ClipScorer.load(Path(path))
+    cfg = VideoConfig(**{k: v for k, v in scorer.manifest["config"].items()})
+    calibration_clips = int((seconds * 100 - cfg.frames) // 4 + 1)
+    out: dict[str, Any] = {
+        "model": scorer.version,
+        "seconds": seconds,
+        "calibration_clips": calibration_clips,
+        "max_fpr": max_fpr,
+        "threshold_before": round(scorer.threshold, 6),
+    }
+    for i, texture in enumerate(FRESH_TEXTURES):
+        clean = make_clips(
+            calibration_clips, cfg, (texture,), seed + 7000 + i, positive_share=0.0, belt=True
+        )
+        threshold = pick_threshold(clean.labels, scorer.score(clean.clips)[0], max_fpr)
+        test = make_clips(test_clips, cfg, (texture,), seed + 9000 + i, belt=True)
+        scores = scorer.score(test.clips)[0]
+        positive = test.labels.astype(bool)
+        row = {}
+        for name, t in (("before", scorer.threshold), ("after", threshold)):
+            alerted = scores >= t
+            row[name] = {
+                "threshold": round(float(t), 6),
+                "false_alarms": round(float(alerted[~positive].mean()), 4),
+                "recall": round(float(alerted[positive].mean()), 4),
+            }
+        out[texture] = row
+    return out

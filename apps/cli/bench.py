@@ -190,6 +190,28 @@ def bench_inspection_data_cmd(
     show(report, as_json, width=24)
 
 
+@bench_app.command("inspection-calibration")
+def bench_inspection_calibration_cmd(
+    model: Path | None = typer.Option(
+        None, "--model", help="an inspection model directory (default: the newest)"
+    ),
+    seconds: float = typer.Option(30.0, min=1, help="clean frames per camera to calibrate on"),
+    false_alarms: float = typer.Option(0.01, min=0.0001, max=0.5, help="the target rate"),
+    test_clips: int = typer.Option(1000, min=20, help="evaluation clips per texture"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Per-camera calibration on textures the model never saw: false alarms and recall
+    at the model's threshold and at the one calibrated on that camera's clean frames."""
+    from vigil.apps.bench import bench_calibration
+
+    settings = get_settings()
+    try:
+        result = bench_calibration(settings, model, seconds, false_alarms, test_clips)
+    except VigilError as exc:
+        fail(exc, 1)
+    show(result, as_json, width=20)
+
+
 @bench_app.command("scoring")
 def bench_scoring_cmd(
     model: Path | None = typer.Option(

@@ -276,3 +276,24 @@ def test_record_a_camera_then_train_on_the_recording_and_its_labels(
     ClipScorer.load(next((models / "inspection").iterdir()))
     missing = runner.invoke(app, ["train", "inspection", "--frames", str(tmp_path)])
     assert missing.exit_code == 2 and "labels" in missing.output
+
+
+def test_bench_inspection_calibration_reports_before_and_after_per_fresh_texture():
+    from vigil.apps.demo import SHIPPED_DEMO_MODELS
+    from vigil.models.serving import latest_dir
+
+    shipped = latest_dir(SHIPPED_DEMO_MODELS, "inspection")
+    args = ["bench", "inspection-calibration", "--model", str(shipped), "--seconds", "3"]
+    result = runner.invoke(app, [*args, "--test-clips", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["calibration_clips"] == (300 - 8) // 4 + 1
+    assert report["threshold_before"] == pytest.approx(read_manifest(shipped)["threshold"])
+    for fresh in ("wood", "terrazzo"):
+        before, after = report[fresh]["before"], report[fresh]["after"]
+        assert before["threshold"] == report["threshold_before"]
+        assert all(0 <= v <= 1 for v in (*before.values(), *after.values()))
+        # a higher threshold alerts less often, on clean and defective clips alike
+        if after["threshold"] >= before["threshold"]:
+            assert after["false_alarms"] <= before["false_alarms"]
+            assert after["recall"] <= before["recall"]
