@@ -79,6 +79,7 @@ def record_frames(
                     raise OSError(f"{out / name}: could not be written")
                 entry = {"camera_id": camera, "seq": frame.seq, "ts_ms": frame.ts_ms, "file": name}
                 index.write(json.dumps(entry) + "\n")
+                index.flush()  # what is recorded so far is readable while it records
                 n += 1
                 seqs.append(frame.seq)
     return Recorded(camera, n, bad, min(seqs, default=None), max(seqs, default=None), str(out))

@@ -46,10 +46,16 @@ def parts_dir(tmp_path_factory):
     return root
 
 
-def test_train_from_images_writes_a_model_the_worker_loads(parts_dir, tmp_path):
-    out = tmp_path / "models"
+@pytest.fixture(scope="module")
+def images_model(parts_dir, tmp_path_factory):
+    """`vigil train inspection --images` on the parts folder: (models dir, CLI result)."""
+    out = tmp_path_factory.mktemp("models")
     args = ["train", "inspection", "--images", str(parts_dir), *SMALL, "--camera-size", "64"]
-    result = runner.invoke(app, [*args, "--out", str(out), "--json"])
+    return out, runner.invoke(app, [*args, "--out", str(out), "--json"])
+
+
+def test_train_from_images_writes_a_model_the_worker_loads(images_model):
+    out, result = images_model
     assert result.exit_code == 0, result.output
     assert "left out" in result.output and "notes.png" in result.output
     report = json.loads(result.output.strip().splitlines()[-1])
@@ -100,6 +106,54 @@ def test_bad_image_folders_and_options_are_clear_errors(parts_dir, tmp_path):
         result = runner.invoke(app, ["train", "inspection", *SMALL, *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert said in " ".join(result.output.split()), (extra, result.output)
+
+
+@pytest.mark.integration
+def test_the_worker_serves_a_model_trained_from_images_on_the_users_parts(
+    settings, monkeypatch, tmp_path, parts_dir, images_model
+):
+    """End to end on the embedded broker: the user's parts on the camera (vigil publish
+    frames --images), the worker classifying their clips with the model trained from the
+    images; every clip's score equals the worker's pipeline run here on the same frames."""
+    import itertools
+
+    from tests.apps.helpers import collect
+    from tests.conftest import worker_env
+    from vigil.apps.process import WorkerProcess
+    from vigil.models.inspection.images import ImageParts, load_parts, scan_images
+    from vigil.streams.frames import encode_frame
+    from vigil.streams.inspection import InspectionPipeline
+    from vigil.streams.schemas import RawRecord
+    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
+
+    out, trained = images_model
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.setenv("VIGIL_KAFKA_BOOTSTRAP", settings.kafka_bootstrap)
+    monkeypatch.setenv("VIGIL_NAMESPACE", settings.namespace)
+    env = worker_env(settings) | {"VIGIL_MODEL_DIR": str(out)}
+    with WorkerProcess("inspection", env, tmp_path / "worker.log") as worker:
+        args = ["publish", "frames", "--images", str(parts_dir), "--fps", "200"]
+        sent = runner.invoke(app, [*args, "--seconds", "1", "--size", "64", "--defect-rate", "0.5"])
+        assert sent.exit_code == 0, sent.output
+        clips = collect(
+            settings.kafka_bootstrap,
+            settings.topics.inspection_clips,
+            lambda got: len(got) >= (200 - 8) // 4 + 1,
+            alive=lambda: worker.running,
+        )
+    directory = next((out / "inspection").iterdir())
+    version = read_manifest(directory)["version"]
+    assert len(clips) == 49 and {c["model_version"] for c in clips} == {version}
+    # the reference: the same camera (seeded) on the same images, through the pipeline
+    found = scan_images(parts_dir)
+    parts = ImageParts(load_parts(found.images, []), order="line")
+    config = CameraConfig(seed=0, size=64, fps=200, part_px=56, gap_px=24, defect_rate=0.5)
+    shots = itertools.islice(CameraSimulator(config, parts).frames("cam-0", 0), 200)
+    records = [encode_frame(s.frame, "png") for s in shots]
+    raw = [RawRecord("f", 0, i, k, v, tuple(h)) for i, (k, v, h) in enumerate(records)]
+    want = InspectionPipeline(ClipScorer.load(directory)).process(raw, 0).clips
+    want_scores = {json.loads(v)["seq_start"]: json.loads(v)["score"] for _k, v in want}
+    assert {c["seq_start"]: pytest.approx(c["score"], abs=1e-6) for c in clips} == want_scores
 
 
 @pytest.mark.integration
