@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vigil.apps.clients import read_messages
+from vigil.apps.clients import camera_frames, read_messages
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import DataError, UsageError
@@ -32,7 +33,7 @@ from vigil.models.serving import (
     write_model,
 )
 from vigil.streams.alignment import ClipWindows, prepare_clip
-from vigil.streams.frames import FrameError, decode_frame
+from vigil.streams.frames import Frame
 
 __all__ = ["MIN_CLIPS", "Calibration", "calibrate", "serving_model"]
 
@@ -89,26 +90,18 @@ def camera_clips(
 ) -> tuple[np.ndarray, int, int]:
     """The camera's clips from ``since_ms`` on (as the worker cuts them), the number of
     its frames and of those that did not decode."""
-    shots: dict[int, object] = {}
-    bad = 0
-    key = camera.encode()
-    for msg in read_messages(bootstrap, topic, since_ms=since_ms):
-        if msg.key() != key:
-            continue
-        try:
-            frame = decode_frame(msg.key(), msg.value(), msg.headers())
-        except FrameError:
-            bad += 1
-            continue
+    shots: dict[int, Frame] = {}
+    counts: Counter[str] = Counter()
+    for frame in camera_frames(read_messages(bootstrap, topic, since_ms=since_ms), camera, counts):
         shots.setdefault(frame.seq, frame)  # a redelivered frame once
     windows = ClipWindows(frames, stride)
     clips = [
         prepare_clip([f.image for f in clip], size, align)
         for seq in sorted(shots)
-        for clip in windows.push(shots[seq])  # type: ignore[arg-type]
+        for clip in windows.push(shots[seq])
     ]
     stacked = np.stack(clips) if clips else np.zeros((0, 1, frames, size, size), np.float32)
-    return stacked, len(shots), bad
+    return stacked, len(shots), counts["undecodable"]
 
 
 def calibrate(

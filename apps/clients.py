@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, Producer
 
 from vigil.apps.broker import BrokerError
 from vigil.apps.kafka import make_producer, make_reader, read_from_start
 
-__all__ = ["publish", "read_messages", "read_topic", "Published", "Pacer"]
+if TYPE_CHECKING:
+    from vigil.streams.frames import Frame
+
+__all__ = ["camera_frames", "publish", "read_messages", "read_topic", "Published", "Pacer"]
 
 
 class Pacer:
@@ -144,3 +148,18 @@ def read_topic(
         except ValueError:
             value = raw
         yield msg.key(), value, msg.timestamp()[1]
+
+
+def camera_frames(messages: Iterable[Any], camera: str, counts: Counter[str]) -> Iterator[Frame]:
+    """The decoded frames of ``camera`` among frame-topic ``messages`` (keyed by camera
+    id); each of its records that does not decode counted as ``counts["undecodable"]``."""
+    from vigil.streams.frames import FrameError, decode_frame  # OpenCV: only when needed
+
+    key = camera.encode()
+    for msg in messages:
+        if msg.key() != key:
+            continue
+        try:
+            yield decode_frame(msg.key(), msg.value(), msg.headers())
+        except FrameError:
+            counts["undecodable"] += 1

@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 
-from vigil.apps.clients import read_messages
+from vigil.apps.clients import camera_frames, read_messages
 from vigil.models.inspection.recorded import INDEX
-from vigil.streams.frames import FrameError, decode_frame
 
 __all__ = ["Recorded", "record_frames"]
 
@@ -51,8 +51,8 @@ def record_frames(
     (out / safe).mkdir(parents=True, exist_ok=True)
     since_ms = time.time_ns() // 1_000_000  # what arrives from now on (the end, as a number)
     deadline = time.monotonic() + seconds
-    key = camera.encode()
-    n = bad = 0
+    counts: Counter[str] = Counter()
+    n = 0
     seqs: list[int] = []
     started = [False]
 
@@ -62,17 +62,11 @@ def record_frames(
             ready()
         return should_stop() or time.monotonic() >= deadline
 
+    messages = read_messages(
+        bootstrap, topic, follow=True, since_ms=since_ms, idle_timeout_s=0.2, should_stop=stop
+    )
     with (out / INDEX).open("a", encoding="utf-8") as index:
-        for msg in read_messages(
-            bootstrap, topic, follow=True, since_ms=since_ms, idle_timeout_s=0.2, should_stop=stop
-        ):
-            if msg.key() != key:
-                continue
-            try:
-                frame = decode_frame(msg.key(), msg.value(), msg.headers())
-            except FrameError:
-                bad += 1
-                continue
+        for frame in camera_frames(messages, camera, counts):
             name = f"{safe}/{frame.seq:012d}.png"
             if not (out / name).exists():
                 if not cv2.imwrite(str(out / name), frame.image):
@@ -82,4 +76,6 @@ def record_frames(
                 index.flush()  # what is recorded so far is readable while it records
                 n += 1
                 seqs.append(frame.seq)
-    return Recorded(camera, n, bad, min(seqs, default=None), max(seqs, default=None), str(out))
+    return Recorded(
+        camera, n, counts["undecodable"], min(seqs, default=None), max(seqs, default=None), str(out)
+    )
