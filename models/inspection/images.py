@@ -53,7 +53,9 @@ GOOD_SUFFIXES = ("_free", "-free", "_good", "-good", "_ok", "-ok")
 LAYOUT_FOLDERS = frozenset({"imgs", "images", "img", "train", "test", "val", "validation"})
 MASK_FOLDERS = frozenset({"masks", "mask", "ground_truth", "groundtruth", "gt"})
 MIN_SIDE = 16  # pixels: smaller is not a photograph of a part
-MAX_SIDE = 1024  # read images are shrunk to this longest side (parts are ~100-300 px)
+# read images are shrunk to this longest side: parts are 56-224 pixels on the camera, and
+# thousands of photographs held at full size would be gigabytes
+MAX_SIDE = 512
 LABELS_FILE = "labels.csv"
 
 
