@@ -430,11 +430,13 @@ def bench_inspection(
     codec: str = "png",
     timeout_s: float = 120.0,
     console: Console | None = None,
+    images: Path | None = None,
 ) -> dict[str, Any]:
     """The inspection worker end to end: ``cameras`` simulated cameras publish ``size``
-    grey frames at ``fps`` each for ``seconds``; measured from the worker's clip records:
-    frames/s and clips/s it sustained, and the latency from a clip's last frame being
-    published to its classification (an alert, when there is one, goes out with it)."""
+    grey frames at ``fps`` each for ``seconds`` (their parts: the procedural textures, or
+    the user's ``images``); measured from the worker's clip records: frames/s and clips/s
+    it sustained, and the latency from a clip's last frame being published to its
+    classification (an alert, when there is one, goes out with it)."""
     from vigil.models.kinds import INSPECTION
     from vigil.streams.frames import encode_frame
     from vigil.streams.sources.camera import CameraConfig, CameraSimulator
@@ -447,8 +449,14 @@ def bench_inspection(
             "run `vigil train inspection`"
         )
     per_camera = int(round(fps * seconds))
+    parts = None
+    if images is not None:
+        from vigil.models.inspection.images import ImageParts, load_parts, scan_images
+
+        parts = ImageParts(load_parts(scan_images(images).images, []), order="line")
     sim = CameraSimulator(
-        CameraConfig(seed=3, size=size, fps=fps, part_px=size * 7 // 8, gap_px=size * 3 // 8)
+        CameraConfig(seed=3, size=size, fps=fps, part_px=size * 7 // 8, gap_px=size * 3 // 8),
+        parts,
     )
     say(f"simulating {cameras} x {per_camera} frames ({size}x{size}, {codec})")
     lines = [sim.frames(f"bench-cam-{i}", i) for i in range(cameras)]

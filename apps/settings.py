@@ -246,6 +246,13 @@ class Settings(BaseSettings):
         description="alert threshold on the defect probability (unset: the model's own, chosen "
         "at 1 % false alarms on validation clips)",
     )
+    inspection_false_alarms: float = Field(
+        default=0.01,
+        ge=0.0001,
+        le=0.5,
+        description="the share of defect-free clips allowed to alert when a threshold is "
+        "chosen: training on your images or a recording, and vigil inspection calibrate",
+    )
 
     # Group membership timings: low for the embedded broker (Tansu completes a join only
     # after the rebalance timeout); raise them for a production cluster.

@@ -122,6 +122,12 @@ def bench_inspection_cmd(
     size: int = typer.Option(128, min=32, max=1024, help="frame height and width (grey)"),
     codec: str = typer.Option("png", help="raw, png or jpeg"),
     timeout: float = typer.Option(120, min=1, help="seconds to wait for the last clip"),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="the cameras' parts made of your images (a folder as for "
+        "vigil train inspection --images)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Cameras publish frames in real time; the inspection worker (with the newest
@@ -135,7 +141,9 @@ def bench_inspection_cmd(
     setup_logging(settings)
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        result = run(settings, cameras, fps, seconds, size, codec, timeout, console=console)
+        result = run(
+            settings, cameras, fps, seconds, size, codec, timeout, console=console, images=images
+        )
     except VigilError as exc:
         fail(exc, 1)
     show(result, as_json, width=18)

@@ -21,8 +21,12 @@ def calibrate_cmd(
     seconds: float = typer.Option(
         60.0, min=1, help="its last SECONDS of frames on the frames topic: defect-free parts"
     ),
-    false_alarms: float = typer.Option(
-        0.01, min=0.0001, max=0.5, help="the share of those clips allowed to alert"
+    false_alarms: float | None = typer.Option(
+        None,
+        min=0.0001,
+        max=0.5,
+        help="the share of those clips allowed to alert (default: "
+        "VIGIL_INSPECTION_FALSE_ALARMS, 0.01)",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="say what the threshold would be; release nothing"
@@ -38,6 +42,8 @@ def calibrate_cmd(
     settings = get_settings()
     get_signer(settings)  # a key problem is said before the broker is reached
     bootstrap = get_bootstrap(settings)
+    if false_alarms is None:
+        false_alarms = settings.inspection_false_alarms
     ensure_one(bootstrap, settings.topics, settings.topics.models, settings.replication_factor)
     try:
         result = calibrate(settings, bootstrap, camera, seconds, false_alarms, not dry_run)

@@ -154,11 +154,12 @@ def train_inspection(
         help="with --images: normal-only (synthetic defects painted on your defect-free "
         "images) or supervised (your labelled defects too; the default when DIR has some)",
     ),
-    false_alarms: float = typer.Option(
-        0.01,
+    false_alarms: float | None = typer.Option(
+        None,
         min=0.0001,
         max=0.5,
-        help="with --images: the alert threshold's false-alarm rate on held-out defect-free images",
+        help="with --images or --frames: the alert threshold's false-alarm rate on held-out "
+        "defect-free images or clips (default: VIGIL_INSPECTION_FALSE_ALARMS, 0.01)",
     ),
     as_json: bool = typer.Option(False, "--json", help="print the evaluation as JSON"),
 ) -> None:
@@ -204,6 +205,8 @@ def train_inspection(
     if images is not None or frames_dir is not None:
         from vigil.models.inspection.recorded import train_from_frames
 
+        if false_alarms is None:
+            false_alarms = settings.inspection_false_alarms
         try:
             if images is not None:
                 path, report = train_from_images(images, mode, cfg, root, say, false_alarms)

@@ -261,8 +261,11 @@ def test_calibrate_sets_one_cameras_threshold_from_its_clean_frames_and_releases
     assert served.camera_thresholds == {"cam-7": pytest.approx(t, abs=1e-6)}
     assert release.manifest["model"]["parent_version"] == got["model_version"]
 
+    monkeypatch.setenv("VIGIL_INSPECTION_FALSE_ALARMS", "0.2")  # the setting, as default
     dry = runner.invoke(app, [*args, "--dry-run", "--json"])
-    assert dry.exit_code == 0 and json.loads(dry.output.strip().splitlines()[-1])["version"] is None
+    assert dry.exit_code == 0, dry.output
+    said = json.loads(dry.output.strip().splitlines()[-1])
+    assert said["version"] is None and said["max_fpr"] == 0.2
     unknown = runner.invoke(app, ["inspection", "calibrate", "--camera", "cam-none"])
     assert unknown.exit_code == 2 and "at least 50" in " ".join(unknown.output.split())
 
