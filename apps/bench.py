@@ -572,7 +572,7 @@ def bench_calibration(
     from vigil.models.inspection import VideoConfig, make_clips, pick_threshold
     from vigil.models.kinds import INSPECTION
     from vigil.models.serving import ClipScorer
-    from vigil.streams.sources.camera import FRESH_TEXTURES
+    from vigil.streams.sources.camera import FRESH_TEXTURES, CameraConfig
 
     path = model_dir or INSPECTION.latest(settings.models_path)
     if path is None:
@@ -581,8 +581,9 @@ def bench_calibration(
             "(vigil train inspection) or give --model"
         )
     scorer = ClipScorer.load(Path(path))
-    cfg = VideoConfig(**{k: v for k, v in scorer.manifest["config"].items()})
-    calibration_clips = int((seconds * 100 - cfg.frames) // 4 + 1)
+    cfg = VideoConfig(**scorer.manifest["config"])
+    step = cfg.frames // 2  # make_clips cuts a clip every half clip, as the worker does
+    calibration_clips = int((seconds * CameraConfig().fps - cfg.frames) // step + 1)
     out: dict[str, Any] = {
         "model": scorer.version,
         "seconds": seconds,

@@ -21,13 +21,12 @@ from vigil.apps.clients import camera_frames, read_messages
 from vigil.apps.releases import publish_release, read_releases
 from vigil.apps.settings import Settings
 from vigil.errors import DataError, UsageError
-from vigil.models.inspection.evaluate import pick_threshold
+from vigil.models.inspection.evaluate import threshold_on_clean
 from vigil.models.kinds import INSPECTION
 from vigil.models.registry import GOLDEN, build_release
 from vigil.models.serving import (
     THRESHOLDS_FILE,
     ClipScorer,
-    read_camera_thresholds,
     read_files,
     read_manifest,
     write_model,
@@ -138,7 +137,7 @@ def calibrate(
         )
     scores, _cells = scorer.score(clips)
     before = scorer.camera_thresholds.get(camera, scorer.threshold)
-    threshold = pick_threshold(np.zeros(len(scores)), scores, max_fpr)
+    threshold = threshold_on_clean(scores, max_fpr)
     out = Calibration(
         camera=camera,
         seconds=seconds,
@@ -154,7 +153,6 @@ def calibrate(
     if not release:
         return out
     table = json.loads(files[THRESHOLDS_FILE]) if THRESHOLDS_FILE in files else {"cameras": {}}
-    read_camera_thresholds(json.dumps(table).encode())  # what the workers will read
     table["cameras"][camera] = threshold
     table.setdefault("calibrations", []).append(
         {k: v for k, v in out.as_dict().items() if k not in ("version", "model_dir")}

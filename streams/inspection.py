@@ -112,13 +112,6 @@ class InspectionPipeline:
             return self.threshold_override
         return self.model.threshold if self.model is not None else 1.0
 
-    def threshold_for(self, camera_id: str) -> float:
-        """``VIGIL_INSPECTION_THRESHOLD`` if set, else the camera's calibrated threshold,
-        else the model's."""
-        if self.threshold_override is None and self.model is not None:
-            return self.model.camera_thresholds.get(camera_id, self.model.threshold)
-        return self.threshold
-
     @property
     def clip_frames(self) -> int:
         return self.model.frames if self.model is not None else DEFAULT_FRAMES
@@ -213,13 +206,17 @@ class InspectionPipeline:
         self.stage_seconds["align"] += t1 - t0
         self.stage_seconds["classify"] += t2 - t1
         processed_ms = time.time_ns() // 1_000_000
+        # a camera's calibrated threshold, else the model's; VIGIL_INSPECTION_THRESHOLD
+        # (the override) for every camera
+        default = self.threshold
+        per_camera = model.camera_thresholds if self.threshold_override is None else {}
         self.counters["clips"] += len(clips)
         for (cam, clip), prob, cell in zip(clips, probs, cells, strict=True):
             score = float(prob)
             ref = clip[len(clip) // 2]
             camera_id = ref.camera_id
             alerted = False
-            if score >= self.threshold_for(camera_id):
+            if score >= per_camera.get(camera_id, default):
                 cam.quiet = 0
                 if cam.incident:
                     self.counters["suppressed"] += 1

@@ -41,6 +41,7 @@ from vigil.models.inspection.evaluate import (
     fit_inspection,
     pick_threshold,
     predict,
+    threshold_on_clean,
 )
 from vigil.models.inspection.export import (
     PARITY_TOLERANCE,
@@ -69,6 +70,7 @@ __all__ = [
     "pick_threshold",
     "predict",
     "save_video_model",
+    "threshold_on_clean",
     "train_video",
     "training_clips",
 ]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from vigil.errors import DataError
 from vigil.models.inspection.net import GRID, VideoConfig
-from vigil.streams.sources.camera import PartSource
+from vigil.streams.sources.camera import CameraConfig, PartSource
 
 
 @dataclass
@@ -43,19 +44,10 @@ def make_clips(
     of two-tone parts (training data; see ``training_clips``). ``parts``: the parts come
     from there (a user's images: ``images.ImageParts``) instead of ``textures``."""
     from vigil.streams.alignment import prepare_clip
-    from vigil.streams.sources.camera import CameraConfig, CameraSimulator
+    from vigil.streams.sources.camera import CameraSimulator
 
     sim = CameraSimulator(
-        CameraConfig(
-            seed=seed,
-            size=cfg.camera_size,
-            part_px=cfg.camera_size * 7 // 8,
-            gap_px=cfg.camera_size * 3 // 8,
-            defect_rate=0.5,
-            textures=textures,
-            regions=regions,
-        ),
-        parts,
+        camera_config(cfg, seed, defect_rate=0.5, textures=textures, regions=regions), parts
     )
     want_pos = int(round(n * positive_share))
     # filled in place: thousands of 128x128 clips are gigabytes, a list to stack twice that
@@ -92,6 +84,13 @@ def make_clips(
             if pos + neg >= n:
                 return ClipDataset(clips, np.array(labels), np.array(cells), boxes, kinds, textures)
     raise AssertionError("unreachable")
+
+
+def camera_config(cfg: VideoConfig, seed: int, **more: Any) -> CameraConfig:
+    """The simulated camera a classifier of ``cfg`` is trained and evaluated on: frames of
+    ``cfg.camera_size``, parts 7/8 of it with gaps of 3/8 (``more``: other fields)."""
+    size = cfg.camera_size
+    return CameraConfig(seed=seed, size=size, part_px=size * 7 // 8, gap_px=size * 3 // 8, **more)
 
 
 def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:

@@ -53,7 +53,13 @@ def auroc_ci95(auc: float, positives: int, negatives: int) -> tuple[float, float
 def pick_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float = 0.01) -> float:
     """The lowest alert threshold (alert when score >= it) that keeps the false-positive
     rate on these negatives within ``max_fpr``."""
-    neg = np.sort(np.asarray(scores, dtype=float)[~np.asarray(labels).astype(bool)])
+    return threshold_on_clean(np.asarray(scores)[~np.asarray(labels).astype(bool)], max_fpr)
+
+
+def threshold_on_clean(scores: np.ndarray, max_fpr: float = 0.01) -> float:
+    """The lowest alert threshold that lets at most ``max_fpr`` of these scores of
+    defect-free clips alert."""
+    neg = np.sort(np.asarray(scores, dtype=float))
     if not len(neg):
         return 0.5
     allowed = int(np.floor(max_fpr * len(neg)))  # negatives that may reach the threshold

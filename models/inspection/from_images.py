@@ -26,8 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from vigil.errors import DataError
-from vigil.models.inspection.data import ClipDataset, make_clips
-from vigil.models.inspection.evaluate import auroc, auroc_ci95, pick_threshold, predict
+from vigil.models.inspection.data import ClipDataset, camera_config, make_clips
+from vigil.models.inspection.evaluate import (
+    auroc,
+    auroc_ci95,
+    pick_threshold,
+    predict,
+    threshold_on_clean,
+)
 from vigil.models.inspection.images import (
     PAINTED,
     REGIONS,
@@ -125,18 +131,6 @@ def split_images(
     return ImageSplit(train, validation, test, problems, mode)
 
 
-def _camera(cfg: VideoConfig, seed: int, defect_rate: float = 0.0):  # type: ignore[no-untyped-def]
-    from vigil.streams.sources.camera import CameraConfig
-
-    return CameraConfig(
-        seed=seed,
-        size=cfg.camera_size,
-        part_px=cfg.camera_size * 7 // 8,
-        gap_px=cfg.camera_size * 3 // 8,
-        defect_rate=defect_rate,
-    )
-
-
 @dataclass
 class ImageClips:
     """One clip per image (in the images' order) and where its part lay in the middle
@@ -152,7 +146,7 @@ def image_clips(parts: list[Part], cfg: VideoConfig, seed: int) -> ImageClips:
     from vigil.streams.alignment import prepare_clip
     from vigil.streams.sources.camera import CameraSimulator
 
-    camera = _camera(cfg, seed)
+    camera = camera_config(cfg, seed, defect_rate=0.0)
     # the first part is under the camera from the first frame on, already past its centre:
     # the images start with the second
     sim = CameraSimulator(camera, ImageParts(parts, order="cycle", first=1))
@@ -209,7 +203,7 @@ def evaluate_images(
     for the test's defect-free images and a copy of each with a synthetic defect painted
     on: what there is to go by before any real defect is labelled."""
     val_scores = predict(net, image_clips(split.validation, cfg, seed + 1).clips)[0]
-    threshold = pick_threshold(np.zeros(len(val_scores)), val_scores, max_fpr)
+    threshold = threshold_on_clean(val_scores, max_fpr)
     good = [p for p in split.test if p.kind is None]
     report = {"threshold": round(threshold, 6)}
     report |= _measures(net, split.test, cfg, seed + 2, threshold, max_fpr)

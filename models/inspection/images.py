@@ -396,9 +396,10 @@ class ImageParts:
     @staticmethod
     def box(part: Part, size: int) -> tuple[int, int, int, int]:
         """The defect's box in a part of ``size`` pixels: its mask's, or the whole part."""
-        if part.mask is None:
+        m = ImageParts.mask(part, size)
+        if m is None:
             return (0, 0, size, size)
-        m = cv2.resize(part.mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+        m = m.astype(np.uint8)
         if not m.any():  # a defect smaller than a pixel of the part: its centre
             ys, xs = np.nonzero(part.mask)
             h, w = part.mask.shape

@@ -31,7 +31,7 @@ import numpy as np
 
 from vigil.errors import DataError
 from vigil.models.inspection.data import ClipDataset
-from vigil.models.inspection.evaluate import auroc, auroc_ci95, pick_threshold, predict
+from vigil.models.inspection.evaluate import auroc, auroc_ci95, predict, threshold_on_clean
 from vigil.models.inspection.net import GRID, VideoConfig
 from vigil.models.inspection.train import train_video
 
@@ -218,7 +218,7 @@ def train_from_frames(
     net = train_video(train, cfg, say=lambda m: say(m))
     negatives = val.labels == 0
     val_scores = predict(net, val.clips[negatives])[0] if negatives.any() else np.zeros(0)
-    threshold = pick_threshold(np.zeros(len(val_scores)), val_scores, max_fpr)
+    threshold = threshold_on_clean(val_scores, max_fpr)
     scores, cells = predict(net, test.clips)
     positive = test.labels.astype(bool)
     alerted = scores >= threshold
