@@ -200,7 +200,8 @@ def test_bench_inspection_data_reports_the_literatures_measures_on_a_slice():
     assert lo <= report["auroc"] <= hi
     assert report["located_images"] == 60 and 0 <= report["location_accuracy"] <= 1
     assert report["published_auroc_normal_only"]["PatchCore"] == 0.979
-    assert report["train_s"] > 0
+    # a 40-clip, one-epoch training at 32 pixels can take under 0.05 s (reported as 0.0)
+    assert all(report[k] >= 0 for k in ("clips_s", "train_s", "evaluate_s"))
 
 
 @pytest.mark.integration
