@@ -164,6 +164,9 @@ def bench_inspection_data_cmd(
     clips: int = typer.Option(9600, min=20, help="training clips (half with a defect)"),
     epochs: int = typer.Option(16, min=1, help="epochs"),
     size: int = typer.Option(128, min=16, help="the classifier's input (multiple of 16)"),
+    stem: str = typer.Option(
+        "deep", help="the network's first layers: deep (size a multiple of 64) or small"
+    ),
     limit: int | None = typer.Option(
         None, min=2, help="at most this many images of each kind (a quick look)"
     ),
@@ -173,18 +176,27 @@ def bench_inspection_data_cmd(
     """The inspection model on a real image set, as its literature reports it: image-level
     AUROC with its interval, recall per defect kind at 1 % false alarms, location accuracy
     against the masks, and the time it took; beside the published results."""
-    from vigil.models.inspection import VideoConfig
+    from vigil.models.inspection import VideoConfig, VideoNet
     from vigil.models.inspection.from_images import (
         MODES,
         PUBLISHED_NORMAL_ONLY,
         fit_images,
         split_images,
     )
+    from vigil.models.inspection.net import stem_config
 
     if mode not in MODES:
         fail(f"--mode is one of {', '.join(MODES)}, not {mode!r}", 2)
     try:
-        cfg = VideoConfig(size=size, seed=seed, epochs=epochs, train_clips=clips)
+        cfg = VideoConfig(
+            size=size,
+            camera_size=size,  # the parts at the classifier's resolution
+            seed=seed,
+            epochs=epochs,
+            train_clips=clips,
+            **stem_config(stem),
+        )
+        VideoNet(cfg)  # shape checks before the slow part
         split = split_images(images, mode, seed=seed, limit=limit)
     except VigilError as exc:
         fail(exc, 2)

@@ -120,13 +120,20 @@ def train_inspection(
     size: int = typer.Option(
         128, min=16, help="the classifier's input height and width (multiple of 16)"
     ),
-    camera_size: int = typer.Option(
-        128, min=16, help="the simulated cameras' frame size (frames are resized to SIZE)"
+    camera_size: int | None = typer.Option(
+        None,
+        min=16,
+        help="the simulated cameras' frame size (frames are resized to SIZE; default: SIZE)",
     ),
     views: int = typer.Option(
         2,
         help="flips averaged at inference, inside the model: 1 (none), 2 (and upside down) "
         "or 4 (all); each view costs one more classifier pass in the worker",
+    ),
+    stem: str | None = typer.Option(
+        None,
+        help="the network's first layers: small (fast; the simulated textures) or deep "
+        "(real surfaces; size a multiple of 64); default: deep with --images or --frames",
     ),
     seed: int = typer.Option(0, help="simulator and training seed"),
     out_dir: Path | None = typer.Option(
@@ -170,6 +177,7 @@ def train_inspection(
     refresh job."""
     from vigil.models.inspection import VideoConfig, VideoNet, fit_inspection
     from vigil.models.inspection.from_images import MODES, train_from_images
+    from vigil.models.inspection.net import stem_config
     from vigil.models.serving import ModelError
 
     every_s = _publish_options_ok(publish_, every, bits)
@@ -185,15 +193,18 @@ def train_inspection(
         fail("--labels goes with --frames", 2)
     if mode is not None and (images is None or mode not in MODES):
         fail(f"--mode is one of {', '.join(MODES)}, with --images", 2)
+    if stem is None:
+        stem = "small" if images is None and frames_dir is None else "deep"
     try:
         cfg = VideoConfig(
             size=size,
-            camera_size=camera_size,
+            camera_size=camera_size or size,
             seed=seed,
             epochs=epochs,
             train_clips=clips,
             test_clips=test_clips,
             views=views,
+            **stem_config(stem),
         )
         VideoNet(cfg)  # shape checks before the slow part
     except VigilError as exc:

@@ -1,7 +1,8 @@
 """Conv3d as Conv2d: the same convolution computed as one 2D convolution over stacked time
 windows, with the same weights. ONNX Runtime's int8 Conv2d (QLinearConv over MLAS's integer
 GEMM) is fast on CPU, its int8 Conv3d is not (measured 2.3x slower than fp32 Conv3d), so
-quantized exports convert first."""
+quantized exports convert first. And batch norm folded into the convolution before it, so
+a quantized convolution is followed by what follows it in the float model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TimeSlicedConv3d", "slice_time"]
+__all__ = ["TimeSlicedConv3d", "fold_batchnorm", "slice_time"]
 
 
 class TimeSlicedConv3d(nn.Module):
@@ -60,4 +61,37 @@ def slice_time(model: nn.Module) -> int:
             count += 1
         else:
             count += slice_time(child)
+    return count
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold, in place, every batch norm that directly follows a convolution in an
+    ``nn.Sequential`` into that convolution (the norm's running statistics: the model as
+    it evaluates), leaving an ``nn.Identity`` where the norm was; returns how many."""
+    count = 0
+    for child in model.children():
+        count += fold_batchnorm(child)
+    if not isinstance(model, nn.Sequential):
+        return count
+    names = list(model._modules)
+    for before, name in zip(names, names[1:], strict=False):
+        conv, norm = model._modules[before], model._modules[name]
+        if not (isinstance(conv, _CONVS) and isinstance(norm, _NORMS)):
+            continue
+        with torch.no_grad():
+            assert norm.running_var is not None and norm.running_mean is not None
+            ones = torch.ones_like(norm.running_var)
+            gamma, beta = (norm.weight, norm.bias) if norm.affine else (ones, ones * 0)
+            scale = gamma / torch.sqrt(norm.running_var + norm.eps)
+            shape = (-1,) + (1,) * (conv.weight.dim() - 1)
+            conv.weight.mul_(scale.view(shape))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+            folded = (bias - norm.running_mean) * scale + beta
+            conv.bias = nn.Parameter(folded)
+        model._modules[name] = nn.Identity()
+        count += 1
     return count

@@ -311,6 +311,7 @@ def fit_images(
         "config": {
             "size": cfg.size,
             "camera_size": cfg.camera_size,
+            "stem": cfg.stem,
             "epochs": cfg.epochs,
             "train_clips": cfg.train_clips,
             "paint": paint,

@@ -14,6 +14,7 @@ GRID = 4  # location cells per side
 
 
 VIEWS = (1, 2, 4)  # flips averaged at inference: see VideoConfig.views
+STEMS = ("small", "deep")  # see VideoConfig.stem
 
 
 def flip_clips(clips: torch.Tensor, op: int) -> torch.Tensor:
@@ -45,25 +46,71 @@ class VideoConfig:
     regions: float = 0.35
     # flips averaged at inference (1: the clip only, 2: and upside down, 4: all four)
     views: int = 2
+    # small: two Conv3d layers, tokens at a quarter of the clip's side and half its frames
+    # (the simulator's textures; fast). deep: one Conv3d over 4 frames at a time, then
+    # three blocks of two per-frame convolutions with batch norm, tokens at a 16th of the
+    # side and a quarter of the frames: real surfaces (measured on Magnetic Tile: the
+    # small stem underfits them)
+    stem: str = "small"
+
+    @property
+    def reduction(self) -> tuple[int, int]:
+        """How many frames and pixels (per side) one token stands for."""
+        return (2, 4) if self.stem == "small" else (4, 16)
 
 
-class VideoNet(nn.Module):
-    def __init__(self, cfg: VideoConfig) -> None:
-        super().__init__()
-        if cfg.size % (4 * GRID) or cfg.frames % 2:
-            raise UsageError(f"size must be a multiple of {4 * GRID} and frames even")
-        if cfg.views not in VIEWS:
-            raise UsageError(f"views must be one of {', '.join(map(str, VIEWS))}, not {cfg.views}")
-        self.stem = nn.Sequential(
+DEEP_WIDTH = 64  # the deep stem's channels, and so its tokens' width
+
+
+def stem_config(stem: str) -> dict:
+    """VideoConfig fields for ``stem``: the deep stem's tokens are ``DEEP_WIDTH`` wide."""
+    return {"stem": stem, "d": DEEP_WIDTH} if stem == "deep" else {"stem": stem}
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [
+        nn.Conv3d(c_in, c_out, (1, 3, 3), padding=(0, 1, 1), bias=False),
+        nn.BatchNorm3d(c_out),
+        nn.ReLU(),
+    ]
+
+
+def _stem(cfg: VideoConfig) -> nn.Sequential:
+    if cfg.stem == "small":
+        return nn.Sequential(
             nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1),  # (B,16,T,H/2,W/2)
             nn.ReLU(),
             nn.Conv3d(16, cfg.d, 3, stride=2, padding=1),  # (B,d,T/2,H/4,W/4)
             nn.ReLU(),
         )
-        cell = cfg.size // 4 // GRID
-        self.pool = nn.MaxPool3d((1, cell, cell))  # (B,d,T/2,GRID,GRID): small defects survive
+    layers: list[nn.Module] = [
+        nn.Conv3d(1, 16, (4, 5, 5), stride=(4, 2, 2), padding=(0, 2, 2)),  # (B,16,T/4,H/2,W/2)
+        nn.ReLU(),
+    ]
+    for c_in, c_out in ((16, 32), (32, 64), (64, cfg.d)):  # each halves the side
+        layers += [*_conv_bn(c_in, c_out), *_conv_bn(c_out, c_out), nn.MaxPool3d((1, 2, 2))]
+    return nn.Sequential(*layers)  # (B,d,T/4,H/16,W/16)
+
+
+class VideoNet(nn.Module):
+    def __init__(self, cfg: VideoConfig) -> None:
+        super().__init__()
+        if cfg.stem not in STEMS:
+            raise UsageError(f"stem is one of {', '.join(STEMS)}, not {cfg.stem!r}")
+        per_frames, per_side = cfg.reduction
+        if cfg.size % (per_side * GRID) or cfg.frames % per_frames:
+            raise UsageError(
+                f"with the {cfg.stem} stem, size must be a multiple of {per_side * GRID} "
+                f"and frames of {per_frames}"
+            )
+        if cfg.views not in VIEWS:
+            raise UsageError(f"views must be one of {', '.join(map(str, VIEWS))}, not {cfg.views}")
+        self.stem = _stem(cfg)
+        cell = cfg.size // per_side // GRID
+        self.pool = nn.MaxPool3d((1, cell, cell))  # (B,d,T',GRID,GRID): small defects survive
         self.mix = nn.Linear(2 * cfg.d, cfg.d)
-        tokens = cfg.frames // 2 * GRID * GRID
+        self.t2 = cfg.frames // per_frames
+        tokens = self.t2 * GRID * GRID
         self.position = nn.Parameter(torch.zeros(1, tokens, cfg.d))
         layer = nn.TransformerEncoderLayer(
             cfg.d, cfg.heads, dim_feedforward=2 * cfg.d, batch_first=True, dropout=0.0
@@ -71,7 +118,6 @@ class VideoNet(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.defect = nn.Linear(cfg.d, 1)
         self.where = nn.Linear(cfg.d, 1)
-        self.t2 = cfg.frames // 2
         self.views = cfg.views
 
     def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,12 +138,12 @@ class VideoNet(nn.Module):
         mean = clip.mean(dim=(1, 2, 3, 4), keepdim=True)
         std = clip.std(dim=(1, 2, 3, 4), keepdim=True) + 1e-3
         x = (clip - mean) / std
-        x = self.pool(self.stem(x)).flatten(3)  # (B, d, T/2, GRID*GRID)
+        x = self.pool(self.stem(x)).flatten(3)  # (B, d, T', GRID*GRID)
         # each cell against the clip's other cells: a texture repeats across cells, a
         # defect is where one cell differs
         rel = (x - x.mean(dim=3, keepdim=True)) / (x.std(dim=3, keepdim=True) + 1e-3)
         x = self.mix(torch.cat([x, rel], dim=1).transpose(1, 3)).transpose(1, 3)
-        tokens = x.flatten(2).transpose(1, 2) + self.position  # (B, T/2*GRID*GRID, d)
+        tokens = x.flatten(2).transpose(1, 2) + self.position  # (B, T'*GRID*GRID, d)
         h = self.encoder(tokens)
         # a defect anywhere makes the clip defective: the most defective cell's logit
         cells = self.defect(h).squeeze(-1).view(-1, self.t2, GRID * GRID).mean(1)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vigil.errors import UsageError
-from vigil.models.compression.conv import slice_time
+from vigil.models.compression.conv import fold_batchnorm, slice_time
 from vigil.models.compression.export import calibrate, compact_names, export_qdq
 from vigil.models.compression.fake_quant import bake, prepare_qat, quant_config
 from vigil.models.compression.tools import (
@@ -47,6 +47,7 @@ def quantize_inspection(
     if tune is None and bits != 16:
         raise UsageError(f"a {bits}-bit export needs clips to calibrate or fine-tune on")
     net, cfg, manifest = load_video_net(model_dir)
+    fold_batchnorm(net)  # the deep stem's: each quantized conv then as the float one
     fp32 = read_files(model_dir, manifest)["clip.onnx"]
     if bits == 16:
         graph = weight_only(fp32, 16)

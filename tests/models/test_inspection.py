@@ -168,3 +168,55 @@ def test_evaluation_averages_the_clip_and_its_flips(tmp_path, clips):
 def test_train_inspection_refuses_views_it_cannot_flip():
     result = CliRunner().invoke(app, ["train", "inspection", "--views", "3"])
     assert result.exit_code == 2 and "views must be one of 1, 2, 4" in result.output
+
+
+def _trained_norms(net: VideoNet, x: np.ndarray) -> VideoNet:
+    """``net`` with batch-norm statistics of its own (a few training-mode passes over
+    ``x``, shifted and scaled) and scales and shifts of its own: folding and export must
+    use them all, not the initial 0 / 1."""
+    net.train()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        for k in range(3):
+            net(torch.from_numpy(x) * (1.5 + k) + 0.2)
+    return net.eval()
+
+
+def test_the_deep_stem_exports_and_folds_its_batch_norms_exactly(tmp_path, clips):
+    from vigil.models.compression.conv import fold_batchnorm
+    from vigil.models.inspection.net import stem_config
+
+    cfg = VideoConfig(size=64, camera_size=64, views=2, **stem_config("deep"))
+    torch.manual_seed(5)
+    x = clips.clips[:6]
+    net = _trained_norms(VideoNet(cfg), x)
+    with torch.no_grad():
+        logit, where = (t.numpy() for t in net(torch.from_numpy(x)))
+    # one token per 4 frames and 16 pixels: 2 x 4 x 4 of them for 8 frames of 64
+    assert net.position.shape[1] == 2 * GRID * GRID and where.shape == (6, GRID * GRID)
+    # ONNX Runtime against torch (the export's own check, then independently here)
+    path = save_video_model(net, cfg, tmp_path, x[:2], {})
+    session = ort.InferenceSession(str(path / "clip.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"clip": x})
+    np.testing.assert_allclose(got[0], logit, rtol=1e-4, atol=1e-4)
+    loaded, loaded_cfg, _ = load_video_net(path)
+    assert loaded_cfg.stem == "deep" and loaded_cfg.d == 64
+    # folded: no batch norm left, the same outputs
+    norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in loaded.modules())
+    assert fold_batchnorm(loaded) == norms == 6
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in loaded.modules())
+    with torch.no_grad():
+        folded = [t.numpy() for t in loaded(torch.from_numpy(x))]
+    np.testing.assert_allclose(folded[0], logit, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(folded[1], where, rtol=1e-4, atol=1e-4)
+
+
+def test_train_inspection_refuses_a_stem_or_size_it_cannot_build():
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "inspection", "--stem", "huge"])
+    assert result.exit_code == 2 and "stem is one of small, deep" in result.output
+    result = runner.invoke(app, ["train", "inspection", "--stem", "deep", "--size", "96"])
+    assert result.exit_code == 2 and "size must be a multiple of 64" in result.output

@@ -195,3 +195,36 @@ def test_bench_quantization_measures_every_width_of_both_models(tmp_path, monkey
     assert not list(root.glob("exports*"))  # measured, not written among the models
     bad = CliRunner().invoke(app, ["bench", "quantization", "--bits", "3"])
     assert bad.exit_code == 2
+
+
+def test_the_deep_stem_quantizes_with_its_batch_norms_folded():
+    """The deep stem's convolutions all run as integer kernels once its batch norms are
+    folded into them (the path quantize_inspection takes)."""
+    from vigil.models.compression.conv import fold_batchnorm, slice_time
+    from vigil.models.inspection.net import stem_config
+
+    cfg = VideoConfig(size=64, camera_size=64, frames=4, views=1, **stem_config("deep"))
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    clips = torch.rand(24, 1, 4, 64, 64, generator=gen)
+    net = VideoNet(cfg).train()
+    with torch.no_grad():
+        net(clips * 2)  # batch-norm statistics of its own
+    net.eval()
+    fp32 = export_video(net, cfg)
+    assert fold_batchnorm(net) == 6
+    slice_time(net)
+    calibrate(net, quant_config(8), [(clips[i : i + 8],) for i in range(0, 16, 8)])
+    graph = export_qdq(net, (clips[:2],), ["clip"], ["defect_logit", "location_logits"])
+    ops = optimized_ops(graph)
+    assert ops["QLinearConv"] == 7 and "BatchNormalization" not in ops, ops
+    got = onnx_session(graph).run(None, {"clip": clips[16:].numpy()})[0]
+    with torch.no_grad():
+        fake = net(clips[16:])[0].numpy()
+    base = onnx_session(fp32).run(None, {"clip": clips[16:].numpy()})[0]
+    # what the fake-quantized torch model computes, and near the float model: relative to
+    # the logit, as this untrained net's logits hardly spread (0.37 across the clips);
+    # the integer kernels' re-rounding through seven convolutions in a row measured 2.3 %
+    # of the logit against the fake-quantized model and 2.5 % against the float one
+    assert np.max(np.abs(got - fake) / np.abs(fake)) <= 0.04
+    assert np.max(np.abs(got - base) / np.abs(base)) <= 0.05
