@@ -455,7 +455,7 @@ def bench_inspection(
 
         parts = ImageParts(load_parts(scan_images(images).images, []), order="line")
     sim = CameraSimulator(
-        CameraConfig(seed=3, size=size, fps=fps, part_px=size * 7 // 8, gap_px=size * 3 // 8),
+        CameraConfig.framed(size, seed=3, fps=fps),
         parts,
     )
     say(f"simulating {cameras} x {per_camera} frames ({size}x{size}, {codec})")
@@ -471,7 +471,7 @@ def bench_inspection(
         with WorkerProcess("inspection", env, log_path) as worker:
             producer = make_producer(bootstrap)
             # warm-up: one clip from a camera of its own proves the worker is up
-            warm_sim = CameraSimulator(CameraConfig(seed=4, size=size, part_px=size * 7 // 8))
+            warm_sim = CameraSimulator(CameraConfig.framed(size, seed=4))
             warm = [
                 encode_frame(s.frame, codec)
                 for s in itertools.islice(warm_sim.frames("bench-warm-up"), model.frames)

@@ -51,12 +51,10 @@ def publish_frames(
     if codec not in CODECS:
         fail(f"unknown codec {codec!r}; one of {list(CODECS)}", 2)
     try:
-        cfg = CameraConfig(
+        cfg = CameraConfig.framed(
+            size,
             seed=seed,
-            size=size,
             fps=fps,
-            part_px=max(8, size * 7 // 8),
-            gap_px=max(8, size * 3 // 8),
             defect_rate=defect_rate,
             **({"textures": HELDOUT_TEXTURES} if heldout else {}),
         )

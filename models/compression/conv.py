@@ -84,8 +84,11 @@ def fold_batchnorm(model: nn.Module) -> int:
             continue
         with torch.no_grad():
             assert norm.running_var is not None and norm.running_mean is not None
-            ones = torch.ones_like(norm.running_var)
-            gamma, beta = (norm.weight, norm.bias) if norm.affine else (ones, ones * 0)
+            gamma, beta = (
+                (norm.weight, norm.bias)
+                if norm.affine
+                else (torch.ones_like(norm.running_var), torch.zeros_like(norm.running_var))
+            )
             scale = gamma / torch.sqrt(norm.running_var + norm.eps)
             shape = (-1,) + (1,) * (conv.weight.dim() - 1)
             conv.weight.mul_(scale.view(shape))

@@ -88,9 +88,8 @@ def make_clips(
 
 def camera_config(cfg: VideoConfig, seed: int, **more: Any) -> CameraConfig:
     """The simulated camera a classifier of ``cfg`` is trained and evaluated on: frames of
-    ``cfg.camera_size``, parts 7/8 of it with gaps of 3/8 (``more``: other fields)."""
-    size = cfg.camera_size
-    return CameraConfig(seed=seed, size=size, part_px=size * 7 // 8, gap_px=size * 3 // 8, **more)
+    ``cfg.camera_size``, framed as ``CameraConfig.framed`` (``more``: other fields)."""
+    return CameraConfig.framed(cfg.camera_size, seed=seed, **more)
 
 
 def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:

@@ -181,7 +181,7 @@ def image_clips(parts: list[Part], cfg: VideoConfig, seed: int) -> ImageClips:
 def _located(part: Part, cell: int, xy: tuple[float, float], cfg: VideoConfig) -> bool:
     """Whether location ``cell`` of the frame holds some of ``part``'s mask, the part at
     ``xy`` in the frame."""
-    size = cfg.camera_size * 7 // 8
+    size = camera_config(cfg, 0).part_px
     mask = ImageParts.mask(part, size)
     if mask is None:
         return False

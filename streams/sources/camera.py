@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -245,6 +245,12 @@ class CameraConfig:
     textures: tuple[str, ...] = TRAIN_TEXTURES
     regions: float = 0.0  # share of parts made two-tone (see the module notes)
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+    @classmethod
+    def framed(cls, size: int, **more: Any) -> CameraConfig:
+        """A camera of ``size`` pixels framing parts as the default one does: parts 7/8
+        of the frame, gaps 3/8 of it (8 pixels at least; ``more``: other fields)."""
+        return cls(size=size, part_px=max(8, size * 7 // 8), gap_px=max(8, size * 3 // 8), **more)
 
     def __post_init__(self) -> None:
         if not 8 <= self.part_px <= self.size:
