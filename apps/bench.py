@@ -455,7 +455,7 @@ def bench_inspection(
 
         parts = ImageParts(load_parts(scan_images(images).images, []), order="line")
     sim = CameraSimulator(
-        CameraConfig.framed(size, seed=3, fps=fps),
+        CameraConfig.framed(size, fill=images is not None, seed=3, fps=fps),
         parts,
     )
     say(f"simulating {cameras} x {per_camera} frames ({size}x{size}, {codec})")

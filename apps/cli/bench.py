@@ -191,6 +191,7 @@ def bench_inspection_data_cmd(
         cfg = VideoConfig(
             size=size,
             camera_size=size,  # the parts at the classifier's resolution
+            fill=True,  # each image is what the camera sees of a part
             seed=seed,
             epochs=epochs,
             train_clips=clips,

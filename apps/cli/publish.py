@@ -53,6 +53,7 @@ def publish_frames(
     try:
         cfg = CameraConfig.framed(
             size,
+            fill=images is not None,  # each image is what the camera sees of a part
             seed=seed,
             fps=fps,
             defect_rate=defect_rate,

@@ -204,6 +204,7 @@ def train_inspection(
             train_clips=clips,
             test_clips=test_clips,
             views=views,
+            fill=images is not None,  # each image is what the camera sees of a part
             **stem_config(stem),
         )
         VideoNet(cfg)  # shape checks before the slow part

@@ -51,7 +51,7 @@ def make_clips(
     )
     want_pos = int(round(n * positive_share))
     # filled in place: thousands of 128x128 clips are gigabytes, a list to stack twice that
-    clips = np.empty((n, 1, cfg.frames, cfg.size, cfg.size), np.float32)
+    clips = clip_array(n, cfg)
     labels, cells, boxes, kinds, textures = [], [], [], [], []
     pos = neg = 0
     for camera in itertools.count():
@@ -69,11 +69,8 @@ def make_clips(
             clips[pos + neg] = prepare_clip([s.frame.image for s in window], cfg.size, cfg.align)
             labels.append(label)
             if label:
-                x, y, w, h = ref.defect.bbox
-                cam = cfg.camera_size
-                cx, cy = (x + w / 2) * GRID // cam, (y + h / 2) * GRID // cam
-                cells.append(int(min(GRID - 1, cy) * GRID + min(GRID - 1, cx)))
-                boxes.append([x, y, w, h])
+                cells.append(cell_of(ref.defect.bbox, (cfg.camera_size, cfg.camera_size)))
+                boxes.append(list(ref.defect.bbox))
                 kinds.append(ref.defect.kind)
             else:
                 cells.append(-1)
@@ -86,10 +83,25 @@ def make_clips(
     raise AssertionError("unreachable")
 
 
+def clip_array(n: int, cfg: VideoConfig) -> np.ndarray:
+    """Room for ``n`` clips of ``cfg`` (N, 1, T, H, W), float32, not filled."""
+    return np.empty((n, 1, cfg.frames, cfg.size, cfg.size), np.float32)
+
+
+def cell_of(box: tuple[float, float, float, float], shape: tuple[int, int]) -> int:
+    """The location cell holding the centre of ``box`` ([x, y, w, h]) in a frame of
+    ``shape`` (height, width)."""
+    x, y, w, h = box
+    col = min(GRID - 1, max(0, int((x + w / 2) * GRID // shape[1])))
+    row = min(GRID - 1, max(0, int((y + h / 2) * GRID // shape[0])))
+    return row * GRID + col
+
+
 def camera_config(cfg: VideoConfig, seed: int, **more: Any) -> CameraConfig:
     """The simulated camera a classifier of ``cfg`` is trained and evaluated on: frames of
-    ``cfg.camera_size``, framed as ``CameraConfig.framed`` (``more``: other fields)."""
-    return CameraConfig.framed(cfg.camera_size, seed=seed, **more)
+    ``cfg.camera_size``, framed as ``CameraConfig.framed`` (parts filling the frame with
+    ``cfg.fill``; ``more``: other fields)."""
+    return CameraConfig.framed(cfg.camera_size, fill=cfg.fill, seed=seed, **more)
 
 
 def training_clips(n: int, cfg: VideoConfig, seed: int) -> ClipDataset:

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 
 from vigil.errors import DataError
-from vigil.models.inspection.data import ClipDataset
+from vigil.models.inspection.data import ClipDataset, cell_of
 from vigil.models.inspection.evaluate import auroc, auroc_ci95, predict, threshold_on_clean
-from vigil.models.inspection.net import GRID, VideoConfig
+from vigil.models.inspection.net import VideoConfig
 from vigil.models.inspection.train import train_video
 
 __all__ = [
@@ -138,7 +138,7 @@ def recorded_clips(
                 kinds.append(label.kind if label else None)
                 box = label.bbox if label else None
                 boxes.append(list(box) if box else None)
-                cells.append(_cell(box, ref.image.shape[:2]) if label else -1)
+                cells.append(-1 if box is None else cell_of(box, ref.image.shape[:2]))
                 cams.append(camera)
                 starts.append(clip[0].seq)
     if not clips:
@@ -147,17 +147,6 @@ def recorded_clips(
         np.stack(clips), np.array(ys), np.array(cells), boxes, kinds, [None] * len(clips)
     )
     return RecordedClips(data, cams, starts, problems)
-
-
-def _cell(box: tuple[int, int, int, int] | None, shape: tuple[int, int]) -> int:
-    """The location cell of a box's centre (-1: no box, location unknown)."""
-    if box is None:
-        return -1
-    h, w = shape
-    x, y, bw, bh = box
-    col = min(GRID - 1, int((x + bw / 2) * GRID // w))
-    row = min(GRID - 1, int((y + bh / 2) * GRID // h))
-    return row * GRID + col
 
 
 def _take(data: ClipDataset, idx: np.ndarray) -> ClipDataset:

@@ -247,10 +247,12 @@ class CameraConfig:
     start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
     @classmethod
-    def framed(cls, size: int, **more: Any) -> CameraConfig:
+    def framed(cls, size: int, fill: bool = False, **more: Any) -> CameraConfig:
         """A camera of ``size`` pixels framing parts as the default one does: parts 7/8
-        of the frame, gaps 3/8 of it (8 pixels at least; ``more``: other fields)."""
-        return cls(size=size, part_px=max(8, size * 7 // 8), gap_px=max(8, size * 3 // 8), **more)
+        of the frame, or all of it with ``fill`` (a user's photographs: what the camera
+        sees of a part), gaps 3/8 of it (8 pixels at least; ``more``: other fields)."""
+        part = size if fill else max(8, size * 7 // 8)
+        return cls(size=size, part_px=part, gap_px=max(8, size * 3 // 8), **more)
 
     def __post_init__(self) -> None:
         if not 8 <= self.part_px <= self.size:

@@ -147,7 +147,8 @@ def test_the_worker_serves_a_model_trained_from_images_on_the_users_parts(
     # the reference: the same camera (seeded) on the same images, through the pipeline
     found = scan_images(parts_dir)
     parts = ImageParts(load_parts(found.images, []), order="line")
-    config = CameraConfig(seed=0, size=64, fps=200, part_px=56, gap_px=24, defect_rate=0.5)
+    # each image is what the camera sees of a part: it fills the 64-pixel frame
+    config = CameraConfig(seed=0, size=64, fps=200, part_px=64, gap_px=24, defect_rate=0.5)
     shots = itertools.islice(CameraSimulator(config, parts).frames("cam-0", 0), 200)
     records = [encode_frame(s.frame, "png") for s in shots]
     raw = [RawRecord("f", 0, i, k, v, tuple(h)) for i, (k, v, h) in enumerate(records)]

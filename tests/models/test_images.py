@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from vigil.errors import DataError
-from vigil.models.inspection.from_images import image_clips, split_images
+from vigil.models.inspection.data import cell_of
+from vigil.models.inspection.from_images import ImageSplit, image_clips, split_images, training_set
 from vigil.models.inspection.images import (
     ImageParts,
     Part,
@@ -174,6 +175,46 @@ def test_each_image_gives_one_clip_of_its_part_centred():
     assert all(abs(x - centre) <= 9 for x, _y in got.part_xy), got.part_xy
     middle = got.clips[:, 0, cfg.frames // 2, 24:40, 24:40].mean(axis=(1, 2)) * 255
     assert np.allclose(middle, [30, 220, 120], rtol=0.06, atol=4), middle  # lighting drift
+
+
+def test_a_box_is_in_the_cell_of_its_centre_in_frames_of_any_shape():
+    assert cell_of((0, 0, 10, 10), (128, 128)) == 0
+    assert cell_of((120, 120, 8, 8), (128, 128)) == 15
+    assert cell_of((30, 0, 4, 4), (128, 128)) == 1  # centre x 32: the second column
+    assert cell_of((64, 32, 2, 2), (64, 128)) == 2 * 4 + 2  # 64 rows, 128 columns
+    assert cell_of((200, 200, 90, 90), (128, 128)) == 15  # past the frame: the last cell
+
+
+def test_training_shows_each_image_centred_filling_the_frame_in_rounds():
+    """Each round: every training image centred under the camera, the part filling the
+    frame, a defect's cell where its mask is (top left here), and a painted copy of
+    defect-free images for ``paint`` of the defect-free clips."""
+    cfg = VideoConfig(size=64, camera_size=64, train_clips=20, fill=True)
+    good = np.full((60, 60), 20, np.uint8)
+    good[:, [6, 53]] = 240  # two lines 47 pixels apart: 50 in a part filling the frame
+    goods = [Part(good, None, None, f"g{i}.png") for i in range(4)]
+    mask = np.zeros((60, 60), bool)
+    mask[4:10, 4:10] = True  # top left of the part
+    pitted = np.where(mask, 250, 100).astype(np.uint8)
+    bad = [Part(pitted, "pit", mask, f"b{i}.png") for i in range(2)]
+    split = ImageSplit(goods + bad, [], [], [], "supervised")
+    got = training_set(split, cfg, seed=1)  # half the defect-free clips painted
+    assert got.clips.shape == (20, 1, cfg.frames, 64, 64)
+    # two rounds of 4 + 2 images and 4 painted copies
+    assert got.textures[:6] == got.textures[10:16] == [p.name for p in goods + bad]
+    assert list(got.labels) == ([0] * 4 + [1] * 6) * 2
+    assert got.kinds[4:6] == ["pit", "pit"]
+    assert all(k.startswith("synthetic-") for k in got.kinds[6:10] + got.kinds[16:])
+    assert list(got.cells[4:6]) == list(got.cells[14:16]) == [0, 0]  # the mask's corner
+    for clip in got.clips[:4]:
+        columns = clip[0, cfg.frames // 2, 16:48].mean(axis=0)
+        left, right = np.argmax(columns[:32]), 32 + np.argmax(columns[32:])
+        assert abs((right - left) - 50) <= 2, (left, right)  # 44 were it 7/8 of the frame
+    # a quarter of the defect-free clips painted: one copy a round (4 + 2 + 1)
+    quarter = training_set(split, cfg, seed=1, paint=0.25)
+    assert list(quarter.labels) == ([0] * 4 + [1] * 3) * 2 + [0] * 4 + [1] * 2
+    unpainted = training_set(split, cfg, seed=1, paint=0.0)
+    assert list(unpainted.labels) == ([0] * 4 + [1] * 2) * 3 + [0] * 2
 
 
 @needs_tiles

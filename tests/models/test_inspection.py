@@ -206,7 +206,7 @@ def test_the_deep_stem_exports_and_folds_its_batch_norms_exactly(tmp_path, clips
     assert loaded_cfg.stem == "deep" and loaded_cfg.d == 64
     # folded: no batch norm left, the same outputs
     norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in loaded.modules())
-    assert fold_batchnorm(loaded) == norms == 6
+    assert fold_batchnorm(loaded) == norms == 8
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in loaded.modules())
     with torch.no_grad():
         folded = [t.numpy() for t in loaded(torch.from_numpy(x))]

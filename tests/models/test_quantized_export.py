@@ -212,12 +212,12 @@ def test_the_deep_stem_quantizes_with_its_batch_norms_folded():
         net(clips * 2)  # batch-norm statistics of its own
     net.eval()
     fp32 = export_video(net, cfg)
-    assert fold_batchnorm(net) == 6
+    assert fold_batchnorm(net) == 8
     slice_time(net)
     calibrate(net, quant_config(8), [(clips[i : i + 8],) for i in range(0, 16, 8)])
     graph = export_qdq(net, (clips[:2],), ["clip"], ["defect_logit", "location_logits"])
     ops = optimized_ops(graph)
-    assert ops["QLinearConv"] == 7 and "BatchNormalization" not in ops, ops
+    assert ops["QLinearConv"] == 9 and "BatchNormalization" not in ops, ops
     got = onnx_session(graph).run(None, {"clip": clips[16:].numpy()})[0]
     with torch.no_grad():
         fake = net(clips[16:])[0].numpy()
