@@ -84,5 +84,12 @@ def load_video_net(directory: Path) -> tuple[VideoNet, VideoConfig, dict]:
     # models written before ``views`` existed ran one view
     cfg = VideoConfig(**{"views": 1, **manifest["config"]})
     net = VideoNet(cfg)
-    net.load_state_dict(torch.load(io.BytesIO(files["state.pt"]), weights_only=True))
+    try:
+        net.load_state_dict(torch.load(io.BytesIO(files["state.pt"]), weights_only=True))
+    except RuntimeError as exc:  # the layers differ: the stem changed since it was trained
+        raise ModelError(
+            f"{directory}: model {manifest['version']}'s torch weights do not fit this "
+            f"Vigil's {cfg.stem} stem (an earlier version trained it; its ONNX graph still "
+            f"serves, but to quantize or fine-tune it, retrain it): {str(exc)[:200]}"
+        ) from None
     return net.eval(), cfg, manifest

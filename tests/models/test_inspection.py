@@ -3,6 +3,8 @@ learns, and ONNX Runtime against torch at other batch sizes than the export's.""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 
 import numpy as np
@@ -212,6 +214,26 @@ def test_the_deep_stem_exports_and_folds_its_batch_norms_exactly(tmp_path, clips
         folded = [t.numpy() for t in loaded(torch.from_numpy(x))]
     np.testing.assert_allclose(folded[0], logit, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(folded[1], where, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_weights_that_do_not_fit_the_stem_are_a_clear_error(tmp_path, clips):
+    """A deep-stem model trained before the stem gained its last layers: its weights lack
+    them, and loading them says so instead of torch's key listing."""
+    from vigil.models.inspection.net import stem_config
+    from vigil.models.serving import ModelError
+
+    cfg = VideoConfig(size=64, camera_size=64, views=1, **stem_config("deep"))
+    path = save_video_model(VideoNet(cfg).eval(), cfg, tmp_path, clips.clips[:2], {})
+    state = torch.load(path / "state.pt", weights_only=True)
+    last = max(int(k.split(".")[1]) for k in state if k.startswith("stem."))
+    buf = io.BytesIO()
+    torch.save({k: v for k, v in state.items() if not k.startswith(f"stem.{last}.")}, buf)
+    (path / "state.pt").write_bytes(buf.getvalue())
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="do not fit this Vigil's deep stem.*retrain"):
+        load_video_net(path)
 
 
 def test_train_inspection_refuses_a_stem_or_size_it_cannot_build():
