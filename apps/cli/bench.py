@@ -161,8 +161,10 @@ def bench_inspection_data_cmd(
         help="normal-only (train on defect-free images and synthetic defects; test on the "
         "rest and every defective image) or supervised (a split stratified by kind)",
     ),
-    clips: int = typer.Option(9600, min=20, help="training clips (half with a defect)"),
-    epochs: int = typer.Option(16, min=1, help="epochs"),
+    clips: int = typer.Option(
+        3000, min=20, help="training clips: each training image centred, in rounds"
+    ),
+    epochs: int = typer.Option(10, min=1, help="epochs"),
     size: int = typer.Option(128, min=16, help="the classifier's input (multiple of 16)"),
     stem: str = typer.Option(
         "deep", help="the network's first layers: deep (size a multiple of 64) or small"

@@ -114,9 +114,16 @@ EVERY = typer.Option(None, help="with --publish: run again every 10m, 1h, ...")
 
 @train_app.command("inspection")
 def train_inspection(
-    clips: int = typer.Option(9600, min=20, help="training clips (half with a defect)"),
+    clips: int | None = typer.Option(
+        None,
+        min=20,
+        help="training clips: 9,600, half with a defect; with --images 3,000, each training "
+        "image centred under the camera, in rounds",
+    ),
     test_clips: int = typer.Option(1000, min=20, help="held-out clips, unseen textures"),
-    epochs: int = typer.Option(16, min=1, help="epochs (learning rate decays to 0 over them)"),
+    epochs: int | None = typer.Option(
+        None, min=1, help="epochs, the learning rate decaying to 0 over them: 16; with --images 10"
+    ),
     size: int = typer.Option(
         128, min=16, help="the classifier's input height and width (multiple of 16)"
     ),
@@ -195,6 +202,10 @@ def train_inspection(
         fail(f"--mode is one of {', '.join(MODES)}, with --images", 2)
     if stem is None:
         stem = "small" if images is None and frames_dir is None else "deep"
+    if clips is None:
+        clips = 9600 if images is None else 3000
+    if epochs is None:
+        epochs = 16 if images is None else 10
     try:
         cfg = VideoConfig(
             size=size,
