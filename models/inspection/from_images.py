@@ -293,8 +293,8 @@ def training_set(
     the worker sees every part once and as the evaluation scores it (the same motion,
     vibration, lighting drift and noise). The images come in rounds: each round every
     training image once and copies of defect-free ones with a synthetic defect painted on,
-    ``paint`` of the round's defect-free clips (at most one copy each); each round on a
-    camera, and with paint, of its own. (Measured on Magnetic Tile, supervised, 128
+    ``paint`` of the round's defect-free clips (at most one copy each), shuffled; each
+    round with paint of its own. (Measured on Magnetic Tile, supervised, 128
     pixels: 0.92 AUROC, against 0.87 for clips cut wherever the parts lay on the belt and
     0.85 for half of each.)"""
     goods = [p for p in split.train if p.kind is None]
@@ -303,7 +303,8 @@ def training_set(
     for n in itertools.count():
         rng = np.random.default_rng([seed, 5, n])
         chosen = [goods[i] for i in np.sort(rng.permutation(len(goods))[:painted])]
-        parts += split.train + painted_copies(chosen, rng)
+        round_ = split.train + painted_copies(chosen, rng)
+        parts += [round_[i] for i in rng.permutation(len(round_))]  # a short last round: any
         if len(parts) >= cfg.train_clips:
             break
     parts = parts[: cfg.train_clips]
