@@ -294,11 +294,11 @@ def training_set(
     vibration, lighting drift and noise). The images come in rounds: each round every
     training image once and copies of defect-free ones with a synthetic defect painted on,
     ``paint`` of the round's defect-free clips (at most one copy each), shuffled; each
-    round with paint of its own. (Measured on Magnetic Tile, supervised, 128
-    pixels: 0.92 AUROC, against 0.87 for clips cut wherever the parts lay on the belt and
-    0.85 for half of each.)"""
+    round with paint of its own. (Clips cut wherever the parts lay measured worse on
+    Magnetic Tile: benchmarks.md, 2026-12-08.)"""
     goods = [p for p in split.train if p.kind is None]
-    painted = min(len(goods), round(len(goods) * paint / (1 - paint))) if paint < 1 else len(goods)
+    # c copies among g defect-free clips: c / (g + c) = paint; one copy each from 0.5 on
+    painted = len(goods) if paint >= 0.5 else round(len(goods) * paint / (1 - paint))
     parts: list[Part] = []
     for n in itertools.count():
         rng = np.random.default_rng([seed, 5, n])
